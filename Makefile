@@ -1,0 +1,38 @@
+# BTS pipeline. `make help` lists the targets.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test lint format summary clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned dependencies (requirements.lock)
+
+repro: setup ## run the whole pipeline (dvc repro) and summarize what it produced
+	@test -d .dvc || { echo "not a DVC repository: run 'dvc init' first" >&2; exit 1; }
+	dvc repro
+	@$(BIN)/python -m bts.summary
+
+test: setup ## run the whole test suite (unit and integration)
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff check and format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup ## format the code with ruff
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean-venv: ## remove .venv
+	rm -rf $(VENV)

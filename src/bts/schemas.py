@@ -1,0 +1,111 @@
+"""Pandera schemas of the raw and clean telemetry, built from the sensor catalogue.
+
+The raw schema states what a good reading looks like; raw data is validated
+against it lazily and may fail it (the failures are reported, not fatal). The
+clean schema is strict: the clean stage fails if its output does not pass it.
+Custom checks are registered so that both schemas serialize to YAML.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.extensions as extensions
+import pandera.pandas as pa
+
+from bts.catalogue import Sensor, plausible_ranges
+
+SENTINEL = 999999.0
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
+TIME_DTYPE = "datetime64[us]"
+
+
+def parse_reading_time(text: pd.Series) -> pd.Series:
+    """Timestamps in the export format; anything else becomes NaT."""
+    return pd.to_datetime(text, format=TIMESTAMP_FORMAT, errors="coerce").astype(TIME_DTYPE)
+
+
+def value_in_range(frame: pd.DataFrame, ranges: dict) -> pd.Series:
+    """True where value lies in its parameter's plausible range (or cannot be judged)."""
+    low = frame["parameter_id"].map({int(k): v[0] for k, v in ranges.items()}).astype("float64")
+    high = frame["parameter_id"].map({int(k): v[1] for k, v in ranges.items()}).astype("float64")
+    value = frame["value"].astype("float64")
+    return (value.isna() | low.isna() | ((value >= low) & (value <= high))).astype(bool)
+
+
+@extensions.register_check_method(statistics=["sentinel"], supported_types=pd.Series)
+def not_sentinel(series: pd.Series, *, sentinel: float) -> pd.Series:
+    """The export writes a sentinel where a value was never set."""
+    return series.ne(sentinel) | series.isna()
+
+
+@extensions.register_check_method(statistics=["time_format"], supported_types=pd.Series)
+def parseable_time(series: pd.Series, *, time_format: str) -> pd.Series:
+    return pd.to_datetime(series, format=time_format, errors="coerce").notna()
+
+
+@extensions.register_check_method(statistics=["ranges"], check_type="vectorized", supported_types=pd.DataFrame)
+def within_sensor_range(frame: pd.DataFrame, *, ranges: dict) -> pd.Series:
+    """Each value inside the plausible range of its sensor (catalogue min..max)."""
+    return value_in_range(frame, ranges)
+
+
+def arrived_in_order(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """True where a reading is not older than the row before it in its group (untimed rows pass)."""
+    times = frame["reading_time"]
+    if times.dtype != TIME_DTYPE:
+        times = parse_reading_time(times)
+    previous = times.groupby([frame[k] for k in keys], sort=False, dropna=False).shift()
+    return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
+
+
+@extensions.register_check_method(statistics=["keys"], check_type="vectorized", supported_types=pd.DataFrame)
+def in_time_order(frame: pd.DataFrame, *, keys: list) -> pd.Series:
+    """Readings of each group arrive in time order."""
+    return arrived_in_order(frame, keys)
+
+
+def raw_schema(catalogue: dict[int, Sensor]) -> pa.DataFrameSchema:
+    """What a reading of a parameter export should be; the typed raw copy is checked against it."""
+    return pa.DataFrameSchema(
+        {
+            "id": pa.Column("Int64", pa.Check.ge(0), unique=True, nullable=False),
+            "value": pa.Column("float64", pa.Check.not_sentinel(sentinel=SENTINEL), nullable=False),
+            "station_id": pa.Column("Int64", pa.Check.ge(0), nullable=False),
+            "parameter_id": pa.Column("Int64", pa.Check.isin(sorted(catalogue)), nullable=False),
+            "reading_time": pa.Column("str", pa.Check.parseable_time(time_format=TIMESTAMP_FORMAT), nullable=False),
+            "source_file": pa.Column("str"),
+            "source_row": pa.Column("int64", pa.Check.ge(2)),
+        },
+        checks=[
+            pa.Check.within_sensor_range(ranges=plausible_ranges(catalogue)),
+            pa.Check.in_time_order(keys=["source_file", "station_id", "parameter_id"]),
+        ],
+        name="bts_raw_readings",
+        description="Typed copy of BTS parameter exports (one row per reading, as delivered).",
+        strict=True,
+        ordered=True,
+    )
+
+
+def clean_schema(catalogue: dict[int, Sensor]) -> pa.DataFrameSchema:
+    """Clean readings: typed, complete, unique, plausible, sorted per series."""
+    return pa.DataFrameSchema(
+        {
+            "station_id": pa.Column("int64", pa.Check.ge(0)),
+            "parameter_id": pa.Column("int64", pa.Check.isin(sorted(catalogue))),
+            "reading_time": pa.Column(TIME_DTYPE),
+            "id": pa.Column("int64", pa.Check.ge(0), unique=True),
+            "value": pa.Column("float64", [pa.Check.not_sentinel(sentinel=SENTINEL)]),
+            "source_file": pa.Column("str"),
+            "source_row": pa.Column("int64", pa.Check.ge(2)),
+        },
+        checks=[
+            pa.Check.within_sensor_range(ranges=plausible_ranges(catalogue)),
+            pa.Check.in_time_order(keys=["station_id", "parameter_id"]),
+        ],
+        name="bts_clean_readings",
+        description="Readings that passed every cleaning rule, sorted by station, parameter and time.",
+        strict=True,
+        ordered=True,
+    )

@@ -1,0 +1,156 @@
+"""Deterministic synthetic BTS parameter exports, shaped like the real ones.
+
+Real exports are event driven: a station sends a reading when a value changes,
+in bursts of readings one second apart (about 15% share a timestamp) separated
+by minutes of silence; values move in 0.5 steps along a sawtooth-like cycle
+around a daily curve. The generator reproduces that, then adds the dirt that
+real exports carry, each kind at its own configurable rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bts.catalogue import Sensor
+from bts.errors import ConfigError
+
+EXPORT_COLUMNS = ["id", "value", "station_id", "parameter_id", "reading_time"]
+SENTINEL = 999999.0
+FIRST_ID = 5_651_437_088
+DAY_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class SeriesProfile:
+    """How one sensor parameter moves: a daily curve plus a sawtooth cycle."""
+
+    level: float
+    daily_amplitude: float
+    peak_hour: float
+    swing: float  # half height of the sawtooth cycle
+    mean_step: float  # typical change between two readings
+    quantum: float = 0.5
+
+
+PROFILES: dict[int, SeriesProfile] = {
+    111: SeriesProfile(level=27.0, daily_amplitude=2.5, peak_hour=15, swing=1.5, mean_step=0.5),
+    114: SeriesProfile(level=28.0, daily_amplitude=5.0, peak_hour=14, swing=1.0, mean_step=0.5),
+    115: SeriesProfile(level=70.0, daily_amplitude=10.0, peak_hour=4, swing=3.0, mean_step=1.0),
+    116: SeriesProfile(level=30.0, daily_amplitude=2.0, peak_hour=16, swing=1.0, mean_step=0.5),
+    121: SeriesProfile(level=221.0, daily_amplitude=6.0, peak_hour=3, swing=4.0, mean_step=1.0),
+    122: SeriesProfile(level=14.0, daily_amplitude=1.0, peak_hour=14, swing=6.0, mean_step=1.4),
+    123: SeriesProfile(level=50.0, daily_amplitude=0.2, peak_hour=3, swing=0.5, mean_step=0.5),
+    141: SeriesProfile(level=53.5, daily_amplitude=0.4, peak_hour=13, swing=0.8, mean_step=0.5),
+}
+
+
+@dataclass(frozen=True)
+class DirtRates:
+    """Fraction of rows spoiled in each way real exports are spoiled."""
+
+    missing_value: float = 0.0
+    sentinel: float = 0.0
+    duplicate_id: float = 0.0
+    out_of_range: float = 0.0
+    bad_time: float = 0.0
+    out_of_order: float = 0.0
+    silent_station_days: float = 0.0  # chance that a station goes silent on a day
+    silent_hours: float = 3.0
+
+
+def _event_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Seconds between readings: same-second repeats, 1-4 s bursts, long silences."""
+    kind = rng.random(n)
+    burst = rng.integers(1, 5, n)
+    silence = np.ceil(rng.exponential(95.0, n))
+    return np.where(kind < 0.17, 0, np.where(kind < 0.65, burst, silence)).astype(np.int64)
+
+
+def _triangle(phase: np.ndarray) -> np.ndarray:
+    """Triangle wave in [-1, 1] with period 1."""
+    return 4.0 * np.abs(phase - np.floor(phase + 0.5)) - 1.0
+
+
+def simulate_series(profile: SeriesProfile, day_start: pd.Timestamp, rng: np.random.Generator) -> pd.DataFrame:
+    """One station's readings of one parameter over one day: reading_time, value."""
+    seconds = np.cumsum(_event_gaps(rng, 4_000)) + int(rng.integers(0, 120))
+    seconds = seconds[seconds < DAY_SECONDS]
+    phase_step = rng.uniform(0.6, 1.4, len(seconds)) * profile.mean_step / (4.0 * profile.swing)
+    phase = rng.random() + np.cumsum(phase_step)
+    hours = seconds / 3600.0
+    daily = profile.daily_amplitude * np.cos(2 * np.pi * (hours - profile.peak_hour) / 24.0)
+    value = profile.level + daily + profile.swing * _triangle(phase)
+    value = np.round(value / profile.quantum) * profile.quantum
+    changed = np.concatenate([[True], np.diff(value) != 0])  # a reading is sent when the value changes
+    times = day_start + pd.to_timedelta(seconds[changed], unit="s")
+    return pd.DataFrame({"reading_time": times, "value": value[changed]})
+
+
+def _spoil(day: pd.DataFrame, dirt: DirtRates, catalogue: dict[int, Sensor], rng: np.random.Generator) -> pd.DataFrame:
+    """Apply each kind of dirt to its own random rows of one day's export."""
+    n = len(day)
+    value = day["value"].to_numpy(dtype=object, copy=True)  # object: a missing value is written as an empty field
+
+    def pick(rate: float) -> np.ndarray:
+        return rng.random(n) < rate
+
+    spike = pick(dirt.out_of_range)
+    maxima = day["parameter_id"].map(lambda p: catalogue[p].max).to_numpy()
+    value[spike] = maxima[spike] * 3 + 7.5
+    value[pick(dirt.sentinel)] = SENTINEL
+    value[pick(dirt.missing_value)] = None
+    day = day.assign(value=value)
+    bad_time = pick(dirt.bad_time)
+    garbage = np.array(["", "N/A", "2017-13-45 25:61:00", "18/04/2017 07:00"], dtype=object)
+    times = day["reading_time"].to_numpy(dtype=object, copy=True)
+    times[bad_time] = garbage[rng.integers(0, len(garbage), int(bad_time.sum()))]
+    day = day.assign(reading_time=times)
+    repeats = day[pick(dirt.duplicate_id)]  # a row sent twice, right after itself
+    day = pd.concat([day, repeats]).sort_index(kind="stable").reset_index(drop=True)
+    order = np.arange(len(day))
+    for i in np.flatnonzero(rng.random(len(day)) < dirt.out_of_order):  # a row delivered a few places late
+        j = min(len(day) - 1, i + int(rng.integers(2, 20)))
+        order[i], order[j] = order[j], order[i]
+    return day.iloc[order].reset_index(drop=True)
+
+
+def simulate_exports(
+    stations: list[int],
+    parameters: list[int],
+    start_date: str,
+    days: int,
+    seed: int,
+    dirt: DirtRates,
+    catalogue: dict[int, Sensor],
+) -> dict[str, pd.DataFrame]:
+    """{file name: export frame}, one export per day covering every station and parameter."""
+    unknown = [p for p in parameters if p not in PROFILES or p not in catalogue]
+    if unknown:
+        raise ConfigError(f"simulate.parameters: no simulation profile for {unknown}; known: {sorted(PROFILES)}")
+    if days < 1 or not stations:
+        raise ConfigError("simulate: need at least one day and one station")
+    exports = {}
+    next_id = FIRST_ID
+    for day_index in range(days):
+        day_start = pd.Timestamp(start_date) + pd.Timedelta(days=day_index)
+        frames = []
+        for station_index, station_id in enumerate(stations):
+            silent_rng = np.random.default_rng([seed, day_index, station_index, 0])
+            silent_from = silent_rng.uniform(0, 24 - dirt.silent_hours) if silent_rng.random() < dirt.silent_station_days else None
+            for parameter_id in parameters:
+                rng = np.random.default_rng([seed, day_index, station_index, parameter_id])
+                series = simulate_series(PROFILES[parameter_id], day_start, rng)
+                if silent_from is not None:
+                    hour = (series["reading_time"] - day_start).dt.total_seconds() / 3600
+                    series = series[(hour < silent_from) | (hour >= silent_from + dirt.silent_hours)]
+                frames.append(series.assign(station_id=station_id, parameter_id=parameter_id))
+        day = pd.concat(frames, ignore_index=True).sort_values(["reading_time", "station_id", "parameter_id"], kind="stable")
+        rng = np.random.default_rng([seed, day_index])
+        ids = next_id + np.cumsum(rng.integers(1, 300, len(day)))
+        next_id = int(ids[-1])
+        day = day.assign(id=ids, reading_time=day["reading_time"].dt.strftime("%Y-%m-%d %H:%M:%S")).reset_index(drop=True)
+        exports[f"param-{day_start:%Y-%m-%d}.csv"] = _spoil(day[EXPORT_COLUMNS], dirt, catalogue, rng)
+    return exports

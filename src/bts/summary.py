@@ -1,0 +1,41 @@
+"""A short report of what the pipeline produced, read from the metadata documents and dvc.lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+DATASETS = ["raw", "clean", "features"]
+
+
+def lock_md5s(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """{output path: md5} for every output recorded in dvc.lock."""
+    lock = yaml.safe_load(Path(lock_path).read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | Path = "dvc.lock") -> str:
+    md5s = lock_md5s(lock_path)
+    lines = ["Pipeline outputs:"]
+    for name in DATASETS:
+        path = Path(metadata_dir) / f"{name}.json"
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        in_lock = "matches dvc.lock" if md5s.get(doc["dvc"]["path"]) == doc["dvc"]["md5"] else "NOT in dvc.lock"
+        lines.append(
+            f"  {name:<9} {doc['rows']:>9} rows  {len(doc['stations'])} stations  {len(doc['parameters'])} parameters  "
+            f"{doc['dvc']['path']}  md5 {doc['dvc']['md5'][:12]} ({in_lock})"
+        )
+        if "row_accounting" in doc and "rows_in" in doc["row_accounting"]:
+            acc = doc["row_accounting"]
+            reasons = ", ".join(f"{k} {v}" for k, v in acc["quarantined_by_reason"].items() if v)
+            lines.append(f"            {acc['rows_in']} in = {acc['rows_out']} clean + {acc['rows_quarantined']} quarantined ({reasons})")
+    lines.append(f"Metadata: {metadata_dir}/*.json and *.md; schemas: metadata/schemas/")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarize())

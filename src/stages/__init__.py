@@ -1,0 +1,20 @@
+"""Thin DVC stage entry points: read params and inputs, call the library, write outputs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from bts.errors import BtsError
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    """Run a stage; an expected failure prints one line and exits 1, with no traceback."""
+    started = time.perf_counter()
+    try:
+        main()
+    except BtsError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{name}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -1,0 +1,64 @@
+"""Stage clean: raw readings -> clean readings + quarantine (every dropped row with its reason)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from bts.catalogue import load_catalogue
+from bts.cleaning import clean_readings
+from bts.files import write_json, write_parquet, write_text
+from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet, series_gaps
+from bts.params import load_params
+from bts.schemas import clean_schema
+from stages import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", required=True)
+    parser.add_argument("--sensors", required=True)
+    parser.add_argument("--out", required=True, help="clean readings (Parquet)")
+    parser.add_argument("--quarantine", required=True, help="quarantined rows with quarantine_reason (Parquet)")
+    parser.add_argument("--schema", required=True, help="clean pandera schema (YAML)")
+    parser.add_argument("--document", required=True)
+    parser.add_argument("--datasheet", required=True)
+    args = parser.parse_args()
+    params = load_params("clean")
+    catalogue = load_catalogue(args.sensors)
+    schema = clean_schema(catalogue)
+    result = clean_readings(pd.read_parquet(args.raw), catalogue, schema)
+    write_text(args.schema, schema.to_yaml())
+    write_parquet(args.out, result.clean)
+    write_parquet(args.quarantine, result.quarantine)
+    accounting = result.accounting
+    document = dataset_document(
+        dataset_id="bts-clean",
+        name="BTS clean readings",
+        description="Readings that pass every cleaning rule, typed, deduplicated and sorted by station, parameter and time.",
+        path=args.out,
+        rows=len(result.clean),
+        coverage_fields=coverage(result.clean, catalogue, result.clean["reading_time"]),
+        quality={
+            "completeness": 1.0,
+            "validity": 1.0,
+            "uniqueness": 1.0,
+            "label_ratio": 1.0,
+            "kept_ratio": round(accounting["rows_out"] / max(accounting["rows_in"], 1), 6),
+            "gaps": series_gaps(result.clean, float(params["gap_threshold_minutes"])),
+        },
+        dependencies=[{"dataset_id": "bts-raw", "path": args.raw, "md5": dvc_md5(args.raw), "relationship": "input"}],
+        stage="clean",
+        params={"clean": params},
+        schema_path=args.schema,
+        extra={"row_accounting": accounting, "quarantine": {"path": args.quarantine, "md5": dvc_md5(args.quarantine)}},
+    )
+    write_json(args.document, document)
+    write_text(args.datasheet, render_datasheet(document))
+    reasons = ", ".join(f"{code} {n}" for code, n in accounting["quarantined_by_reason"].items() if n)
+    print(f"clean: {accounting['rows_in']} in = {accounting['rows_out']} clean + {accounting['rows_quarantined']} quarantined ({reasons or 'none'})")
+
+
+if __name__ == "__main__":
+    run_stage("clean", main)

@@ -1,0 +1,67 @@
+"""Stage ingest: raw exports -> typed Parquet copy, raw schema, failure report, raw metadata."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bts.catalogue import load_catalogue
+from bts.files import write_json, write_parquet, write_text
+from bts.ingest import failure_report, read_exports, resolve_sources
+from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet
+from bts.params import load_params
+from bts.schemas import parse_reading_time, raw_schema
+from stages import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--simulated", required=True, help="folder of simulated exports")
+    parser.add_argument("--inputs", required=True, nargs="+", help="folders that may hold real exports")
+    parser.add_argument("--sensors", required=True)
+    parser.add_argument("--out", required=True, help="typed Parquet copy")
+    parser.add_argument("--schema", required=True, help="raw pandera schema (YAML)")
+    parser.add_argument("--failures", required=True, help="failure-case report (JSON)")
+    parser.add_argument("--document", required=True, help="metadata document (JSON)")
+    parser.add_argument("--datasheet", required=True, help="datasheet (Markdown)")
+    args = parser.parse_args()
+    sources = list(load_params("data")["sources"])
+    catalogue = load_catalogue(args.sensors)
+    files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs])
+    print(f"ingest: reading {len(files)} file(s)")
+    raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written
+    schema = raw_schema(catalogue)
+    report = failure_report(raw, schema)
+    write_text(args.schema, schema.to_yaml())
+    write_parquet(args.out, raw)
+    write_json(args.failures, report)
+    document = dataset_document(
+        dataset_id="bts-raw",
+        name="BTS raw readings",
+        description="Every reading of the listed exports, typed but otherwise as delivered (dirt included).",
+        path=args.out,
+        rows=len(raw),
+        coverage_fields=coverage(raw, catalogue, parse_reading_time(raw["reading_time"])),
+        quality={
+            "completeness": round(float(raw[["id", "value", "station_id", "parameter_id"]].notna().to_numpy().mean()), 6),
+            "validity": round(1 - report["failing_rows"] / len(raw), 6),
+            "uniqueness": round(float(raw["id"].nunique() / len(raw)), 6),
+            "label_ratio": round(float(raw["value"].notna().mean()), 6),
+            "failing_rows": report["failing_rows"],
+        },
+        dependencies=[
+            {"dataset_id": f"source:{s}", "path": (args.simulated if s == "simulated" else s), "md5": dvc_md5(args.simulated if s == "simulated" else s), "relationship": "input"}
+            for s in sources
+        ],
+        stage="ingest",
+        params={"data.sources": sources},
+        schema_path=args.schema,
+        extra={"failure_report": args.failures},
+    )
+    write_json(args.document, document)
+    write_text(args.datasheet, render_datasheet(document))
+    print(f"ingest: {len(raw)} rows, {report['failing_rows']} fail the raw schema (see {args.failures})")
+
+
+if __name__ == "__main__":
+    run_stage("ingest", main)
