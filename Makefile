@@ -23,7 +23,7 @@ repro: setup ## run the whole pipeline (dvc repro) and summarize what it produce
 	dvc repro
 	@$(BIN)/python -m bts.summary
 
-test: setup ## run the whole test suite (unit and integration)
+test: lint ## lint, then the whole test suite (unit and integration)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff check and format check

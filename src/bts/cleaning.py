@@ -28,9 +28,10 @@ def normalize_reading_time(text: pd.Series) -> pd.Series:
     return text.str.strip().str.replace(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:Z|[+-]00:?00)?$", r"\1 \2", regex=True)
 
 
-def missing_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """id, station_id or parameter_id is missing or not an integer."""
-    return frame[["id", "station_id", "parameter_id"]].isna().any(axis=1)
+def invalid_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
+    """id, station_id or parameter_id is missing, not an integer, or negative."""
+    keys = frame[["id", "station_id", "parameter_id"]]
+    return (keys.isna() | keys.lt(0).fillna(False)).any(axis=1).astype(bool)
 
 
 def unparseable_time(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
@@ -64,7 +65,7 @@ def duplicate_id(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series
 
 
 RULES: dict[str, Rule] = {
-    "missing_key": missing_key,
+    "invalid_key": invalid_key,
     "unparseable_time": unparseable_time,
     "missing_value": missing_value,
     "sentinel_value": sentinel_value,
@@ -99,11 +100,9 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     frame = raw.assign(reading_time=normalized)
     reason = quarantine_reasons(frame, catalogue)
     kept = frame[reason.isna()]
-    clean = (
-        kept.assign(reading_time=parse_reading_time(kept["reading_time"]))
-        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})
-        [list(schema.columns)]
-    )
+    clean = kept.assign(reading_time=parse_reading_time(kept["reading_time"])).astype(
+        {"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"}
+    )[list(schema.columns)]
     delivered_late = ~arrived_in_order(clean, SERIES_KEYS)
     clean = clean.sort_values(CLEAN_ORDER, kind="stable").reset_index(drop=True)
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)

@@ -32,7 +32,7 @@ class FeatureSpec:
     def __post_init__(self) -> None:
         if self.n_lags < 1 or self.horizon < 1:
             raise ConfigError("featurize.n_lags and featurize.horizon must be at least 1")
-        if not (0 < self.valid_fraction and 0 < self.test_fraction and self.valid_fraction + self.test_fraction < 1):
+        if not (self.valid_fraction > 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
             raise ConfigError("featurize.valid_fraction and test_fraction must be positive and sum below 1")
 
     @property
@@ -62,13 +62,18 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
     hour = clean["reading_time"].dt.hour + clean["reading_time"].dt.minute / 60.0
     columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0)
     columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0)
-    columns["day_of_week"] = clean["reading_time"].dt.dayofweek.astype("float64")
+    columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64")
     columns["target"] = series["value"].shift(-spec.horizon)
     columns["target_time"] = series["reading_time"].shift(-spec.horizon)
     frame = pd.concat([clean[[*SERIES_KEYS, "reading_time"]], pd.DataFrame(columns)], axis=1)
     no_history = frame[f"lag_{spec.n_lags}"].isna()
     no_target = frame["target"].isna() & ~no_history
     frame = frame[~(no_history | no_target)].reset_index(drop=True)
+    if frame.empty:
+        raise ConfigError(
+            f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
+            "lower featurize.n_lags or featurize.horizon, or add data"
+        )
     frame.insert(3, "split", assign_splits(frame, spec))
     accounting = {
         "readings_in": len(clean),

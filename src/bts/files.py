@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Run write(tmp) on a temporary file beside path, then move it into place (or remove it on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,7 +27,7 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: str | Path, document: Any) -> None:
@@ -35,8 +36,8 @@ def write_json(path: str | Path, document: Any) -> None:
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     """Parquet with a fixed layout, so the same frame gives the same bytes."""
-    _atomic(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd", row_group_size=1_000_000))
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd", row_group_size=1_000_000))
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
-    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))

@@ -43,8 +43,8 @@ def resolve_sources(sources: list[str], simulated_dir: Path, input_dirs: list[Pa
     return files
 
 
-def _check_header(path: Path) -> None:
-    """Reject whatever is not a UTF-8 CSV with exactly the export's columns."""
+def _check_header(path: Path) -> list[str]:
+    """Reject whatever is not a UTF-8 CSV with exactly the export's columns; returns the header's column names."""
     head = path.read_bytes()[:65536]
     if not head:
         raise InputFileError(path, "empty file")
@@ -57,7 +57,8 @@ def _check_header(path: Path) -> None:
         if exc.start < len(head) - 4:  # a cut multi-byte character at the end of the sample is fine
             raise InputFileError(path, f"undecodable bytes (not UTF-8) at byte {exc.start}") from exc
         text = head[: exc.start].decode("utf-8")
-    header = text.splitlines()[0].lstrip("\ufeff").strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = lines[0].lstrip("\ufeff").strip()
     if "," not in header:
         delimiter = next((d for d in (";", "\t", "|") if d in header), None)
         if delimiter:
@@ -65,12 +66,18 @@ def _check_header(path: Path) -> None:
     columns = [c.strip() for c in header.split(",")]
     if any("alarm" in c.lower() for c in columns):
         raise InputFileError(path, f"an alarm export (columns {columns}), not a parameter export")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputFileError(path, f"duplicate column(s) {repeated} in header")
     missing = [c for c in EXPORT_COLUMNS if c not in columns]
     if missing:
         raise InputFileError(path, f"missing column(s) {missing}; header is {columns}")
     extra = [c for c in columns if c not in EXPORT_COLUMNS]
     if extra:
         raise InputFileError(path, f"unexpected column(s) {extra}; expected {EXPORT_COLUMNS}")
+    if len(lines) == 1 and len(head) < 65536:
+        raise InputFileError(path, "header only, no readings")
+    return columns
 
 
 def _to_int(text: pd.Series) -> pd.Series:
@@ -81,11 +88,11 @@ def _to_int(text: pd.Series) -> pd.Series:
 
 def read_export(path: Path, label: str) -> pd.DataFrame:
     """One export as typed columns, with source_file=label and source_row (its line number)."""
-    _check_header(path)
+    columns = _check_header(path)
     try:
         table = pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(encoding="utf8"),
+            read_options=pacsv.ReadOptions(encoding="utf8", skip_rows=1, column_names=columns),
             convert_options=pacsv.ConvertOptions(column_types={c: pyarrow.string() for c in EXPORT_COLUMNS}, strings_can_be_null=False),
         )
     except (pyarrow.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -95,7 +102,7 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
         raise InputFileError(path, reason) from exc
     if table.num_rows == 0:
         raise InputFileError(path, "header only, no readings")
-    text = table.to_pandas().rename(columns=str.strip)
+    text = table.to_pandas()
     return pd.DataFrame(
         {
             "id": _to_int(text["id"]),

@@ -142,7 +142,19 @@ def render_datasheet(document: dict) -> str:
         lines += [f"- Schema: `{document['schema']['path']}` md5 `{document['schema']['md5']}`"]
     lines += [f"- Produced by stage `{document['produced_by']['stage']}` with params `{json.dumps(document['produced_by']['params'])}`"]
     lines += [f"- Depends on `{d['dataset_id']}` ({d['relationship']}) md5 `{d['md5']}`" for d in document["dataset_dependency"]]
-    known = set(headline) | {"name", "description", "size", "quality_of_data", "time_range", "stations", "parameters", "dvc", "schema", "produced_by", "dataset_dependency"}
+    known = set(headline) | {
+        "name",
+        "description",
+        "size",
+        "quality_of_data",
+        "time_range",
+        "stations",
+        "parameters",
+        "dvc",
+        "schema",
+        "produced_by",
+        "dataset_dependency",
+    }
     for key, value in document.items():
         if key not in known:
             lines += ["", f"## {key.replace('_', ' ').capitalize()}", "", "```json", json.dumps(value, indent=2), "```"]

@@ -57,7 +57,8 @@ def main() -> None:
     write_json(args.document, document)
     write_text(args.datasheet, render_datasheet(document))
     reasons = ", ".join(f"{code} {n}" for code, n in accounting["quarantined_by_reason"].items() if n)
-    print(f"clean: {accounting['rows_in']} in = {accounting['rows_out']} clean + {accounting['rows_quarantined']} quarantined ({reasons or 'none'})")
+    counts = f"{accounting['rows_in']} in = {accounting['rows_out']} clean + {accounting['rows_quarantined']} quarantined"
+    print(f"clean: {counts} ({reasons or 'none'})")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bts.catalogue import load_catalogue
 from bts.files import write_json, write_parquet, write_text
-from bts.ingest import failure_report, read_exports, resolve_sources
+from bts.ingest import SIMULATED, failure_report, read_exports, resolve_sources
 from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet
 from bts.params import load_params
 from bts.schemas import parse_reading_time, raw_schema
@@ -28,6 +28,7 @@ def main() -> None:
     sources = list(load_params("data")["sources"])
     catalogue = load_catalogue(args.sensors)
     files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs])
+    source_paths = {source: args.simulated if source == SIMULATED else source for source in sources}
     print(f"ingest: reading {len(files)} file(s)")
     raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written
     schema = raw_schema(catalogue)
@@ -50,8 +51,8 @@ def main() -> None:
             "failing_rows": report["failing_rows"],
         },
         dependencies=[
-            {"dataset_id": f"source:{s}", "path": (args.simulated if s == "simulated" else s), "md5": dvc_md5(args.simulated if s == "simulated" else s), "relationship": "input"}
-            for s in sources
+            {"dataset_id": f"source:{source}", "path": path, "md5": dvc_md5(path), "relationship": "input"}
+            for source, path in source_paths.items()
         ],
         stage="ingest",
         params={"data.sources": sources},

@@ -1,0 +1,90 @@
+"""The forecasting models: scikit-learn pipelines chosen and configured by the `train` params.
+
+Every model forecasts the change over persistence: it is fitted to
+target - lag_1 on lags expressed relative to lag_1, and predicts lag_1 plus
+that change. Sensors on very different scales (a 220 V grid, a 27 degC room)
+then share one model, and a model that learns nothing falls back to
+persistence instead of below it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import ElasticNet, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from bts.errors import ConfigError
+
+MODEL_KINDS = ["elasticnet", "ridge", "hist_gradient_boosting", "random_forest"]
+PERSISTENCE = "lag_1"
+
+
+def relative_lags(features: pd.DataFrame) -> pd.DataFrame:
+    """lag_2..lag_N as differences from lag_1 (the latest reading); other columns unchanged."""
+    lags = [c for c in features.columns if c.startswith("lag_") and c != PERSISTENCE]
+    return features.assign(**{c: features[c] - features[PERSISTENCE] for c in lags})
+
+
+class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
+    """Fits `estimator` to target - lag_1 and predicts lag_1 + its forecast of that change."""
+
+    def __init__(self, estimator: BaseEstimator) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: pd.DataFrame, y: pd.Series) -> PersistenceResidualRegressor:
+        self.estimator_ = clone(self.estimator).fit(X, np.asarray(y) - X[PERSISTENCE].to_numpy())
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return X[PERSISTENCE].to_numpy(dtype=float) + self.estimator_.predict(X)
+
+
+def _forecaster(*steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegressor:
+    relative = FunctionTransformer(relative_lags, feature_names_out="one-to-one")
+    return PersistenceResidualRegressor(Pipeline([("relative_lags", relative), *steps]))
+
+
+def build_model(train: dict) -> PersistenceResidualRegressor:
+    """An unfitted, seeded pipeline. Linear models scale their inputs; the scaler is fitted with them, on train only."""
+    kind, seed = train["model"], int(train["seed"])
+    if kind == "elasticnet":
+        # The tutorial's model: alpha and l1_ratio are the knobs to tune.
+        estimator = ElasticNet(alpha=float(train["alpha"]), l1_ratio=float(train["l1_ratio"]), max_iter=5000, random_state=seed)
+        return _forecaster(("scale", StandardScaler()), ("model", estimator))
+    if kind == "ridge":
+        return _forecaster(("scale", StandardScaler()), ("model", Ridge(alpha=float(train["ridge"]["alpha"]))))
+    if kind == "hist_gradient_boosting":
+        options = train["hist_gradient_boosting"]
+        estimator = HistGradientBoostingRegressor(
+            max_iter=int(options["max_iter"]),
+            learning_rate=float(options["learning_rate"]),
+            max_leaf_nodes=int(options["max_leaf_nodes"]),
+            early_stopping=False,
+            random_state=seed,
+        )
+        return _forecaster(("model", estimator))
+    if kind == "random_forest":
+        options = train["random_forest"]
+        estimator = RandomForestRegressor(
+            n_estimators=int(options["n_estimators"]),
+            max_depth=int(options["max_depth"]),
+            min_samples_leaf=int(options["min_samples_leaf"]),
+            n_jobs=2,
+            random_state=seed,
+        )
+        return _forecaster(("model", estimator))
+    raise ConfigError(f"train.model: unknown model {kind!r}; choose one of {MODEL_KINDS}")
+
+
+def model_params(train: dict) -> dict:
+    """The params that configure the chosen model (the rest of `train` is ignored by it)."""
+    kind = train["model"]
+    common = {"model": kind, "seed": train["seed"]}
+    if kind == "elasticnet":
+        return {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]}
+    return {**common, kind: train.get(kind, {})}

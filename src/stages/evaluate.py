@@ -1,0 +1,92 @@
+"""Stage evaluate: score the model and persistence on valid/test (and holdout), write DVC metrics and plots, log them to the run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import joblib
+import matplotlib
+import mlflow
+import pandas as pd
+
+from bts.evaluation import evaluate, flat_metrics, residual_histogram
+from bts.files import write_csv, write_json
+from bts.runs import read_run_record, resumed_run
+from stages import run_stage
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SPLITS = ["valid", "test", "holdout"]
+
+
+def plot_evaluation(series: pd.DataFrame, sample: pd.DataFrame, histogram: pd.DataFrame, title: str, path: Path) -> None:
+    """One PNG with a forecast over time, predicted vs actual, and the residual distribution."""
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    times = pd.to_datetime(series["target_time"])
+    axes[0].plot(times, series["actual"], label="actual", linewidth=1)
+    axes[0].plot(times, series["predicted"], label="predicted", linewidth=1)
+    axes[0].plot(times, series["persistence"], label="persistence", linewidth=0.8, linestyle=":")
+    axes[0].set_title("test: one series over time")
+    axes[0].legend()
+    axes[0].tick_params(axis="x", labelrotation=30)
+    axes[1].scatter(sample["actual"], sample["predicted"], s=3, alpha=0.4)
+    axes[1].set_xlabel("actual")
+    axes[1].set_ylabel("predicted")
+    axes[1].set_title("test: predicted vs actual")
+    axes[2].bar(histogram["residual"], histogram["count"], width=(histogram["residual"].diff().median() or 1) * 0.9)
+    axes[2].set_xlabel("residual (predicted - actual)")
+    axes[2].set_title("test: residual distribution")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80, metadata={"Software": None})
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--features", required=True)
+    parser.add_argument("--datasets", required=True, help="folder of the dataset metadata documents")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--metrics", required=True, help="DVC metrics file (JSON)")
+    parser.add_argument("--plots", required=True, help="folder for DVC plots")
+    args = parser.parse_args()
+    feature_columns = json.loads((Path(args.datasets) / "features.json").read_text())["feature_columns"]
+    features = pd.read_parquet(args.features)
+    scored = features[features["split"].isin(SPLITS)].copy()
+    model = joblib.load(args.model)
+    scored["predicted"] = model.predict(scored[feature_columns])
+    report = evaluate(scored, scored["predicted"].to_numpy(), SPLITS)
+
+    test = scored[scored["split"] == "test"]
+    first_series = test.groupby(["station_id", "parameter_id"], sort=True).ngroup() == 0
+    series = test[first_series].tail(300).rename(columns={"target": "actual"})[["target_time", "actual", "predicted", "lag_1"]]
+    series = series.rename(columns={"lag_1": "persistence"}).astype({"target_time": "str"})
+    sample = test.sample(n=min(2000, len(test)), random_state=0).rename(columns={"target": "actual"})[["actual", "predicted"]]
+    histogram = residual_histogram((test["predicted"] - test["target"]).to_numpy())
+    plots = Path(args.plots)
+    write_csv(plots / "forecast.csv", series)
+    write_csv(plots / "predicted_vs_actual.csv", sample)
+    write_csv(plots / "residuals.csv", histogram)
+    station, parameter = test[first_series].iloc[0][["station_id", "parameter_id"]]
+    plot_evaluation(series, sample, histogram, f"station {station}, parameter {parameter}", plots / "evaluation.png")
+    write_json(args.metrics, report)
+
+    record = read_run_record(args.run)
+    with resumed_run(record["run_id"]):
+        mlflow.log_metrics({k: v for k, v in flat_metrics(report).items() if v == v})  # NaN (undefined) is left out
+        mlflow.log_dict(report, "evaluation/metrics.json")
+        mlflow.log_artifacts(str(plots), artifact_path="evaluation")
+    test_scores = report["test"]
+    print(
+        f"evaluate: test rmse {test_scores['rmse']:.4f} vs persistence {test_scores['persistence_rmse']:.4f} "
+        f"(skill {test_scores['skill']:+.1%}); logged to run {record['run_id']}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the project's sensor catalogue and a writer of small export files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from bts.catalogue import Sensor, load_catalogue
+
+PROJECT = Path(__file__).resolve().parents[1]
+SENSORS = PROJECT / "metadata" / "sensors.yaml"
+EXPORT_HEADER = "id,value,station_id,parameter_id,reading_time"
+
+
+@pytest.fixture(scope="session")
+def sensors_path() -> Path:
+    """The project's sensor catalogue file."""
+    return SENSORS
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> dict[int, Sensor]:
+    """The project's sensor catalogue, loaded once."""
+    return load_catalogue(SENSORS)
+
+
+WriteCsv = Callable[..., Path]
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> WriteCsv:
+    """write_csv(name, content, folder=tmp_path) -> path.
+
+    content is written as is when bytes or str; a sequence of rows (strings,
+    or sequences of fields joined with ',') is written under the export header.
+    """
+
+    def write(name: str, content: bytes | str | Sequence, folder: Path | None = None) -> Path:
+        path = (folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
+        else:
+            lines = [row if isinstance(row, str) else ",".join(str(field) for field in row) for row in content]
+            path.write_text("\n".join([EXPORT_HEADER, *lines]) + "\n", encoding="utf-8")
+        return path
+
+    return write

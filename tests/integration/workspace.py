@@ -1,0 +1,46 @@
+"""Running real commands in a temporary copy of the project, and reading what they leave."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the virtual environment running the tests
+
+
+def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command as a user would, with the project's virtual environment first on PATH."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
+    return [f for f in listed.stdout.splitlines() if (PROJECT / f).is_file()]
+
+
+def lock_outs(lock_path: Path, stages: list[str] | None = None) -> dict[str, str]:
+    lock = yaml.safe_load(lock_path.read_text())
+    return {
+        out["path"]: out["md5"]
+        for name, stage in lock["stages"].items()
+        if stages is None or name in stages
+        for out in stage.get("outs", [])
+    }
+
+
+def set_params(repo: Path, section: str, key: str, value: object) -> None:
+    params_path = repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params[section][key] = value
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))

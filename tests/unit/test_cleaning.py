@@ -1,0 +1,173 @@
+"""Cleaning rules on tiny in-memory raw frames shaped like bts.ingest.read_export output."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bts.cleaning import RULES, clean_readings
+from bts.errors import DataContractError
+from bts.schemas import clean_schema
+
+STATION = 1161114004
+LOAD = 122  # Load of power grid, A, plausible range 0..60
+ROOM = 111  # Room temperature, degC, plausible range -10..60
+NA = None
+
+
+def raw_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (id, value, station_id, parameter_id, reading_time), typed as read_export types them."""
+    ids, values, stations, parameters, times = zip(*rows, strict=True) if rows else ([], [], [], [], [])
+    return pd.DataFrame(
+        {
+            "id": pd.array(ids, dtype="Int64"),
+            "value": pd.array([float("nan") if v is None else v for v in values], dtype="float64"),
+            "station_id": pd.array(stations, dtype="Int64"),
+            "parameter_id": pd.array(parameters, dtype="Int64"),
+            "reading_time": pd.Series(times, dtype="str"),
+            "source_file": pd.Series(["test.csv"] * len(rows), dtype="str"),
+            "source_row": pd.Series(range(2, len(rows) + 2), dtype="int64"),
+        }
+    )
+
+
+GOOD = [
+    (1, 10.0, STATION, LOAD, "2017-04-18 00:00:01"),
+    (2, 10.5, STATION, LOAD, "2017-04-18 00:00:02"),
+    (3, 25.0, STATION, ROOM, "2017-04-18 00:00:02"),
+]
+
+BREAKERS = {
+    "invalid_key": (9, 11.0, NA, LOAD, "2017-04-18 00:00:03"),
+    "unparseable_time": (9, 11.0, STATION, LOAD, "18/04/2017 07:00"),
+    "missing_value": (9, NA, STATION, LOAD, "2017-04-18 00:00:03"),
+    "sentinel_value": (9, 999999.0, STATION, LOAD, "2017-04-18 00:00:03"),
+    "unknown_parameter": (9, 11.0, STATION, 999, "2017-04-18 00:00:03"),
+    "out_of_range": (9, 60.5, STATION, LOAD, "2017-04-18 00:00:03"),
+    "duplicate_id": (2, 11.0, STATION, LOAD, "2017-04-18 00:00:03"),
+}
+
+
+@pytest.fixture
+def schema(catalogue):
+    return clean_schema(catalogue)
+
+
+def test_rules_are_the_documented_ones_in_order():
+    assert list(RULES) == list(BREAKERS)
+
+
+@pytest.mark.parametrize("rule", list(BREAKERS))
+def test_each_rule_quarantines_its_row_and_keeps_the_good_ones(rule, catalogue, schema):
+    raw = raw_frame([*GOOD, BREAKERS[rule]])
+    result = clean_readings(raw, catalogue, schema)
+    assert result.quarantine["quarantine_reason"].tolist() == [rule]
+    assert result.quarantine["source_row"].tolist() == [len(GOOD) + 2]
+    assert sorted(result.clean["id"]) == [1, 2, 3]
+    assert result.accounting["quarantined_by_reason"] == {code: int(code == rule) for code in RULES}
+
+
+def test_duplicate_id_keeps_the_first_delivery(catalogue, schema):
+    raw = raw_frame([*GOOD, (2, 11.0, STATION, LOAD, "2017-04-18 00:00:03")])
+    result = clean_readings(raw, catalogue, schema)
+    kept = result.clean.set_index("id")
+    assert kept.loc[2, "value"] == 10.5
+    assert result.quarantine.loc[0, "value"] == 11.0
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        pytest.param((9, 999999.0, NA, 999, "garbage"), "invalid_key", id="every-rule-broken"),
+        pytest.param((9, NA, STATION, 999, "garbage"), "unparseable_time", id="time-before-value"),
+        pytest.param((9, NA, STATION, 999, "2017-04-18 00:00:03"), "missing_value", id="value-before-parameter"),
+        pytest.param((9, 999999.0, STATION, 999, "2017-04-18 00:00:03"), "sentinel_value", id="sentinel-before-parameter"),
+        pytest.param((9, 999999.0, STATION, LOAD, "2017-04-18 00:00:03"), "sentinel_value", id="sentinel-before-range"),
+        pytest.param((1, 75.0, STATION, LOAD, "2017-04-18 00:00:03"), "out_of_range", id="range-before-duplicate"),
+        pytest.param((1, 11.0, STATION, 999, "2017-04-18 00:00:03"), "unknown_parameter", id="parameter-before-duplicate"),
+    ],
+)
+def test_first_broken_rule_wins(row, expected, catalogue, schema):
+    result = clean_readings(raw_frame([*GOOD, row]), catalogue, schema)
+    assert result.quarantine["quarantine_reason"].tolist() == [expected]
+    assert sum(result.accounting["quarantined_by_reason"].values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2017-04-18T00:00:05", "2017-04-18 00:00:05"),
+        ("2017-04-18T00:00:05Z", "2017-04-18 00:00:05"),
+        ("2017-04-18 00:00:05Z", "2017-04-18 00:00:05"),
+        ("2017-04-18T00:00:05.250Z", "2017-04-18 00:00:05"),
+        ("2017-04-18T00:00:05+00:00", "2017-04-18 00:00:05"),
+    ],
+)
+def test_iso_timestamps_are_normalized_and_counted_not_quarantined(text, expected, catalogue, schema):
+    raw = raw_frame([*GOOD, (9, 12.0, STATION, LOAD, text)])
+    result = clean_readings(raw, catalogue, schema)
+    assert result.quarantine.empty
+    row = result.clean.set_index("id").loc[9]
+    assert row["reading_time"] == pd.Timestamp(expected)
+    assert result.accounting["fixed"]["reading_time_normalized"] == 1
+
+
+def test_export_format_timestamps_are_not_counted_as_fixed(catalogue, schema):
+    result = clean_readings(raw_frame(GOOD), catalogue, schema)
+    assert result.accounting["fixed"]["reading_time_normalized"] == 0
+
+
+def test_rows_out_of_order_are_sorted_and_counted(catalogue, schema):
+    rows = [
+        (1, 10.0, STATION, LOAD, "2017-04-18 00:00:10"),
+        (2, 11.0, STATION, LOAD, "2017-04-18 00:00:30"),
+        (3, 12.0, STATION, LOAD, "2017-04-18 00:00:20"),  # late: older than the row before it in its series
+        (4, 25.0, STATION, ROOM, "2017-04-18 00:00:05"),  # another series: older, but not late
+        (5, 13.0, STATION, LOAD, "2017-04-18 00:00:40"),
+    ]
+    result = clean_readings(raw_frame(rows), catalogue, schema)
+    assert result.accounting["fixed"]["reordered_late_rows"] == 1
+    assert result.quarantine.empty
+    assert result.clean["id"].tolist() == [4, 1, 3, 2, 5]  # sorted by station, parameter (111 < 122), time
+    for _, series in result.clean.groupby(["station_id", "parameter_id"]):
+        assert series["reading_time"].is_monotonic_increasing
+
+
+def test_in_order_rows_count_no_reordering(catalogue, schema):
+    result = clean_readings(raw_frame(GOOD), catalogue, schema)
+    assert result.accounting["fixed"]["reordered_late_rows"] == 0
+
+
+def test_rows_in_equals_rows_out_plus_quarantined(catalogue, schema):
+    raw = raw_frame([*GOOD, *BREAKERS.values(), (10, 12.0, STATION, LOAD, "2017-04-18T00:00:09Z")])
+    result = clean_readings(raw, catalogue, schema)
+    accounting = result.accounting
+    assert accounting["rows_in"] == len(raw) == 11
+    assert accounting["rows_out"] == len(result.clean) == 4
+    assert accounting["rows_quarantined"] == len(result.quarantine) == 7
+    assert accounting["rows_in"] == accounting["rows_out"] + accounting["rows_quarantined"]
+    assert sum(accounting["quarantined_by_reason"].values()) == accounting["rows_quarantined"]
+
+
+def test_clean_output_passes_clean_schema_with_exactly_its_columns(catalogue, schema):
+    raw = raw_frame([*GOOD, *BREAKERS.values()])
+    result = clean_readings(raw, catalogue, schema)
+    assert list(result.clean.columns) == list(schema.columns)
+    schema.validate(result.clean)  # raises if the output breaks the contract
+    assert str(result.clean["reading_time"].dtype) == "datetime64[us]"
+    assert list(result.quarantine.columns) == [*raw.columns, "quarantine_reason"]
+
+
+def test_all_rows_quarantined_gives_an_empty_valid_clean_frame(catalogue, schema):
+    raw = raw_frame([BREAKERS["missing_value"], BREAKERS["sentinel_value"]])
+    result = clean_readings(raw, catalogue, schema)
+    assert result.clean.empty
+    assert list(result.clean.columns) == list(schema.columns)
+    assert result.accounting["rows_quarantined"] == 2
+
+
+def test_schema_the_output_cannot_pass_raises_data_contract_error(catalogue):
+    """A schema built from a smaller catalogue rejects the room-temperature row that cleaning keeps."""
+    narrow = clean_schema({LOAD: catalogue[LOAD]})
+    with pytest.raises(DataContractError, match=r"clean output fails schema bts_clean_readings: column parameter_id"):
+        clean_readings(raw_frame(GOOD), catalogue, narrow)
