@@ -71,13 +71,14 @@ def main() -> None:
         mlflow.set_tags(tags)
         for name in DATASETS:
             md5, path = tags[f"data.{name}_md5"], tags[f"data.{name}_path"]
+            with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(path)
             if name == "features":
                 training_data = train_rows[[*feature_columns, "target"]]
-                dataset = mlflow.data.from_pandas(training_data, source=path, targets="target", name=f"bts-{name}", digest=md5)
+                dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
             else:
-                with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
-                    warnings.simplefilter("ignore", UserWarning)
-                    dataset = MetaDataset(resolve_dataset_source(path), name=f"bts-{name}", digest=md5)
+                dataset = MetaDataset(source, name=f"bts-{name}", digest=md5)
             mlflow.log_input(dataset, context="training" if name == "features" else "upstream")
         mlflow.log_metrics(cost)
         logged = mlflow.sklearn.log_model(

@@ -1,0 +1,218 @@
+"""Benchmark of `bts compare` on a SQLite MLflow store holding 10,000 runs (target: the table printed in under 3 s).
+
+It fills a store with --runs runs in one experiment (about 12 params, 40 metrics
+and 25 tags each, shaped like the train and evaluate stages' runs), logged with
+MlflowClient.log_batch, in the folder --store (default: a new temporary folder;
+a folder that already holds a complete store of the same size is reused, so
+only the first call pays the minutes of writing). Then it times `bts compare`
+there, as the console script in a fresh process (what a user waits for, Python
+and MLflow imports included) and in-process (the search and ranking alone),
+and prints the seconds against the target. It reports figures only: the exit
+code is 0 whether or not the target is met (1 only if `bts compare` fails).
+
+    .venv/bin/python benchmarks/compare_10k.py                             # about 2 minutes to fill, then the timings
+    .venv/bin/python benchmarks/compare_10k.py --store /tmp/bts-compare    # keep (and reuse) the store
+    .venv/bin/python benchmarks/compare_10k.py --runs 500 --repeat 1       # smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing the package
+
+TARGET_SECONDS = 3.0
+EXPERIMENT = "bts-next-reading"  # params.yaml's train.experiment, copied so concurrent edits there do not move the benchmark
+MODELS = ["elasticnet", "ridge", "hist_gradient_boosting", "random_forest"]
+PARAMETER_IDS = ["122", "121", "111", "141"]
+SCORES = ["rmse", "mae", "r2", "mape", "persistence_rmse", "persistence_mae", "persistence_r2", "persistence_mape", "skill"]
+MARKER = "benchmark.json"
+
+
+def run_params(rng: random.Random, model: str) -> dict[str, str]:
+    """About 12 params, named as the train stage logs them."""
+    params = {
+        "train.model": model,
+        "train.seed": "42",
+        "featurize.n_lags": str(rng.choice([3, 6, 12, 24])),
+        "featurize.horizon": str(rng.choice([1, 3, 6])),
+        "featurize.valid_fraction": "0.15",
+        "featurize.test_fraction": "0.15",
+        "featurize.holdout_stations": "[]",
+    }
+    if model == "elasticnet":
+        params |= {"train.alpha": f"{10 ** rng.uniform(-4, 0):.5g}", "train.l1_ratio": f"{rng.uniform(0, 1):.3f}"}
+    elif model == "ridge":
+        params |= {"train.ridge.alpha": f"{10 ** rng.uniform(-3, 2):.5g}"}
+    elif model == "hist_gradient_boosting":
+        params |= {"train.hist_gradient_boosting.max_iter": str(rng.choice([100, 200, 400])), "train.hist_gradient_boosting.learning_rate": "0.1"}
+    else:
+        params |= {"train.random_forest.n_estimators": str(rng.choice([50, 100, 200])), "train.random_forest.max_depth": "12"}
+    params |= {f"benchmark.pad_{i}": "0" for i in range(12 - len(params))}
+    return params
+
+
+def run_metrics(rng: random.Random, model: str) -> dict[str, float]:
+    """40 metrics: valid and test scores, test by parameter, training cost, model size, system metrics."""
+    cost = {"elasticnet": 1.0, "ridge": 0.8, "hist_gradient_boosting": 6.0, "random_forest": 15.0}[model]
+    rmse = rng.uniform(0.5, 1.5) / (1 + cost / 20)
+    metrics: dict[str, float] = {}
+    for split, factor in [("valid", 0.97), ("test", 1.0)]:
+        persistence = 1.3
+        metrics |= {
+            f"{split}.rmse": rmse * factor,
+            f"{split}.mae": rmse * factor * 0.8,
+            f"{split}.r2": 1 - (rmse * factor) ** 2 / 4,
+            f"{split}.mape": rmse * 3,
+            f"{split}.persistence_rmse": persistence,
+            f"{split}.persistence_mae": persistence * 0.8,
+            f"{split}.persistence_r2": 0.6,
+            f"{split}.persistence_mape": 4.0,
+            f"{split}.skill": 1 - rmse * factor / persistence,
+        }
+    for parameter in PARAMETER_IDS:
+        part = rmse * rng.uniform(0.8, 1.2)
+        metrics |= {f"test_by_parameter.{parameter}.{name}": value for name, value in [("rmse", part), ("mae", part * 0.8), ("skill", 1 - part / 1.3)]}
+    metrics |= {
+        "training.seconds": cost * rng.uniform(0.5, 2.0),
+        "training.cpu_seconds": cost * rng.uniform(0.5, 2.0),
+        "training.peak_memory_mb": rng.uniform(300, 900),
+        "training.rows": 3600.0,
+        "model.size_bytes": float(int(cost * rng.uniform(2e4, 1e5))),
+        "system/cpu_utilization_percentage": rng.uniform(10, 100),
+        "system/system_memory_usage_megabytes": rng.uniform(1000, 4000),
+        "system/system_memory_usage_percentage": rng.uniform(5, 20),
+        "system/disk_usage_megabytes": rng.uniform(1e4, 2e4),
+        "system/network_receive_megabytes": rng.uniform(0, 1),
+    }
+    return {key: round(value, 6) for key, value in metrics.items()}
+
+
+def run_tags(rng: random.Random, index: int) -> dict[str, str]:
+    """About 25 tags, as git_tags, dvc_tags, machine_tags and data_tags write them."""
+    commit = f"{rng.getrandbits(160):040x}"
+    tags = {
+        "git.commit": commit,
+        "git.branch": "main",
+        "git.dirty": "false",
+        "dvc.exp_name": f"exp-{index:05d}",
+        "dvc.baseline_rev": commit,
+        "dvc.stage": "train",
+        "machine.cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz",
+        "machine.cores": "2",
+        "machine.memory_gb": "23.4",
+        "machine.os": "Linux-6.1.0-x86_64-with-glibc2.36",
+        "machine.python": "3.11.9",
+        "package.mlflow": "3.17.2",
+        "package.dvc": "3.67.1",
+        "package.scikit-learn": "1.9.1",
+        "package.pandas": "3.1.1",
+        "package.numpy": "2.3.0",
+        "mlflow.user": "benchmark",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": "src/stages/train.py",
+    }
+    for name in ["raw", "clean", "features"]:
+        tags[f"data.{name}_md5"] = f"{rng.getrandbits(128):032x}"
+        tags[f"data.{name}_path"] = f"data/{name}/readings.parquet"
+    return tags
+
+
+def fill_store(store: Path, runs: int) -> str:
+    """The store's tracking URI, after writing `runs` runs into it unless a complete store of that size is there already."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    marker = store / MARKER
+    if marker.exists() and json.loads(marker.read_text()) == {"runs": runs, "experiment": EXPERIMENT}:
+        print(f"reusing {runs} runs in {store}")
+        return uri
+    if store.exists():
+        shutil.rmtree(store)  # an interrupted or differently sized fill: start over
+    store.mkdir(parents=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(store / "mlartifacts").as_uri())
+    rng = random.Random(7)
+    started = time.perf_counter()
+    now_ms = int(time.time() * 1000)
+    for index in range(runs):
+        model = MODELS[index % len(MODELS)]
+        start_ms = now_ms - (runs - index) * 60_000
+        run = client.create_run(experiment_id, start_time=start_ms, tags=run_tags(rng, index), run_name=f"exp-{index:05d}")
+        metrics = [Metric(key, value, start_ms, 0) for key, value in run_metrics(rng, model).items()]
+        params = [Param(key, value) for key, value in run_params(rng, model).items()]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, synchronous=True)
+        client.set_terminated(run.info.run_id, end_time=start_ms + 30_000)
+        if (index + 1) % 1000 == 0 or index + 1 == runs:
+            elapsed = time.perf_counter() - started
+            print(f"  {index + 1:>6} / {runs} runs written ({elapsed:.0f} s, {(index + 1) / elapsed:.0f} runs/s)", flush=True)
+    marker.write_text(json.dumps({"runs": runs, "experiment": EXPERIMENT}))
+    return uri
+
+
+def time_subprocess(uri: str, cwd: Path) -> tuple[float, str]:
+    """Wall seconds of `bts compare` as its own process, and its output."""
+    bts = REPO / ".venv" / "bin" / "bts"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    started = time.perf_counter()
+    result = subprocess.run([str(bts), "compare", "--experiment", EXPERIMENT], cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"bts compare failed ({result.returncode}): {result.stderr.strip()}")
+    return elapsed, result.stdout
+
+
+def time_in_process(uri: str) -> float:
+    """Wall seconds of `bts compare` called in this process (MLflow already imported)."""
+    from bts.cli import main
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    output = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(output):
+        code = main(["compare", "--experiment", EXPERIMENT])
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"bts compare failed in-process ({code})")
+    return elapsed
+
+
+def verdict(seconds: float) -> str:
+    return f"{seconds:.2f} s ({'meets' if seconds < TARGET_SECONDS else 'MISSES'} the {TARGET_SECONDS:.0f} s target)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, help="folder of the store; reused if it holds a complete store of --runs runs")
+    parser.add_argument("--runs", type=int, default=10_000, help="runs to write (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls of each kind (default 3)")
+    args = parser.parse_args()
+    store = (args.store or Path(tempfile.mkdtemp(prefix="bts-compare-"))).resolve()
+    print(f"store: {store}")
+    uri = fill_store(store, args.runs)
+
+    outside = [time_subprocess(uri, store) for _ in range(args.repeat)]
+    print(outside[0][1].rstrip())
+    inside = [time_in_process(uri) for _ in range(args.repeat)]
+    subprocess_seconds = [seconds for seconds, _ in outside]
+    print(f"\n`bts compare` over {args.runs} runs, {args.repeat} calls each:")
+    print(f"  console script (new process): median {verdict(statistics.median(subprocess_seconds))}, worst {max(subprocess_seconds):.2f} s")
+    print(f"  in-process (search + ranking): median {verdict(statistics.median(inside))}, worst {max(inside):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
