@@ -144,7 +144,9 @@ def fill_store(store: Path, runs: int) -> str:
     if store.exists():
         shutil.rmtree(store)  # an interrupted or differently sized fill: start over
     store.mkdir(parents=True)
-    client = MlflowClient(tracking_uri=uri)
+    # SQLite syncs each run's three transactions to disk; writing on tmpfs and copying the file once is about 5x faster.
+    scratch = Path(tempfile.mkdtemp(prefix="bts-compare-fill-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    client = MlflowClient(tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}")
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(store / "mlartifacts").as_uri())
     rng = random.Random(7)
     started = time.perf_counter()
@@ -160,6 +162,8 @@ def fill_store(store: Path, runs: int) -> str:
         if (index + 1) % 1000 == 0 or index + 1 == runs:
             elapsed = time.perf_counter() - started
             print(f"  {index + 1:>6} / {runs} runs written ({elapsed:.0f} s, {(index + 1) / elapsed:.0f} runs/s)", flush=True)
+    shutil.move(scratch / "mlflow.db", store / "mlflow.db")
+    shutil.rmtree(scratch)
     marker.write_text(json.dumps({"runs": runs, "experiment": EXPERIMENT}))
     return uri
 

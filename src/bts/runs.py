@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run
 
 from bts.tracking import artifact_location, repository_root, store_lock, tracking_uri
@@ -52,3 +57,35 @@ def resumed_run(run_id: str) -> Iterator[Run]:
 
 def read_run_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def log_datasets(tags: dict[str, str], training_data: pd.DataFrame, names: list[str]) -> None:
+    """Log each dataset as a run input whose digest is its DVC md5 (MLflow's own digest is a weak fingerprint)."""
+    for name in names:
+        md5, path = tags[f"data.{name}_md5"], tags[f"data.{name}_path"]
+        with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(path)
+        if name == "features":
+            dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
+        else:
+            dataset = MetaDataset(source, name=f"bts-{name}", digest=md5)
+        mlflow.log_input(dataset, context="training" if name == "features" else "upstream")
+
+
+def params_md5(params: dict) -> str:
+    return hashlib.md5(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+LINEAGE_TAGS = [
+    "git.commit", "git.dirty", "git.branch", "dvc.exp_name", "dvc.baseline_rev",
+    "data.raw_md5", "data.clean_md5", "data.features_md5",
+]  # fmt: skip
+
+
+def model_lineage(run: Run, experiment: str, tags: dict[str, str], params: dict, model_md5: str) -> dict[str, str]:
+    """What a packaged model carries about its origin: run, commit, data md5s, params and weights."""
+    lineage = {"run_id": run.info.run_id, "experiment": experiment}
+    lineage.update({key: tags[key] for key in LINEAGE_TAGS if key in tags})
+    lineage.update({"params_md5": params_md5(params), "model_md5": model_md5})
+    return lineage

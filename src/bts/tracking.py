@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -19,6 +20,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 import psutil
+import yaml
 
 STORE_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -61,9 +63,27 @@ def store_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def pipeline_outputs(root: Path) -> list[str]:
+    """Every output path dvc.yaml declares (with its `paths` vars substituted), plus dvc.lock."""
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    paths = {k: str(v) for entry in pipeline.get("vars", []) if isinstance(entry, dict) for k, v in entry.get("paths", {}).items()}
+
+    def resolve(text: str) -> str:
+        return re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], text)
+
+    outputs = ["dvc.lock"]
+    for stage in pipeline.get("stages", {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                outputs.append(resolve(next(iter(out)) if isinstance(out, dict) else out))
+    return outputs
+
+
 def git_tags(cwd: str | Path = ".") -> dict[str, str]:
-    """Commit, branch and whether tracked files differ from it (DVC outputs are gitignored, so they don't count)."""
-    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    """Commit, branch, and whether tracked files other than pipeline outputs differ from the commit."""
+    root = Path(cwd).resolve()
+    excluded = [f":(exclude){out}" for out in pipeline_outputs(root)] if (root / "dvc.yaml").exists() else []
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", *excluded], cwd)
     return {
         "git.commit": _git(["rev-parse", "HEAD"], cwd) or "unknown",
         "git.branch": _git(["rev-parse", "--abbrev-ref", "HEAD"], cwd) or "unknown",

@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--run", required=True)
     parser.add_argument("--metrics", required=True, help="DVC metrics file (JSON)")
+    parser.add_argument("--by-parameter", required=True, help="the same scores per sensor parameter (JSON)")
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
     args = parser.parse_args()
     feature_columns = json.loads((Path(args.datasets) / "features.json").read_text())["feature_columns"]
@@ -74,7 +75,8 @@ def main() -> None:
     write_csv(plots / "residuals.csv", histogram)
     station, parameter = test[first_series].iloc[0][["station_id", "parameter_id"]]
     plot_evaluation(series, sample, histogram, f"station {station}, parameter {parameter}", plots / "evaluation.png")
-    write_json(args.metrics, report)
+    write_json(args.metrics, {split: scores for split, scores in report.items() if split in SPLITS})
+    write_json(args.by_parameter, {split: scores for split, scores in report.items() if split not in SPLITS})
 
     record = read_run_record(args.run)
     with resumed_run(record["run_id"]):

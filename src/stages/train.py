@@ -7,21 +7,19 @@ import json
 import os
 import resource
 import time
-import warnings
 from pathlib import Path
 
 import joblib
 import mlflow
 import pandas as pd
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
 import bts
 from bts.files import atomic_write, write_json
+from bts.metadata import file_md5
 from bts.models import build_model, model_params
 from bts.params import PARAMS_FILE, load_params
-from bts.runs import training_run
+from bts.runs import log_datasets, model_lineage, training_run
 from bts.tracking import data_tags, dvc_tags, flatten, git_tags, machine_tags
 from stages import run_stage
 
@@ -66,20 +64,14 @@ def main() -> None:
     tags = {**git_tags(), **dvc_tags(), **machine_tags(), **data_tags(documents)}
     run_name = os.environ.get("DVC_EXP_NAME") or f"{train['model']}-{tags['git.commit'][:7]}"
     example = train_rows[feature_columns].head(5)
+    logged_params = flatten({"train": model_params(train), "featurize": featurize})
     with training_run(train["experiment"], run_name) as run:
-        mlflow.log_params(flatten({"train": model_params(train), "featurize": featurize}))
+        mlflow.log_params(logged_params)
         mlflow.set_tags(tags)
-        for name in DATASETS:
-            md5, path = tags[f"data.{name}_md5"], tags[f"data.{name}_path"]
-            with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
-                warnings.simplefilter("ignore", UserWarning)
-                source = resolve_dataset_source(path)
-            if name == "features":
-                training_data = train_rows[[*feature_columns, "target"]]
-                dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
-            else:
-                dataset = MetaDataset(source, name=f"bts-{name}", digest=md5)
-            mlflow.log_input(dataset, context="training" if name == "features" else "upstream")
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        lineage = model_lineage(run, experiment, tags, logged_params, file_md5(args.model))
+        mlflow.set_tags({"model_md5": lineage["model_md5"], "params_md5": lineage["params_md5"]})
+        log_datasets(tags, train_rows[[*feature_columns, "target"]], DATASETS)
         mlflow.log_metrics(cost)
         logged = mlflow.sklearn.log_model(
             model,
@@ -87,7 +79,7 @@ def main() -> None:
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
             pip_requirements=pip_requirements(),
-            metadata={"feature_columns": feature_columns},
+            metadata={"feature_columns": feature_columns, "lineage": lineage},
             skops_trusted_types=TRUSTED_TYPES,
             code_paths=[str(Path(bts.__file__).parent)],  # the model's own classes travel with it
         )
@@ -97,7 +89,7 @@ def main() -> None:
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
             "model_uri": logged.model_uri,
-            "data": {name: tags[f"data.{name}_md5"] for name in DATASETS},
+            "lineage": lineage,
         }
     write_json(args.metrics, cost)
     write_json(args.run, record)

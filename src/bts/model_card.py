@@ -1,0 +1,109 @@
+"""Model cards generated from the registry and the training run (never by hand).
+
+Fields follow the tutorial's model metadata: Model_id, Name, Status, Version,
+Description, Time_created, Artefact (url, format, license), Quality_of_model
+(metric, unit, value), Dataset_dependency, Model_dependency, Package_dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+
+QUALITY = [
+    ("test.rmse", "sensor unit"),
+    ("test.mae", "sensor unit"),
+    ("test.r2", "ratio"),
+    ("test.mape", "percent"),
+    ("test.persistence_rmse", "sensor unit"),
+    ("test.skill", "ratio (1 - rmse / persistence_rmse)"),
+    ("valid.rmse", "sensor unit"),
+    ("training.seconds", "s"),
+    ("training.cpu_seconds", "s"),
+    ("training.peak_memory_mb", "MB"),
+]
+
+
+def package_dependencies(package_dir: str | Path) -> dict[str, str]:
+    """{package: pinned version} from the packaged model's requirements.txt."""
+    dependencies = {}
+    for line in (Path(package_dir) / "requirements.txt").read_text().splitlines():
+        if "==" in line:
+            name, version = line.strip().split("==", 1)
+            dependencies[name] = version
+    return dependencies
+
+
+def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str) -> dict:
+    """The card of one registered model version, from the version, its run and its package."""
+    lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith("transition.")}
+    metrics = run.data.metrics
+    return {
+        "model_id": f"{version.name}/{version.version}",
+        "name": version.name,
+        "status": sorted(version.aliases) or ["registered"],
+        "version": str(version.version),
+        "description": version.description,
+        "time_created": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
+        "artefact": {
+            "url": f"models:/{version.name}/{version.version}",
+            "package": Path(package_dir).as_posix(),
+            "format": "MLflow Model (python_function and sklearn flavors)",
+            "license": license_name,
+        },
+        "quality_of_model": [{"metric": m, "unit": unit, "value": metrics[m]} for m, unit in QUALITY if m in metrics],
+        "dataset_dependency": [
+            {
+                "dataset_id": f"bts-{name}",
+                "md5": lineage.get(f"data.{name}_md5"),
+                "relationship": "training" if name == "features" else "upstream",
+            }
+            for name in ["features", "clean", "raw"]
+        ],
+        "model_dependency": [
+            {"model": "persistence (next reading = latest reading)", "relationship": "baseline the skill is measured against"}
+        ],
+        "package_dependency": package_dependencies(package_dir),
+        "training_run": {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "params": dict(sorted(run.data.params.items())),
+        },
+        "lineage": lineage,
+    }
+
+
+def render_model_card(card: dict) -> str:
+    lines = [f"# Model card: {card['model_id']}", "", card["description"] or "", ""]
+    lines += ["| field | value |", "| --- | --- |"]
+    for key in ["model_id", "name", "version", "time_created"]:
+        lines.append(f"| {key} | {card[key]} |")
+    lines.append(f"| status | {', '.join(card['status'])} |")
+    artefact = card["artefact"]
+    lines.append(
+        f"| artefact | `{artefact['url']}` ({artefact['format']}, license {artefact['license']}), package `{artefact['package']}` |"
+    )
+    lines += ["", "## Quality of model", "", "| metric | value | unit |", "| --- | --- | --- |"]
+    lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"]]
+    lines += ["", "## Dataset dependency", ""]
+    lines += [f"- `{d['dataset_id']}` ({d['relationship']}): md5 `{d['md5']}`" for d in card["dataset_dependency"]]
+    lines += ["", "## Model dependency", ""]
+    lines += [f"- {d['model']}: {d['relationship']}" for d in card["model_dependency"]]
+    lines += ["", "## Package dependency", "", "| package | version |", "| --- | --- |"]
+    lines += [f"| {name} | {version} |" for name, version in card["package_dependency"].items()]
+    lines += ["", "## Training run", "", f"Run `{card['training_run']['run_id']}`, params:", "", "```json"]
+    lines += [
+        json.dumps(card["training_run"]["params"], indent=2),
+        "```",
+        "",
+        "## Lineage",
+        "",
+        "```json",
+        json.dumps(card["lineage"], indent=2),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
