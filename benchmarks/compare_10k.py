@@ -58,7 +58,10 @@ def run_params(rng: random.Random, model: str) -> dict[str, str]:
     elif model == "ridge":
         params |= {"train.ridge.alpha": f"{10 ** rng.uniform(-3, 2):.5g}"}
     elif model == "hist_gradient_boosting":
-        params |= {"train.hist_gradient_boosting.max_iter": str(rng.choice([100, 200, 400])), "train.hist_gradient_boosting.learning_rate": "0.1"}
+        params |= {
+            "train.hist_gradient_boosting.max_iter": str(rng.choice([100, 200, 400])),
+            "train.hist_gradient_boosting.learning_rate": "0.1",
+        }
     else:
         params |= {"train.random_forest.n_estimators": str(rng.choice([50, 100, 200])), "train.random_forest.max_depth": "12"}
     params |= {f"benchmark.pad_{i}": "0" for i in range(12 - len(params))}
@@ -85,7 +88,10 @@ def run_metrics(rng: random.Random, model: str) -> dict[str, float]:
         }
     for parameter in PARAMETER_IDS:
         part = rmse * rng.uniform(0.8, 1.2)
-        metrics |= {f"test_by_parameter.{parameter}.{name}": value for name, value in [("rmse", part), ("mae", part * 0.8), ("skill", 1 - part / 1.3)]}
+        metrics |= {
+            f"test_by_parameter.{parameter}.{name}": value
+            for name, value in [("rmse", part), ("mae", part * 0.8), ("skill", 1 - part / 1.3)]
+        }
     metrics |= {
         "training.seconds": cost * rng.uniform(0.5, 2.0),
         "training.cpu_seconds": cost * rng.uniform(0.5, 2.0),
@@ -195,6 +201,16 @@ def time_in_process(uri: str) -> float:
     return elapsed
 
 
+def time_search(uri: str) -> float:
+    """Wall seconds of paging through the runs with MlflowClient.search_runs alone (what `bts compare` waits on)."""
+    from bts.compare import DEFAULT_METRICS, fetch_runs, parse_metrics
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    started = time.perf_counter()
+    fetch_runs(EXPERIMENT, "", list(parse_metrics(DEFAULT_METRICS)))
+    return time.perf_counter() - started
+
+
 def verdict(seconds: float) -> str:
     return f"{seconds:.2f} s ({'meets' if seconds < TARGET_SECONDS else 'MISSES'} the {TARGET_SECONDS:.0f} s target)"
 
@@ -212,10 +228,13 @@ def main() -> None:
     outside = [time_subprocess(uri, store) for _ in range(args.repeat)]
     print(outside[0][1].rstrip())
     inside = [time_in_process(uri) for _ in range(args.repeat)]
+    search = [time_search(uri) for _ in range(args.repeat)]
     subprocess_seconds = [seconds for seconds, _ in outside]
     print(f"\n`bts compare` over {args.runs} runs, {args.repeat} calls each:")
     print(f"  console script (new process): median {verdict(statistics.median(subprocess_seconds))}, worst {max(subprocess_seconds):.2f} s")
     print(f"  in-process (search + ranking): median {verdict(statistics.median(inside))}, worst {max(inside):.2f} s")
+    print(f"  of which paging through the runs with MLflow's search_runs: median {statistics.median(search):.2f} s")
+    print(f"  load average during the runs: {', '.join(f'{load:.1f}' for load in os.getloadavg())} (on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

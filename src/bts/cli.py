@@ -77,9 +77,8 @@ def _history(args: argparse.Namespace) -> int:
     for event in events:
         forced = " FORCED" if event["forced"] else ""
         previous = event["previous"] or "-"
-        print(
-            f"  {event['at']}  @{event['alias']:<10} version {event['version']:<4} (was {previous:<4}) by {event['by']}{forced}: {event['reason']}"
-        )
+        transition = f"@{event['alias']:<10} version {event['version']:<4} (was {previous:<4})"
+        print(f"  {event['at']}  {transition} by {event['by']}{forced}: {event['reason']}")
     return 0
 
 

@@ -64,8 +64,8 @@ def register(client: MlflowClient, name: str, model_uri: str, lineage: dict[str,
     except MlflowException:
         client.create_registered_model(name, description="Forecasts the next reading of a BTS sensor series from its latest readings.")
     existing = find_version(client, name, identity)
-    if existing is not None:
-        return existing, False
+    if existing is not None:  # search results carry no aliases: read the version itself
+        return client.get_model_version(name, existing.version), False
     tags = {**lineage, "package.identity": identity}
     version = client.create_model_version(name, source=model_uri, run_id=lineage["run_id"], tags=tags, description=description)
     previous = alias_holder(client, name, CANDIDATE)

@@ -46,18 +46,21 @@ def main() -> None:
     root = use_store()
     client = MlflowClient()
 
+    run = client.get_run(record["run_id"])
+    with store_lock(root):
+        version, created = register(client, params["registered_model"], record["model_uri"], record["lineage"], describe(run))
+    if not created:
+        run = client.get_run(version.run_id)  # the registered twin of this model came from an earlier run
+
     package = Path(args.package)
     staging = Path(tempfile.mkdtemp(dir=package.parent, prefix=f".{package.name}."))
-    try:  # the logged model, byte for byte, is the package: what is registered is what is served
-        mlflow.artifacts.download_artifacts(artifact_uri=record["model_uri"], dst_path=str(staging))
+    try:  # the package is the registered version's artifact, byte for byte: what is registered is what is served
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(staging))
         shutil.rmtree(package, ignore_errors=True)
         staging.rename(package)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    run = client.get_run(record["run_id"])
-    with store_lock(root):
-        version, created = register(client, params["registered_model"], record["model_uri"], record["lineage"], describe(run))
     card = model_card(version, run, package, params["license"])
     write_json(args.card, card)
     write_text(args.card_markdown, render_model_card(card))

@@ -1,4 +1,4 @@
-"""Fixtures: a copy of the project committed in a fresh git repository."""
+"""Fixtures: a copy of the project committed in a fresh git repository, fresh or with the pipeline already run."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 from tests.integration.workspace import PROJECT, project_files, run
 
 
-@pytest.fixture
-def project_repo(tmp_path: Path) -> Path:
-    """The project's files (as in the working tree) committed in a fresh git repository."""
-    repo = tmp_path / "repo"
+def make_project_repo(repo: Path) -> Path:
+    """The project's files (as in the working tree) committed in a fresh git repository at `repo`."""
     for name in project_files():
         target = repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -23,4 +21,19 @@ def project_repo(tmp_path: Path) -> Path:
     run(["git", "config", "user.name", "Test"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "project"], repo)
+    return repo
+
+
+@pytest.fixture
+def project_repo(tmp_path: Path) -> Path:
+    return make_project_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project repository where `dvc repro` has run and its results are committed (shared by a module's tests)."""
+    repo = make_project_repo(tmp_path_factory.mktemp("built") / "repo")
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "pipeline results"], repo)
     return repo

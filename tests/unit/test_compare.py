@@ -1,0 +1,205 @@
+"""Pareto front, weighted scores and ranking of `bts compare` on tiny frames; its argument checks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bts.cli import build_parser, main
+from bts.compare import (
+    DEFAULT_METRICS,
+    comparison_from_args,
+    pareto_front,
+    parse_metrics,
+    parse_pairs,
+    parse_weights,
+    rank_runs,
+    search_filter,
+    weighted_scores,
+)
+from bts.errors import ConfigError
+
+MIN_MIN = {"rmse": "min", "seconds": "min"}
+
+
+def frame(rows: dict[str, tuple[float, ...]], columns: tuple[str, ...] = ("rmse", "seconds")) -> pd.DataFrame:
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(columns)).rename_axis("run_id").reset_index()
+
+
+def front_of(runs: pd.DataFrame, directions: dict[str, str]) -> set[str]:
+    return set(runs.loc[pareto_front(runs, directions), "run_id"])
+
+
+def brute_force_front(values: np.ndarray) -> np.ndarray:
+    """Front of rows where smaller is better in every column, by comparing every pair."""
+    return np.array([not any((other <= row).all() and (other < row).any() for other in values) for row in values])
+
+
+def test_a_run_worse_on_every_metric_is_dominated() -> None:
+    runs = frame({"good": (1.0, 1.0), "bad": (2.0, 2.0)})
+    assert front_of(runs, MIN_MIN) == {"good"}
+
+
+def test_a_run_equal_on_one_metric_and_worse_on_another_is_dominated() -> None:
+    runs = frame({"good": (1.0, 1.0), "slower": (1.0, 3.0)})
+    assert front_of(runs, MIN_MIN) == {"good"}
+
+
+def test_trade_offs_are_all_on_the_front() -> None:
+    runs = frame({"accurate": (1.0, 9.0), "balanced": (2.0, 5.0), "fast": (3.0, 1.0), "poor": (3.0, 6.0)})
+    assert front_of(runs, MIN_MIN) == {"accurate", "balanced", "fast"}
+
+
+def test_identical_runs_do_not_dominate_each_other() -> None:
+    runs = frame({"a": (1.0, 2.0), "twin": (1.0, 2.0), "other": (2.0, 1.0)})
+    assert front_of(runs, MIN_MIN) == {"a", "twin", "other"}
+
+
+def test_identical_runs_leave_the_front_together() -> None:
+    runs = frame({"a": (2.0, 2.0), "twin": (2.0, 2.0), "better": (1.0, 1.0)})
+    assert front_of(runs, MIN_MIN) == {"better"}
+
+
+def test_max_direction_prefers_larger_values() -> None:
+    runs = frame({"low_skill": (1.0, 0.2), "high_skill": (1.0, 0.8)}, columns=("rmse", "skill"))
+    assert front_of(runs, {"rmse": "min", "skill": "max"}) == {"high_skill"}
+    assert front_of(runs, {"rmse": "min", "skill": "min"}) == {"low_skill"}
+
+
+def test_front_only_uses_the_metrics_given() -> None:
+    runs = frame({"a": (1.0, 9.0), "b": (2.0, 1.0)})
+    assert front_of(runs, {"rmse": "min"}) == {"a"}
+
+
+def test_front_keeps_the_frame_index() -> None:
+    runs = frame({"a": (1.0, 1.0), "b": (2.0, 2.0)}).set_index(pd.Index([10, 20]))
+    assert pareto_front(runs, MIN_MIN).to_dict() == {10: True, 20: False}
+
+
+def test_front_of_no_runs_is_empty() -> None:
+    assert pareto_front(frame({}), MIN_MIN).empty
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_front_matches_pairwise_comparison(seed: int) -> None:
+    # Few distinct values on three metrics make many ties and equal coordinates.
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, size=(60, 3)).astype(float)
+    runs = pd.DataFrame(values, columns=["a", "b", "c"]).assign(run_id=[f"r{i}" for i in range(60)])
+    found = pareto_front(runs, {"a": "min", "b": "max", "c": "min"}).to_numpy()
+    assert (found == brute_force_front(values * [1, -1, 1])).all()
+
+
+def test_scores_are_one_for_the_best_and_zero_for_the_worst_of_each_metric() -> None:
+    runs = frame({"best": (1.0, 1.0), "middle": (2.0, 3.0), "worst": (3.0, 5.0)})
+    scores = weighted_scores(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
+    assert scores.tolist() == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_max_direction_scores_the_largest_value_one() -> None:
+    runs = frame({"a": (0.2,), "b": (0.6,), "c": (1.0,)}, columns=("skill",))
+    assert weighted_scores(runs, {"skill": "max"}, {"skill": 1.0}).tolist() == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_weights_are_shares_of_their_sum() -> None:
+    runs = frame({"accurate": (1.0, 5.0), "fast": (3.0, 1.0)})
+    scores = weighted_scores(runs, MIN_MIN, {"rmse": 3.0, "seconds": 1.0})
+    assert scores.tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_a_constant_metric_gives_every_run_its_full_weight() -> None:
+    runs = frame({"a": (1.0, 7.0), "b": (2.0, 7.0)})
+    scores = weighted_scores(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
+    assert scores.tolist() == pytest.approx([1.0, 0.5])
+    assert not scores.isna().any()
+
+
+def test_ranking_orders_by_score_then_run_id() -> None:
+    runs = frame({"c": (1.0, 2.0), "b": (2.0, 1.0), "a": (3.0, 3.0), "d": (1.5, 1.5)})
+    ranked = rank_runs(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
+    # b, c and d all score 0.75 (d by another sum of fractions); the tie goes to the smaller run id.
+    assert ranked["run_id"].tolist() == ["b", "c", "d", "a"]
+    assert ranked["rank"].tolist() == [1, 2, 3, 4]
+    assert ranked["pareto"].tolist() == [True, True, True, False]
+
+
+def test_every_permutation_of_rows_gives_the_same_ranking() -> None:
+    rows = {"a": (1.0, 4.0), "b": (4.0, 1.0), "c": (2.5, 2.5), "d": (2.0, 3.0), "e": (3.0, 2.0)}
+    rankings = {
+        tuple(rank_runs(frame(dict(order)), MIN_MIN, {"rmse": 1.0, "seconds": 1.0})["run_id"])
+        for order in itertools.permutations(rows.items())
+    }
+    assert rankings == {("a", "b", "c", "d", "e")}
+
+
+def test_metrics_keep_their_order_and_direction() -> None:
+    assert parse_metrics(" test.rmse:min , test.skill:MAX") == {"test.rmse": "min", "test.skill": "max"}
+    assert list(parse_metrics(DEFAULT_METRICS)) == ["test.rmse", "training.seconds", "model.size_bytes", "test.skill"]
+
+
+@pytest.mark.parametrize("text", ["test.rmse", "test.rmse:lowest", ":min", "test.rmse:min,", "a:min,a:max"])
+def test_bad_metrics_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--metrics"):
+        parse_metrics(text)
+
+
+def test_weights_default_to_equal() -> None:
+    assert parse_weights(None, ["a", "b"]) == {"a": 1.0, "b": 1.0}
+    assert parse_weights("2, 0.5", ["a", "b"]) == {"a": 2.0, "b": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1,2,3", "3 weights for 2 metrics"),
+        ("1,x", "not a comma list of numbers"),
+        ("1,-1", ">= 0"),
+        ("0,0", "not all 0"),
+        ("1,nan", "finite"),
+    ],
+)
+def test_bad_weights_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_weights(text, ["a", "b"])
+
+
+def test_pairs_need_an_equals_sign() -> None:
+    assert parse_pairs(["train.model=ridge", "note=a=b"], "--param") == {"train.model": "ridge", "note": "a=b"}
+    with pytest.raises(ConfigError, match="--tag: 'sweep' is not KEY=VALUE"):
+        parse_pairs(["sweep"], "--tag")
+
+
+def test_filter_quotes_keys_and_values() -> None:
+    text = search_filter("metrics.`test.rmse` < 1", {"dvc.exp_name": "it's"}, {"train.model": "ridge"})
+    assert text == "metrics.`test.rmse` < 1 AND tags.`dvc.exp_name` = \"it's\" AND params.`train.model` = 'ridge'"
+    assert search_filter(None, {}, {}) == ""
+    with pytest.raises(ConfigError, match="both kinds of quote"):
+        search_filter(None, {"note": 'it\'s "x"'}, {})
+    with pytest.raises(ConfigError, match="backtick"):
+        search_filter(None, {}, {"a`b": "x"})
+
+
+def test_top_and_plot_arguments_are_checked() -> None:
+    parser = build_parser()
+    with pytest.raises(ConfigError, match="--top"):
+        comparison_from_args(parser.parse_args(["compare", "--top", "0"]))
+    with pytest.raises(ConfigError, match="--plot"):
+        comparison_from_args(parser.parse_args(["compare", "--metrics", "test.rmse:min", "--plot", "front.png"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--metrics", "test.rmse"], "bts: error: --metrics: 'test.rmse' is not NAME:min or NAME:max"),
+        (["--weights", "1,2"], "bts: error: --weights: 2 weights for 4 metrics"),
+        (["--param", "train.model"], "bts: error: --param: 'train.model' is not KEY=VALUE"),
+    ],
+)
+def test_argument_errors_exit_1_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", *argv]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(message)
+    assert error.count("\n") == 1
