@@ -170,9 +170,10 @@ def queue_busy(status: str) -> bool:
     return any(word in status for word in ("Queued", "Running"))
 
 
-def workers_active(status: str) -> int:
-    match = re.search(r"Worker status: (\d+) active", status)
-    return int(match.group(1)) if match else 0
+def workers_alive(status: str) -> int:
+    """Active plus idle queue workers ("Worker status: 1 active, 1 idle")."""
+    match = re.search(r"Worker status: (\d+) active, (\d+) idle", status)
+    return int(match.group(1)) + int(match.group(2)) if match else 0
 
 
 def queued_grid(repo: Path, values: list[float], log: Path) -> tuple[float, float, str]:
@@ -198,7 +199,7 @@ def queued_grid(repo: Path, values: list[float], log: Path) -> tuple[float, floa
     total = time.perf_counter() - started
     # Let the idle workers exit (about 12 s) before anything else runs; not timed.
     deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_SECONDS
-    while workers_active(queue_status(repo)) and time.monotonic() < deadline:
+    while workers_alive(queue_status(repo)) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
     return queue_seconds, total, status
 

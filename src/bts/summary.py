@@ -34,7 +34,28 @@ def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | P
             reasons = ", ".join(f"{k} {v}" for k, v in acc["quarantined_by_reason"].items() if v)
             lines.append(f"            {acc['rows_in']} in = {acc['rows_out']} clean + {acc['rows_quarantined']} quarantined ({reasons})")
     lines.append(f"Metadata: {metadata_dir}/*.json and *.md; schemas: metadata/schemas/")
+    lines += model_summary()
     return "\n".join(lines)
+
+
+def model_summary(
+    metrics_path: str | Path = "metrics/metrics.json", registration_path: str | Path = "models/registration.json"
+) -> list[str]:
+    """The model's test scores against persistence, its MLflow run and its registered version."""
+    if not Path(metrics_path).exists():
+        return []
+    test = json.loads(Path(metrics_path).read_text())["test"]
+    lines = [
+        f"Model: test RMSE {test['rmse']:.4f} vs persistence {test['persistence_rmse']:.4f} "
+        f"(skill {test['skill']:+.1%}); metrics/metrics.json, plots/"
+    ]
+    if Path(registration_path).exists():
+        registration = json.loads(Path(registration_path).read_text())
+        lines.append(
+            f"Registered: models:/{registration['name']}/{registration['version']} (run {registration['run_id']}), "
+            "packaged in models/package; browse with `mlflow ui`"
+        )
+    return lines
 
 
 if __name__ == "__main__":
