@@ -6,8 +6,9 @@ MlflowClient.log_batch, in the folder --store (default: a new temporary folder;
 a folder that already holds a complete store of the same size is reused, so
 only the first call pays the minutes of writing). Then it times `bts compare`
 there, as the console script in a fresh process (what a user waits for, Python
-and MLflow imports included) and in-process (the search and ranking alone),
-and prints the seconds against the target. It reports figures only: the exit
+and MLflow imports included; also its CPU seconds, which do not depend on what
+else the machine runs), in-process (search and ranking) and the MLflow search
+alone, and prints the seconds against the target. It reports figures only: the exit
 code is 0 whether or not the target is met (1 only if `bts compare` fails).
 
     .venv/bin/python benchmarks/compare_10k.py                             # about 2 minutes to fill, then the timings
@@ -23,12 +24,14 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,16 +177,26 @@ def fill_store(store: Path, runs: int) -> str:
     return uri
 
 
-def time_subprocess(uri: str, cwd: Path) -> tuple[float, str]:
-    """Wall seconds of `bts compare` as its own process, and its output."""
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # user + system seconds of the process: what the wall time would be on an idle machine
+    output: str
+
+
+def time_subprocess(uri: str, cwd: Path) -> Timing:
+    """Wall and CPU seconds of `bts compare` as its own process, and its output."""
     bts = REPO / ".venv" / "bin" / "bts"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([str(bts), "compare", "--experiment", EXPERIMENT], cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"bts compare failed ({result.returncode}): {result.stderr.strip()}")
-    return elapsed, result.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(elapsed, cpu, result.stdout)
 
 
 def time_in_process(uri: str) -> float:
@@ -226,12 +239,14 @@ def main() -> None:
     uri = fill_store(store, args.runs)
 
     outside = [time_subprocess(uri, store) for _ in range(args.repeat)]
-    print(outside[0][1].rstrip())
+    print(outside[0].output.rstrip())
     inside = [time_in_process(uri) for _ in range(args.repeat)]
     search = [time_search(uri) for _ in range(args.repeat)]
-    subprocess_seconds = [seconds for seconds, _ in outside]
+    subprocess_seconds = [timing.wall for timing in outside]
+    subprocess_cpu = [timing.cpu for timing in outside]
     print(f"\n`bts compare` over {args.runs} runs, {args.repeat} calls each:")
     print(f"  console script (new process): median {verdict(statistics.median(subprocess_seconds))}, worst {max(subprocess_seconds):.2f} s")
+    print(f"    CPU time of that process: median {statistics.median(subprocess_cpu):.2f} s (its floor on an idle machine)")
     print(f"  in-process (search + ranking): median {verdict(statistics.median(inside))}, worst {max(inside):.2f} s")
     print(f"  of which paging through the runs with MLflow's search_runs: median {statistics.median(search):.2f} s")
     print(f"  load average during the runs: {', '.join(f'{load:.1f}' for load in os.getloadavg())} (on {os.cpu_count()} cores)")

@@ -209,6 +209,8 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
         raise BtsError(f"unknown experiment '{experiment}' in {uri}")
     rows: list[tuple] = []
     token = None
+    # MLflow's public search has no column selection: each run comes whole (every metric, param and tag), about
+    # 0.7 ms a run on SQLite, which makes this loop the slow part of the command on large experiments.
     with _collector_paused():
         while True:
             try:

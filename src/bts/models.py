@@ -88,3 +88,10 @@ def model_params(train: dict) -> dict:
     if kind == "elasticnet":
         return {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]}
     return {**common, kind: train.get(kind, {})}
+
+
+def skops_trusted_types(model: BaseEstimator) -> list[str]:
+    """Types the skops-serialized model may load: this package's and scikit-learn's own, nothing else."""
+    from skops.io import dumps, get_untrusted_types
+
+    return [name for name in get_untrusted_types(data=dumps(model)) if name.startswith(("bts.", "sklearn."))]

@@ -17,14 +17,13 @@ from mlflow.models import infer_signature
 import bts
 from bts.files import atomic_write, write_json
 from bts.metadata import file_md5
-from bts.models import build_model, model_params
+from bts.models import build_model, model_params, skops_trusted_types
 from bts.params import PARAMS_FILE, load_params
 from bts.runs import log_datasets, model_lineage, training_run
 from bts.tracking import data_tags, dvc_tags, flatten, git_tags, machine_tags
 from stages import run_stage
 
 DATASETS = ["raw", "clean", "features"]
-TRUSTED_TYPES = [f"bts.models.{name}" for name in ("PersistenceResidualRegressor", "relative_lags")]
 
 
 def pip_requirements() -> list[str]:
@@ -80,7 +79,7 @@ def main() -> None:
             input_example=example,
             pip_requirements=pip_requirements(),
             metadata={"feature_columns": feature_columns, "lineage": lineage},
-            skops_trusted_types=TRUSTED_TYPES,
+            skops_trusted_types=skops_trusted_types(model),
             code_paths=[str(Path(bts.__file__).parent)],  # the model's own classes travel with it
         )
         mlflow.log_artifacts(args.datasets, artifact_path="metadata")
