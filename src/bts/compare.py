@@ -197,12 +197,52 @@ def _store_uri() -> str:
     return uri
 
 
+DATABASE_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
+
+
+def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    """The same rows as `fetch_runs`, read with MLflow's own ORM models: only the columns compared, not whole runs.
+
+    MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
+    unfiltered comparison of a database store reads just the latest values of the compared metrics.
+    """
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
+    from sqlalchemy import create_engine, select
+
+    engine = create_engine(uri)
+    with engine.connect() as connection:
+        experiment_id = connection.execute(
+            select(SqlExperiment.experiment_id).where((SqlExperiment.name == experiment) & (SqlExperiment.lifecycle_stage == "active"))
+        ).scalar()
+        if experiment_id is None:
+            raise BtsError(f"unknown experiment '{experiment}' in {uri}")
+        active = (SqlRun.experiment_id == experiment_id) & (SqlRun.lifecycle_stage == "active")
+        runs = pd.DataFrame(connection.execute(select(SqlRun.run_uuid, SqlRun.name).where(active)).all(), columns=["run_id", "run_name"])
+        values = connection.execute(
+            select(SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value)
+            .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
+            .where(active & SqlLatestMetric.key.in_(list(metrics)))
+        ).all()
+        names = connection.execute(
+            select(SqlTag.run_uuid, SqlTag.value)
+            .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
+            .where(active & (SqlTag.key == EXP_NAME_TAG))
+        ).all()
+    engine.dispose()
+    wide = pd.DataFrame(values, columns=["run_id", "key", "value"]).pivot(index="run_id", columns="key", values="value")
+    frame = runs.merge(pd.DataFrame(names, columns=["run_id", "dvc_exp_name"]), on="run_id", how="left")
+    frame = frame.merge(wide.reindex(columns=list(metrics)), left_on="run_id", right_index=True, how="left")
+    return frame[["run_id", "run_name", "dvc_exp_name", *metrics]].astype(dict.fromkeys(metrics, float)), str(experiment_id)
+
+
 def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
     """One row per matching active run (run_id, run_name, dvc_exp_name, each metric or NaN), and the experiment id."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     uri = _store_uri()
+    if not filter_string and uri.startswith(DATABASE_SCHEMES):
+        return fetch_runs_from_database(uri, experiment, metrics)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -254,6 +294,11 @@ def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
     }
 
 
+def _text(value: object) -> str:
+    """A name cell: missing (None or NaN, depending on how the frame was built) shows as empty."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> str:
     """The top rows of the ranking as a plain-text table, with a summary above it."""
     ranked: pd.DataFrame = result["ranked"]
@@ -276,9 +321,9 @@ def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> st
     body = [
         [
             str(row["rank"]),
-            row["run_name"] or "",
+            _text(row["run_name"]),
             row["run_id"][:8],
-            row["dvc_exp_name"] or "",
+            _text(row["dvc_exp_name"]),
             *(f"{row[name]:.6g}" for name in metrics),
             f"{row['score']:.4f}",
             "*" if row["pareto"] else "",
@@ -304,8 +349,8 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
         {
             "rank": int(row["rank"]),
             "run_id": row["run_id"],
-            "run_name": row["run_name"],
-            "dvc_exp_name": row["dvc_exp_name"],
+            "run_name": _text(row["run_name"]) or None,
+            "dvc_exp_name": _text(row["dvc_exp_name"]) or None,
             "metrics": {name: float(row[name]) for name in metrics},
             "score": float(row["score"]),
             "pareto": bool(row["pareto"]),

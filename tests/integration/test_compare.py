@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -174,3 +175,19 @@ def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path, monkeypatc
     assert "no MLflow store at" in capsys.readouterr().err
     assert not database.exists()
     mlflow.set_tracking_uri(None)
+
+
+def test_database_read_matches_the_search_api(tracking: str) -> None:
+    """The column-only database read and MLflow's search give the same rows (a deleted run is left out by both)."""
+    from bts.compare import fetch_runs
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    doomed = client.create_run(experiment_id, run_name="deleted")
+    client.log_metric(doomed.info.run_id, "test.rmse", 0.01)
+    client.delete_run(doomed.info.run_id)
+    direct, _ = fetch_runs(EXPERIMENT, "", list(METRICS))
+    searched, _ = fetch_runs(EXPERIMENT, "attributes.run_name != 'no such run'", list(METRICS))
+    assert len(direct) == len(RUNS)
+    ordered = [frame.sort_values("run_id").reset_index(drop=True) for frame in (direct, searched)]
+    pd.testing.assert_frame_equal(ordered[0], ordered[1], check_dtype=False)
