@@ -215,7 +215,7 @@ def time_in_process(uri: str) -> float:
 
 
 def time_search(uri: str) -> float:
-    """Wall seconds of paging through the runs with MlflowClient.search_runs alone (what `bts compare` waits on)."""
+    """Wall seconds of reading the compared columns of every run from the store (what `bts compare` waits on)."""
     from bts.compare import DEFAULT_METRICS, fetch_runs, parse_metrics
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -248,7 +248,7 @@ def main() -> None:
     print(f"  console script (new process): median {verdict(statistics.median(subprocess_seconds))}, worst {max(subprocess_seconds):.2f} s")
     print(f"    CPU time of that process: median {statistics.median(subprocess_cpu):.2f} s (its floor on an idle machine)")
     print(f"  in-process (search + ranking): median {verdict(statistics.median(inside))}, worst {max(inside):.2f} s")
-    print(f"  of which paging through the runs with MLflow's search_runs: median {statistics.median(search):.2f} s")
+    print(f"  of which reading the runs from the store: median {statistics.median(search):.2f} s")
     print(f"  load average during the runs: {', '.join(f'{load:.1f}' for load in os.getloadavg())} (on {os.cpu_count()} cores)")
 
 

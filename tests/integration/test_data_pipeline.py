@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.workspace import PROJECT, lock_outs, run, set_params
+from tests.integration.workspace import DATASETS, PROJECT, lock_outs, run, set_params
 
 DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
-DATASETS = {"raw": "data/interim/raw.parquet", "clean": "data/interim/clean.parquet", "features": "data/processed/features.parquet"}
 REAL_SAMPLE = PROJECT.parent / "shared" / "data" / "bts" / "param-2017-04-18-station-1161114004.csv"
 REAL_STATION = 1161114004
 

@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
-from tests.integration.workspace import lock_outs, run, set_params
+from tests.integration.workspace import DATASETS, lock_outs, run, set_params, store
 
 pytestmark = pytest.mark.integration
 
 NAME = "bts-next-reading"
-DATA = {"raw": "data/interim/raw.parquet", "clean": "data/interim/clean.parquet", "features": "data/processed/features.parquet"}
-
-
-def store(repo: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
 
 
 def commit_all(repo: Path, message: str) -> str:
@@ -49,13 +43,13 @@ def test_registry_lineage_promotion_and_past_results(project_repo: Path) -> None
     assert registration["created"] and version.run_id == record["run_id"]
     assert "candidate" in version.aliases
     packaged = yaml.safe_load((repo / "models/package/MLmodel").read_text())["metadata"]["lineage"]
-    for name, path in DATA.items():
+    for name, path in DATASETS.items():
         assert version.tags[f"data.{name}_md5"] == packaged[f"data.{name}_md5"] == md5s[path]
     assert version.tags["run_id"] == packaged["run_id"] == record["run_id"]
     assert version.tags["model_md5"] == packaged["model_md5"] == md5s["models/model.joblib"]
     card = json.loads((repo / "models/model_card.json").read_text())
     assert card["model_id"] == f"{NAME}/{number}" and card["artefact"]["url"] == f"models:/{NAME}/{number}"
-    assert {d["md5"] for d in card["dataset_dependency"]} == {md5s[p] for p in DATA.values()}
+    assert {d["md5"] for d in card["dataset_dependency"]} == {md5s[p] for p in DATASETS.values()}
 
     # Registering happens only when the packaged model changed.
     run(["dvc", "repro", "--force", "--single-item", "serve"], repo)
@@ -66,7 +60,7 @@ def test_registry_lineage_promotion_and_past_results(project_repo: Path) -> None
     chain = lineage_json(repo, f"models:/{NAME}@champion")
     assert commit_a in [c["commit"] for c in chain["commits"]]
     assert not chain["uncommitted"]
-    assert chain["datasets"]["raw"]["md5"] == md5s[DATA["raw"]] and chain["datasets"]["raw"]["quality"]["completeness"] > 0.99
+    assert chain["datasets"]["raw"]["md5"] == md5s[DATASETS["raw"]] and chain["datasets"]["raw"]["quality"]["completeness"] > 0.99
     assert chain["run"]["run_id"] == record["run_id"] and chain["run"]["machine"]["machine.cores"]
     text = run(["bts", "lineage", "models/package"], repo).stdout
     assert commit_a in text and "branch main" in text

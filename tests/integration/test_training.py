@@ -12,15 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bts.evaluation import flat_metrics
-from tests.integration.workspace import lock_outs, run
+from tests.integration.workspace import DATASETS, lock_outs, run, store
 
 pytestmark = pytest.mark.integration
-
-DATA = {"raw": "data/interim/raw.parquet", "clean": "data/interim/clean.parquet", "features": "data/processed/features.parquet"}
-
-
-def store(repo: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
 
 
 def experiment_runs(repo: Path) -> list:
@@ -32,10 +26,10 @@ def experiment_runs(repo: Path) -> list:
 def assert_run_traces_data(client: MlflowClient, run_id: str, md5s: dict[str, str]) -> None:
     """The run's tags and logged inputs carry the md5s that dvc.lock records for raw, clean and features."""
     logged = client.get_run(run_id)
-    for name, path in DATA.items():
+    for name, path in DATASETS.items():
         assert logged.data.tags[f"data.{name}_md5"] == md5s[path]
     digests = {entry.dataset.name: entry.dataset.digest for entry in logged.inputs.dataset_inputs}
-    assert digests == {f"bts-{name}": md5s[path] for name, path in DATA.items()}
+    assert digests == {f"bts-{name}": md5s[path] for name, path in DATASETS.items()}
     for tag in ["git.commit", "git.branch", "git.dirty", "machine.cpu", "machine.cores", "machine.memory_gb", "package.mlflow"]:
         assert logged.data.tags.get(tag), tag
     assert logged.data.tags["schema.raw_md5"] and logged.data.tags["schema.clean_md5"]
@@ -62,7 +56,7 @@ def test_repro_logs_one_run_tracing_data_and_reproduces_exactly(project_repo: Pa
     assert metrics["test"]["rmse"] < metrics["test"]["persistence_rmse"]
 
     # Training again from the same commit gives the same model bytes, predictions and metrics, in a new run.
-    features = pd.read_parquet(project_repo / DATA["features"])
+    features = pd.read_parquet(project_repo / DATASETS["features"])
     columns = json.loads((project_repo / "metadata/datasets/features.json").read_text())["feature_columns"]
     first_predictions = joblib.load(project_repo / "models/model.joblib").predict(features[columns])
     run(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], project_repo)

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
 PROJECT = Path(__file__).resolve().parents[2]
+DATASETS = {"raw": "data/interim/raw.parquet", "clean": "data/interim/clean.parquet", "features": "data/processed/features.parquet"}
 BIN = Path(sys.executable).parent  # the virtual environment running the tests
 
 
@@ -44,3 +46,8 @@ def set_params(repo: Path, section: str, key: str, value: object) -> None:
     params = yaml.safe_load(params_path.read_text())
     params[section][key] = value
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def store(repo: Path) -> MlflowClient:
+    """A client on the repository's own MLflow store, where its stages log."""
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
