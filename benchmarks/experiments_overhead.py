@@ -7,9 +7,11 @@ compared). Then, in that copy only:
 
 1. Single variation. For a few new values of train.alpha it times
    `dvc exp run -S train.alpha=<value>` end to end, and then the commands of
-   the stages that run re-executed (train and evaluate, as dvc.lock records
-   their resolved `cmd`), run directly with params.yaml edited to the same
-   value. Overhead = exp run seconds - direct seconds.
+   the stages DVC re-executed (train and everything downstream of it, read
+   from its output; each `cmd` as dvc.lock records it, paths substituted),
+   run directly with params.yaml edited to the same value. Each starts from
+   the baseline workspace (git reset + dvc checkout, not timed).
+   Overhead = exp run seconds - direct seconds.
 2. Grid. A 10-point train.alpha grid queued with
    `dvc exp run --queue -S 'train.alpha=v1,...'` and run by
    `dvc queue start -j 2` (polling `dvc queue status`), against 10 other
@@ -19,7 +21,9 @@ compared). Then, in that copy only:
 
 Targets: at most 2 s of overhead per experiment beyond the stages' own
 compute; the parallel grid faster than the sequential loop; every grid run
-landed in MLflow. It prints figures only: the exit code is 0 whether or not
+landed in MLflow. The machine may be shared: each phase also reports the
+CPU-seconds other processes used meanwhile, and flags figures disturbed by
+them. It prints figures only: the exit code is 0 whether or not
 the targets are met (1 only if a command fails). A full run takes several
 minutes.
 
@@ -90,6 +94,7 @@ class LoadMonitor:
         self.workdir = str(workdir.resolve())
         self.other_cpu = 0.0
         self.seconds = 0.0
+        self._started = 0.0
         self._seen: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -158,10 +163,10 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run(args: list[str] | str, cwd: Path, **kwargs: object) -> tuple[float, subprocess.CompletedProcess]:
+def run(args: list[str] | str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     """Run a command (a string runs in the shell, as DVC runs a stage's cmd); return its wall seconds. Exit 1 if it fails."""
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=environment(), shell=isinstance(args, str), capture_output=True, text=True, **kwargs)
+    result = subprocess.run(args, cwd=cwd, env=environment(), shell=isinstance(args, str), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         shown = args if isinstance(args, str) else " ".join(args)
@@ -175,7 +180,7 @@ def progress(message: str) -> None:
 
 def copy_project(repo: Path) -> None:
     """The project's working-tree files committed in a fresh git repository (as tests/integration/conftest.py does)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True)
+    _, listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO)
     for name in listed.stdout.splitlines():
         if (REPO / name).is_file():
             target = repo / name

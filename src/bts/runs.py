@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run
@@ -59,8 +60,12 @@ def read_run_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def log_datasets(tags: dict[str, str], training_data: pd.DataFrame, names: list[str]) -> None:
-    """Log each dataset as a run input whose digest is its DVC md5 (MLflow's own digest is a weak fingerprint)."""
+def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame, names: list[str]) -> list[tuple[Dataset, str]]:
+    """Each dataset as a run input (with its context) whose digest is its DVC md5 (MLflow's own is a weak fingerprint).
+
+    Built, schema included, before the store lock is taken: inferring the schema of the training data is the slow part.
+    """
+    inputs = []
     for name in names:
         md5, path = tags[f"data.{name}_md5"], tags[f"data.{name}_path"]
         with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
@@ -68,9 +73,11 @@ def log_datasets(tags: dict[str, str], training_data: pd.DataFrame, names: list[
             source = resolve_dataset_source(path)
         if name == "features":
             dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
+            _ = dataset.schema  # computed now, outside the lock
+            inputs.append((dataset, "training"))
         else:
-            dataset = MetaDataset(source, name=f"bts-{name}", digest=md5)
-        mlflow.log_input(dataset, context="training" if name == "features" else "upstream")
+            inputs.append((MetaDataset(source, name=f"bts-{name}", digest=md5), "upstream"))
+    return inputs
 
 
 def params_md5(params: dict) -> str:

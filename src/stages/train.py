@@ -19,7 +19,7 @@ from bts.files import atomic_write, write_json
 from bts.metadata import file_md5
 from bts.models import build_model, model_params, skops_trusted_types
 from bts.params import PARAMS_FILE, load_params
-from bts.runs import log_datasets, model_lineage, training_run
+from bts.runs import datasets_to_log, model_lineage, training_run
 from bts.tracking import data_tags, dvc_tags, flatten, git_tags, machine_tags
 from stages import run_stage
 
@@ -63,6 +63,10 @@ def main() -> None:
     tags = {**git_tags(), **dvc_tags(), **machine_tags(), **data_tags(documents)}
     run_name = os.environ.get("DVC_EXP_NAME") or f"{train['model']}-{tags['git.commit'][:7]}"
     example = train_rows[feature_columns].head(5)
+    # Everything slow that needs no store is prepared before the run takes the store lock.
+    inputs = datasets_to_log(tags, train_rows[[*feature_columns, "target"]], DATASETS)
+    signature = infer_signature(example, model.predict(example))
+    trusted_types = skops_trusted_types(model)
     logged_params = flatten({"train": model_params(train), "featurize": featurize})
     with training_run(train["experiment"], run_name) as run:
         mlflow.log_params(logged_params)
@@ -70,16 +74,17 @@ def main() -> None:
         experiment = mlflow.get_experiment(run.info.experiment_id).name
         lineage = model_lineage(run, experiment, tags, logged_params, file_md5(args.model))
         mlflow.set_tags({"model_md5": lineage["model_md5"], "params_md5": lineage["params_md5"]})
-        log_datasets(tags, train_rows[[*feature_columns, "target"]], DATASETS)
+        for dataset, context in inputs:
+            mlflow.log_input(dataset, context=context)
         mlflow.log_metrics(cost)
         logged = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=infer_signature(example, model.predict(example)),
+            signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
             metadata={"feature_columns": feature_columns, "lineage": lineage},
-            skops_trusted_types=skops_trusted_types(model),
+            skops_trusted_types=trusted_types,
             code_paths=[str(Path(bts.__file__).parent)],  # the model's own classes travel with it
         )
         mlflow.log_artifacts(args.datasets, artifact_path="metadata")
