@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -64,18 +63,12 @@ def store_lock(root: Path) -> Iterator[None]:
 
 
 def pipeline_outputs(root: Path) -> list[str]:
-    """Every output path dvc.yaml declares (with its `paths` vars substituted), plus dvc.lock."""
+    """Every output path dvc.yaml declares, plus dvc.lock."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
-    paths = {k: str(v) for entry in pipeline.get("vars", []) if isinstance(entry, dict) for k, v in entry.get("paths", {}).items()}
-
-    def resolve(text: str) -> str:
-        return re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], text)
-
     outputs = ["dvc.lock"]
     for stage in pipeline.get("stages", {}).values():
         for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind, []):
-                outputs.append(resolve(next(iter(out)) if isinstance(out, dict) else out))
+            outputs += [next(iter(out)) if isinstance(out, dict) else out for out in stage.get(kind, [])]
     return outputs
 
 
