@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
+from bts.metadata import lock_md5s
 
 DATASETS = ["raw", "clean", "features"]
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
@@ -54,11 +55,6 @@ def resolve_reference(client: MlflowClient, ref: str) -> dict:
         raise BtsError(f"{ref}: not found in the registry or tracking store {client.tracking_uri} ({exc.message.splitlines()[0]})") from exc
 
 
-def _lock_outputs(text: str) -> dict[str, str]:
-    lock = yaml.safe_load(text) or {}
-    return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
-
-
 def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     """Commits (on any branch, tag or DVC experiment ref) whose dvc.lock records every md5 given, oldest first."""
     listing = _git(root, "log", "--all", "--format=%H %ct", "--", "dvc.lock").split("\n")
@@ -68,7 +64,7 @@ def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     contents = _git(root, "cat-file", "--batch", data="".join(f"{sha}:dvc.lock\n" for sha, _ in commits))
     matches = []
     for (sha, timestamp), lock_text in zip(commits, _split_batch(contents), strict=True):
-        if lock_text is not None and set(md5s) <= set(_lock_outputs(lock_text).values()):
+        if lock_text is not None and set(md5s) <= set(lock_md5s(lock_text).values()):
             matches.append({"commit": sha, "time": int(timestamp), "refs": _refs_of(root, sha)})
     return sorted(matches, key=lambda m: m["time"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from bts.catalogue import Sensor
 
@@ -40,6 +41,12 @@ def dvc_md5(path: str | Path) -> str:
         key=lambda entry: entry["relpath"],
     )
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def lock_md5s(lock_text: str) -> dict[str, str]:
+    """{output path: md5} for every stage output a dvc.lock text records."""
+    lock = yaml.safe_load(lock_text) or {}
+    return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
 
 
 def _time(value: Any) -> str | None:

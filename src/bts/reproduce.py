@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.lineage import DATASETS, trace
+from bts.metadata import lock_md5s
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
 
@@ -34,13 +35,6 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) ->
     if result.returncode != 0:
         raise BtsError(f"{' '.join(args)} failed in the reproduction worktree:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return result
-
-
-def _lock_md5s(lock_path: Path) -> dict[str, str]:
-    import yaml
-
-    lock = yaml.safe_load(lock_path.read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) -> dict:
@@ -63,7 +57,7 @@ def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) ->
         _run(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], tree, env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=tree, env=env, capture_output=True)  # missing outputs are rebuilt below
         _run(["dvc", "repro", "--force"], tree, env, echo=True)
-        md5s = _lock_md5s(tree / "dvc.lock")
+        md5s = lock_md5s((tree / "dvc.lock").read_text())
         documents = {name: json.loads((tree / f"metadata/datasets/{name}.json").read_text()) for name in DATASETS}
         checks = [
             {"what": f"data.{name}_md5", "recorded": chain["datasets"][name]["md5"], "reproduced": documents[name]["dvc"]["md5"]}

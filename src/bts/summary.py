@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from bts.metadata import lock_md5s
 
 DATASETS = ["raw", "clean", "features"]
 
 
-def lock_md5s(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """{output path: md5} for every output recorded in dvc.lock."""
-    lock = yaml.safe_load(Path(lock_path).read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-
-
 def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | Path = "dvc.lock") -> str:
-    md5s = lock_md5s(lock_path)
+    md5s = lock_md5s(Path(lock_path).read_text())
     lines = ["Pipeline outputs:"]
     for name in DATASETS:
         path = Path(metadata_dir) / f"{name}.json"
