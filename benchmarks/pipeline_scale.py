@@ -2,9 +2,9 @@
 
 It simulates a raw parameter export of about --rows readings (default 5 million:
 one day of every profiled parameter on a few hundred stations, with the dirt
-rates of params.yaml) with bts.simulate, into a throwaway project folder. Then
+rates of params.yaml) with bts.data.simulate, into a throwaway project folder. Then
 it runs each stage there as its own process, exactly as DVC runs it
-(`python -m stages.<name> ...`, cwd = that folder), and reads the child's peak
+(`python -m bts.stages.<name> ...`, cwd = that folder), and reads the child's peak
 resident memory from os.wait4. It prints one line per stage and a total, and
 compares them with the targets (under 90 s for the three stages together, under
 6 GB peak per stage). It reports figures only: the exit code is 0 whether or
@@ -34,9 +34,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing the package
 
-from bts.catalogue import load_catalogue  # noqa: E402
+from bts.data.catalogue import load_catalogue  # noqa: E402
+from bts.data.simulate import PROFILES, DirtRates, simulate_exports  # noqa: E402
 from bts.files import write_csv  # noqa: E402
-from bts.simulate import PROFILES, DirtRates, simulate_exports  # noqa: E402
 
 TARGET_TOTAL_SECONDS = 90.0
 TARGET_PEAK_MB = 6 * 1024
@@ -129,7 +129,7 @@ def run_stage(name: str, workdir: Path) -> StageRun:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, "-m", f"stages.{name}", *STAGES[name]], cwd=workdir, env=env, stdout=out, stderr=err)
+        child = subprocess.Popen([sys.executable, "-m", f"bts.stages.{name}", *STAGES[name]], cwd=workdir, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again

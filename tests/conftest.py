@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bts.catalogue import Sensor, load_catalogue
+from bts.data.catalogue import Sensor, load_catalogue
 
 PROJECT = Path(__file__).resolve().parents[1]
 SENSORS = PROJECT / "metadata" / "sensors.yaml"

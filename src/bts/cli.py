@@ -9,7 +9,7 @@ from bts.errors import BtsError
 
 
 def _runs_check(args: argparse.Namespace) -> int:
-    from bts.reconcile import format_reconciliation, reconcile
+    from bts.tracking.reconcile import format_reconciliation, reconcile
 
     report = reconcile(experiment=args.experiment)
     print(format_reconciliation(report))
@@ -17,7 +17,7 @@ def _runs_check(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bts.compare import run_compare
+    from bts.tracking.compare import run_compare
 
     return run_compare(args)
 
@@ -26,7 +26,7 @@ def _client() -> tuple:
     """The repository root and an MlflowClient on its store (MLflow is imported lazily: `bts --help` stays fast)."""
     from mlflow.tracking import MlflowClient
 
-    from bts.runs import use_store
+    from bts.tracking.runs import use_store
 
     return use_store(), MlflowClient()
 
@@ -40,7 +40,7 @@ def _serve_params() -> dict:
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
-    from bts.lineage import format_trace, trace
+    from bts.tracking.lineage import format_trace, trace
 
     root, client = _client()
     chain = trace(client, args.ref, root)
@@ -49,7 +49,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bts.reproduce import format_verdict, reproduce
+    from bts.tracking.reproduce import format_verdict, reproduce
 
     root, client = _client()
     verdict = reproduce(client, args.ref, root, keep=args.keep)
@@ -58,7 +58,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from bts.registry import Gate, promote
+    from bts.tracking.registry import Gate, promote
 
     params = _serve_params()
     _, client = _client()
@@ -68,7 +68,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from bts.registry import history
+    from bts.tracking.registry import history
 
     name = args.name or _serve_params()["registered_model"]
     _, client = _client()
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(handler=_history)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
-    from bts.compare import add_compare_arguments
+    from bts.tracking.compare import add_compare_arguments
 
     add_compare_arguments(compare)
     compare.set_defaults(handler=_compare)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +13,67 @@ from typing import Any
 import pandas as pd
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temporary_prefix(path: Path) -> str:
+    """Temporaries of `path` are named .<name>.<random>.tmp beside it."""
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporaries left by a writer of `path` that was killed (only one stage ever writes a given path)."""
+    for stale in path.parent.glob(f"{temporary_prefix(path)}*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def normal_permissions(path: Path) -> None:
+    """What a plain open() or mkdir() would have given (mkstemp and mkdtemp make files 0600 and folders 0700)."""
+    mask = _umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp) on a temporary file beside path, then move it into place (or remove it on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        normal_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_folder(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Run write(tmp) on a new temporary folder beside path, then put it in path's place (the old one goes only then)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp"))
+    try:
+        write(staging)
+        normal_permissions(staging)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp"))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -31,7 +81,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, document: Any) -> None:
-    write_text(path, json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    """JSON that any parser reads: a NaN or infinity is an error here, not a bare `NaN` in the file."""
+    write_text(path, json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:

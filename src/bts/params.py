@@ -1,25 +1,172 @@
-"""Reading params.yaml, the one home of every tunable."""
+"""params.yaml, the one home of every tunable, read through one typed layer and validated once.
+
+Each section is a pydantic model that forbids unknown keys, so a misspelled
+key or a value of the wrong kind stops with one line naming the key and what
+is allowed, before any work starts.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bts.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+MODEL_KINDS = ("elasticnet", "ridge", "hist_gradient_boosting", "random_forest")
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Identifier = Annotated[int, Field(ge=0, le=2**63 - 1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-def load_params(section: str | None = None, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """All params, or one top-level section of them."""
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    sources: list[NonEmpty] = Field(min_length=1, description="'simulated' and/or paths of real exports under data/external")
+
+
+class DirtParams(Section):
+    missing_value: Fraction = 0.0
+    sentinel: Fraction = 0.0
+    duplicate_id: Fraction = 0.0
+    out_of_range: Fraction = 0.0
+    bad_time: Fraction = 0.0
+    out_of_order: Fraction = 0.0
+    silent_station_days: Fraction = 0.0
+    silent_hours: Annotated[float, Field(ge=0, lt=24)] = 3.0
+
+
+class SimulateParams(Section):
+    seed: Identifier
+    start_date: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    days: Annotated[int, Field(ge=1, le=366)]
+    stations: list[Identifier] = Field(min_length=1)
+    parameters: list[Identifier] = Field(min_length=1)
+    dirt: DirtParams = DirtParams()
+
+
+class CleanParams(Section):
+    gap_threshold_minutes: Annotated[float, Field(gt=0)]
+
+
+class FeaturizeParams(Section):
+    n_lags: Annotated[int, Field(ge=1, le=100)]
+    horizon: Annotated[int, Field(ge=1, le=100)]
+    valid_fraction: OpenFraction
+    test_fraction: OpenFraction
+    holdout_stations: list[Identifier] = []
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> FeaturizeParams:
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction + test_fraction must be below 1")
+        return self
+
+
+class RidgeParams(Section):
+    alpha: Annotated[float, Field(ge=0)]
+
+
+class HistGradientBoostingParams(Section):
+    max_iter: Annotated[int, Field(ge=1)]
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
+    max_leaf_nodes: Annotated[int, Field(ge=2)]
+
+
+class RandomForestParams(Section):
+    n_estimators: Annotated[int, Field(ge=1)]
+    max_depth: Annotated[int, Field(ge=1)] | None
+    min_samples_leaf: Annotated[int, Field(ge=1)]
+
+
+class TrainParams(Section):
+    experiment: NonEmpty
+    model: Literal[MODEL_KINDS]  # type: ignore[valid-type]
+    seed: Identifier
+    alpha: Annotated[float, Field(ge=0)]
+    l1_ratio: Fraction
+    ridge: RidgeParams
+    hist_gradient_boosting: HistGradientBoostingParams
+    random_forest: RandomForestParams
+
+    def model_params(self) -> dict[str, Any]:
+        """The params that configure the chosen model (the other kinds' sections are ignored by it)."""
+        common = {"model": self.model, "seed": self.seed}
+        if self.model == "elasticnet":
+            return {**common, "alpha": self.alpha, "l1_ratio": self.l1_ratio}
+        return {**common, self.model: getattr(self, self.model).model_dump()}
+
+
+class RegistryParams(Section):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    gate_metric: NonEmpty
+    gate_direction: Literal["min", "max"]
+    license: NonEmpty
+
+
+class Params(Section):
+    data: DataParams
+    simulate: SimulateParams
+    clean: CleanParams
+    featurize: FeaturizeParams
+    train: TrainParams
+    registry: RegistryParams
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error as 'key: what is wrong (what is allowed)'."""
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".") or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = Params
+        for part in error["loc"][:-1]:
+            annotation = parent.model_fields[str(part)].annotation if isinstance(part, str) else None
+            parent = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            if parent is None:
+                break
+        allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
+        return f"{key}: unknown key{allowed}"
+    if kind == "missing":
+        return f"{key}: missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("input"), dict):
+        return f"{key}: {message}"
+    given = repr(error.get("input"))
+    given = given if len(given) <= 60 else given[:57] + "..."
+    return f"{key}: {message}, got {given}"
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Every param of params.yaml, validated; a ConfigError names the first wrong key (and counts the others)."""
     try:
-        params = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read params ({exc})") from exc
-    if section is None:
-        return params
-    if section not in params:
-        raise ConfigError(f"{path}: missing section '{section}'")
-    return params[section]
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: cannot read params ({reason})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(Params.model_fields)}), got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {_describe(errors[0])}{more}") from None
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'ridge': {'alpha': 1}}} -> {'train.ridge.alpha': 1}: the names params.yaml, `dvc exp run -S` and MLflow use."""
+    flat: dict[str, object] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

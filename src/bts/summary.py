@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bts.metadata import lock_md5s
+from bts.hashing import lock_md5s
 
 DATASETS = ["raw", "clean", "features"]
 

@@ -179,7 +179,7 @@ def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path, monkeypatc
 
 def test_database_read_matches_the_search_api(tracking: str) -> None:
     """The column-only database read and MLflow's search give the same rows (a deleted run is left out by both)."""
-    from bts.compare import fetch_runs
+    from bts.tracking.compare import fetch_runs
 
     client = MlflowClient(tracking_uri=tracking)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bts.evaluation import flat_metrics
+from bts.model.evaluation import flat_metrics
 from tests.integration.workspace import DATASETS, lock_outs, run, store
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bts.cleaning import RULES, clean_readings
+from bts.data.cleaning import RULES, clean_readings
+from bts.data.ingest import read_export, read_exports, resolve_sources
+from bts.data.schemas import clean_schema
 from bts.errors import ConfigError, InputFileError
-from bts.ingest import read_export, read_exports, resolve_sources
-from bts.schemas import clean_schema
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEADER = "id,value,station_id,parameter_id,reading_time"
@@ -287,7 +287,7 @@ def run_ingest_stage(cwd: Path) -> subprocess.CompletedProcess:
     command = [
         str(PROJECT / ".venv" / "bin" / "python"),
         "-m",
-        "stages.ingest",
+        "bts.stages.ingest",
         "--simulated",
         "simulated",
         "--inputs",

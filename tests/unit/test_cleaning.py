@@ -1,13 +1,13 @@
-"""Cleaning rules on tiny in-memory raw frames shaped like bts.ingest.read_export output."""
+"""Cleaning rules on tiny in-memory raw frames shaped like bts.data.ingest.read_export output."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bts.cleaning import RULES, clean_readings
+from bts.data.cleaning import RULES, clean_readings
+from bts.data.schemas import clean_schema
 from bts.errors import DataContractError
-from bts.schemas import clean_schema
 
 STATION = 1161114004
 LOAD = 122  # Load of power grid, A, plausible range 0..60

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from bts.cli import build_parser, main
-from bts.compare import (
+from bts.errors import ConfigError
+from bts.tracking.compare import (
     DEFAULT_METRICS,
     comparison_from_args,
     pareto_front,
@@ -20,7 +21,6 @@ from bts.compare import (
     search_filter,
     weighted_scores,
 )
-from bts.errors import ConfigError
 
 MIN_MIN = {"rmse": "min", "seconds": "min"}
 

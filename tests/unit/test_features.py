@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bts.data.features import SPLITS, FeatureSpec, build_features
 from bts.errors import ConfigError
-from bts.features import SPLITS, FeatureSpec, build_features
 
 START = pd.Timestamp("2017-04-18 00:00:00")
 GAPS = [0, 1, 1, 4, 60, 0, 170, 2, 1, 900, 3, 0]  # seconds between readings, cycled: same-second, bursts, silences

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bts.metadata import coverage, dataset_document, dvc_md5, file_md5, render_datasheet, series_gaps
+from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
+from bts.hashing import dvc_md5, file_md5
 
 EXPORT = "id,value,station_id,parameter_id,reading_time\n5651437088,1.0,1161114004,122,2017-04-18 00:24:19\n"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT
+from bts.data.simulate import EXPORT_COLUMNS, DirtRates, simulate_exports
 from bts.errors import ConfigError
-from bts.schemas import SENTINEL, TIMESTAMP_FORMAT
-from bts.simulate import EXPORT_COLUMNS, DirtRates, simulate_exports
 
 STATIONS = [1161114004, 1161114005]
 PARAMETERS = [122, 121, 111, 141]

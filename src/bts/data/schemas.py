@@ -12,7 +12,7 @@ import pandas as pd
 import pandera.extensions as extensions
 import pandera.pandas as pa
 
-from bts.catalogue import Sensor, plausible_ranges
+from bts.data.catalogue import Sensor, plausible_ranges
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"

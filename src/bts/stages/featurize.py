@@ -6,12 +6,13 @@ import argparse
 
 import pandas as pd
 
-from bts.catalogue import load_catalogue
-from bts.features import FeatureSpec, build_features
+from bts.data.catalogue import load_catalogue
+from bts.data.features import FeatureSpec, build_features
+from bts.data.metadata import coverage, dataset_document, render_datasheet
 from bts.files import write_json, write_parquet, write_text
-from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet
+from bts.hashing import dvc_md5
 from bts.params import load_params
-from stages import run_stage
+from bts.stages import run_stage
 
 
 def main() -> None:
@@ -22,13 +23,13 @@ def main() -> None:
     parser.add_argument("--document", required=True)
     parser.add_argument("--datasheet", required=True)
     args = parser.parse_args()
-    params = load_params("featurize")
+    params = load_params().featurize
     spec = FeatureSpec(
-        n_lags=int(params["n_lags"]),
-        horizon=int(params["horizon"]),
-        valid_fraction=float(params["valid_fraction"]),
-        test_fraction=float(params["test_fraction"]),
-        holdout_stations=tuple(int(s) for s in params["holdout_stations"]),
+        n_lags=params.n_lags,
+        horizon=params.horizon,
+        valid_fraction=params.valid_fraction,
+        test_fraction=params.test_fraction,
+        holdout_stations=tuple(params.holdout_stations),
     )
     features, accounting = build_features(pd.read_parquet(args.clean), spec)
     write_parquet(args.out, features)
@@ -52,7 +53,7 @@ def main() -> None:
         },
         dependencies=[{"dataset_id": "bts-clean", "path": args.clean, "md5": dvc_md5(args.clean), "relationship": "input"}],
         stage="featurize",
-        params={"featurize": params},
+        params={"featurize": params.model_dump()},
         extra={"feature_columns": spec.feature_columns, "target": "target", "splits": splits, "row_accounting": accounting},
     )
     write_json(args.document, document)

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
-from bts.metadata import lock_md5s
+from bts.hashing import lock_md5s
 
 DATASETS = ["raw", "clean", "features"]
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]

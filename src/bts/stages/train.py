@@ -16,12 +16,12 @@ from mlflow.models import infer_signature
 
 import bts
 from bts.files import atomic_write, write_json
-from bts.metadata import file_md5
-from bts.models import build_model, model_params, skops_trusted_types
+from bts.hashing import file_md5
+from bts.model.forecasters import build_model, model_params, skops_trusted_types
 from bts.params import PARAMS_FILE, load_params
-from bts.runs import datasets_to_log, model_lineage, training_run
-from bts.tracking import data_tags, dvc_tags, flatten, git_tags, machine_tags
-from stages import run_stage
+from bts.stages import run_stage
+from bts.tracking.runs import datasets_to_log, model_lineage, training_run
+from bts.tracking.store import data_tags, dvc_tags, flatten, git_tags, machine_tags
 
 DATASETS = ["raw", "clean", "features"]
 

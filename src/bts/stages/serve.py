@@ -11,12 +11,12 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from bts.files import write_json, write_text
-from bts.model_card import model_card, render_model_card
 from bts.params import load_params
-from bts.registry import register
-from bts.runs import read_run_record, use_store
-from bts.tracking import store_lock
-from stages import run_stage
+from bts.stages import run_stage
+from bts.tracking.model_card import model_card, render_model_card
+from bts.tracking.registry import register
+from bts.tracking.runs import read_run_record, use_store
+from bts.tracking.store import store_lock
 
 
 def describe(run: mlflow.entities.Run) -> str:

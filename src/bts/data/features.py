@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bts.cleaning import SERIES_KEYS
+from bts.data.cleaning import SERIES_KEYS
 from bts.errors import ConfigError
 
 SPLITS = ["train", "valid", "test", "holdout"]

@@ -11,10 +11,10 @@ import matplotlib
 import mlflow
 import pandas as pd
 
-from bts.evaluation import evaluate, flat_metrics, residual_histogram
 from bts.files import write_csv, write_json
-from bts.runs import read_run_record, resumed_run
-from stages import run_stage
+from bts.model.evaluation import evaluate, flat_metrics, residual_histogram
+from bts.stages import run_stage
+from bts.tracking.runs import read_run_record, resumed_run
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

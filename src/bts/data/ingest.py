@@ -14,8 +14,8 @@ import pandera.pandas as pa
 import pyarrow as pyarrow
 import pyarrow.csv as pacsv
 
+from bts.data.simulate import EXPORT_COLUMNS
 from bts.errors import ConfigError, InputFileError
-from bts.simulate import EXPORT_COLUMNS
 
 SIMULATED = "simulated"
 _MAGIC = {b"PAR1": "a Parquet file", b"\x1f\x8b": "a gzip archive", b"PK\x03\x04": "a zip archive", b"%PDF": "a PDF document"}

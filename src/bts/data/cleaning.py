@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pandera.pandas as pa
 
-from bts.catalogue import Sensor, plausible_ranges
+from bts.data.catalogue import Sensor, plausible_ranges
+from bts.data.schemas import SENTINEL, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
-from bts.schemas import SENTINEL, arrived_in_order, parse_reading_time, value_in_range
 
 SERIES_KEYS = ["station_id", "parameter_id"]
 CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.params import load_params
-from bts.runs import use_store
-from bts.tracking import repository_root
+from bts.tracking.runs import use_store
+from bts.tracking.store import repository_root
 
 # refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>; other refs/exps/* are DVC's own bookkeeping.
 EXPERIMENT_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/(.+)$")

@@ -9,6 +9,8 @@ persistence instead of below it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, clone
@@ -17,9 +19,9 @@ from sklearn.linear_model import ElasticNet, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from bts.errors import ConfigError
+if TYPE_CHECKING:
+    from bts.params import TrainParams
 
-MODEL_KINDS = ["elasticnet", "ridge", "hist_gradient_boosting", "random_forest"]
 PERSISTENCE = "lag_1"
 
 
@@ -49,45 +51,33 @@ def _forecaster(*steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegress
     return PersistenceResidualRegressor(Pipeline([("relative_lags", relative), *steps]))
 
 
-def build_model(train: dict) -> PersistenceResidualRegressor:
+def build_model(train: TrainParams) -> PersistenceResidualRegressor:
     """An unfitted, seeded pipeline. Linear models scale their inputs; the scaler is fitted with them, on train only."""
-    kind, seed = train["model"], int(train["seed"])
-    if kind == "elasticnet":
+    if train.model == "elasticnet":
         # The tutorial's model: alpha and l1_ratio are the knobs to tune.
-        estimator = ElasticNet(alpha=float(train["alpha"]), l1_ratio=float(train["l1_ratio"]), max_iter=5000, random_state=seed)
+        estimator = ElasticNet(alpha=train.alpha, l1_ratio=train.l1_ratio, max_iter=5000, random_state=train.seed)
         return _forecaster(("scale", StandardScaler()), ("model", estimator))
-    if kind == "ridge":
-        return _forecaster(("scale", StandardScaler()), ("model", Ridge(alpha=float(train["ridge"]["alpha"]))))
-    if kind == "hist_gradient_boosting":
-        options = train["hist_gradient_boosting"]
+    if train.model == "ridge":
+        return _forecaster(("scale", StandardScaler()), ("model", Ridge(alpha=train.ridge.alpha)))
+    if train.model == "hist_gradient_boosting":
+        options = train.hist_gradient_boosting
         estimator = HistGradientBoostingRegressor(
-            max_iter=int(options["max_iter"]),
-            learning_rate=float(options["learning_rate"]),
-            max_leaf_nodes=int(options["max_leaf_nodes"]),
+            max_iter=options.max_iter,
+            learning_rate=options.learning_rate,
+            max_leaf_nodes=options.max_leaf_nodes,
             early_stopping=False,
-            random_state=seed,
+            random_state=train.seed,
         )
         return _forecaster(("model", estimator))
-    if kind == "random_forest":
-        options = train["random_forest"]
-        estimator = RandomForestRegressor(
-            n_estimators=int(options["n_estimators"]),
-            max_depth=int(options["max_depth"]),
-            min_samples_leaf=int(options["min_samples_leaf"]),
-            n_jobs=2,
-            random_state=seed,
-        )
-        return _forecaster(("model", estimator))
-    raise ConfigError(f"train.model: unknown model {kind!r}; choose one of {MODEL_KINDS}")
-
-
-def model_params(train: dict) -> dict:
-    """The params that configure the chosen model (the rest of `train` is ignored by it)."""
-    kind = train["model"]
-    common = {"model": kind, "seed": train["seed"]}
-    if kind == "elasticnet":
-        return {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]}
-    return {**common, kind: train.get(kind, {})}
+    options = train.random_forest
+    estimator = RandomForestRegressor(
+        n_estimators=options.n_estimators,
+        max_depth=options.max_depth,
+        min_samples_leaf=options.min_samples_leaf,
+        n_jobs=2,
+        random_state=train.seed,
+    )
+    return _forecaster(("model", estimator))
 
 
 def skops_trusted_types(model: BaseEstimator) -> list[str]:

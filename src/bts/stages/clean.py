@@ -6,13 +6,14 @@ import argparse
 
 import pandas as pd
 
-from bts.catalogue import load_catalogue
-from bts.cleaning import clean_readings
+from bts.data.catalogue import load_catalogue
+from bts.data.cleaning import clean_readings
+from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
+from bts.data.schemas import clean_schema
 from bts.files import write_json, write_parquet, write_text
-from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet, series_gaps
+from bts.hashing import dvc_md5
 from bts.params import load_params
-from bts.schemas import clean_schema
-from stages import run_stage
+from bts.stages import run_stage
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--document", required=True)
     parser.add_argument("--datasheet", required=True)
     args = parser.parse_args()
-    params = load_params("clean")
+    params = load_params().clean
     catalogue = load_catalogue(args.sensors)
     schema = clean_schema(catalogue)
     result = clean_readings(pd.read_parquet(args.raw), catalogue, schema)
@@ -46,11 +47,11 @@ def main() -> None:
             "uniqueness": 1.0,
             "label_ratio": 1.0,
             "kept_ratio": round(accounting["rows_out"] / max(accounting["rows_in"], 1), 6),
-            "gaps": series_gaps(result.clean, float(params["gap_threshold_minutes"])),
+            "gaps": series_gaps(result.clean, params.gap_threshold_minutes),
         },
         dependencies=[{"dataset_id": "bts-raw", "path": args.raw, "md5": dvc_md5(args.raw), "relationship": "input"}],
         stage="clean",
-        params={"clean": params},
+        params={"clean": params.model_dump()},
         schema_path=args.schema,
         extra={"row_accounting": accounting, "quarantine": {"path": args.quarantine, "md5": dvc_md5(args.quarantine)}},
     )

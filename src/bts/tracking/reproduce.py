@@ -20,8 +20,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
-from bts.lineage import DATASETS, trace
-from bts.metadata import lock_md5s
+from bts.hashing import lock_md5s
+from bts.tracking.lineage import DATASETS, trace
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
 

@@ -188,7 +188,7 @@ def _collector_paused() -> Iterator[None]:
 def _store_uri() -> str:
     import mlflow
 
-    from bts.runs import use_store
+    from bts.tracking.runs import use_store
 
     use_store()
     uri = mlflow.get_tracking_uri()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bts.catalogue import Sensor
+from bts.data.catalogue import Sensor
 from bts.errors import ConfigError
 
 EXPORT_COLUMNS = ["id", "value", "station_id", "parameter_id", "reading_time"]

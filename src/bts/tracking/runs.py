@@ -17,7 +17,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run
 
-from bts.tracking import artifact_location, repository_root, store_lock, tracking_uri
+from bts.tracking.store import artifact_location, repository_root, store_lock, tracking_uri
 
 
 def use_store(root: Path | None = None) -> Path:

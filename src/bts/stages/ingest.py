@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bts.catalogue import load_catalogue
+from bts.data.catalogue import load_catalogue
+from bts.data.ingest import SIMULATED, failure_report, read_exports, resolve_sources
+from bts.data.metadata import coverage, dataset_document, render_datasheet
+from bts.data.schemas import parse_reading_time, raw_schema
 from bts.files import write_json, write_parquet, write_text
-from bts.ingest import SIMULATED, failure_report, read_exports, resolve_sources
-from bts.metadata import coverage, dataset_document, dvc_md5, render_datasheet
+from bts.hashing import dvc_md5
 from bts.params import load_params
-from bts.schemas import parse_reading_time, raw_schema
-from stages import run_stage
+from bts.stages import run_stage
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--document", required=True, help="metadata document (JSON)")
     parser.add_argument("--datasheet", required=True, help="datasheet (Markdown)")
     args = parser.parse_args()
-    sources = list(load_params("data")["sources"])
+    sources = load_params().data.sources
     catalogue = load_catalogue(args.sensors)
     files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs])
     source_paths = {source: args.simulated if source == SIMULATED else source for source in sources}

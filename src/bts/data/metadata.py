@@ -10,43 +10,16 @@ Quality_of_data, Created_time, Last_modified_time) plus provenance.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from bts.catalogue import Sensor
+from bts.data.catalogue import Sensor
+from bts.hashing import dvc_md5, file_md5
 
 PROVIDER = "BTS monitoring system parameter exports (simulated and/or real, see sources)"
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dvc_md5(path: str | Path) -> str:
-    """The md5 DVC records in dvc.lock: the file's md5, or for a folder the md5 of its '.dir' listing."""
-    path = Path(path)
-    if path.is_file():
-        return file_md5(path)
-    entries = sorted(
-        ({"md5": file_md5(f), "relpath": f.relative_to(path).as_posix()} for f in path.rglob("*") if f.is_file()),
-        key=lambda entry: entry["relpath"],
-    )
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
-
-
-def lock_md5s(lock_text: str) -> dict[str, str]:
-    """{output path: md5} for every stage output a dvc.lock text records."""
-    lock = yaml.safe_load(lock_text) or {}
-    return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
 
 
 def _time(value: Any) -> str | None:

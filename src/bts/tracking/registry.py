@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
-from bts.runs import params_md5
+from bts.tracking.runs import params_md5
 
 CANDIDATE = "candidate"
 TRANSITION_PREFIX = "transition."

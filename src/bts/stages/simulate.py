@@ -6,11 +6,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from bts.catalogue import load_catalogue
+from bts.data.catalogue import load_catalogue
+from bts.data.simulate import DirtRates, simulate_exports
 from bts.files import write_csv
 from bts.params import load_params
-from bts.simulate import DirtRates, simulate_exports
-from stages import run_stage
+from bts.stages import run_stage
 
 
 def main() -> None:
@@ -18,14 +18,14 @@ def main() -> None:
     parser.add_argument("--sensors", required=True, help="sensor catalogue YAML")
     parser.add_argument("--out", required=True, help="folder for the simulated exports")
     args = parser.parse_args()
-    params = load_params("simulate")
+    params = load_params().simulate
     exports = simulate_exports(
-        stations=list(params["stations"]),
-        parameters=list(params["parameters"]),
-        start_date=str(params["start_date"]),
-        days=int(params["days"]),
-        seed=int(params["seed"]),
-        dirt=DirtRates(**params["dirt"]),
+        stations=params.stations,
+        parameters=params.parameters,
+        start_date=params.start_date,
+        days=params.days,
+        seed=params.seed,
+        dirt=DirtRates(**params.dirt.model_dump()),
         catalogue=load_catalogue(args.sensors),
     )
     out = Path(args.out)

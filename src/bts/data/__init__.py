@@ -1,0 +1,1 @@
+"""Readings: the sensor catalogue, simulation, schemas, ingestion, cleaning, features and dataset metadata (no MLflow)."""

@@ -1,0 +1,1 @@
+"""MLflow and git: runs, registry, lineage, reproduction, reconciliation and comparison."""
