@@ -1,19 +1,57 @@
-"""The `bts` command: runs, comparison, lineage and serving on top of DVC and MLflow."""
+"""The `bts` command: lineage, reproduction, registry, runs and comparison on top of DVC and MLflow.
+
+Every subcommand finds the project from any folder inside it (as git and DVC
+do), fails with one `bts: error:` line and no traceback, and imports MLflow
+only when it needs it, so `bts --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
+import bts
 from bts.errors import BtsError
+
+MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id, or a package folder (e.g. models/package)"
+CARDS_DIR = "models/cards"
+
+
+@dataclass
+class Project:
+    root: Path
+    params: object  # bts.params.Params
+    client: object  # mlflow.tracking.MlflowClient
+
+
+def _project() -> Project:
+    """The project around the current folder, its params and a client on its tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    from bts.params import PARAMS_FILE, load_params
+    from bts.tracking.store import find_root, use_store
+
+    root = find_root()
+    params = load_params(root / PARAMS_FILE)
+    use_store(root)
+    return Project(root, params, MlflowClient())
 
 
 def _runs_check(args: argparse.Namespace) -> int:
-    from bts.tracking.reconcile import format_reconciliation, reconcile
+    from bts.tracking.reconcile import format_reconciliation, mark_failed, problems_found, reconcile
 
-    report = reconcile(experiment=args.experiment)
+    project = _project()
+    report = reconcile(project.client, project.root, args.experiment or project.params.train.experiment, project.params.registry.model_name)
+    if args.mark_failed and report["runs_left_running"]:
+        mark_failed(project.client, [run["run_id"] for run in report["runs_left_running"]])
+        print(f"marked {len(report['runs_left_running'])} run(s) FAILED")
+        report["runs_left_running"] = []
     print(format_reconciliation(report))
-    return 1 if report["experiments_without_run"] or report["runs_without_experiment"] else 0
+    return 1 if problems_found(report) else 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -22,59 +60,97 @@ def _compare(args: argparse.Namespace) -> int:
     return run_compare(args)
 
 
-def _client() -> tuple:
-    """The repository root and an MlflowClient on its store (MLflow is imported lazily: `bts --help` stays fast)."""
-    from mlflow.tracking import MlflowClient
-
-    from bts.tracking.runs import use_store
-
-    return use_store(), MlflowClient()
-
-
-def _serve_params() -> dict:
-    from bts.params import load_params
-
-    return load_params("serve")
-
-
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
     from bts.tracking.lineage import format_trace, trace
 
-    root, client = _client()
-    chain = trace(client, args.ref, root)
+    project = _project()
+    chain = trace(project.client, args.ref, project.root)
     print(json.dumps(chain, indent=2) if args.json else format_trace(chain))
-    return 0
+    return 1 if chain["package"] and chain["package"]["problems"] else 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     from bts.tracking.reproduce import format_verdict, reproduce
 
-    root, client = _client()
-    verdict = reproduce(client, args.ref, root, keep=args.keep)
+    project = _project()
+    verdict = reproduce(project.client, args.ref, project.root, keep=args.keep)
     print(format_verdict(verdict))
     return 0 if verdict["ok"] else 1
+
+
+def _publish_card(project: Project, version: object) -> Path:
+    from bts.tracking.model_card import publish_card
+    from bts.tracking.registry import download_version
+
+    with tempfile.TemporaryDirectory() as scratch:
+        package = download_version(project.client, version, Path(scratch))
+        return publish_card(project.client, version, package, project.params.registry.license, project.root / CARDS_DIR)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from bts.hashing import dvc_md5
+    from bts.model.package import PACKAGE_ARTIFACT, verify_package
+    from bts.tracking.lineage import RUN_ID, resolve_reference
+    from bts.tracking.registry import register
+
+    project = _project()
+    name = project.params.registry.model_name
+    with tempfile.TemporaryDirectory() as scratch:
+        if RUN_ID.match(args.ref) and not Path(args.ref).exists():
+            package = Path(project.client.download_artifacts(args.ref, PACKAGE_ARTIFACT, scratch))
+        else:
+            package = Path(args.ref)
+        resolved = resolve_reference(project.client, str(package), project.root)
+        if resolved["package"]["problems"]:
+            raise BtsError(f"{args.ref}: package TAMPERED: {', '.join(resolved['package']['problems'])}; not registered")
+        run = resolved["run"]
+        if run is None:
+            raise BtsError(f"{args.ref}: no run in {project.client.tracking_uri} trained these weights; run `dvc repro` first")
+        metadata = verify_package(package)
+        version, state = register(project.client, name, package, dvc_md5(package), metadata["lineage"], run, _describe(run))
+    card = _publish_card(project, version)
+    aliases = ", ".join(f"@{a}" for a in sorted(version.aliases)) or "no alias"
+    print(f"{state}: models:/{name}/{version.version} ({aliases}) from run {run.info.run_id}; model card {card.relative_to(project.root)}")
+    return 0
+
+
+def _describe(run: object) -> str:
+    params, metrics = run.data.params, run.data.metrics
+    settings = ", ".join(
+        f"{k.removeprefix('train.')}={v}" for k, v in sorted(params.items()) if k.startswith("train.") and k != "train.model"
+    )
+    return (
+        f"{params.get('train.model')} ({settings}) forecasting the next BTS reading from the last {params.get('featurize.n_lags')}; "
+        f"test RMSE {metrics.get('test.rmse', float('nan')):.4f}, skill {metrics.get('test.skill', float('nan')):+.1%} over persistence"
+    )
 
 
 def _promote(args: argparse.Namespace) -> int:
     from bts.tracking.registry import Gate, promote
 
-    params = _serve_params()
-    _, client = _client()
-    gate = Gate(params["gate_metric"], params["gate_direction"])
-    print(promote(client, args.name or params["registered_model"], args.version, args.to, gate, args.force, args.reason or ""))
+    project = _project()
+    registry = project.params.registry
+    gate = Gate(registry.gate_metric, registry.gate_direction)
+    evaluate_on = Path(args.evaluate_on) if args.evaluate_on else None
+    if evaluate_on is not None and not evaluate_on.is_file():
+        raise BtsError(f"--evaluate-on {evaluate_on}: no such feature table")
+    version, message = promote(
+        project.client, args.name or registry.model_name, args.version, args.to, gate, args.force, args.reason or "", evaluate_on
+    )
+    card = _publish_card(project, version)
+    print(f"{message}; model card {card.relative_to(project.root)}")
     return 0
 
 
 def _history(args: argparse.Namespace) -> int:
     from bts.tracking.registry import history
 
-    name = args.name or _serve_params()["registered_model"]
-    _, client = _client()
-    events = history(client, name)
+    project = _project()
+    name = args.name or project.params.registry.model_name
     print(f"alias transitions of {name}:")
-    for event in events:
+    for event in history(project.client, name):
         forced = " FORCED" if event["forced"] else ""
         previous = event["previous"] or "-"
         transition = f"@{event['alias']:<10} version {event['version']:<4} (was {previous:<4})"
@@ -83,35 +159,67 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bts", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="bts", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bts {bts.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    runs = commands.add_parser("runs", help="MLflow runs of the pipeline")
-    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
-    check = runs_commands.add_parser("check", help="reconcile DVC experiments with MLflow runs")
+    runs = commands.add_parser("runs", help="MLflow runs of the pipeline", description="MLflow runs of the pipeline.")
+    runs_commands = runs.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    check = runs_commands.add_parser(
+        "check",
+        help="reconcile DVC experiments, MLflow runs and registry versions",
+        description="List DVC experiments without a run, runs whose experiment is gone, runs left RUNNING or without "
+        "metrics, and registry versions left incomplete or tampered with; exit 1 if any.",
+    )
     check.add_argument("--experiment", default=None, help="MLflow experiment name (default: train.experiment in params.yaml)")
+    check.add_argument("--mark-failed", action="store_true", help="mark runs left RUNNING by a dead training as FAILED")
     check.set_defaults(handler=_runs_check)
 
-    lineage = commands.add_parser("lineage", help="where a model came from: run, data versions, commits")
-    lineage.add_argument("ref", help="models:/name@alias, models:/name/version, a run id, or a packaged model folder")
+    lineage = commands.add_parser(
+        "lineage", help="where a model came from", description="Where a model came from: package, run, data versions, commits."
+    )
+    lineage.add_argument("ref", help=MODEL_REFERENCE)
     lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
     lineage.set_defaults(handler=_lineage)
 
-    reproduce = commands.add_parser("reproduce", help="rebuild a model from its commit in a temporary worktree and compare")
-    reproduce.add_argument("ref", help="models:/name@alias, models:/name/version, a run id, or a packaged model folder")
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="rebuild a model from its commit in a temporary worktree and compare",
+        description="Rebuild a model from its commit, with that commit's own code, in a temporary git worktree, and compare "
+        "every md5 and metric with the recorded ones; exit 1 if anything differs.",
+    )
+    reproduce.add_argument("ref", help=MODEL_REFERENCE)
     reproduce.add_argument("--keep", action="store_true", help="keep the temporary folder (worktree removed) for inspection")
     reproduce.set_defaults(handler=_reproduce)
 
-    promote = commands.add_parser("promote", help="move an alias (e.g. champion) to a version that passes the gate")
-    promote.add_argument("version")
+    register = commands.add_parser(
+        "register",
+        help="make a registry version of a package or run (alias @candidate)",
+        description="Register a verified package (default models/package) or the package logged to a run as a version of "
+        "registry.model_name with the @candidate alias. Idempotent: a package registered already keeps its version, and "
+        "an interrupted registration is completed.",
+    )
+    register.add_argument("ref", nargs="?", default="models/package", help="a package folder or a run id (default: models/package)")
+    register.set_defaults(handler=_register)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move an alias (e.g. champion) to a version that passes the gate",
+        description="Move an alias to a version if it beats the current holder on registry.gate_metric, both scored on the "
+        "same data; every transition is recorded on the version.",
+    )
+    promote.add_argument("version", help="version number")
     promote.add_argument("--to", default="champion", help="alias to move (default: champion)")
-    promote.add_argument("--name", help="registered model (default: serve.registered_model in params.yaml)")
-    promote.add_argument("--force", action="store_true", help="promote even if the gate metric is worse (needs --reason)")
+    promote.add_argument("--name", help="registered model (default: registry.model_name in params.yaml)")
+    promote.add_argument("--evaluate-on", metavar="FEATURES", help="score both versions anew on this feature table (Parquet)")
+    promote.add_argument("--force", action="store_true", help="promote even if the gate says no (needs --reason)")
     promote.add_argument("--reason", help="why; recorded on the version")
     promote.set_defaults(handler=_promote)
 
-    history = commands.add_parser("history", help="every alias transition of the registered model")
-    history.add_argument("--name", help="registered model (default: serve.registered_model in params.yaml)")
+    history = commands.add_parser(
+        "history", help="every alias transition of the registered model", description="Every alias transition, oldest first."
+    )
+    history.add_argument("--name", help="registered model (default: registry.model_name in params.yaml)")
     history.set_defaults(handler=_history)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
@@ -130,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     except BtsError as exc:
         print(f"bts: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `bts ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("bts: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # MLflow and git failures are expected at this edge: one line, no traceback
+        if type(exc).__module__.startswith(("mlflow", "sqlalchemy", "yaml")) or isinstance(exc, OSError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"bts: error: {first}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

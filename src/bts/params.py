@@ -119,6 +119,10 @@ class Params(Section):
     train: TrainParams
     registry: RegistryParams
 
+    def run_params(self) -> dict[str, object]:
+        """The params a training run logs and its model depends on, flat (`train.alpha`, `featurize.n_lags`), each once."""
+        return flatten({"train": self.train.model_params(), "featurize": self.featurize.model_dump()})
+
 
 def _describe(error: dict) -> str:
     """One pydantic error as 'key: what is wrong (what is allowed)'."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bts.hashing import lock_md5s
-
-DATASETS = ["raw", "clean", "features"]
+from bts.hashing import dvc_md5, lock_md5s
+from bts.tracking.tags import DATASETS
 
 
 def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | Path = "dvc.lock") -> str:
@@ -32,10 +31,8 @@ def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | P
     return "\n".join(lines)
 
 
-def model_summary(
-    metrics_path: str | Path = "metrics/metrics.json", registration_path: str | Path = "models/registration.json"
-) -> list[str]:
-    """The model's test scores against persistence, its MLflow run and its registered version."""
+def model_summary(metrics_path: str | Path = "metrics/metrics.json", package: str | Path = "models/package") -> list[str]:
+    """The model's test scores against persistence, and its package."""
     if not Path(metrics_path).exists():
         return []
     test = json.loads(Path(metrics_path).read_text())["test"]
@@ -43,11 +40,9 @@ def model_summary(
         f"Model: test RMSE {test['rmse']:.4f} vs persistence {test['persistence_rmse']:.4f} "
         f"(skill {test['skill']:+.1%}); metrics/metrics.json, plots/"
     ]
-    if Path(registration_path).exists():
-        registration = json.loads(Path(registration_path).read_text())
+    if Path(package).is_dir():
         lines.append(
-            f"Registered: models:/{registration['name']}/{registration['version']} (run {registration['run_id']}), "
-            "packaged in models/package; browse with `mlflow ui`"
+            f"Package: {Path(package).as_posix()} md5 {dvc_md5(package)}; register it with `bts register`, browse runs with `mlflow ui`"
         )
     return lines
 

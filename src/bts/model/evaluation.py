@@ -48,17 +48,6 @@ def evaluate(frame: pd.DataFrame, predicted: np.ndarray, splits: list[str]) -> d
     return report
 
 
-def flat_metrics(report: dict) -> dict[str, float]:
-    """{'test': {'rmse': 1}} -> {'test.rmse': 1}: the names `dvc exp show` prints, used for MLflow too."""
-    flat = {}
-    for key, value in report.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in flat_metrics(value).items()})
-        else:
-            flat[key] = value
-    return flat
-
-
 def residual_histogram(residuals: np.ndarray, bins: int = 41) -> pd.DataFrame:
     """Counts of residuals per bin, symmetric around zero, for a residual-distribution plot."""
     limit = float(np.quantile(np.abs(residuals), 0.99)) or 1.0

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import joblib
 import matplotlib
 import mlflow
 import pandas as pd
 
 from bts.files import write_csv, write_json
-from bts.model.evaluation import evaluate, flat_metrics, residual_histogram
-from bts.stages import run_stage
-from bts.tracking.runs import read_run_record, resumed_run
+from bts.model.evaluation import evaluate, residual_histogram
+from bts.model.package import load_workspace_model
+from bts.params import flatten, load_params
+from bts.stages import feature_columns, lineage_of, run_stage
+from bts.tracking.runs import find_training_run, resumed_run, training_run
+from bts.tracking.store import use_store
+from bts.tracking.tags import MODEL_MD5, data_tags, dvc_tags, git_tags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -46,21 +48,26 @@ def plot_evaluation(series: pd.DataFrame, sample: pd.DataFrame, histogram: pd.Da
     plt.close(figure)
 
 
+def finite_or_none(report: dict) -> dict:
+    """The report with undefined scores (NaN) as null: JSON has no NaN."""
+    return {k: finite_or_none(v) if isinstance(v, dict) else (None if v != v else v) for k, v in report.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--features", required=True)
     parser.add_argument("--datasets", required=True, help="folder of the dataset metadata documents")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--run", required=True)
     parser.add_argument("--metrics", required=True, help="DVC metrics file (JSON)")
     parser.add_argument("--by-parameter", required=True, help="the same scores per sensor parameter (JSON)")
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
     args = parser.parse_args()
-    feature_columns = json.loads((Path(args.datasets) / "features.json").read_text())["feature_columns"]
+    params = load_params()
+    columns = feature_columns(args.datasets)
     features = pd.read_parquet(args.features)
     scored = features[features["split"].isin(SPLITS)].copy()
-    model = joblib.load(args.model)
-    scored["predicted"] = model.predict(scored[feature_columns])
+    model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
+    scored["predicted"] = model.predict(scored[columns])
     report = evaluate(scored, scored["predicted"].to_numpy(), SPLITS)
 
     test = scored[scored["split"] == "test"]
@@ -75,18 +82,26 @@ def main() -> None:
     write_csv(plots / "residuals.csv", histogram)
     station, parameter = test[first_series].iloc[0][["station_id", "parameter_id"]]
     plot_evaluation(series, sample, histogram, f"station {station}, parameter {parameter}", plots / "evaluation.png")
-    write_json(args.metrics, {split: scores for split, scores in report.items() if split in SPLITS})
-    write_json(args.by_parameter, {split: scores for split, scores in report.items() if split not in SPLITS})
+    write_json(args.metrics, finite_or_none({split: scores for split, scores in report.items() if split in SPLITS}))
+    write_json(args.by_parameter, finite_or_none({split: scores for split, scores in report.items() if split not in SPLITS}))
 
-    record = read_run_record(args.run)
-    with resumed_run(record["run_id"]):
-        mlflow.log_metrics({k: v for k, v in flat_metrics(report).items() if v == v})  # NaN (undefined) is left out
+    lineage = lineage_of(args.model, args.datasets)
+    use_store()
+    run = find_training_run(lineage)
+    if run is None:  # the model came from a cache or another store: its evaluation still gets a run
+        with training_run(params.train.experiment, f"evaluation-{lineage[MODEL_MD5][:8]}") as run:
+            mlflow.set_tags({**git_tags(Path.cwd()), **dvc_tags(), **data_tags(Path(args.datasets)), **lineage})
+        note = f"no run trained this model in {mlflow.get_tracking_uri()}: logged to new run {run.info.run_id}"
+    else:
+        note = f"logged to run {run.info.run_id}"
+    with resumed_run(run.info.run_id):
+        mlflow.log_metrics({k: v for k, v in flatten(report).items() if v == v})  # NaN (undefined) is left out
         mlflow.log_dict(report, "evaluation/metrics.json")
         mlflow.log_artifacts(str(plots), artifact_path="evaluation")
     test_scores = report["test"]
     print(
         f"evaluate: test rmse {test_scores['rmse']:.4f} vs persistence {test_scores['persistence_rmse']:.4f} "
-        f"(skill {test_scores['skill']:+.1%}); logged to run {record['run_id']}"
+        f"(skill {test_scores['skill']:+.1%}); {note}"
     )
 
 

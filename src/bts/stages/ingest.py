@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     sources = load_params().data.sources
     catalogue = load_catalogue(args.sensors)
-    files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs])
+    files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs], root=Path.cwd())
     source_paths = {source: args.simulated if source == SIMULATED else source for source in sources}
     print(f"ingest: reading {len(files)} file(s)")
     raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written

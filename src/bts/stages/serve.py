@@ -1,72 +1,62 @@
-"""Stage serve: package the trained model with its lineage, register it as a new version, write its model card."""
+"""Stage serve: package the trained model with its lineage and file manifest, byte for byte the same for the same model.
+
+The registry is not touched: `bts register` makes a version of a package,
+`bts promote` moves an alias. The package is also logged to the run that
+trained the model, so `bts register <run id>` finds it there.
+"""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
+import pandas as pd
 
-from bts.files import write_json, write_text
-from bts.params import load_params
-from bts.stages import run_stage
-from bts.tracking.model_card import model_card, render_model_card
-from bts.tracking.registry import register
-from bts.tracking.runs import read_run_record, use_store
-from bts.tracking.store import store_lock
-
-
-def describe(run: mlflow.entities.Run) -> str:
-    params, metrics = run.data.params, run.data.metrics
-    settings = ", ".join(
-        f"{k.removeprefix('train.')}={v}"
-        for k, v in sorted(params.items())
-        if k.startswith("train.") and k not in ("train.seed", "train.model")
-    )
-    return (
-        f"{params.get('train.model')} ({settings}) forecasting the next BTS reading from the last {params.get('featurize.n_lags')}; "
-        f"test RMSE {metrics.get('test.rmse', float('nan')):.4f}, skill {metrics.get('test.skill', float('nan')):+.1%} over persistence; "
-        f"features md5 {run.data.tags.get('data.features_md5')}"
-    )
+from bts.files import atomic_folder
+from bts.model.forecasters import skops_trusted_types
+from bts.model.package import PACKAGE_ARTIFACT, PACKAGE_REQUIREMENTS, build_package, load_workspace_model
+from bts.stages import feature_columns, library_path, lineage_of, run_stage
+from bts.tracking.runs import find_training_run, resumed_run
+from bts.tracking.store import use_store
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", required=True, help="record of the training run (JSON)")
+    parser.add_argument("--features", required=True, help="feature table (its first train rows are the input example)")
+    parser.add_argument("--datasets", required=True, help="folder of the dataset metadata documents")
+    parser.add_argument("--model", required=True, help="fitted pipeline (joblib), verified against dvc.lock")
     parser.add_argument("--package", required=True, help="folder for the packaged MLflow model")
-    parser.add_argument("--registration", required=True, help="record of the registered version (JSON)")
-    parser.add_argument("--card", required=True, help="model card (JSON)")
-    parser.add_argument("--card-markdown", required=True, help="model card (Markdown)")
     args = parser.parse_args()
-    params = load_params("serve")
-    record = read_run_record(args.run)
-    root = use_store()
-    client = MlflowClient()
+    columns = feature_columns(args.datasets)
+    model = load_workspace_model(Path(args.model))
+    features = pd.read_parquet(args.features, columns=[*columns, "split"])
+    example = features[features["split"] == "train"][columns].head(5).reset_index(drop=True)
+    lineage = lineage_of(args.model, args.datasets)
+    built: dict[str, str] = {}
 
-    run = client.get_run(record["run_id"])
-    with store_lock(root):
-        version, created = register(client, params["registered_model"], record["model_uri"], record["lineage"], describe(run))
-    if not created:
-        run = client.get_run(version.run_id)  # the registered twin of this model came from an earlier run
+    def write(folder: Path) -> None:
+        built["md5"] = build_package(
+            model,
+            folder,
+            example=example,
+            lineage=lineage,
+            feature_columns=columns,
+            pip_requirements=PACKAGE_REQUIREMENTS,
+            trusted_types=skops_trusted_types(model),
+            library=library_path(),
+        )
 
-    package = Path(args.package)
-    staging = Path(tempfile.mkdtemp(dir=package.parent, prefix=f".{package.name}."))
-    try:  # the package is the registered version's artifact, byte for byte: what is registered is what is served
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(staging))
-        shutil.rmtree(package, ignore_errors=True)
-        staging.rename(package)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-    card = model_card(version, run, package, params["license"])
-    write_json(args.card, card)
-    write_text(args.card_markdown, render_model_card(card))
-    write_json(args.registration, {"name": version.name, "version": str(version.version), "run_id": version.run_id, "created": created})
-    state = "registered as new version" if created else "unchanged; already registered as version"
-    print(f"serve: {args.package} {state} {version.name}/{version.version} (aliases: {', '.join(version.aliases) or 'none'})")
+    atomic_folder(args.package, write)
+    use_store()
+    run = find_training_run(lineage)
+    if run is None:
+        note = f"no run trained this model in {mlflow.get_tracking_uri()}: the package is not logged"
+    else:
+        with resumed_run(run.info.run_id):
+            mlflow.log_artifacts(args.package, artifact_path=PACKAGE_ARTIFACT)
+        note = f"logged to run {run.info.run_id}; register it with `bts register {args.package}`"
+    print(f"serve: {args.package} md5 {built['md5']}; {note}")
 
 
 if __name__ == "__main__":

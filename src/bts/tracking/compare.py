@@ -188,7 +188,7 @@ def _collector_paused() -> Iterator[None]:
 def _store_uri() -> str:
     import mlflow
 
-    from bts.tracking.runs import use_store
+    from bts.tracking.store import use_store
 
     use_store()
     uri = mlflow.get_tracking_uri()
@@ -439,9 +439,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _default_experiment() -> str:
-    from bts.params import load_params
+    from bts.params import PARAMS_FILE, load_params
+    from bts.tracking.store import find_root
 
-    experiment = load_params("train").get("experiment")
-    if not experiment:
-        raise ConfigError("params.yaml: train.experiment is not set; give --experiment")
-    return str(experiment)
+    return load_params(find_root() / PARAMS_FILE).train.experiment

@@ -1,130 +1,210 @@
 """Tracing a model back to its run, its data versions and the git commits that hold them.
 
 A model reference is a registry URI (`models:/name@alias`, `models:/name/3`),
-a run id, or a packaged model folder. Its lineage (run id, git commit, data
-and model md5s) is read from the registry version tags, the run tags or the
-MLmodel metadata; the commits are found by looking for those md5s in every
-dvc.lock of the repository's history, DVC experiment refs included.
+a run id, or a packaged model folder. Its lineage (content hashes of data,
+params, code and weights) is read from the registry version tags, the run
+tags or the package's MLmodel metadata, after the package's files are checked
+against its manifest; the commits are found by looking for those md5s in
+every dvc.lock of the repository's history, DVC experiment refs included.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import re
 from pathlib import Path
 
-import yaml
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bts.errors import BtsError
-from bts.hashing import lock_md5s
+from bts.errors import BtsError, ConfigError
+from bts.hashing import dvc_md5, lock_md5s
+from bts.model.package import package_metadata, tampered_files
+from bts.tracking.registry import version_integrity
+from bts.tracking.runs import find_training_run
+from bts.tracking.store import git, git_text
+from bts.tracking.tags import (
+    CODE_MD5,
+    DATASETS,
+    EXP_NAME,
+    GIT_COMMIT,
+    GIT_DIRTY,
+    MODEL_MD5,
+    PACKAGE_MD5,
+    PARAMS_MD5,
+    REGISTRATION_COMPLETE,
+    TRANSITION_PREFIX,
+    data_md5_tag,
+)
 
-DATASETS = ["raw", "clean", "features"]
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
+# refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>; other refs/exps/* are DVC's own bookkeeping.
+EXPERIMENT_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/([^/]+)$")
 
 
-def _git(root: Path, *args: str, data: str | None = None) -> str:
-    result = subprocess.run(["git", *args], cwd=root, input=data, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BtsError(f"git {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
+def experiment_refs(root: Path) -> dict[str, dict[str, str]]:
+    """{experiment name: {'ref': full ref, 'baseline': baseline commit}} for every DVC experiment ref in the repository."""
+    listing = git_text(root, "for-each-ref", "--format=%(refname)", "refs/exps/") or ""
+    found = {}
+    for ref in listing.split():
+        match = EXPERIMENT_REF.match(ref)
+        if match:
+            found[match.group(3)] = {"ref": ref, "baseline": match.group(1) + match.group(2)}
+    return found
 
 
-def resolve_reference(client: MlflowClient, ref: str) -> dict:
-    """{'version': ModelVersion | None, 'run_id': str, 'lineage': {...}} for any kind of model reference."""
+def describe_ref(ref: str) -> dict[str, str] | None:
+    """A git ref as {'kind', 'name'}: branch, tag or dvc-experiment (None for other refs)."""
+    if ref.startswith("refs/heads/"):
+        return {"kind": "branch", "name": ref.removeprefix("refs/heads/")}
+    if ref.startswith("refs/tags/"):
+        return {"kind": "tag", "name": ref.removeprefix("refs/tags/")}
+    match = EXPERIMENT_REF.match(ref)
+    return {"kind": "dvc-experiment", "name": match.group(3)} if match else None
+
+
+def resolve_reference(client: MlflowClient, ref: str, root: Path) -> dict:
+    """{'version', 'run', 'lineage', 'package'} for any kind of model reference; package integrity is checked here."""
     try:
         if ref.startswith("models:/"):
-            name, _, selector = ref.removeprefix("models:/").partition("@")
-            if selector:
-                version = client.get_model_version_by_alias(name, selector)
-            else:
-                name, _, number = ref.removeprefix("models:/").rpartition("/")
-                version = client.get_model_version(name, number)
-            lineage = {k: v for k, v in version.tags.items() if not k.startswith(("transition.", "package."))}
-            return {"version": version, "run_id": version.run_id, "lineage": lineage}
-        mlmodel = Path(ref) / "MLmodel"
-        if mlmodel.exists():
-            lineage = (yaml.safe_load(mlmodel.read_text()).get("metadata") or {}).get("lineage")
-            if not lineage:
-                raise BtsError(f"{mlmodel}: no lineage in the model metadata (not packaged by this pipeline)")
-            return {"version": None, "run_id": lineage["run_id"], "lineage": lineage}
+            return _registry_reference(client, ref)
+        folder = Path(ref)
+        if folder.is_dir():
+            return _package_reference(folder, root)
+        if not RUN_ID.match(ref):
+            raise ConfigError(f"{ref}: not a model reference (models:/name@alias, models:/name/<version>, a run id, or a package folder)")
         run = client.get_run(ref)
-        return {"version": None, "run_id": ref, "lineage": {"run_id": ref, **run.data.tags}}
+        lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+        return {"version": None, "run": run, "lineage": lineage, "package": None}
     except MlflowException as exc:
-        raise BtsError(f"{ref}: not found in the registry or tracking store {client.tracking_uri} ({exc.message.splitlines()[0]})") from exc
+        raise BtsError(f"{ref}: not found in {client.tracking_uri} ({exc.message.splitlines()[0]})") from None
+
+
+def _registry_reference(client: MlflowClient, ref: str) -> dict:
+    match = MODEL_URI.match(ref)
+    if not match:
+        raise ConfigError(f"{ref}: not a registry reference (models:/name@alias or models:/name/<version>)")
+    if match.group("alias"):
+        version = client.get_model_version_by_alias(match.group("name"), match.group("alias"))
+    else:
+        if not match.group("version").isdigit():
+            raise ConfigError(f"{ref}: version {match.group('version')!r} is not a number")
+        version = client.get_model_version(match.group("name"), match.group("version"))
+    lineage = {k: v for k, v in version.tags.items() if not k.startswith((TRANSITION_PREFIX, "registration."))}
+    package = {
+        "md5": version.tags.get(PACKAGE_MD5),
+        "source": version.source,
+        "problems": version_integrity(client, version),
+        "registration_complete": version.tags.get(REGISTRATION_COMPLETE) == "true",
+    }
+    return {"version": version, "run": client.get_run(version.run_id), "lineage": lineage, "package": package}
+
+
+def _package_reference(folder: Path, root: Path) -> dict:
+    lineage = package_metadata(folder)["lineage"]
+    md5 = dvc_md5(folder)
+    recorded = _lock_record(root, folder)
+    problems = tampered_files(folder, recorded)
+    return {
+        "version": None,
+        "run": find_training_run(lineage),
+        "lineage": lineage,
+        "package": {"md5": md5, "source": str(folder), "problems": problems},
+    }
+
+
+def _lock_record(root: Path, folder: Path) -> str | None:
+    """The md5 the workspace's dvc.lock records for this folder, when it is a pipeline output."""
+    try:
+        relative = folder.resolve().relative_to(root).as_posix()
+        return lock_md5s((root / "dvc.lock").read_bytes()).get(relative)
+    except (ValueError, OSError):
+        return None
 
 
 def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     """Commits (on any branch, tag or DVC experiment ref) whose dvc.lock records every md5 given, oldest first."""
-    listing = _git(root, "log", "--all", "--format=%H %ct", "--", "dvc.lock").split("\n")
-    commits = [line.split() for line in listing if line.strip()]
-    if not commits:
+    listing = git_text(root, "log", "--all", "--format=%H %ct", "--", "dvc.lock") or ""
+    commits = [line.split() for line in listing.splitlines() if line.strip()]
+    if not commits or not md5s:
         return []
-    contents = _git(root, "cat-file", "--batch", data="".join(f"{sha}:dvc.lock\n" for sha, _ in commits))
+    request = "".join(f"{sha}:dvc.lock\n" for sha, _ in commits).encode()
+    result = git(root, "cat-file", "--batch", input_bytes=request)
     matches = []
-    for (sha, timestamp), lock_text in zip(commits, _split_batch(contents), strict=True):
-        if lock_text is not None and set(md5s) <= set(lock_md5s(lock_text).values()):
-            matches.append({"commit": sha, "time": int(timestamp), "refs": _refs_of(root, sha)})
+    for (sha, timestamp), lock in zip(commits, split_batch(result or b""), strict=True):
+        if lock is not None and set(md5s) <= set(lock_md5s(lock).values()):
+            matches.append({"commit": sha, "time": int(timestamp)})
     return sorted(matches, key=lambda m: m["time"])
 
 
-def _split_batch(output: str) -> list[str | None]:
-    """The bodies of `git cat-file --batch` answers, None for a missing object."""
+def split_batch(output: bytes) -> list[bytes | None]:
+    """The bodies of `git cat-file --batch` answers (bytes, sized in bytes), None for a missing object."""
     bodies, position = [], 0
     while position < len(output):
-        header_end = output.index("\n", position)
+        header_end = output.index(b"\n", position)
         header = output[position:header_end].split()
-        if header[-1] == "missing":
+        if header[-1] == b"missing":
             bodies.append(None)
             position = header_end + 1
             continue
         size = int(header[2])
-        # sizes are in bytes; the lock file is ASCII, so characters and bytes agree
         bodies.append(output[header_end + 1 : header_end + 1 + size])
         position = header_end + 1 + size + 1
     return bodies
 
 
-def _refs_of(root: Path, sha: str) -> list[dict]:
-    refs = []
-    for ref in _git(root, "for-each-ref", "--points-at", sha, "--format=%(refname)").split():
-        if ref.startswith("refs/heads/"):
-            refs.append({"kind": "branch", "name": ref.removeprefix("refs/heads/")})
-        elif ref.startswith("refs/tags/"):
-            refs.append({"kind": "tag", "name": ref.removeprefix("refs/tags/")})
-        elif ref.startswith("refs/exps/") and ref.count("/") >= 4:
-            refs.append({"kind": "dvc-experiment", "name": ref.rsplit("/", 1)[1], "ref": ref})
-    for branch in _git(root, "branch", "--contains", sha, "--format=%(refname:short)").split():
-        if not any(r["kind"] == "branch" and r["name"] == branch for r in refs):
-            refs.append({"kind": "branch-contains", "name": branch})
-    return refs
+def refs_containing(root: Path, sha: str) -> list[dict[str, str]]:
+    """Branches, tags and DVC experiments whose history holds the commit."""
+    listing = git_text(root, "for-each-ref", "--contains", sha, "--format=%(refname)", "refs/heads", "refs/tags", "refs/exps") or ""
+    return [described for ref in listing.split() if (described := describe_ref(ref))]
 
 
-def _dataset_document(root: Path, commit: str | None, name: str, md5: str) -> dict | None:
-    """The dataset's metadata document at the commit (or in the workspace, if it describes the same md5)."""
+def _dataset_document(root: Path, commit: str | None, name: str, md5: str | None) -> dict | None:
+    """The dataset's metadata document at the commit (or in the workspace), if it describes the same md5."""
     path = f"metadata/datasets/{name}.json"
     try:
-        text = _git(root, "show", f"{commit}:{path}") if commit else (root / path).read_text()
-    except (BtsError, OSError):
+        text = git(root, "show", f"{commit}:{path}") if commit else (root / path).read_bytes()
+        document = json.loads(text)
+    except (BtsError, OSError, ValueError):
         return None
-    document = json.loads(text)
-    return document if document["dvc"]["md5"] == md5 else None
+    return document if document.get("dvc", {}).get("md5") == md5 else None
+
+
+def _run_summary(run: Run | None) -> dict | None:
+    if run is None:
+        return None
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "params": dict(sorted(run.data.params.items())),
+        "metrics": {m: run.data.metrics[m] for m in RUN_METRICS if m in run.data.metrics},
+        "machine": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("machine.")},
+        "dvc_experiment": run.data.tags.get(EXP_NAME),
+        "git_commit": run.data.tags.get(GIT_COMMIT),
+        "git_dirty": run.data.tags.get(GIT_DIRTY) == "true",
+    }
 
 
 def trace(client: MlflowClient, ref: str, root: Path) -> dict:
-    """The whole chain: model version -> run -> features -> clean -> raw -> commits."""
-    resolved = resolve_reference(client, ref)
-    lineage = resolved["lineage"]
-    run = client.get_run(resolved["run_id"])
-    data_md5s = {name: lineage.get(f"data.{name}_md5") or run.data.tags.get(f"data.{name}_md5") for name in DATASETS}
-    model_md5 = lineage.get("model_md5") or run.data.tags.get("model_md5")
+    """The whole chain: model version -> package -> run -> features -> clean -> raw -> commits."""
+    resolved = resolve_reference(client, ref, root)
+    lineage, run = resolved["lineage"], resolved["run"]
+    data_md5s = {name: lineage.get(data_md5_tag(name)) for name in DATASETS}
+    model_md5 = lineage.get(MODEL_MD5)
     exact = commits_holding(root, [m for m in [*data_md5s.values(), model_md5] if m])
-    data_only = exact or commits_holding(root, [m for m in data_md5s.values() if m])
-    commit = exact[0]["commit"] if exact else (data_only[0]["commit"] if data_only else None)
+    data_only = [] if exact else commits_holding(root, [m for m in data_md5s.values() if m])
+    recorded_commit = run.data.tags.get(GIT_COMMIT) if run else None
+    chosen = next((c for c in exact if c["commit"] == recorded_commit), exact[-1] if exact else None)
+    first = exact[0] if exact else (data_only[0] if data_only else None)
     datasets = {}
     for name in reversed(DATASETS):
-        document = _dataset_document(root, commit, name, data_md5s[name]) or _dataset_document(root, None, name, data_md5s[name])
+        document = _dataset_document(root, first["commit"] if first else None, name, data_md5s[name])
+        document = document or _dataset_document(root, None, name, data_md5s[name])
         datasets[name] = {
             "md5": data_md5s[name],
             "rows": document["rows"] if document else None,
@@ -143,26 +223,17 @@ def trace(client: MlflowClient, ref: str, root: Path) -> dict:
             "aliases": sorted(version.aliases),
             "description": version.description,
         },
-        "run": {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "name": run.info.run_name,
-            "status": run.info.status,
-            "params": dict(sorted(run.data.params.items())),
-            "metrics": {m: run.data.metrics[m] for m in RUN_METRICS if m in run.data.metrics},
-            "machine": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("machine.")},
-            "dvc_experiment": run.data.tags.get("dvc.exp_name"),
-        },
+        "package": resolved["package"],
+        "run": _run_summary(run),
         "model_md5": model_md5,
+        "params_md5": lineage.get(PARAMS_MD5),
+        "code_md5": lineage.get(CODE_MD5),
         "datasets": datasets,
-        "git": {
-            "base_commit": lineage.get("git.commit") or run.data.tags.get("git.commit"),
-            "dirty": (lineage.get("git.dirty") or run.data.tags.get("git.dirty")) == "true",
-        },
         "commits": exact,
-        "commits_with_same_data": [] if exact else data_only,
+        "first_commit": None if first is None else {**first, "refs": refs_containing(root, first["commit"])},
+        "rebuild_commit": chosen["commit"] if chosen else None,
+        "commits_with_same_data": data_only,
         "uncommitted": not exact,
-        "monitoring": [],
     }
 
 
@@ -172,17 +243,26 @@ def format_trace(chain: dict) -> str:
     if model:
         aliases = f" @{', @'.join(model['aliases'])}" if model["aliases"] else ""
         lines += [f"model    {model['name']} version {model['version']}{aliases}", f"         {model['description']}"]
+    package = chain["package"]
+    if package:
+        state = "TAMPERED: " + ", ".join(package["problems"]) if package["problems"] else "every file matches its manifest"
+        if package.get("registration_complete") is False:
+            state += "; registration incomplete (run `bts register` again)"
+        lines.append(f"package  md5 {package['md5']}  {state}")
     run = chain["run"]
-    metrics = ", ".join(f"{k} {v:.6g}" for k, v in run["metrics"].items())
-    lines += [
-        f"run      {run['run_id']} ({run['name']}, {run['status']})"
-        + (f", DVC experiment {run['dvc_experiment']}" if run["dvc_experiment"] else "")
-    ]
-    lines += [f"         params: {', '.join(f'{k}={v}' for k, v in run['params'].items())}", f"         metrics: {metrics}"]
-    machine = run["machine"]
-    cpu, cores, memory = machine.get("machine.cpu"), machine.get("machine.cores"), machine.get("machine.memory_gb")
-    lines += [f"         machine: {cpu}, {cores} cores, {memory} GB, {machine.get('machine.os')}"]
-    lines += [f"weights  md5 {chain['model_md5']}"]
+    if run is None:
+        lines.append("run      none in this tracking store trained these exact weights")
+    else:
+        experiment = f", DVC experiment {run['dvc_experiment']}" if run["dvc_experiment"] else ""
+        lines.append(f"run      {run['run_id']} ({run['name']}, {run['status']}){experiment}")
+        lines.append(f"         params: {', '.join(f'{k}={v}' for k, v in run['params'].items())}")
+        lines.append("         metrics: " + ", ".join(f"{k} {v:.6g}" for k, v in run["metrics"].items()))
+        machine = run["machine"]
+        lines.append(
+            f"         machine: {machine.get('machine.cpu')}, {machine.get('machine.cores')} cores, "
+            f"{machine.get('machine.memory_gb')} GB, {machine.get('machine.os')}"
+        )
+    lines.append(f"weights  md5 {chain['model_md5']}  (params md5 {chain['params_md5']}, code md5 {chain['code_md5']})")
     for name in ["features", "clean", "raw"]:
         data = chain["datasets"][name]
         detail = ""
@@ -191,14 +271,15 @@ def format_trace(chain: dict) -> str:
             detail = f"  {data['rows']} rows, {data['stations']} stations"
             detail += f", completeness {quality['completeness']}, validity {quality['validity']}"
         lines.append(f"{name:<8} md5 {data['md5']}{detail}")
+    first = chain["first_commit"]
     if chain["commits"]:
-        for found in chain["commits"]:
-            refs = ", ".join(f"{r['kind']} {r['name']}" for r in found["refs"]) or "no ref"
-            lines.append(f"commit   {found['commit']} ({refs})")
+        refs = ", ".join(f"{r['kind']} {r['name']}" for r in first["refs"]) or "no branch, tag or experiment"
+        later = len(chain["commits"]) - 1
+        lines.append(f"commit   {first['commit']} first holds these md5s" + (f" ({later} later commit(s) too)" if later else ""))
+        lines.append(f"         in: {refs}")
     else:
-        git = chain["git"]
-        lines.append(f"commit   none holds these md5s: the model came from uncommitted state (base commit {git['base_commit']})")
-        for found in chain["commits_with_same_data"]:
-            lines.append(f"         same data (other weights) at {found['commit']}")
-    lines.append("monitor  " + (", ".join(chain["monitoring"]) if chain["monitoring"] else "no monitoring reports yet"))
+        base = chain["run"]["git_commit"] if chain["run"] else "unknown"
+        lines.append(f"commit   none holds these weights: the model came from uncommitted state (base commit {base})")
+        if first:
+            lines.append(f"         the same data is at {first['commit']}")
     return "\n".join(lines)

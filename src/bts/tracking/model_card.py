@@ -13,6 +13,10 @@ from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from bts.files import write_json, write_text
+from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
 QUALITY = [
     ("test.rmse", "sensor unit"),
@@ -40,7 +44,7 @@ def package_dependencies(package_dir: str | Path) -> dict[str, str]:
 
 def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str) -> dict:
     """The card of one registered model version, from the version, its run and its package."""
-    lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith("transition.")}
+    lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith((TRANSITION_PREFIX, "registration."))}
     metrics = run.data.metrics
     return {
         "model_id": f"{version.name}/{version.version}",
@@ -51,7 +55,7 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
         "time_created": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
         "artefact": {
             "url": f"models:/{version.name}/{version.version}",
-            "package": Path(package_dir).as_posix(),
+            "package_md5": lineage.get("package.md5"),
             "format": "MLflow Model (python_function and sklearn flavors)",
             "license": license_name,
         },
@@ -59,10 +63,10 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
         "dataset_dependency": [
             {
                 "dataset_id": f"bts-{name}",
-                "md5": lineage.get(f"data.{name}_md5"),
+                "md5": lineage.get(data_md5_tag(name)),
                 "relationship": "training" if name == "features" else "upstream",
             }
-            for name in ["features", "clean", "raw"]
+            for name in reversed(DATASETS)
         ],
         "model_dependency": [
             {"model": "persistence (next reading = latest reading)", "relationship": "baseline the skill is measured against"}
@@ -85,7 +89,7 @@ def render_model_card(card: dict) -> str:
     lines.append(f"| status | {', '.join(card['status'])} |")
     artefact = card["artefact"]
     lines.append(
-        f"| artefact | `{artefact['url']}` ({artefact['format']}, license {artefact['license']}), package `{artefact['package']}` |"
+        f"| artefact | `{artefact['url']}` ({artefact['format']}, license {artefact['license']}), package md5 `{artefact['package_md5']}` |"
     )
     lines += ["", "## Quality of model", "", "| metric | value | unit |", "| --- | --- | --- |"]
     lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"]]
@@ -107,3 +111,21 @@ def render_model_card(card: dict) -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+CARD_ARTIFACT = "model_card"
+
+
+def publish_card(client: MlflowClient, version: ModelVersion, package_dir: Path, license_name: str, cards_dir: Path) -> Path:
+    """Write the version's card (JSON and Markdown) into cards_dir and log both to its run; returns the Markdown path.
+
+    Called whenever the registry changes for the version (registration, alias moves), so the card never goes stale.
+    """
+    version = client.get_model_version(version.name, str(version.version))  # current aliases
+    card = model_card(version, client.get_run(version.run_id), package_dir, license_name)
+    stem = cards_dir / f"{version.name}-{version.version}"
+    write_json(stem.with_suffix(".json"), card)
+    write_text(stem.with_suffix(".md"), render_model_card(card))
+    for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):
+        client.log_artifact(version.run_id, str(path), CARD_ARTIFACT)
+    return stem.with_suffix(".md")

@@ -1,52 +1,55 @@
-"""Model Registry governance: versions carrying their lineage, aliases instead of stages, recorded transitions.
+"""Model Registry governance: versions of verified packages, aliases instead of stages, recorded transitions.
 
-New versions get the `candidate` alias. Promotion to another alias (e.g.
-`champion`) is gated on a metric of the version's run; every transition is
-written on the version as a `transition.*` tag (who, when, why, previous
-holder), so the history survives in the registry itself.
+Registration is a deliberate act (`bts register`), never a side effect of the
+pipeline. A version's source is the package logged to the run that trained
+it; its tags carry the package md5 and the lineage. Registration is
+idempotent and completes an interrupted one: the version is looked up by its
+package md5, and only a version tagged `registration.complete` is finished.
+Promotion to an alias (e.g. `champion`) is gated on a metric of both
+versions scored on the same data; every transition is written on the version
+as a `transition.*` tag (who, when, why, previous holder).
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import re
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pandas as pd
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bts.errors import BtsError
-from bts.tracking.runs import params_md5
+from bts.errors import BtsError, ConfigError
+from bts.hashing import dvc_md5
+from bts.model.package import PACKAGE_ARTIFACT, load_package, tampered_files
+from bts.tracking.store import kill_point
+from bts.tracking.tags import PACKAGE_MD5, REGISTRATION_COMPLETE, TRANSITION_PREFIX, data_md5_tag
 
 CANDIDATE = "candidate"
-TRANSITION_PREFIX = "transition."
+MODEL_DESCRIPTION = "Forecasts the next reading of a BTS sensor series from its latest readings."
+# MLflow reserves `latest` and version-like aliases (v1, 3); ours are plain words.
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+RESERVED_ALIASES = {"latest"}
+def check_alias(alias: str) -> str:
+    if alias in RESERVED_ALIASES or re.fullmatch(r"v\d+", alias) or not ALIAS_PATTERN.match(alias):
+        raise ConfigError(f"alias {alias!r}: use a lowercase word of letters, digits, '-' or '_' (not 'latest' or 'v<number>')")
+    return alias
 
 
-def package_identity(lineage: dict[str, str]) -> str:
-    """What makes two packaged models the same: weights, params and data (not the run that produced them)."""
-    keys = ["model_md5", "params_md5", "data.raw_md5", "data.clean_md5", "data.features_md5"]
-    return params_md5({key: lineage.get(key) for key in keys})
-
-
-def find_version(client: MlflowClient, name: str, identity: str) -> ModelVersion | None:
-    versions = client.search_model_versions(f"name = '{name}' and tags.`package.identity` = '{identity}'")
-    return min(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def record_transition(client: MlflowClient, name: str, version: str, alias: str, previous: str | None, reason: str, forced: bool) -> None:
-    at = datetime.now(UTC)
-    event = {
-        "alias": alias,
-        "version": str(version),
-        "previous": previous,
-        "by": getpass.getuser(),
-        "at": at.isoformat(timespec="seconds"),
-        "reason": reason,
-        "forced": forced,
-    }
-    client.set_model_version_tag(name, str(version), f"{TRANSITION_PREFIX}{at:%Y%m%dT%H%M%S%f}.{alias}", json.dumps(event))
+def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    if not str(version).isdigit():
+        raise ConfigError(f"version {version!r}: give a version number, e.g. 3")
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise BtsError(f"registered model {name!r} has no version {version}") from None
 
 
 def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -56,22 +59,85 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | 
         return None
 
 
-def register(client: MlflowClient, name: str, model_uri: str, lineage: dict[str, str], description: str) -> tuple[ModelVersion, bool]:
-    """Register the model as a new `candidate` version, unless a version with the same identity exists (returned, False)."""
-    identity = package_identity(lineage)
+def find_version(client: MlflowClient, name: str, package_md5: str) -> ModelVersion | None:
+    """The version registered for this package, if any (the oldest, should there be several)."""
+    versions = client.search_model_versions(f"name = '{name}' and tags.`{PACKAGE_MD5}` = '{package_md5}'")
+    if not versions:
+        return None
+    return client.get_model_version(name, min(versions, key=lambda v: int(v.version)).version)  # search results carry no aliases
+
+
+def record_transition(client: MlflowClient, version: ModelVersion, alias: str, previous: str | None, reason: str, forced: bool) -> None:
+    at = datetime.now(UTC)
+    event = {
+        "alias": alias,
+        "version": str(version.version),
+        "previous": previous,
+        "by": getpass.getuser(),
+        "at": at.isoformat(timespec="seconds"),
+        "reason": reason,
+        "forced": forced,
+    }
+    client.set_model_version_tag(version.name, str(version.version), f"{TRANSITION_PREFIX}{at:%Y%m%dT%H%M%S%f}.{alias}", json.dumps(event))
+
+
+def ensure_package_logged(client: MlflowClient, run: Run, package: Path, package_md5: str) -> str:
+    """The run's artifact URI of the package, uploading the package there first when the run lacks it."""
+    listed = {entry.path for entry in client.list_artifacts(run.info.run_id, PACKAGE_ARTIFACT)}
+    if listed:
+        with tempfile.TemporaryDirectory() as scratch:
+            logged = Path(client.download_artifacts(run.info.run_id, PACKAGE_ARTIFACT, scratch))
+            if dvc_md5(logged) != package_md5:
+                raise BtsError(f"run {run.info.run_id} already holds another package under '{PACKAGE_ARTIFACT}' (md5 {dvc_md5(logged)})")
+    else:
+        client.log_artifacts(run.info.run_id, str(package), PACKAGE_ARTIFACT)
+    return f"{run.info.artifact_uri}/{PACKAGE_ARTIFACT}"
+
+
+def register(
+    client: MlflowClient, name: str, package: Path, package_md5: str, lineage: dict[str, str], run: Run, description: str
+) -> tuple[ModelVersion, str]:
+    """Make (or finish making) the version of this verified package, with the `candidate` alias; returns it and what was done."""
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Forecasts the next reading of a BTS sensor series from its latest readings.")
-    existing = find_version(client, name, identity)
-    if existing is not None:  # search results carry no aliases: read the version itself
-        return client.get_model_version(name, existing.version), False
-    tags = {**lineage, "package.identity": identity}
-    version = client.create_model_version(name, source=model_uri, run_id=lineage["run_id"], tags=tags, description=description)
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
+    version = find_version(client, name, package_md5)
+    if version is not None and version.tags.get(REGISTRATION_COMPLETE) == "true":
+        return version, "already registered"
+    state = "completed an interrupted registration" if version is not None else "registered"
+    if version is None:
+        source = ensure_package_logged(client, run, package, package_md5)
+        tags = {**lineage, PACKAGE_MD5: package_md5, "run_id": run.info.run_id}
+        version = client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags, description=description)
+    kill_point("version-created")
     previous = alias_holder(client, name, CANDIDATE)
-    client.set_registered_model_alias(name, CANDIDATE, version.version)
-    record_transition(client, name, version.version, CANDIDATE, previous.version if previous else None, "new version registered", False)
-    return client.get_model_version(name, version.version), True
+    if previous is None or previous.version != version.version:
+        client.set_registered_model_alias(name, CANDIDATE, version.version)
+        kill_point("alias-set")
+        record_transition(client, version, CANDIDATE, previous.version if previous else None, "new version registered", False)
+    client.set_model_version_tag(name, str(version.version), REGISTRATION_COMPLETE, "true")
+    return client.get_model_version(name, str(version.version)), state
+
+
+def download_version(client: MlflowClient, version: ModelVersion, into: Path) -> Path:
+    """The version's package files, downloaded into a folder (not loaded)."""
+    try:
+        return Path(client.download_artifacts(version.run_id, PACKAGE_ARTIFACT, str(into)))
+    except (MlflowException, OSError) as exc:
+        raise BtsError(f"{version.name} version {version.version}: its package cannot be read from its run ({exc})") from None
+
+
+def version_integrity(client: MlflowClient, version: ModelVersion) -> list[str]:
+    """The version's tampered package files ([] when every file matches the recorded package md5)."""
+    expected = version.tags.get(PACKAGE_MD5)
+    if not expected:
+        return [f"no {PACKAGE_MD5} tag: the version was not registered by `bts register`"]
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            return tampered_files(download_version(client, version, Path(scratch)), expected)
+        except BtsError as exc:
+            return [str(exc)]
 
 
 @dataclass(frozen=True)
@@ -82,43 +148,91 @@ class Gate:
     def better(self, challenger: float, holder: float) -> bool:
         return challenger < holder if self.direction == "min" else challenger > holder
 
+    def describe(self) -> str:
+        return "lower is better" if self.direction == "min" else "higher is better"
 
-def gate_value(client: MlflowClient, version: ModelVersion, gate: Gate) -> float:
+
+def recorded_score(client: MlflowClient, version: ModelVersion, gate: Gate) -> float:
     metrics = client.get_run(version.run_id).data.metrics
     if gate.metric not in metrics:
         raise BtsError(f"version {version.version}: its run {version.run_id} has no metric {gate.metric!r} to gate on")
     return metrics[gate.metric]
 
 
-def promote(client: MlflowClient, name: str, version: str, alias: str, gate: Gate, force: bool = False, reason: str = "") -> str:
-    """Move `alias` to `version` if it beats the current holder on the gate metric (or if forced with a reason)."""
+def rescored(client: MlflowClient, versions: list[ModelVersion], gate: Gate, features: Path) -> list[float]:
+    """Each version's gate metric, computed anew on one evaluation set (a split of a feature table)."""
+    from bts.model.evaluation import score
+
+    split, _, metric = gate.metric.partition(".")
+    frame = pd.read_parquet(features)
+    rows = frame[frame["split"] == split]
+    if rows.empty:
+        raise BtsError(f"{features}: no '{split}' rows to score {gate.metric} on")
+    values = []
+    for version in versions:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = download_version(client, version, Path(scratch))
+            model = load_package(folder, version.tags.get(PACKAGE_MD5))
+            columns = model.metadata.metadata["feature_columns"]
+            missing = [c for c in columns if c not in rows.columns]
+            if missing:
+                raise BtsError(f"{features}: lacks the column(s) {missing} that version {version.version} needs")
+            scores = score(rows, model.predict(rows[columns]))
+        if metric not in scores:
+            raise BtsError(f"{gate.metric}: '{metric}' is not a score this project computes ({', '.join(scores)})")
+        values.append(scores[metric])
+    return values
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    alias: str,
+    gate: Gate,
+    force: bool = False,
+    reason: str = "",
+    evaluate_on: Path | None = None,
+) -> tuple[ModelVersion, str]:
+    """Move `alias` to `version` if it beats the holder on the gate metric, both scored on the same data (or if forced with a reason)."""
+    check_alias(alias)
     if force and not reason.strip():
-        raise BtsError("--force needs --reason: say why the gate is overridden")
-    try:
-        challenger = client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise BtsError(f"registered model {name!r} has no version {version}") from exc
+        raise ConfigError("--force needs --reason: say why the gate is overridden")
+    challenger = get_version(client, name, version)
+    problems = version_integrity(client, challenger)
+    if problems:
+        raise BtsError(f"{name} version {version}: package TAMPERED: {', '.join(problems)}; it cannot be promoted")
     holder = alias_holder(client, name, alias)
     if holder is not None and holder.version == challenger.version:
-        return f"{name} version {version} already holds @{alias}"
-    value = gate_value(client, challenger, gate)
-    verdict = f"{gate.metric} {value:.6g}"
+        return challenger, f"{name} version {version} already holds @{alias}"
+    verdict = "no holder to beat"
     if holder is not None:
-        held = gate_value(client, holder, gate)
-        verdict += f" vs {held:.6g} of version {holder.version}"
+        same_data = challenger.tags.get(data_md5_tag("features")) == holder.tags.get(data_md5_tag("features"))
+        if evaluate_on is not None:
+            value, held = rescored(client, [challenger, holder], gate, evaluate_on)
+            where = f"both scored on {evaluate_on}"
+        elif same_data:
+            value, held = recorded_score(client, challenger, gate), recorded_score(client, holder, gate)
+            where = "both scored on features " + str(holder.tags.get(data_md5_tag("features")))[:12]
+        elif force:
+            value, held = recorded_score(client, challenger, gate), recorded_score(client, holder, gate)
+            where = "scored on different data"
+        else:
+            raise BtsError(
+                f"version {version} was scored on features {str(challenger.tags.get(data_md5_tag('features')))[:12]} and "
+                f"@{alias} (version {holder.version}) on {str(holder.tags.get(data_md5_tag('features')))[:12]}: their {gate.metric} "
+                "are not comparable; score both on the same data with --evaluate-on <feature table>, e.g. data/processed/features.parquet"
+            )
+        verdict = f"{gate.metric} {value:.6g} vs {held:.6g} of version {holder.version}, {where}"
         if not gate.better(value, held) and not force:
             raise BtsError(
-                f"version {version} does not beat @{alias} (version {holder.version}) on {gate.metric} ({direction_word(gate)}): "
-                f"{value:.6g} vs {held:.6g}; use --force --reason '...' to promote anyway"
+                f"version {version} does not beat @{alias} (version {holder.version}) on {gate.metric} ({gate.describe()}): "
+                f"{value:.6g} vs {held:.6g}, {where}; use --force --reason '...' to promote anyway"
             )
     client.set_registered_model_alias(name, alias, challenger.version)
-    why = reason or f"gate passed: {verdict}"
-    record_transition(client, name, challenger.version, alias, holder.version if holder else None, why, force)
-    return f"{name} version {version} is now @{alias} ({verdict}{', forced' if force else ''})"
-
-
-def direction_word(gate: Gate) -> str:
-    return "lower is better" if gate.direction == "min" else "higher is better"
+    record_transition(client, challenger, alias, holder.version if holder else None, reason or f"gate passed: {verdict}", force)
+    promoted = client.get_model_version(name, str(challenger.version))
+    return promoted, f"{name} version {version} is now @{alias} ({verdict}{', forced' if force else ''})"
 
 
 def history(client: MlflowClient, name: str) -> list[dict]:

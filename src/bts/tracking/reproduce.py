@@ -1,10 +1,13 @@
-"""Reproducing a model from its commit in a temporary git worktree, and checking that nothing differs.
+"""Reproducing a model from its commit in a temporary git worktree, with that commit's own code, and checking that nothing differs.
 
 The user's working tree is never touched: the traced commit is checked out
 beside it, shares the repository's DVC cache (so real exports tracked with
 `dvc add` come back), and is rebuilt with `dvc repro --force` against a
-throw-away MLflow store. Data md5s, the model's md5 and the recorded
-metrics must come out equal.
+throw-away MLflow store, importing the worktree's own `src/` (PYTHONPATH),
+not the installed package. Data md5s, the model and package md5s, the code
+md5 and the recorded metrics must come out equal; the code md5 that the
+rebuilt stages computed from the code they imported must equal the
+worktree's, which proves that the commit's own code ran.
 """
 
 from __future__ import annotations
@@ -17,65 +20,95 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.hashing import lock_md5s
-from bts.tracking.lineage import DATASETS, trace
+from bts.model.package import code_md5, package_metadata
+from bts.tracking.lineage import trace
+from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
+STAGE_PREFIXES = ("simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) -> None:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if echo:
         for line in result.stdout.splitlines():
-            if line.startswith(("Running stage", "simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")):
+            if line.startswith(STAGE_PREFIXES):
                 print(f"  | {line}", file=sys.stderr)
     if result.returncode != 0:
-        raise BtsError(f"{' '.join(args)} failed in the reproduction worktree:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return result
+        output = (result.stdout + result.stderr).strip().splitlines()
+        raise BtsError(f"{' '.join(args)} failed in the reproduction worktree; its last lines:\n" + "\n".join(output[-15:]))
+
+
+def _training_code(tree: Path) -> list[str] | None:
+    """The code the commit's train stage depends on (its src/bts deps in dvc.yaml), relative to src/bts."""
+    try:
+        deps = yaml.safe_load((tree / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return [dep.removeprefix("src/bts/") for dep in deps if isinstance(dep, str) and dep.startswith("src/bts/")]
 
 
 def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) -> dict:
-    """Rebuild the model's commit from scratch and compare md5s and metrics with the recorded ones."""
+    """Rebuild the model's commit from scratch with its own code and compare md5s and metrics with the recorded ones."""
     chain = trace(client, ref, root)
+    package = chain["package"]
+    if package and package["problems"]:
+        raise BtsError(f"{ref}: package TAMPERED: {', '.join(package['problems'])}; nothing was reproduced")
     if not chain["commits"]:
         raise BtsError(
-            f"{ref}: no commit holds this model's data and weights (it came from uncommitted state, base commit "
-            f"{chain['git']['base_commit']}); commit the experiment (e.g. `dvc exp branch`) to make it reproducible"
+            f"{ref}: no commit holds this model's data and weights (it came from uncommitted state); "
+            "commit the experiment (e.g. `dvc exp branch <name> <branch>`) to make it reproducible"
         )
-    commit = chain["commits"][0]["commit"]
-    recorded_metrics = client.get_run(chain["run"]["run_id"]).data.metrics
+    commit = chain["rebuild_commit"]
+    recorded_metrics = client.get_run(chain["run"]["run_id"]).data.metrics if chain["run"] else {}
     work = Path(tempfile.mkdtemp(prefix="bts-reproduce-"))
     tree = work / "worktree"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "PYTHONPATH"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    env["PYTHONPATH"] = str(tree / "src")  # the commit's own library, whatever its dvc.yaml says, never the installed one
     print(f"reproducing {ref} from commit {commit[:12]} in {tree}", file=sys.stderr)
     _run(["git", "worktree", "add", "--detach", str(tree), commit], root, env)
     try:
         _run(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], tree, env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=tree, env=env, capture_output=True)  # missing outputs are rebuilt below
         _run(["dvc", "repro", "--force"], tree, env, echo=True)
-        md5s = lock_md5s((tree / "dvc.lock").read_text())
-        documents = {name: json.loads((tree / f"metadata/datasets/{name}.json").read_text()) for name in DATASETS}
-        checks = [
-            {"what": f"data.{name}_md5", "recorded": chain["datasets"][name]["md5"], "reproduced": documents[name]["dvc"]["md5"]}
-            for name in DATASETS
-        ]
-        model_path = next((path for path, md5 in md5s.items() if path.endswith(".joblib")), None)
-        checks.append({"what": "model_md5", "recorded": chain["model_md5"], "reproduced": md5s.get(model_path)})
-        metrics = json.loads((tree / "metrics/metrics.json").read_text())
-        for name in COMPARED_METRICS:
-            split, metric = name.split(".")
-            checks.append({"what": name, "recorded": recorded_metrics.get(name), "reproduced": metrics.get(split, {}).get(metric)})
+        checks = _compare(chain, tree, recorded_metrics)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     for check in checks:
-        check["ok"] = check["recorded"] == check["reproduced"]
+        check["ok"] = check["recorded"] is not None and check["recorded"] == check["reproduced"]
     return {"reference": ref, "commit": commit, "checks": checks, "ok": all(c["ok"] for c in checks)}
+
+
+def _compare(chain: dict, tree: Path, recorded_metrics: dict) -> list[dict]:
+    md5s = lock_md5s((tree / "dvc.lock").read_bytes())
+    documents = {name: json.loads((tree / f"metadata/datasets/{name}.json").read_text()) for name in DATASETS}
+    checks = [
+        {"what": data_md5_tag(name), "recorded": chain["datasets"][name]["md5"], "reproduced": documents[name]["dvc"]["md5"]}
+        for name in DATASETS
+    ]
+    model_path = next((path for path, md5 in md5s.items() if path.endswith(".joblib")), None)
+    checks.append({"what": "model_md5", "recorded": chain["model_md5"], "reproduced": md5s.get(model_path)})
+    package_path = next((path for path in md5s if (tree / path / "MLmodel").is_file()), None)
+    if chain["package"]:
+        checks.append({"what": "package_md5", "recorded": chain["package"]["md5"], "reproduced": md5s.get(package_path)})
+    built_code = package_metadata(tree / package_path)["lineage"].get(CODE_MD5) if package_path else None
+    parts = _training_code(tree)
+    worktree_code = code_md5(tree / "src" / "bts", parts) if parts else None
+    checks.append({"what": "code_md5 (ran)", "recorded": worktree_code, "reproduced": built_code})
+    checks.append({"what": "code_md5", "recorded": chain["code_md5"], "reproduced": built_code})
+    metrics = json.loads((tree / "metrics/metrics.json").read_text())
+    for name in COMPARED_METRICS:
+        split, metric = name.split(".")
+        checks.append({"what": name, "recorded": recorded_metrics.get(name), "reproduced": metrics.get(split, {}).get(metric)})
+    return checks
 
 
 def format_verdict(verdict: dict) -> str:

@@ -1,4 +1,8 @@
-"""Opening and recording MLflow runs of the pipeline in the repository's one tracking store."""
+"""Opening, finding and describing MLflow runs of the pipeline in the project's one tracking store.
+
+A run is found again by its content tags (the md5s of the model, its params
+and its training data), so no tracked file has to carry a run id.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +16,32 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.data.dataset import Dataset
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
-from bts.tracking.store import artifact_location, repository_root, store_lock, tracking_uri
+from bts.errors import BtsError
+from bts.tracking.store import artifact_location, store_lock, use_store
+from bts.tracking.tags import (
+    CODE_MD5,
+    DATASETS,
+    EXP_NAME,
+    MODEL_MD5,
+    PARAMS_MD5,
+    SCHEMAS,
+    data_md5_tag,
+    data_path_tag,
+    schema_md5_tag,
+)
+
+SYSTEM_METRICS_INTERVAL_SECONDS = 1.0  # a training of a few seconds still gets samples
 
 
-def use_store(root: Path | None = None) -> Path:
-    """Point MLflow at the repository's store; returns the repository root."""
-    root = root or repository_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    return root
+def params_md5(params: dict) -> str:
+    return hashlib.md5(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def experiment_id(name: str, root: Path) -> str:
-    """The experiment's id, creating it with its artifacts under the repository root."""
+    """The experiment's id, creating it with its artifacts under the project root."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -39,9 +52,12 @@ def experiment_id(name: str, root: Path) -> str:
 def training_run(experiment: str, run_name: str) -> Iterator[Run]:
     """A new run (or the one `mlflow run` created for us, named by MLFLOW_RUN_ID), holding the store lock."""
     root = use_store()
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_SECONDS)
+    mlflow.set_system_metrics_samples_before_logging(1)
     with store_lock(root):
         if os.environ.get("MLFLOW_RUN_ID"):
             with mlflow.start_run(log_system_metrics=True) as run:
+                mlflow.set_tag("mlflow.runName", run_name)  # named after its DVC experiment, like every other run
                 yield run
             return
         with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name, log_system_metrics=True) as run:
@@ -56,18 +72,39 @@ def resumed_run(run_id: str) -> Iterator[Run]:
         yield run
 
 
-def read_run_record(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+def content_tags(lineage: dict[str, str]) -> dict[str, str]:
+    """The tags that identify what a run built: its model, params, code and training data."""
+    keys = [MODEL_MD5, PARAMS_MD5, CODE_MD5, data_md5_tag("features")]
+    return {key: lineage[key] for key in keys if lineage.get(key)}
 
 
-def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame, names: list[str]) -> list[tuple[Dataset, str]]:
+def find_training_run(lineage: dict[str, str]) -> Run | None:
+    """The run that trained this model (same content tags), preferring this DVC experiment's, then the newest."""
+    wanted = content_tags(lineage)
+    if MODEL_MD5 not in wanted:
+        return None
+    filter_string = " AND ".join(f"tags.`{key}` = '{value}'" for key, value in wanted.items())
+    try:
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+    except MlflowException as exc:
+        raise BtsError(f"cannot search runs in {mlflow.get_tracking_uri()}: {exc.message.splitlines()[0]}") from None
+    if not runs:
+        return None
+    experiment_name = os.environ.get("DVC_EXP_NAME")
+    return max(runs, key=lambda run: (run.data.tags.get(EXP_NAME) == experiment_name, run.info.start_time))
+
+
+def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame) -> list:
     """Each dataset as a run input (with its context) whose digest is its DVC md5 (MLflow's own is a weak fingerprint).
 
     Built, schema included, before the store lock is taken: inferring the schema of the training data is the slow part.
     """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
     inputs = []
-    for name in names:
-        md5, path = tags[f"data.{name}_md5"], tags[f"data.{name}_path"]
+    for name in DATASETS:
+        md5, path = tags[data_md5_tag(name)], tags[data_path_tag(name)]
         with warnings.catch_warnings():  # a plain path matches two equivalent local sources; either is right
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(path)
@@ -80,19 +117,9 @@ def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame, names: li
     return inputs
 
 
-def params_md5(params: dict) -> str:
-    return hashlib.md5(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-LINEAGE_TAGS = [
-    "git.commit", "git.dirty", "git.branch", "dvc.exp_name", "dvc.baseline_rev",
-    "data.raw_md5", "data.clean_md5", "data.features_md5",
-]  # fmt: skip
-
-
-def model_lineage(run: Run, experiment: str, tags: dict[str, str], params: dict, model_md5: str) -> dict[str, str]:
-    """What a packaged model carries about its origin: run, commit, data md5s, params and weights."""
-    lineage = {"run_id": run.info.run_id, "experiment": experiment}
-    lineage.update({key: tags[key] for key in LINEAGE_TAGS if key in tags})
-    lineage.update({"params_md5": params_md5(params), "model_md5": model_md5})
+def model_lineage(tags: dict[str, str], params: dict, model_md5: str, code: str) -> dict[str, str]:
+    """What a packaged model carries about its origin: content hashes only (the commit and run are found from them)."""
+    lineage = {data_md5_tag(name): tags[data_md5_tag(name)] for name in DATASETS}
+    lineage.update({schema_md5_tag(name): tags[schema_md5_tag(name)] for name in SCHEMAS if schema_md5_tag(name) in tags})
+    lineage.update({PARAMS_MD5: params_md5(params), MODEL_MD5: model_md5, CODE_MD5: code})
     return lineage
