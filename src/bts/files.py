@@ -26,7 +26,10 @@ def temporary_prefix(path: Path) -> str:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Temporaries left by a writer of `path` that was killed (only one stage ever writes a given path)."""
-    for stale in path.parent.glob(f"{temporary_prefix(path)}*.tmp"):
+    prefix = temporary_prefix(path)
+    for stale in path.parent.glob(f"{prefix}*.tmp"):
+        if "." in stale.name.removeprefix(prefix).removesuffix(".tmp"):
+            continue  # the temporary of a sibling whose name extends this one (.plots.png.<random>.tmp for plots)
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.workspace import PROJECT, project_files, run
+from tests.integration.workspace import PROJECT, project_files, project_uses_defaults, run, set_params
 
 
 def make_project_repo(repo: Path) -> Path:
-    """The project's files (as in the working tree) committed in a fresh git repository at `repo`."""
+    """The project's files (as in the working tree) committed in a fresh git repository at `repo`, on its simulated data."""
     for name in project_files():
         target = repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT / name, target)
+    if not project_uses_defaults():  # real exports the user added are not copied: the tests bring their own
+        set_params(repo, "data", "sources", ["simulated"])
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "Test"], repo)

@@ -1,4 +1,4 @@
-"""Registry, governance, lineage and reproduction with real dvc, git and MLflow in a temporary repository."""
+"""Registry, governance, integrity, lineage and reproduction with real dvc, git and MLflow in temporary repositories."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bts.hashing import file_md5
+from tests.integration.conftest import make_project_repo
 from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
-from tests.integration.workspace import DATASETS, lock_outs, run, set_params, store
+from tests.integration.workspace import lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -28,86 +30,197 @@ def lineage_json(repo: Path, ref: str) -> dict:
     return json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
 
 
-def test_registry_lineage_promotion_and_past_results(project_repo: Path) -> None:
-    repo = project_repo
-    run(["dvc", "repro"], repo)
-    commit_a = commit_all(repo, "A: default params")
-    md5s = lock_outs(repo / "dvc.lock")
-    record = json.loads((repo / "models/run.json").read_text())
-    registration = json.loads((repo / "models/registration.json").read_text())
+def registered_file(repo: Path, version: str, name: str) -> Path:
+    """A file of a registered version's package, where the local artifact store keeps it."""
+    source = store(repo).get_model_version(NAME, version).source
+    return Path(source.removeprefix("file://")) / name
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline built and committed (commit A) in a fresh repository; the tests of this module build on it in order."""
+    built = make_project_repo(tmp_path_factory.mktemp("registry") / "repo")
+    run(["dvc", "repro"], built)
+    commit_all(built, "A: default params")
+    return built
+
+
+def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Path) -> None:
     client = store(repo)
+    assert not client.search_registered_models()  # `dvc repro` registered nothing
+    killed = run(["bts", "register"], repo, check=False, env={"BTS_TEST_KILL_AT": "version-created"})
+    assert killed.returncode == -9
+    version = client.get_model_version(NAME, "1")
+    assert version.aliases == [] and "registration.complete" not in version.tags
+    check = run(["bts", "runs", "check"], repo, check=False)
+    assert check.returncode == 1 and "version 1: registration incomplete" in check.stdout
+    assert "registration incomplete" in run(["bts", "lineage", f"models:/{NAME}/1"], repo).stdout
 
-    # The registered version and the packaged MLmodel carry the same lineage: run id and dvc.lock's md5s.
-    version = client.get_model_version(NAME, registration["version"])
-    number = str(version.version)
-    assert registration["created"] and version.run_id == record["run_id"]
-    assert "candidate" in version.aliases
-    packaged = yaml.safe_load((repo / "models/package/MLmodel").read_text())["metadata"]["lineage"]
-    for name, path in DATASETS.items():
-        assert version.tags[f"data.{name}_md5"] == packaged[f"data.{name}_md5"] == md5s[path]
-    assert version.tags["run_id"] == packaged["run_id"] == record["run_id"]
-    assert version.tags["model_md5"] == packaged["model_md5"] == md5s["models/model.joblib"]
-    card = json.loads((repo / "models/model_card.json").read_text())
-    assert card["model_id"] == f"{NAME}/{number}" and card["artefact"]["url"] == f"models:/{NAME}/{number}"
-    assert {d["md5"] for d in card["dataset_dependency"]} == {md5s[p] for p in DATASETS.values()}
-
-    # Registering happens only when the packaged model changed.
-    run(["dvc", "repro", "--force", "--single-item", "serve"], repo)
+    completed = run(["bts", "register"], repo).stdout
+    assert completed.startswith(f"completed an interrupted registration: models:/{NAME}/1 (@candidate)")
+    again = run(["bts", "register"], repo).stdout
+    assert again.startswith(f"already registered: models:/{NAME}/1 (@candidate)")
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
+    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
 
-    # First promotion, then lineage of the champion names commit A.
-    run(["bts", "promote", number, "--to", "champion"], repo)
-    chain = lineage_json(repo, f"models:/{NAME}@champion")
-    assert commit_a in [c["commit"] for c in chain["commits"]]
-    assert not chain["uncommitted"]
-    assert chain["datasets"]["raw"]["md5"] == md5s[DATASETS["raw"]] and chain["datasets"]["raw"]["quality"]["completeness"] > 0.99
-    assert chain["run"]["run_id"] == record["run_id"] and chain["run"]["machine"]["machine.cores"]
-    text = run(["bts", "lineage", "models/package"], repo).stdout
-    assert commit_a in text and "branch main" in text
+    # The version carries the package md5 that dvc.lock records, and the data md5s; its card follows the registry.
+    md5s = lock_outs(repo / "dvc.lock")
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["package.md5"] == md5s["models/package"]
+    assert version.tags["data.features_md5"] == md5s["data/processed/features.parquet"]
+    assert version.run_id == training_run(repo).info.run_id
+    card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
+    assert card["status"] == ["candidate"] and card["artefact"]["package_md5"] == md5s["models/package"]
+    run(["bts", "promote", "1", "--to", "champion"], repo)
+    card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
+    assert card["status"] == ["candidate", "champion"]
+    assert any(a.path.startswith("model_card") for a in client.list_artifacts(version.run_id))
 
-    # A worse model from a DVC experiment: registered as candidate, traced to its experiment ref, refused as champion.
+
+def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> None:
+    # (b) a registered version's model.skops swapped for other bytes.
+    skops = registered_file(repo, "1", "model.skops")
+    original = skops.read_bytes()
+    skops.write_bytes(original[:-10] + b"0123456789")
+    lineage = run(["bts", "lineage", f"models:/{NAME}@champion"], repo, check=False)
+    assert lineage.returncode == 1 and "TAMPERED: model.skops (md5 " in lineage.stdout
+    refused = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
+    assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr and "nothing was reproduced" in refused.stderr
+    refused = run(["bts", "promote", "1", "--to", "production"], repo, check=False)
+    assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr
+    skops.write_bytes(original)
+
+    # (c) a line of code appended to the package's copy of the library: it would run on load.
+    code = repo / "models/package/code/bts/model/forecasters.py"
+    code.chmod(0o644)
+    with open(code, "a") as handle:
+        handle.write("raise SystemExit('code from a tampered package ran')\n")
+    lineage = run(["bts", "lineage", "models/package"], repo, check=False)
+    assert lineage.returncode == 1 and "TAMPERED: code/bts/model/forecasters.py (md5 " in lineage.stdout
+    refused = run(["bts", "register", "models/package"], repo, check=False)
+    assert refused.returncode == 1 and "not registered" in refused.stderr and "tampered package ran" not in refused.stderr
+    run(["dvc", "checkout", "--force", "models/package"], repo)
+
+    # (a) the cached model.joblib replaced: `dvc checkout` restores it silently, evaluate and serve refuse to unpickle it.
+    md5 = lock_outs(repo / "dvc.lock")["models/model.joblib"]
+    cached = repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    saved = cached.read_bytes()
+    cached.chmod(0o644)
+    cached.write_bytes(saved + b"\x00")
+    (repo / "models/model.joblib").unlink()
+    run(["dvc", "checkout", "models/model.joblib"], repo)
+    for stage in ["evaluate", "serve"]:
+        result = run(["dvc", "repro", "--force", "--single-item", stage], repo, check=False)
+        assert result.returncode != 0
+        expected = (
+            f"{stage}: error: models/model.joblib: md5 {file_md5(repo / 'models/model.joblib')} does not match {md5} recorded in dvc.lock"
+        )
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    assert run(["git", "status", "--porcelain", "--", "metrics", "plots", "metadata"], repo).stdout == ""  # last good outputs kept
+    cached.write_bytes(saved)
+    (repo / "models/model.joblib").unlink()
+    run(["dvc", "checkout", "--force"], repo)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+def test_the_gate_compares_like_with_like(repo: Path) -> None:
+    client = store(repo)
+    # A worse model from a DVC experiment on the same data: registered on request, traced to its experiment, refused.
     run(["dvc", "exp", "run", "-S", "train.alpha=1", "-S", "train.l1_ratio=0.8"], repo)
-    worse = json.loads((repo / "models/registration.json").read_text())["version"]
-    assert worse != number
-    chain = lineage_json(repo, f"models:/{NAME}/{worse}")
-    experiment_refs = [r for c in chain["commits"] for r in c["refs"] if r["kind"] == "dvc-experiment"]
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1  # the experiment registered nothing
+    assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/2 (@candidate)")
+    chain = lineage_json(repo, f"models:/{NAME}/2")
+    experiment_refs = [r for r in chain["first_commit"]["refs"] if r["kind"] == "dvc-experiment"]
     assert experiment_refs and experiment_refs[0]["name"] == chain["run"]["dvc_experiment"]
-    refused = run(["bts", "promote", worse, "--to", "champion"], repo, check=False)
-    assert refused.returncode == 1 and "does not beat @champion" in refused.stderr
-    assert "needs --reason" in run(["bts", "promote", worse, "--to", "champion", "--force"], repo, check=False).stderr
-    run(["bts", "promote", worse, "--to", "champion", "--force", "--reason", "field test on station 42"], repo)
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == worse
-    history = run(["bts", "history"], repo).stdout
-    assert history.count("@candidate") == 2 and history.count("@champion") == 2
-    assert "FORCED: field test on station 42" in history and f"(was {number}" in history
+    refused = run(["bts", "promote", "2", "--to", "champion"], repo, check=False)
+    assert refused.returncode == 1 and "does not beat @champion (version 1) on test.rmse (lower is better)" in refused.stderr
+    assert "both scored on features" in refused.stderr
+    assert "needs --reason" in run(["bts", "promote", "2", "--to", "champion", "--force"], repo, check=False).stderr
 
-    # B: other params, committed. Checking out A brings back A's model and metrics, and nothing needs rebuilding.
+    # A model scored on other data (another test split) cannot be compared on its recorded metrics.
     run(["git", "checkout", "--", "."], repo)
+    set_params(repo, "featurize", "test_fraction", 0.2)
+    run(["dvc", "repro"], repo)
+    assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/3")
+    refused = run(["bts", "promote", "3", "--to", "champion"], repo, check=False)
+    assert refused.returncode == 1
+    assert "are not comparable; score both on the same data with --evaluate-on" in refused.stderr
+    decided = run(["bts", "promote", "3", "--to", "champion", "--evaluate-on", "data/processed/features.parquet"], repo, check=False)
+    assert "both scored on data/processed/features.parquet" in decided.stdout + decided.stderr
+    run(["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test on station 42"], repo)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    history = run(["bts", "history"], repo).stdout
+    assert "FORCED: field test on station 42" in history and "(was 1" in history
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+
+
+def test_bad_references_and_places_give_one_line(repo: Path, tmp_path: Path) -> None:
+    cases = {
+        ("promote", "1", "--to", "bad alias!"): "bts: error: alias 'bad alias!': use a lowercase word",
+        ("promote", "1", "--to", "latest"): "bts: error: alias 'latest': use a lowercase word",
+        ("promote", "99"): f"bts: error: registered model '{NAME}' has no version 99",
+        ("promote", "x1"): "bts: error: version 'x1': give a version number",
+        ("lineage", "nonsense"): "bts: error: nonsense: not a model reference",
+        ("lineage", f"models:/{NAME}/nine"): f"bts: error: models:/{NAME}/nine: version 'nine' is not a number",
+        ("lineage", f"models:/{NAME}@nobody"): f"bts: error: models:/{NAME}@nobody: not found in",
+        ("lineage", "0" * 32): "bts: error: " + "0" * 32 + ": not found in",
+        ("lineage", "metadata"): "bts: error: metadata: not a model package (no MLmodel file)",
+    }
+    for args, message in cases.items():
+        result = run(["bts", *args], repo, check=False)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(repo / "models/package", broken)
+    (broken / "MLmodel").write_text("flavors: [unclosed\n")
+    result = run(["bts", "lineage", str(broken)], repo, check=False)
+    assert result.returncode == 1 and "not a readable MLmodel file" in result.stderr and "Traceback" not in result.stderr
+    (broken / "MLmodel").write_text("flavors: {}\n")
+    result = run(["bts", "lineage", str(broken)], repo, check=False)
+    assert "no lineage in the model metadata" in result.stderr
+
+    # From a subfolder the project is found; outside any project, one line and no mlflow.db left behind.
+    assert run(["bts", "history"], repo / "src").stdout.startswith(f"alias transitions of {NAME}:")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    result = run(["bts", "lineage", "models/package"], outside, check=False)
+    assert result.returncode == 1 and result.stderr.startswith("bts: error: not inside a BTS project")
+    assert list(outside.iterdir()) == []
+    piped = run(["bash", "-c", f"bts lineage models:/{NAME}/1 | head -1"], repo)
+    assert piped.stdout.startswith("model") and "Traceback" not in piped.stderr
+
+
+def test_an_earlier_commit_rebuilds_on_a_fresh_clone(repo: Path, tmp_path: Path) -> None:
+    commit_a = run(["git", "rev-list", "--max-parents=0", "HEAD"], repo).stdout.strip()
     set_params(repo, "train", "alpha", 0.1)
     run(["dvc", "repro"], repo)
     commit_all(repo, "B: alpha 0.1")
-    metrics_b = (repo / "metrics/metrics.json").read_text()
-    run(["git", "checkout", "-q", commit_a], repo)
-    run(["dvc", "checkout"], repo)
-    assert lock_outs(repo / "dvc.lock")["models/model.joblib"] == md5s["models/model.joblib"]
-    assert run(["md5sum", "models/model.joblib"], repo).stdout.split()[0] == md5s["models/model.joblib"]
-    assert (repo / "metrics/metrics.json").read_text() != metrics_b
-    assert "Stage 'train' didn't change" in run(["dvc", "repro"], repo).stdout
-    assert run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["git", "checkout", "-q", commit_a], clone)
+    missing = run(["dvc", "checkout"], clone, check=False)  # a fresh clone has no cache: nothing to restore
+    assert "Traceback" not in missing.stderr
+    rebuilt = run(["dvc", "repro"], clone, check=False)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "Traceback" not in rebuilt.stdout + rebuilt.stderr
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""  # dvc.lock and every tracked output as commit A has them
 
 
-def test_uncommitted_model_is_reported_as_such(project_repo: Path) -> None:
-    set_params(project_repo, "train", "alpha", 0.05)
-    run(["dvc", "repro"], project_repo)
-    chain = lineage_json(project_repo, "models/package")
+def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
+    set_params(repo, "train", "alpha", 0.05)
+    run(["dvc", "repro"], repo)
+    chain = lineage_json(repo, "models/package")
     assert chain["uncommitted"] and chain["commits"] == []
-    assert chain["git"]["dirty"] and chain["git"]["base_commit"]
-    assert "uncommitted state" in run(["bts", "lineage", "models/package"], project_repo).stdout
-    refused = run(["bts", "reproduce", "models/package"], project_repo, check=False)
+    assert chain["run"]["git_dirty"] and chain["run"]["git_commit"]
+    assert "uncommitted state" in run(["bts", "lineage", "models/package"], repo).stdout
+    refused = run(["bts", "reproduce", "models/package"], repo, check=False)
     assert refused.returncode == 1 and "uncommitted state" in refused.stderr
+    run(["git", "checkout", "--", "."], repo)
 
 
-def test_reproduce_matches_and_detects_tampered_data(project_repo: Path, tmp_path: Path) -> None:
+def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_repo: Path, tmp_path: Path) -> None:
     repo = project_repo
     export = repo / "data/external" / REAL_SAMPLE.name
     shutil.copy(real_export(tmp_path), export)
@@ -115,16 +228,23 @@ def test_reproduce_matches_and_detects_tampered_data(project_repo: Path, tmp_pat
     set_params(repo, "data", "sources", ["simulated", f"data/external/{REAL_SAMPLE.name}"])
     run(["dvc", "repro"], repo)
     commit_all(repo, "A: with a real export")
-    version = json.loads((repo / "models/registration.json").read_text())["version"]
+    run(["bts", "register"], repo)
+    code_a = lineage_json(repo, f"models:/{NAME}/1")["code_md5"]
+
+    # B changes the training code and the params: the workspace's (and installed) code is no longer A's.
+    with open(repo / "src/bts/stages/train.py", "a") as handle:
+        handle.write("# B's training code\n")
     set_params(repo, "train", "alpha", 0.1)
     run(["dvc", "repro"], repo)
-    commit_all(repo, "B: alpha 0.1")
+    commit_all(repo, "B: other code and alpha")
+    assert lineage_json(repo, "models/package")["code_md5"] != code_a
 
     before = run(["git", "status", "--porcelain"], repo).stdout
-    verdict = run(["bts", "reproduce", f"models:/{NAME}/{version}"], repo)
+    verdict = run(["bts", "reproduce", f"models:/{NAME}/1"], repo)
     assert "verdict: REPRODUCED" in verdict.stdout and "DIFF" not in verdict.stdout
+    assert f"ok   code_md5 (ran)   {code_a}" in verdict.stdout  # the code the stages imported was A's
     assert run(["git", "status", "--porcelain"], repo).stdout == before  # the user's tree is untouched
-    assert "worktree" not in run(["git", "worktree", "list"], repo).stdout.split("\n", 1)[-1]
+    assert len(run(["git", "worktree", "list"], repo).stdout.splitlines()) == 1
 
     # Tamper with the cached real export: reproduction now fails with a readable diff.
     dvc_md5 = yaml.safe_load((repo / f"data/external/{REAL_SAMPLE.name}.dvc").read_text())["outs"][0]["md5"]
@@ -132,6 +252,6 @@ def test_reproduce_matches_and_detects_tampered_data(project_repo: Path, tmp_pat
     os.chmod(cached, 0o644)
     with open(cached, "a") as handle:
         handle.write("9999999999,3.0,1161114004,122,2017-04-18 23:59:59\n")
-    failed = run(["bts", "reproduce", f"models:/{NAME}/{version}"], repo, check=False)
+    failed = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
     assert failed.returncode == 1
     assert "DIFF data.raw_md5" in failed.stdout and "verdict: NOT REPRODUCED" in failed.stdout

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
-from tests.integration.workspace import BIN, run
+from bts.model.package import load_package
+from tests.integration.workspace import BIN, lock_outs, run
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def bad_requests(frame: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
 
 def assert_serves(url: str, repo: Path) -> None:
     frame = examples(repo)
-    expected = mlflow.pyfunc.load_model(str(repo / "models/package")).predict(frame)
+    expected = load_package(repo / "models/package", lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)
     status, body = post(url, split_payload(frame))
     assert status == 200, body
     assert json.loads(body)["predictions"] == pytest.approx(list(expected), rel=1e-12)
@@ -120,7 +120,7 @@ def test_packaged_model_serves_with_signature_checks(built_repo: Path) -> None:
 
 
 def test_registry_alias_serves_the_same_model(built_repo: Path) -> None:
-    version = json.loads((built_repo / "models/registration.json").read_text())["version"]
-    run(["bts", "promote", version, "--to", "champion"], built_repo)
+    run(["bts", "register"], built_repo)
+    run(["bts", "promote", "1", "--to", "champion"], built_repo)
     with model_server(built_repo, "models:/bts-next-reading@champion") as url:
         assert_serves(url, built_repo)

@@ -1,20 +1,23 @@
-"""Training tracked in MLflow with the DVC data versions: real `dvc`, `mlflow run` and a real SQLite store."""
+"""The whole pipeline with real `dvc`, `mlflow run` and a real SQLite store: determinism, run contents, queued grids, dead runs."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
-import joblib
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bts.model.evaluation import flat_metrics
-from tests.integration.workspace import DATASETS, lock_outs, run, store
+from bts.model.package import load_workspace_model
+from bts.params import flatten
+from tests.integration.workspace import DATASETS, PROJECT, lock_outs, project_uses_defaults, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
+
+TRACKED_OUTPUTS = ["dvc.lock", "metadata", "metrics", "plots"]
 
 
 def experiment_runs(repo: Path) -> list:
@@ -24,52 +27,57 @@ def experiment_runs(repo: Path) -> list:
 
 
 def assert_run_traces_data(client: MlflowClient, run_id: str, md5s: dict[str, str]) -> None:
-    """The run's tags and logged inputs carry the md5s that dvc.lock records for raw, clean and features."""
+    """The run's tags and logged inputs carry the md5s that dvc.lock records for raw, clean, features and the model."""
     logged = client.get_run(run_id)
     for name, path in DATASETS.items():
         assert logged.data.tags[f"data.{name}_md5"] == md5s[path]
+    assert logged.data.tags["model_md5"] == md5s["models/model.joblib"]
     digests = {entry.dataset.name: entry.dataset.digest for entry in logged.inputs.dataset_inputs}
     assert digests == {f"bts-{name}": md5s[path] for name, path in DATASETS.items()}
-    for tag in ["git.commit", "git.branch", "git.dirty", "machine.cpu", "machine.cores", "machine.memory_gb", "package.mlflow"]:
+    for tag in ["git.commit", "git.branch", "git.dirty", "machine.cpu", "machine.cores", "machine.memory_gb", "package.mlflow", "code_md5"]:
         assert logged.data.tags.get(tag), tag
     assert logged.data.tags["schema.raw_md5"] and logged.data.tags["schema.clean_md5"]
 
 
-def test_repro_logs_one_run_tracing_data_and_reproduces_exactly(project_repo: Path) -> None:
+def test_repro_from_a_fresh_copy_gives_the_committed_bytes_and_one_complete_run(project_repo: Path) -> None:
     run(["dvc", "repro"], project_repo)
+    # Every tracked output (dvc.lock, metadata, metrics, plots) comes out byte for byte as committed: no run id, no timing.
+    if project_uses_defaults():
+        assert run(["git", "status", "--porcelain"], project_repo).stdout == ""
+        assert lock_outs(project_repo / "dvc.lock") == lock_outs(PROJECT / "dvc.lock")
     md5s = lock_outs(project_repo / "dvc.lock")
-    record = json.loads((project_repo / "models/run.json").read_text())
     client = store(project_repo)
-    assert_run_traces_data(client, record["run_id"], md5s)
+    logged = training_run(project_repo)
+    assert_run_traces_data(client, logged.info.run_id, md5s)
 
-    logged = client.get_run(record["run_id"])
     metrics = json.loads((project_repo / "metrics/metrics.json").read_text())
-    for name, value in flat_metrics(metrics).items():
-        assert logged.data.metrics[name] == pytest.approx(value, abs=0, rel=1e-12), name
-    training = json.loads((project_repo / "metrics/training.json").read_text())
-    assert logged.data.metrics["training.cpu_seconds"] == training["training.cpu_seconds"]
-    assert logged.data.params["train.model"] == "elasticnet"
-    assert logged.data.params["train.alpha"] == "0.01"
-    artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
-    assert {"metadata", "params.yaml", "evaluation"} <= artifacts
-    # The default model beats persistence on the test split.
-    assert metrics["test"]["rmse"] < metrics["test"]["persistence_rmse"]
+    for name, value in flatten(metrics).items():
+        if value is not None:
+            assert logged.data.metrics[name] == pytest.approx(value, abs=0, rel=1e-12), name
+    assert {"training.seconds", "training.cpu_seconds", "training.peak_memory_mb", "model.size_bytes"} <= set(logged.data.metrics)
+    assert any(name.startswith("system/") for name in logged.data.metrics), "no system metrics sampled"
+    assert logged.data.params["train.model"] == "elasticnet" and logged.data.params["train.alpha"] == "0.01"
+    assert "alpha" not in logged.data.params and "train.ridge.alpha" not in logged.data.params  # each param once, only the model's
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"metadata", "params.yaml", "evaluation", "package"} <= artifacts
+    assert metrics["test"]["rmse"] < metrics["test"]["persistence_rmse"]  # the default model beats persistence
+    assert not client.search_registered_models()  # the pipeline never touches the registry
 
-    # Training again from the same commit gives the same model bytes, predictions and metrics, in a new run.
+    # Training again from the same commit gives the same bytes everywhere, and a new run found by the same content tags.
     features = pd.read_parquet(project_repo / DATASETS["features"])
     columns = json.loads((project_repo / "metadata/datasets/features.json").read_text())["feature_columns"]
-    first_predictions = joblib.load(project_repo / "models/model.joblib").predict(features[columns])
-    run(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], project_repo)
-    assert lock_outs(project_repo / "dvc.lock")["models/model.joblib"] == md5s["models/model.joblib"]
-    assert json.loads((project_repo / "metrics/metrics.json").read_text()) == metrics
-    second_predictions = joblib.load(project_repo / "models/model.joblib").predict(features[columns])
+    first_predictions = load_workspace_model(project_repo / "models/model.joblib", project_repo / "dvc.lock").predict(features[columns])
+    run(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "serve"], project_repo)
+    assert lock_outs(project_repo / "dvc.lock") == md5s
+    assert run(["git", "status", "--porcelain", "--", *TRACKED_OUTPUTS], project_repo).stdout == ""
+    second = training_run(project_repo)
+    assert second.info.run_id != logged.info.run_id
+    assert second.data.metrics["test.rmse"] == logged.data.metrics["test.rmse"]
+    second_predictions = load_workspace_model(project_repo / "models/model.joblib", project_repo / "dvc.lock").predict(features[columns])
     assert (first_predictions == second_predictions).all()
-    second = json.loads((project_repo / "models/run.json").read_text())["run_id"]
-    assert second != record["run_id"]
-    assert client.get_run(second).data.metrics["test.rmse"] == logged.data.metrics["test.rmse"]
 
 
-def wait_for_queue(repo: Path, timeout: float = 600) -> str:
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = run(["dvc", "queue", "status"], repo).stdout
@@ -79,43 +87,69 @@ def wait_for_queue(repo: Path, timeout: float = 600) -> str:
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_queued_grid_lands_every_run_in_the_main_store(project_repo: Path) -> None:
+def test_queued_grid_lands_every_run_in_the_main_store_and_registers_nothing(project_repo: Path) -> None:
     run(["dvc", "repro"], project_repo)
     run(["git", "add", "-A"], project_repo)
     run(["git", "commit", "-q", "-m", "baseline"], project_repo)
     md5s = lock_outs(project_repo / "dvc.lock")
     before = {r.info.run_id for r in experiment_runs(project_repo)}
 
-    run(["dvc", "exp", "run", "--queue", "-S", "train.alpha=0.01,0.1,1", "-S", "train.l1_ratio=0.2,0.8"], project_repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.alpha=0.003,0.03,0.3", "-S", "train.l1_ratio=0.1,0.4,0.7,0.9"], project_repo)
     run(["dvc", "queue", "start", "-j", "2"], project_repo)
     status = wait_for_queue(project_repo)
-    assert status.count("Success") == 6, status
+    assert status.count("Success") == 12, status
     assert "Failed" not in status
 
     names = set(run(["dvc", "exp", "list", "--name-only"], project_repo).stdout.split())
-    assert len(names) == 6
-    for name in names:
-        log = run(["dvc", "queue", "logs", name], project_repo).stdout
-        assert "ERROR" not in log and "Traceback" not in log, log
-
+    assert len(names) == 12
     new_runs = [r for r in experiment_runs(project_repo) if r.info.run_id not in before]
     assert sorted(r.data.tags["dvc.exp_name"] for r in new_runs) == sorted(names)
     grid = {(r.data.params["train.alpha"], r.data.params["train.l1_ratio"]) for r in new_runs}
-    assert grid == {(a, b) for a in ("0.01", "0.1", "1") for b in ("0.2", "0.8")}
+    assert grid == {(a, b) for a in ("0.003", "0.03", "0.3") for b in ("0.1", "0.4", "0.7", "0.9")}
     client = store(project_repo)
     for logged in new_runs:
-        assert_run_traces_data(client, logged.info.run_id, md5s)
+        for name, path in DATASETS.items():
+            assert logged.data.tags[f"data.{name}_md5"] == md5s[path]
         assert "test.rmse" in logged.data.metrics  # evaluate logged into the same run
         assert logged.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], project_repo).stdout.strip()
+    assert not client.search_registered_models()  # twelve experiments, and the registry is untouched
 
     # `bts runs check` finds nothing lost, then reports a run whose experiment ref is gone.
     check = run(["bts", "runs", "check"], project_repo)
-    assert "6 matched" in check.stdout and "nothing lost" in check.stdout
+    assert "12 matched" in check.stdout and "nothing lost" in check.stdout
     removed = sorted(names)[0]
     run(["dvc", "exp", "remove", removed], project_repo)
     check = run(["bts", "runs", "check"], project_repo, check=False)
     assert check.returncode == 1
     assert f"{removed}  run " in check.stdout and "dvc exp run -S train.alpha=" in check.stdout
+
+
+def test_a_training_killed_mid_logging_is_reported_and_marked_failed(built_repo: Path) -> None:
+    killed = run(["dvc", "repro", "--force", "--single-item", "train"], built_repo, check=False, env={"BTS_TEST_KILL_AT": "run-started"})
+    assert killed.returncode != 0
+    client = store(built_repo)
+    running = [r for r in experiment_runs(built_repo) if r.info.status == "RUNNING"]
+    assert len(running) == 1 and "test.rmse" not in running[0].data.metrics
+    check = run(["bts", "runs", "check"], built_repo, check=False)
+    assert check.returncode == 1
+    assert "1 run(s) left RUNNING" in check.stdout and running[0].info.run_id in check.stdout
+    assert "bts runs check --mark-failed" in check.stdout
+    fixed = run(["bts", "runs", "check", "--mark-failed"], built_repo, check=False)
+    assert "marked 1 run(s) FAILED" in fixed.stdout
+    assert client.get_run(running[0].info.run_id).info.status == "FAILED"
+    run(["git", "checkout", "--", "."], built_repo)
+    run(["dvc", "checkout", "--force"], built_repo)
+
+
+def test_a_params_mistake_stops_the_pipeline_with_one_line(built_repo: Path) -> None:
+    set_params(built_repo, "train", "alpha", -1)
+    result = run(["dvc", "repro"], built_repo, check=False)
+    assert result.returncode != 0
+    assert "train: error: params.yaml: train.alpha: Input should be greater than or equal to 0, got -1" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    # The last good outputs are still there, unchanged.
+    assert run(["git", "status", "--porcelain", "--", "metadata", "metrics", "plots"], built_repo).stdout == ""
+    run(["git", "checkout", "--", "params.yaml"], built_repo)
 
 
 def test_mlflow_run_entry_point_logs_into_its_own_run(project_repo: Path) -> None:
@@ -124,12 +158,26 @@ def test_mlflow_run_entry_point_logs_into_its_own_run(project_repo: Path) -> Non
         project_repo,
     )
     assert "succeeded" in result.stderr + result.stdout
-    record = json.loads((project_repo / "models/run.json").read_text())
     client = store(project_repo)
-    logged = client.get_run(record["run_id"])
+    logged = training_run(project_repo)
     assert logged.info.status == "FINISHED"
     assert logged.data.tags["mlflow.project.entryPoint"] == "train"  # the run `mlflow run` created
     assert logged.data.params["train.alpha"] == "0.5"
-    assert logged.data.tags.get("dvc.exp_name")
-    assert_run_traces_data(client, record["run_id"], lock_outs(project_repo / "dvc.lock"))
+    assert logged.info.run_name == logged.data.tags["dvc.exp_name"]
+    assert_run_traces_data(client, logged.info.run_id, lock_outs(project_repo / "dvc.lock"))
     assert "test.rmse" in logged.data.metrics
+
+
+def test_a_rerun_removes_what_a_killed_writer_left_and_writes_with_normal_permissions(built_repo: Path) -> None:
+    interim = built_repo / "data/interim"
+    stale = interim / ".clean.parquet.k1lled.tmp"  # what atomic_write leaves when its stage is killed mid-write
+    stale.write_bytes(b"half a parquet file")
+    run(["dvc", "repro", "--force", "--single-item", "clean"], built_repo)
+    assert not stale.exists()
+    assert run(["git", "status", "--porcelain"], built_repo).stdout == ""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [interim / "clean.parquet", built_repo / "metadata/datasets/clean.json"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+    for folder in [built_repo / "models/package", built_repo / "models/package/code"]:
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~mask, folder

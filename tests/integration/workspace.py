@@ -24,11 +24,35 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None)
     return result
 
 
+EXTERNAL = "data/external/"
+EXTERNAL_KEPT = {"data/external/README.md", "data/external/.gitignore"}
+
+
 def project_files() -> list[str]:
+    """The project's files as git sees them, without the real exports a user may have added under data/external."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT, capture_output=True, text=True, check=True
     )
-    return [f for f in listed.stdout.splitlines() if (PROJECT / f).is_file()]
+    return [f for f in listed.stdout.splitlines() if (PROJECT / f).is_file() and (not f.startswith(EXTERNAL) or f in EXTERNAL_KEPT)]
+
+
+def project_uses_defaults() -> bool:
+    """True when the project runs on its embedded simulated data alone (its dvc.lock is then what a copy rebuilds)."""
+    return yaml.safe_load((PROJECT / "params.yaml").read_text())["data"]["sources"] == ["simulated"]
+
+
+def model_md5(repo: Path) -> str:
+    return lock_outs(repo / "dvc.lock")["models/model.joblib"]
+
+
+def training_run(repo: Path, md5: str | None = None):
+    """The newest run that trained the model dvc.lock records (found by its content tag, as the stages find it)."""
+    client = store(repo)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.model_md5 = '{md5 or model_md5(repo)}'"
+    )
+    assert runs, f"no run trained model {md5 or model_md5(repo)}"
+    return max(runs, key=lambda r: r.info.start_time)
 
 
 def lock_outs(lock_path: Path, stages: list[str] | None = None) -> dict[str, str]:

@@ -101,6 +101,18 @@ def test_first_broken_rule_wins(row, expected, catalogue, schema):
         ("2017-04-18 00:00:05Z", "2017-04-18 00:00:05"),
         ("2017-04-18T00:00:05.250Z", "2017-04-18 00:00:05"),
         ("2017-04-18T00:00:05+00:00", "2017-04-18 00:00:05"),
+        ("2017-04-18T00:00:05-0000", "2017-04-18 00:00:05"),
+        ("2017-04-18T00:00:05+00", "2017-04-18 00:00:05"),
+        ("2017-04-18 07:00:05+07:00", "2017-04-18 00:00:05"),
+        ("2017-04-18T07:00:05+07:00", "2017-04-18 00:00:05"),
+        ("2017-04-18T07:00:05+0700", "2017-04-18 00:00:05"),
+        ("2017-04-18T07:00:05+07", "2017-04-18 00:00:05"),
+        ("2017-04-18T07:00:05.999+07:00", "2017-04-18 00:00:05"),
+        ("  2017-04-18T07:00:05+07:00 ", "2017-04-18 00:00:05"),
+        ("2017-04-18T06:00:05+05:30", "2017-04-18 00:30:05"),
+        ("2017-04-17T19:00:05-05:00", "2017-04-18 00:00:05"),
+        ("2017-04-17T23:30:05-0030", "2017-04-18 00:00:05"),
+        ("2017-04-19T06:59:59+23:59", "2017-04-18 07:00:59"),
     ],
 )
 def test_iso_timestamps_are_normalized_and_counted_not_quarantined(text, expected, catalogue, schema):
@@ -110,6 +122,35 @@ def test_iso_timestamps_are_normalized_and_counted_not_quarantined(text, expecte
     row = result.clean.set_index("id").loc[9]
     assert row["reading_time"] == pd.Timestamp(expected)
     assert result.accounting["fixed"]["reading_time_normalized"] == 1
+
+
+def test_an_offset_moves_the_reading_across_midnight(catalogue, schema):
+    """Vietnam exports (UTC+7): 03:00 local on the 18th is 20:00 UTC on the 17th."""
+    raw = raw_frame([*GOOD, (9, 12.0, STATION, LOAD, "2017-04-18T03:00:00+07:00"), (10, 12.0, STATION, LOAD, "2017-04-18 03:00:00+07:00")])
+    result = clean_readings(raw, catalogue, schema)
+    assert result.quarantine.empty
+    assert result.clean.set_index("id").loc[[9, 10], "reading_time"].tolist() == [pd.Timestamp("2017-04-17 20:00:00")] * 2
+    assert result.accounting["fixed"]["reading_time_normalized"] == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("2017-04-18T07:00:05+24:00", id="offset-hours-24"),
+        pytest.param("2017-04-18T07:00:05+07:60", id="offset-minutes-60"),
+        pytest.param("2017-04-18T07:00:05+7:00", id="offset-one-digit-hour"),
+        pytest.param("2017-04-18T07:00:05+07:0", id="offset-one-digit-minute"),
+        pytest.param("2017-04-18T07:00:05 +07:00", id="space-before-offset"),
+        pytest.param("2017-04-18T07:00:05+07:00Z", id="offset-and-z"),
+        pytest.param("2017-02-30T07:00:05+07:00", id="february-30-with-offset"),
+        pytest.param("2017-04-18T25:00:05+07:00", id="hour-25-with-offset"),
+    ],
+)
+def test_a_malformed_offset_is_unparseable_and_not_counted_as_fixed(text, catalogue, schema):
+    result = clean_readings(raw_frame([*GOOD, (9, 12.0, STATION, LOAD, text)]), catalogue, schema)
+    assert result.quarantine["quarantine_reason"].tolist() == ["unparseable_time"]
+    assert result.quarantine["reading_time"].tolist() == [text]  # quarantined as delivered
+    assert result.accounting["fixed"]["reading_time_normalized"] == 0
 
 
 def test_export_format_timestamps_are_not_counted_as_fixed(catalogue, schema):

@@ -146,26 +146,44 @@ def test_held_out_stations_go_to_holdout_only():
 
 
 def test_holding_out_every_station_is_a_config_error():
-    with pytest.raises(ConfigError, match="every station is held out"):
+    with pytest.raises(ConfigError) as raised:
         build_features(clean_frame(stations=(1, 2)), FeatureSpec(n_lags=2, holdout_stations=(1, 2)))
+    assert str(raised.value) == "featurize.holdout_stations: every station is held out; nothing is left to train on"
 
 
 def test_series_too_short_for_any_example_is_not_blamed_on_holdout_stations():
-    """No station is held out: an error, if any, must not say that every station is held out."""
+    """No station is held out: the error says what is missing, not that every station is held out."""
     short = clean_frame(stations=(1, 2), readings=3)
-    try:
-        features, accounting = build_features(short, FeatureSpec(n_lags=6))
-    except ConfigError as exc:
-        assert "held out" not in str(exc), f"misleading error: {exc}"
-    else:
-        assert features.empty
-        assert accounting["readings_without_full_history"] == len(short)
+    with pytest.raises(ConfigError) as raised:
+        build_features(short, FeatureSpec(n_lags=6))
+    assert str(raised.value) == (
+        "featurize: no series has the 7 readings one example needs (n_lags + horizon); "
+        "lower featurize.n_lags or featurize.horizon, or add data"
+    )
+
+
+def test_a_series_just_long_enough_gives_one_example_each():
+    features, accounting = build_features(clean_frame(stations=(1, 2), readings=7), FeatureSpec(n_lags=6))
+    assert len(features) == 2
+    assert accounting["readings_without_full_history"] == 2 * 5
+    assert accounting["readings_without_target"] == 2
+
+
+LAGS_MESSAGE = "featurize.n_lags and featurize.horizon must be at least 1"
+FRACTIONS_MESSAGE = "featurize.valid_fraction and test_fraction must be positive and sum below 1"
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"n_lags": 0}, {"horizon": 0}, {"valid_fraction": 0.0}, {"test_fraction": -0.1}, {"valid_fraction": 0.5, "test_fraction": 0.5}],
+    ("kwargs", "message"),
+    [
+        ({"n_lags": 0}, LAGS_MESSAGE),
+        ({"horizon": 0}, LAGS_MESSAGE),
+        ({"valid_fraction": 0.0}, FRACTIONS_MESSAGE),
+        ({"test_fraction": -0.1}, FRACTIONS_MESSAGE),
+        ({"valid_fraction": 0.5, "test_fraction": 0.5}, FRACTIONS_MESSAGE),
+    ],
 )
-def test_unusable_feature_spec_is_a_config_error(kwargs):
-    with pytest.raises(ConfigError, match=r"featurize\."):
+def test_unusable_feature_spec_is_a_config_error(kwargs, message):
+    with pytest.raises(ConfigError) as raised:
         FeatureSpec(**kwargs)
+    assert str(raised.value) == message

@@ -14,7 +14,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.schemas import SENTINEL, arrived_in_order, parse_reading_time, value_in_range
+from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
 
 SERIES_KEYS = ["station_id", "parameter_id"]
@@ -23,9 +23,36 @@ CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
 Rule = Callable[[pd.DataFrame, dict[int, Sensor]], pd.Series]
 
 
+# ISO forms of the export format: 'T' separator, fraction (dropped), zone 'Z' or a UTC offset. A zero offset is
+# dropped here; any other is kept after the time (group 3) for normalize_reading_time to apply.
+_OFFSET = r"[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?"
+_ISO_TIME = rf"^(\d{{4}}-\d{{2}}-\d{{2}})[T ](\d{{2}}:\d{{2}}:\d{{2}})(?:\.\d+)?(?:Z|[+-]00(?::?00)?|({_OFFSET}))?$"
+_WITH_OFFSET = rf"^\d{{4}}-\d{{2}}-\d{{2}} \d{{2}}:\d{{2}}:\d{{2}}{_OFFSET}$"
+
+
 def normalize_reading_time(text: pd.Series) -> pd.Series:
-    """ISO forms of the export timestamp ('T' separator, 'Z' suffix, fractions) rewritten to the export format."""
-    return text.str.strip().str.replace(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:Z|[+-]00:?00)?$", r"\1 \2", regex=True)
+    """ISO forms of the export timestamp rewritten to the export format, in UTC.
+
+    A 'T' separator, a fraction of a second (dropped) and a 'Z' suffix are fixed, and a UTC offset (+07:00, +0700,
+    +07, -05:30 ...) is applied, so '2017-04-18T07:00:00+07:00' becomes '2017-04-18 00:00:00'. Anything else is left
+    as is, for the unparseable_time rule.
+    """
+    stripped = text.str.strip()
+    normalized = stripped.copy()
+    iso = (stripped.str.len() != len("YYYY-MM-DD HH:MM:SS")) | stripped.str.contains("T", regex=False)  # the others cannot change
+    if not iso.any():
+        return normalized
+    fixed = stripped[iso].str.replace(_ISO_TIME, r"\1 \2\3", regex=True)
+    offset = fixed.str.match(_WITH_OFFSET)
+    if offset.any():
+        local, zone = fixed[offset].str.slice(0, 19), fixed[offset].str.slice(19).str.replace(":", "")
+        minutes = zone.str.slice(1, 3).astype("int64") * 60 + pd.to_numeric(zone.str.slice(3, 5), errors="coerce").fillna(0).astype("int64")
+        utc = pd.to_datetime(local, format=TIMESTAMP_FORMAT, errors="coerce") - pd.to_timedelta(
+            minutes.where(zone.str.startswith("+"), -minutes), unit="min"
+        )
+        fixed[offset] = utc.dt.strftime(TIMESTAMP_FORMAT).where(utc.notna(), stripped[iso][offset])  # an impossible date stays as given
+    normalized[iso] = fixed
+    return normalized
 
 
 def invalid_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
@@ -35,7 +62,7 @@ def invalid_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
 
 
 def unparseable_time(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """reading_time is not a valid 'YYYY-MM-DD HH:MM:SS' timestamp, even after normalizing."""
+    """reading_time is not a valid 'YYYY-MM-DD HH:MM:SS' timestamp, even after normalizing (ISO forms, UTC offsets)."""
     return parse_reading_time(normalize_reading_time(frame["reading_time"])).isna()
 
 

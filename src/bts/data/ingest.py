@@ -2,131 +2,281 @@
 
 A file that is not a parameter export at all stops ingestion with an
 InputFileError naming the file and the reason; dirty rows inside a good file
-are kept and reported (cleaning decides their fate).
+are kept and reported (cleaning decides their fate). A message quotes at most
+80 characters of a file, never a whole line of it.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pyarrow
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from bts.data.simulate import EXPORT_COLUMNS
 from bts.errors import ConfigError, InputFileError
 
 SIMULATED = "simulated"
+MAX_LINE_BYTES = 65536  # a reading is about 60 bytes: a longer header or row is not an export's
 _MAGIC = {b"PAR1": "a Parquet file", b"\x1f\x8b": "a gzip archive", b"PK\x03\x04": "a zip archive", b"%PDF": "a PDF document"}
+_BOM = b"\xef\xbb\xbf"
+_NOT_BLANK = re.compile(rb"\S")
+_NEWLINE, _CARRIAGE_RETURN, _QUOTE, _COMMA = (ord(c) for c in '\n\r",')
+_SHOWN = 80  # characters of file content a message may quote
+_INTEGER = r"^(?P<sign>[+-]?)0*(?P<digits>[0-9]+?)(?:\.0*)?$"
+_INT64 = {pyarrow.int64(): pd.Int64Dtype()}
+_INT64_MAX = str(2**63 - 1)
 
 
-def resolve_sources(sources: list[str], simulated_dir: Path, input_dirs: list[Path]) -> list[Path]:
-    """The CSV files behind data.sources: 'simulated' and/or paths inside the declared input folders."""
+def _shown(text: str) -> str:
+    """text cut to what a one-line message may quote of a file."""
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _real_path(path: Path) -> Path | None:
+    """path with every link followed (None for a loop of links)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # Python before 3.13 raises RuntimeError on a loop
+        return None
+
+
+def _inside(path: Path, folders: list[Path]) -> bool:
+    """path lies in one of folders, as spelled (.. folded, links not followed) or as resolved."""
+    spelled, real = Path(os.path.abspath(path)), _real_path(path)
+    return any(spelled.is_relative_to(os.path.abspath(d)) or (real is not None and real.is_relative_to(d.resolve())) for d in folders)
+
+
+def resolve_sources(sources: list[str], simulated_dir: Path, input_dirs: list[Path], root: Path) -> list[Path]:
+    """The CSV files behind data.sources: 'simulated' and/or paths inside the declared input folders, each once.
+
+    Files are told apart by real path, so one file under two spellings (or listed and inside a listed folder)
+    is refused naming both; a link whose target lies outside the repository (root) is refused before it is read.
+    """
     if not sources:
         raise ConfigError("data.sources: empty; list 'simulated' and/or paths of real exports")
+    repository = root.resolve()
     files: list[Path] = []
+    spellings: dict[Path, str] = {}  # real path -> the spelling it was first reached by
     for source in sources:
         path = simulated_dir if source == SIMULATED else Path(source)
-        if source != SIMULATED and not any(path.resolve().is_relative_to(d.resolve()) for d in input_dirs):
+        if source != SIMULATED and not _inside(path, input_dirs):
             declared = ", ".join(str(d) for d in input_dirs)
             raise ConfigError(f"data.sources: {source} is outside {declared}, the folder(s) dvc.yaml declares as ingest inputs")
         if not path.exists():
             raise ConfigError(f"data.sources: {source} does not exist (run `dvc pull` or `dvc checkout` if it is DVC-tracked)")
-        found = sorted(path.rglob("*.csv")) if path.is_dir() else [path]
+        found = sorted(f for f in path.rglob("*.csv") if not f.is_dir()) if path.is_dir() else [path]
         if not found:
             raise ConfigError(f"data.sources: {source} holds no .csv file")
-        files.extend(found)
-    duplicates = sorted({str(f) for f in files if files.count(f) > 1})
-    if duplicates:
-        raise ConfigError(f"data.sources: {duplicates[0]} is listed twice")
+        for file in found:
+            spelling = source if file == path else file.as_posix()
+            real = _real_path(file)
+            if real is None or not real.exists():
+                raise ConfigError(f"data.sources: {spelling} is a broken link")
+            if not real.is_relative_to(repository):  # never read: it could be any file of the machine
+                kind = "a file" if real == Path(os.path.abspath(file)) else "a link to a file"
+                raise ConfigError(f"data.sources: {spelling} is {kind} outside the repository ({real})")
+            if not real.is_file():
+                raise ConfigError(f"data.sources: {spelling} is not a regular file")
+            if real in spellings:
+                also = "" if spellings[real] == spelling else f" (also as {spelling})"
+                raise ConfigError(f"data.sources: {spellings[real]} is listed twice{also}")
+            spellings[real] = spelling
+            files.append(file)
     return files
 
 
-def _check_header(path: Path) -> list[str]:
-    """Reject whatever is not a UTF-8 CSV with exactly the export's columns; returns the header's column names."""
-    head = path.read_bytes()[:65536]
-    if not head:
+def _check_header(path: Path, data: bytes) -> tuple[list[str], int]:
+    """Reject whatever is not a UTF-8 CSV with exactly the export's columns.
+
+    Returns the header's column names and the offset just past the header line (blank lines before it are skipped).
+    """
+    if not data:
         raise InputFileError(path, "empty file")
     for magic, kind in _MAGIC.items():
-        if head.startswith(magic):
+        if data.startswith(magic):
             raise InputFileError(path, f"{kind}, not a CSV export")
+    first = _NOT_BLANK.search(data, len(_BOM) if data.startswith(_BOM) else 0)
+    if first is None:
+        raise InputFileError(path, "empty file (blank lines only)")
+    begin = first.start()
+    limit = begin + MAX_LINE_BYTES + 1  # no need to look further for the end of the header
+    end = min((i for i in (data.find(b"\n", begin, limit), data.find(b"\r", begin, limit)) if i >= 0), default=len(data))
+    if end - begin > MAX_LINE_BYTES:
+        raise InputFileError(path, f"header line longer than {MAX_LINE_BYTES // 1024} KiB: not a CSV export")
     try:
-        text = head.decode("utf-8")
+        header = data[begin:end].decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # a cut multi-byte character at the end of the sample is fine
-            raise InputFileError(path, f"undecodable bytes (not UTF-8) at byte {exc.start}") from exc
-        text = head[: exc.start].decode("utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
-    header = lines[0].lstrip("\ufeff").strip()
+        raise InputFileError(path, f"undecodable bytes (not UTF-8) at byte {begin + exc.start}") from exc
     if "," not in header:
         delimiter = next((d for d in (";", "\t", "|") if d in header), None)
         if delimiter:
             raise InputFileError(path, f"wrong delimiter {delimiter!r} in header (expected ',')")
     columns = [c.strip() for c in header.split(",")]
     if any("alarm" in c.lower() for c in columns):
-        raise InputFileError(path, f"an alarm export (columns {columns}), not a parameter export")
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
+        raise InputFileError(path, f"an alarm export (columns {_shown(str(columns))}), not a parameter export")
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
     if repeated:
-        raise InputFileError(path, f"duplicate column(s) {repeated} in header")
+        raise InputFileError(path, f"duplicate column(s) {_shown(str(repeated))} in header")
     missing = [c for c in EXPORT_COLUMNS if c not in columns]
     if missing:
-        raise InputFileError(path, f"missing column(s) {missing}; header is {columns}")
+        raise InputFileError(path, f"missing column(s) {missing}; header is {_shown(str(columns))}")
     extra = [c for c in columns if c not in EXPORT_COLUMNS]
     if extra:
-        raise InputFileError(path, f"unexpected column(s) {extra}; expected {EXPORT_COLUMNS}")
-    if len(lines) == 1 and len(head) < 65536:
-        raise InputFileError(path, "header only, no readings")
-    return columns
+        raise InputFileError(path, f"unexpected column(s) {_shown(str(extra))}; expected {EXPORT_COLUMNS}")
+    return columns, min(end + (2 if data[end : end + 2] == b"\r\n" else 1), len(data))
 
 
-def _to_int(text: pd.Series) -> pd.Series:
-    number = pd.to_numeric(text, errors="coerce")
-    whole = number.notna() & (number == number.round())
-    return number.where(whole).astype("Int64")
+def _line_breaks(raw: np.ndarray, data: bytes) -> np.ndarray:
+    """Offsets of the line breaks: every LF, and every CR not followed by LF (pyarrow ends a line at both)."""
+    breaks = np.flatnonzero(raw == _NEWLINE)
+    if data.find(b"\r") >= 0:
+        returns = np.flatnonzero(raw == _CARRIAGE_RETURN)
+        lone = returns[(returns + 1 == len(raw)) | (raw[np.minimum(returns + 1, len(raw) - 1)] != _NEWLINE)]
+        breaks = np.union1d(breaks, lone)
+    return breaks
+
+
+def _quotes(raw: np.ndarray, data: bytes, start: int) -> np.ndarray | None:
+    """Offsets of the quote characters from start on (None if there are none, the usual case)."""
+    return np.flatnonzero(raw[start:] == _QUOTE) + start if data.find(b'"', start) >= 0 else None
+
+
+def _rows(path: Path, data: bytes, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte offsets where each row from start on begins and ends, and the file line (1-based) it begins on.
+
+    Vectorized over the bytes. Empty lines are no rows (pyarrow skips them), and a line break inside a quoted field
+    does not end a row: a line break ends one when an even number of quotes precedes it (quotes come in pairs
+    in a CSV, "" inside a quoted field included), so a row's line number is the one an editor shows.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    breaks = _line_breaks(raw, data)
+    first = int(np.searchsorted(breaks, start))
+    index = np.arange(first, len(breaks))  # the breaks after the header, as indexes into breaks
+    quotes = _quotes(raw, data, start)
+    if quotes is not None:
+        index = index[np.searchsorted(quotes, breaks[index]) % 2 == 0]
+    starts = np.concatenate(([start], breaks[index] + 1))
+    ends = np.append(breaks[index], len(raw))
+    lines = np.concatenate(([first], index + 1)) + 1  # 1 + the number of line breaks before the row
+    if quotes is not None and len(quotes) % 2:
+        raise InputFileError(path, f'line {lines[-1]}: a quote (") that is never closed')
+    length = ends - starts
+    empty = (length == 0) | ((length == 1) & (raw[np.minimum(starts, len(raw) - 1)] == _CARRIAGE_RETURN))  # or just the CR of a CRLF
+    return starts[~empty], ends[~empty], lines[~empty]
+
+
+def _parse_error(data: bytes, start: int, starts: np.ndarray, lines: np.ndarray, columns: int, exc: Exception) -> str:
+    """pyarrow's complaint about a file, as a short reason naming the line (pyarrow's own names no line and quotes the row)."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "utf8" in message.lower() or "utf-8" in message.lower():
+        try:
+            data[start:].decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = lines[max(int(np.searchsorted(starts, start + error.start, side="right")) - 1, 0)]
+            return f"line {line}: undecodable bytes (not UTF-8)"
+        return "undecodable bytes (not UTF-8)"
+    if "Expected" in message and "columns" in message:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        commas = np.flatnonzero(raw[start:] == _COMMA) + start
+        quotes = _quotes(raw, data, start)
+        if quotes is not None:
+            commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
+        fields = np.bincount(np.searchsorted(starts, commas, side="right") - 1, minlength=len(starts)) + 1
+        ragged = np.flatnonzero(fields != columns)
+        if ragged.size:
+            count = int(fields[ragged[0]])
+            return f"line {lines[ragged[0]]}: {count} field{'s' if count != 1 else ''}, expected {columns}"
+    return _shown(message)
+
+
+def _to_int(text: pyarrow.ChunkedArray) -> pd.Series:
+    """Integer fields as exact Int64, parsed as text (never through float, so all of int64 survives); anything else is NA.
+
+    Surrounding spaces, a sign, leading zeros and a '.0' fraction are allowed; an integer beyond int64 is NA.
+    """
+    plain = pc.and_(pc.ascii_is_decimal(text), pc.less(pc.utf8_length(text), 19))  # 18 digits always fit in int64
+    if pc.all(plain).as_py():  # the usual case (not a bare cast: pyarrow's would also take '0x10' as 16)
+        return pc.cast(text, pyarrow.int64()).to_pandas(types_mapper=_INT64.get)
+    plain = plain.to_numpy(zero_copy_only=False)
+    number = pd.Series(pd.NA, index=range(len(text)), dtype="Int64")
+    number[plain] = pc.cast(pc.filter(text, plain), pyarrow.int64()).to_numpy()
+    parts = pc.extract_regex(pc.utf8_trim_whitespace(pc.filter(text, ~plain)), _INTEGER)
+    digits = pc.struct_field(parts, "digits")
+    length = pc.utf8_length(digits)
+    fits = pc.or_(pc.less(length, 19), pc.and_(pc.equal(length, 19), pc.less_equal(digits, _INT64_MAX)))  # same length: text order
+    signed = pc.binary_join_element_wise(pc.replace_substring(pc.struct_field(parts, "sign"), "+", ""), digits, "")
+    number[~plain] = pc.cast(pc.if_else(pc.fill_null(fits, False), signed, None), pyarrow.int64()).to_pandas(types_mapper=_INT64.get).array
+    return number
 
 
 def read_export(path: Path, label: str) -> pd.DataFrame:
-    """One export as typed columns, with source_file=label and source_row (its line number)."""
-    columns = _check_header(path)
+    """One export as typed columns, with source_file=label and source_row (the file line the row starts on)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    columns, start = _check_header(path, data)
+    starts, ends, lines = _rows(path, data, start)
+    if not len(starts):
+        raise InputFileError(path, "header only, no readings")
+    long = np.flatnonzero(ends - starts > MAX_LINE_BYTES)
+    if long.size:  # also keeps every row within one of pyarrow's blocks (1 MiB), or it fails with "straddling object"
+        raise InputFileError(path, f"line {lines[long[0]]}: row longer than {MAX_LINE_BYTES // 1024} KiB: not a reading")
     try:
         table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(encoding="utf8", skip_rows=1, column_names=columns),
+            pyarrow.BufferReader(pyarrow.py_buffer(data).slice(start)),
+            read_options=pacsv.ReadOptions(encoding="utf8", column_names=columns),
             convert_options=pacsv.ConvertOptions(column_types={c: pyarrow.string() for c in EXPORT_COLUMNS}, strings_can_be_null=False),
         )
     except (pyarrow.ArrowInvalid, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0]
-        if "utf8" in reason.lower() or "utf-8" in reason.lower():
-            reason = "undecodable bytes (not UTF-8)"
-        raise InputFileError(path, reason) from exc
-    if table.num_rows == 0:
-        raise InputFileError(path, "header only, no readings")
-    text = table.to_pandas()
+        raise InputFileError(path, _parse_error(data, start, starts, lines, len(columns), exc)) from exc
+    if table.num_rows != len(starts):
+        raise InputFileError(path, 'quotes (") inside unquoted fields: cannot tell which line each row starts on')
     return pd.DataFrame(
         {
-            "id": _to_int(text["id"]),
-            "value": pd.to_numeric(text["value"].str.strip(), errors="coerce").astype("float64"),
-            "station_id": _to_int(text["station_id"]),
-            "parameter_id": _to_int(text["parameter_id"]),
-            "reading_time": text["reading_time"].str.strip().astype("str"),
-            "source_file": pd.Series(label, index=text.index, dtype="str"),
-            "source_row": pd.RangeIndex(2, len(text) + 2).to_numpy(dtype="int64"),
+            "id": _to_int(table.column("id")),
+            "value": pd.to_numeric(table.column("value").to_pandas().str.strip(), errors="coerce").astype("float64"),
+            "station_id": _to_int(table.column("station_id")),
+            "parameter_id": _to_int(table.column("parameter_id")),
+            "reading_time": table.column("reading_time").to_pandas().str.strip().astype("str"),
+            "source_file": pd.Series(label, index=range(table.num_rows), dtype="str"),
+            "source_row": lines.astype("int64"),
         }
     )
 
 
 def read_exports(files: list[Path], root: Path) -> pd.DataFrame:
-    """Every export, concatenated in file order; source_file is the path relative to root."""
+    """Every export, concatenated in file order; source_file is the path relative to root as spelled (links not followed)."""
     frames = []
     for path in files:
-        label = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else path.name
+        spelled, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+        if not spelled.is_relative_to(base):  # root or the file reached through a link
+            spelled, base = path.resolve(), root.resolve()
+        label = spelled.relative_to(base).as_posix() if spelled.is_relative_to(base) else path.name
         frames.append(read_export(path, label))
     return pd.concat(frames, ignore_index=True)
 
 
+def _json_cell(value: object) -> object:
+    """A sample cell as JSON can hold it: NA and NaN as null, an infinity as the string 'inf' or '-inf'."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
 def failure_report(frame: pd.DataFrame, schema: pa.DataFrameSchema, samples: int = 5) -> dict:
-    """Lazy validation of the raw frame: failing rows, counts per column and check, sample rows."""
+    """Lazy validation of the raw frame: failing rows, counts per column and check, sample rows (valid JSON)."""
     try:
         schema.validate(frame, lazy=True)
         cases = pd.DataFrame(columns=["schema_context", "column", "check", "index"])
@@ -141,7 +291,7 @@ def failure_report(frame: pd.DataFrame, schema: pa.DataFrameSchema, samples: int
     checks = []
     for (column, check), group in cases.groupby(["column", "check"], sort=True):
         rows = sorted(set(group["index"]))
-        sample = frame.loc[rows[:samples]].astype(object).where(frame.loc[rows[:samples]].notna(), None)
+        sample = frame.loc[rows[:samples]].astype(object).map(_json_cell)
         checks.append({"column": column, "check": check, "failing_rows": len(rows), "sample_rows": sample.to_dict(orient="records")})
     return {
         "schema": schema.name,

@@ -13,10 +13,10 @@ from bts.files import write_csv, write_json
 from bts.model.evaluation import evaluate, residual_histogram
 from bts.model.package import load_workspace_model
 from bts.params import flatten, load_params
-from bts.stages import feature_columns, lineage_of, run_stage
-from bts.tracking.runs import find_training_run, resumed_run, training_run
+from bts.stages import run_stage
+from bts.tracking.runs import find_training_run, resumed_run, training_run, workspace_lineage
 from bts.tracking.store import use_store
-from bts.tracking.tags import MODEL_MD5, data_tags, dvc_tags, git_tags
+from bts.tracking.tags import MODEL_MD5, data_tags, dvc_tags, feature_columns, git_tags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
     args = parser.parse_args()
     params = load_params()
-    columns = feature_columns(args.datasets)
+    columns = feature_columns(Path(args.datasets))
     features = pd.read_parquet(args.features)
     scored = features[features["split"].isin(SPLITS)].copy()
     model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
@@ -85,7 +85,7 @@ def main() -> None:
     write_json(args.metrics, finite_or_none({split: scores for split, scores in report.items() if split in SPLITS}))
     write_json(args.by_parameter, finite_or_none({split: scores for split, scores in report.items() if split not in SPLITS}))
 
-    lineage = lineage_of(args.model, args.datasets)
+    lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
     use_store()
     run = find_training_run(lineage)
     if run is None:  # the model came from a cache or another store: its evaluation still gets a run

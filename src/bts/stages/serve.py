@@ -15,10 +15,12 @@ import pandas as pd
 
 from bts.files import atomic_folder
 from bts.model.forecasters import skops_trusted_types
-from bts.model.package import PACKAGE_ARTIFACT, PACKAGE_REQUIREMENTS, build_package, load_workspace_model
-from bts.stages import feature_columns, library_path, lineage_of, run_stage
-from bts.tracking.runs import find_training_run, resumed_run
+from bts.model.package import PACKAGE_ARTIFACT, PACKAGE_REQUIREMENTS, build_package, library_path, load_workspace_model
+from bts.params import load_params
+from bts.stages import run_stage
+from bts.tracking.runs import find_training_run, resumed_run, workspace_lineage
 from bts.tracking.store import use_store
+from bts.tracking.tags import feature_columns
 
 
 def main() -> None:
@@ -28,11 +30,12 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="fitted pipeline (joblib), verified against dvc.lock")
     parser.add_argument("--package", required=True, help="folder for the packaged MLflow model")
     args = parser.parse_args()
-    columns = feature_columns(args.datasets)
+    params = load_params()
+    columns = feature_columns(Path(args.datasets))
     model = load_workspace_model(Path(args.model))
     features = pd.read_parquet(args.features, columns=[*columns, "split"])
     example = features[features["split"] == "train"][columns].head(5).reset_index(drop=True)
-    lineage = lineage_of(args.model, args.datasets)
+    lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
     built: dict[str, str] = {}
 
     def write(folder: Path) -> None:

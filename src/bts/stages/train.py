@@ -15,10 +15,10 @@ import pandas as pd
 from bts.files import atomic_write
 from bts.model.forecasters import build_model
 from bts.params import PARAMS_FILE, load_params
-from bts.stages import feature_columns, lineage_of, run_stage
-from bts.tracking.runs import datasets_to_log, training_run
+from bts.stages import run_stage
+from bts.tracking.runs import datasets_to_log, training_run, workspace_lineage
 from bts.tracking.store import kill_point
-from bts.tracking.tags import GIT_COMMIT, data_tags, dvc_tags, git_tags, machine_tags
+from bts.tracking.tags import GIT_COMMIT, data_tags, dvc_tags, feature_columns, git_tags, machine_tags
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="fitted pipeline (joblib)")
     args = parser.parse_args()
     params = load_params()
-    columns = feature_columns(args.datasets)
+    columns = feature_columns(Path(args.datasets))
     features = pd.read_parquet(args.features)
     train_rows = features[features["split"] == "train"]
     model = build_model(params.train)
@@ -45,7 +45,8 @@ def main() -> None:
     cost["model.size_bytes"] = Path(args.model).stat().st_size
 
     datasets = data_tags(Path(args.datasets))
-    tags = {**git_tags(Path.cwd()), **dvc_tags(), **machine_tags(), **datasets, **lineage_of(args.model, args.datasets, datasets)}
+    lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params(), datasets)
+    tags = {**git_tags(Path.cwd()), **dvc_tags(), **machine_tags(), **datasets, **lineage}
     run_name = os.environ.get("DVC_EXP_NAME") or f"{params.train.model}-{tags[GIT_COMMIT][:7]}"
     inputs = datasets_to_log(tags, train_rows[[*columns, "target"]])  # slow part prepared before the store lock
     with training_run(params.train.experiment, run_name) as run:

@@ -37,6 +37,8 @@ MODEL_DESCRIPTION = "Forecasts the next reading of a BTS sensor series from its 
 # MLflow reserves `latest` and version-like aliases (v1, 3); ours are plain words.
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 RESERVED_ALIASES = {"latest"}
+
+
 def check_alias(alias: str) -> str:
     if alias in RESERVED_ALIASES or re.fullmatch(r"v\d+", alias) or not ALIAS_PATTERN.match(alias):
         raise ConfigError(f"alias {alias!r}: use a lowercase word of letters, digits, '-' or '_' (not 'latest' or 'v<number>')")

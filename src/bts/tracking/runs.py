@@ -123,3 +123,13 @@ def model_lineage(tags: dict[str, str], params: dict, model_md5: str, code: str)
     lineage.update({schema_md5_tag(name): tags[schema_md5_tag(name)] for name in SCHEMAS if schema_md5_tag(name) in tags})
     lineage.update({PARAMS_MD5: params_md5(params), MODEL_MD5: model_md5, CODE_MD5: code})
     return lineage
+
+
+def workspace_lineage(model_path: Path, datasets_dir: Path, run_params: dict, tags: dict[str, str] | None = None) -> dict[str, str]:
+    """The content lineage of the workspace's model: data and schema md5s, params md5, weights md5, and the md5 of
+    the training code this process imported."""
+    from bts.hashing import file_md5
+    from bts.model.package import code_md5, library_path
+    from bts.tracking.tags import data_tags
+
+    return model_lineage(tags or data_tags(datasets_dir), run_params, file_md5(model_path), code_md5(library_path()))

@@ -109,3 +109,8 @@ def data_tags(datasets_dir: Path) -> dict[str, str]:
         if document.get("schema"):
             tags[schema_md5_tag(name)] = document["schema"]["md5"]
     return tags
+
+
+def feature_columns(datasets_dir: Path) -> list[str]:
+    """The model's input columns, as the features document of the same data version lists them."""
+    return json.loads((datasets_dir / "features.json").read_text())["feature_columns"]

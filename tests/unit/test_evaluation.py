@@ -1,0 +1,127 @@
+"""Scores against the truth and against persistence, on tiny frames with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bts.model.evaluation import evaluate, regression_metrics, residual_histogram, score
+
+
+def test_regression_metrics_known_values():
+    metrics = regression_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 6.0]))
+    # errors 0, 0, 0, 2: rmse sqrt(4 / 4), mae 2 / 4, r2 1 - 4 / 5, mape mean(0, 0, 0, 2 / 4) in percent
+    assert metrics == pytest.approx({"rmse": 1.0, "mae": 0.5, "r2": 0.2, "mape": 12.5})
+
+
+def test_regression_metrics_take_lists_and_series():
+    assert regression_metrics([3, -1], pd.Series([0, 3])) == pytest.approx({"rmse": 3.5355339, "mae": 3.5, "r2": -2.125, "mape": 250.0})
+
+
+def test_r2_is_nan_when_the_target_is_constant():
+    metrics = regression_metrics(np.array([2.0, 2.0]), np.array([1.0, 3.0]))
+    assert math.isnan(metrics["r2"])
+    assert metrics["rmse"] == 1.0 and metrics["mae"] == 1.0 and metrics["mape"] == 50.0
+
+
+def test_mape_is_absent_when_every_target_is_zero():
+    metrics = regression_metrics(np.array([0.0, 0.0]), np.array([1.0, 3.0]))
+    assert set(metrics) == {"rmse", "mae", "r2"}
+    assert metrics["rmse"] == pytest.approx(math.sqrt(5)) and metrics["mae"] == 2.0
+
+
+def test_mape_is_over_the_non_zero_targets_only():
+    metrics = regression_metrics(np.array([0.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0]))
+    assert metrics["mape"] == pytest.approx(50.0)  # (1/2 + 2/4) / 2; the zero target's error counts elsewhere only
+    assert metrics["mae"] == pytest.approx(4 / 3)
+
+
+def frame_of(target, lag_1, split="test", parameter_id=122) -> pd.DataFrame:
+    n = len(target)
+    return pd.DataFrame(
+        {
+            "target": np.asarray(target, dtype=float),
+            "lag_1": np.asarray(lag_1, dtype=float),
+            "split": [split] * n if isinstance(split, str) else split,
+            "parameter_id": [parameter_id] * n if isinstance(parameter_id, int) else parameter_id,
+        }
+    )
+
+
+def test_score_holds_model_persistence_and_skill():
+    frame = frame_of(target=[1.0, 2.0, 3.0, 4.0], lag_1=[0.0, 1.0, 2.0, 3.0])  # persistence is off by 1 everywhere
+    scores = score(frame, np.array([1.5, 2.5, 3.5, 4.5]))  # the model by 0.5
+    assert scores["rmse"] == 0.5 and scores["persistence_rmse"] == 1.0
+    assert scores["mae"] == 0.5 and scores["persistence_mae"] == 1.0
+    assert scores["skill"] == 0.5  # 1 - 0.5 / 1
+    assert set(scores) == {
+        *("rmse", "mae", "r2", "mape"),
+        *("persistence_rmse", "persistence_mae", "persistence_r2", "persistence_mape"),
+        "skill",
+    }
+
+
+def test_score_skill_is_negative_when_the_model_is_worse_than_persistence():
+    frame = frame_of(target=[1.0, 2.0], lag_1=[0.0, 1.0])
+    assert score(frame, np.array([3.0, 4.0]))["skill"] == -1.0  # rmse 2 vs 1
+
+
+def test_score_rounds_to_six_decimals():
+    frame = frame_of(target=[3.0, 3.0, 3.0], lag_1=[0.0, 0.0, 0.0])
+    scores = score(frame, np.array([3.0, 3.0, 4.0]))
+    assert scores["rmse"] == 0.57735  # sqrt(1/3) = 0.5773502...
+    assert scores["skill"] == 0.807550  # 1 - 0.5773502 / 3
+
+
+def test_skill_is_nan_when_persistence_is_perfect():
+    frame = frame_of(target=[1.0, 2.0, 3.0], lag_1=[1.0, 2.0, 3.0])
+    scores = score(frame, np.array([1.0, 2.0, 4.0]))
+    assert scores["persistence_rmse"] == 0.0
+    assert math.isnan(scores["skill"])
+
+
+def test_evaluate_reports_present_splits_only_with_per_parameter_scores():
+    frame = frame_of(
+        target=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        lag_1=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        split=["train", "train", "test", "test", "test", "test"],
+        parameter_id=[122, 122, 122, 122, 111, 111],
+    )
+    frame.index = [10, 11, 12, 13, 14, 15]  # predictions follow the frame's rows, not its labels
+    predicted = np.array([1.0, 2.0, 3.5, 4.5, 5.0, 6.0])
+    report = evaluate(frame, predicted, ["train", "valid", "test"])
+    assert list(report) == ["train", "train_by_parameter", "test", "test_by_parameter"]
+    assert report["train"]["rmse"] == 0.0 and report["train"]["skill"] == 1.0
+    assert report["test"]["rmse"] == pytest.approx(math.sqrt(0.5 / 4), abs=1e-6)
+    assert list(report["test_by_parameter"]) == ["111", "122"]
+    assert report["test_by_parameter"]["111"]["rmse"] == 0.0
+    assert report["test_by_parameter"]["122"]["rmse"] == 0.5
+    assert report["test_by_parameter"]["122"] == score(frame.loc[[12, 13]], np.array([3.5, 4.5]))
+
+
+def test_evaluate_with_no_requested_split_present_is_empty():
+    frame = frame_of(target=[1.0, 2.0], lag_1=[1.0, 1.0], split="train")
+    assert evaluate(frame, np.array([1.0, 2.0]), ["valid", "test"]) == {}
+
+
+def test_residual_histogram_has_symmetric_bins_and_counts_every_residual():
+    residuals = np.array([-3.0, -1.0, 0.0, 0.5, 2.0, 10.0])  # 10 lies beyond the 99% quantile: clipped into the last bin
+    histogram = residual_histogram(residuals, bins=5)
+    assert list(histogram.columns) == ["residual", "count"]
+    assert len(histogram) == 5
+    centers = histogram["residual"].to_numpy()
+    np.testing.assert_array_equal(centers, -centers[::-1])
+    assert (np.diff(centers) > 0).all()
+    assert histogram["count"].sum() == len(residuals)
+    assert histogram["count"].iloc[-1] == 1  # the clipped outlier
+
+
+def test_residual_histogram_default_bins_and_all_zero_residuals():
+    histogram = residual_histogram(np.zeros(4))
+    assert len(histogram) == 41
+    assert histogram["residual"].iloc[-1] == -histogram["residual"].iloc[0] == 0.9756  # 41 bins over (-1, 1), not a zero-width range
+    assert histogram["count"].sum() == 4
+    assert histogram.loc[histogram["residual"] == 0, "count"].tolist() == [4]  # odd bins: zero is a bin center

@@ -1,0 +1,151 @@
+"""All-or-nothing writes: no temporaries left, files and folders with the permissions a plain write gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bts.files import atomic_folder, atomic_write, write_json
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_atomic_write_moves_the_written_file_into_place(tmp_path):
+    target = tmp_path / "out" / "model.joblib"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"weights"))
+    assert target.read_bytes() == b"weights"
+    assert entries(target.parent) == ["model.joblib"]
+
+
+def test_atomic_write_leaves_no_temporary_and_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half written")
+        raise Boom("disk full")
+
+    with pytest.raises(Boom, match="disk full"):
+        atomic_write(target, fail)
+    assert entries(tmp_path) == ["metrics.json"]
+    assert target.read_text() == "old"
+
+
+def test_atomic_write_removes_stale_temporaries_of_its_target(tmp_path):
+    target = tmp_path / "raw.parquet"
+    (tmp_path / ".raw.parquet.abc123.tmp").write_bytes(b"killed writer")
+    (tmp_path / ".raw.parquet.def456.tmp").mkdir()
+    (tmp_path / ".other.parquet.abc123.tmp").write_bytes(b"another target's")
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"data"))
+    assert entries(tmp_path) == [".other.parquet.abc123.tmp", "raw.parquet"]
+
+
+def test_atomic_write_gives_the_permissions_of_the_umask(tmp_path, umask_022):
+    target = tmp_path / "metrics.json"
+    atomic_write(target, lambda tmp: tmp.write_text("{}"))
+    assert mode(target) == 0o644
+
+
+def test_atomic_write_follows_a_stricter_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "secret.json", lambda tmp: tmp.write_text("{}"))
+    finally:
+        os.umask(previous)
+    assert mode(tmp_path / "secret.json") == 0o600
+
+
+def write_package(files: dict[str, str]):
+    def write(folder: Path) -> None:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+
+    return write
+
+
+def test_atomic_folder_replaces_the_folder_whole(tmp_path, umask_022):
+    target = tmp_path / "package"
+    atomic_folder(target, write_package({"MLmodel": "v1", "old_only.txt": "stale", "data/model.pkl": "w1"}))
+    atomic_folder(target, write_package({"MLmodel": "v2", "data/model.pkl": "w2"}))
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == ["MLmodel", "data", "data/model.pkl"]
+    assert (target / "MLmodel").read_text() == "v2"
+    assert entries(tmp_path) == ["package"]  # neither staging nor the old folder is left beside it
+
+
+def test_atomic_folder_gives_normal_folder_and_file_permissions(tmp_path, umask_022):
+    target = tmp_path / "package"
+    atomic_folder(target, write_package({"MLmodel": "v1", "data/model.pkl": "w1"}))
+    assert mode(target) == 0o755  # not mkdtemp's 0o700
+    assert mode(target / "data") == 0o755
+    assert mode(target / "MLmodel") == 0o644
+    assert mode(target / "data" / "model.pkl") == 0o644
+
+
+def test_atomic_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
+    target = tmp_path / "plots"
+    atomic_folder(target, write_package({"forecast.csv": "old"}))
+
+    def fail(folder: Path) -> None:
+        (folder / "forecast.csv").write_text("half")
+        raise Boom("plotting failed")
+
+    with pytest.raises(Boom, match="plotting failed"):
+        atomic_folder(target, fail)
+    assert entries(tmp_path) == ["plots"]
+    assert entries(target) == ["forecast.csv"]
+    assert (target / "forecast.csv").read_text() == "old"
+
+
+def test_atomic_folder_removes_stale_temporaries_of_its_target(tmp_path):
+    (tmp_path / ".plots.x1.tmp").mkdir()
+    (tmp_path / ".plots.x1.tmp" / "forecast.csv").write_text("killed")
+    (tmp_path / ".plots.x2.tmp").write_text("killed")
+    atomic_folder(tmp_path / "plots", write_package({"forecast.csv": "new"}))
+    assert entries(tmp_path) == ["plots"]
+
+
+def test_write_json_writes_readable_json(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"test": {"rmse": 0.5}, "station": "Zürich"})
+    assert target.read_text(encoding="utf-8") == '{\n  "test": {\n    "rmse": 0.5\n  },\n  "station": "Zürich"\n}\n'
+    assert json.loads(target.read_text(encoding="utf-8")) == {"test": {"rmse": 0.5}, "station": "Zürich"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_write_json_refuses_nan_and_infinity(tmp_path, value):
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(target, {"test": {"skill": value}})
+    assert entries(tmp_path) == []
+
+
+def test_stale_temporaries_of_a_sibling_whose_name_extends_the_target_are_not_touched(tmp_path):
+    """`.plots.*.tmp` must not match `.plots.png.<random>.tmp`, the (maybe live) temporary of plots.png."""
+    sibling_temporary = tmp_path / ".plots.png.k9x2.tmp"
+    sibling_temporary.write_bytes(b"being written by the writer of plots.png")
+    atomic_folder(tmp_path / "plots", write_package({"forecast.csv": "new"}))
+    assert entries(tmp_path) == [".plots.png.k9x2.tmp", "plots"]

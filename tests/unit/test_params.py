@@ -1,0 +1,192 @@
+"""params.yaml through bts.params: the project's file loads; each mistake stops with one exact line."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bts.errors import ConfigError
+from bts.params import MODEL_KINDS, Params, TrainParams, flatten, load_params
+from tests.conftest import PROJECT
+
+PROJECT_PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+SECTIONS = "data, simulate, clean, featurize, train, registry"
+
+
+def write_params(path: Path, mutate: Callable[[dict], object] | None = None) -> Path:
+    """A copy of the project's params.yaml at `path`, changed by mutate(params) first."""
+    params = copy.deepcopy(PROJECT_PARAMS)
+    if mutate is not None:
+        mutate(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def params_path(tmp_path: Path) -> Path:
+    return tmp_path / "params.yaml"
+
+
+def test_the_project_params_load(params_path):
+    params = load_params(write_params(params_path))
+    assert isinstance(params, Params)
+    assert params.model_dump(mode="json") == PROJECT_PARAMS
+
+
+def test_the_project_params_file_itself_loads():
+    assert load_params(PROJECT / "params.yaml").model_dump(mode="json") == PROJECT_PARAMS
+
+
+def rename(section: str, old: str, new: str) -> Callable[[dict], None]:
+    def mutate(params: dict) -> None:
+        parent = params
+        for part in section.split("."):
+            parent = parent[part]
+        parent[new] = parent.pop(old)
+
+    return mutate
+
+
+def set_value(dotted: str, value: object) -> Callable[[dict], None]:
+    def mutate(params: dict) -> None:
+        *parents, key = dotted.split(".")
+        parent = params
+        for part in parents:
+            parent = parent[part]
+        parent[key] = value
+
+    return mutate
+
+
+MISTAKES = {
+    "misspelled dirt key": (
+        rename("simulate.dirt", "missing_value", "missing_valu"),
+        "simulate.dirt.missing_valu: unknown key (allowed: missing_value, sentinel, duplicate_id, out_of_range, bad_time, "
+        "out_of_order, silent_station_days, silent_hours)",
+    ),
+    "unknown key in a section": (
+        rename("simulate", "dirt", "dirtt"),
+        "simulate.dirtt: unknown key (allowed: seed, start_date, days, stations, parameters, dirt)",
+    ),
+    "sources as a string": (set_value("data.sources", "simulated"), "data.sources: Input should be a valid list, got 'simulated'"),
+    "sources null": (set_value("data.sources", None), "data.sources: Input should be a valid list, got None"),
+    "sources not strings": (set_value("data.sources", [42]), "data.sources[0]: Input should be a valid string, got 42"),
+    "sources empty": (
+        set_value("data.sources", []),
+        "data.sources: List should have at least 1 item after validation, not 0, got []",
+    ),
+    "negative alpha": (set_value("train.alpha", -1), "train.alpha: Input should be greater than or equal to 0, got -1"),
+    "gate direction": (
+        set_value("registry.gate_direction", "minimize"),
+        "registry.gate_direction: Input should be 'min' or 'max', got 'minimize'",
+    ),
+    "unknown model": (
+        set_value("train.model", "xgb"),
+        "train.model: Input should be 'elasticnet', 'ridge', 'hist_gradient_boosting' or 'random_forest', got 'xgb'",
+    ),
+    "fractions leave no training data": (
+        lambda params: params["featurize"].update(valid_fraction=0.5, test_fraction=0.5),
+        "featurize: valid_fraction + test_fraction must be below 1",
+    ),
+    "l1_ratio above 1": (set_value("train.l1_ratio", 1.5), "train.l1_ratio: Input should be less than or equal to 1, got 1.5"),
+    "missing section": (lambda params: params.pop("clean"), "clean: missing"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_mistake_stops_with_one_exact_line(mistake, params_path):
+    mutate, message = MISTAKES[mistake]
+    write_params(params_path, mutate)
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    assert str(raised.value) == f"{params_path}: {message}"
+
+
+def test_several_mistakes_name_the_first_and_count_the_others(params_path):
+    def mutate(params: dict) -> None:
+        params["train"]["alpha"] = -1
+        params["train"]["l1_ratio"] = 1.5
+        params["registry"]["gate_direction"] = "minimize"
+
+    write_params(params_path, mutate)
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    assert str(raised.value) == f"{params_path}: train.alpha: Input should be greater than or equal to 0, got -1 (and 2 more problem(s))"
+
+
+def test_a_file_that_is_not_yaml(params_path):
+    params_path.write_text("train: [unclosed\n  model: x: y\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    assert str(raised.value) == f"{params_path}: cannot read params (while parsing a flow sequence)"
+
+
+def test_a_file_that_is_a_yaml_list(params_path):
+    params_path.write_text("- data\n- train\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    assert str(raised.value) == f"{params_path}: expected a mapping of sections ({SECTIONS}), got list"
+
+
+def test_a_missing_file(tmp_path):
+    missing = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(ConfigError) as raised:
+        load_params(missing)
+    assert str(raised.value) == f"{missing}: cannot read params ([Errno 2] No such file or directory: '{missing}')"
+
+
+def test_flatten_joins_nested_keys_with_dots():
+    nested = {"train": {"model": "ridge", "ridge": {"alpha": 1.0}, "seeds": [1, 2]}, "data": {"sources": ["simulated"]}, "top": 3}
+    assert flatten(nested) == {
+        "train.model": "ridge",
+        "train.ridge.alpha": 1.0,
+        "train.seeds": [1, 2],
+        "data.sources": ["simulated"],
+        "top": 3,
+    }
+
+
+def test_flatten_of_an_empty_dict_is_empty():
+    assert flatten({}) == {}
+    assert flatten({"section": {}}) == {}  # an empty section has no leaf, so no name
+
+
+def test_flatten_keeps_dots_inside_keys():
+    assert flatten({"a.b": {"c.d": 1, "e": {"f": None}}}) == {"a.b.c.d": 1, "a.b.e.f": None}
+
+
+def test_flatten_names_every_project_param_as_params_yaml_does():
+    flat = flatten(load_params(PROJECT / "params.yaml").model_dump())
+    assert flat["train.ridge.alpha"] == PROJECT_PARAMS["train"]["ridge"]["alpha"]
+    assert flat["simulate.dirt.missing_value"] == PROJECT_PARAMS["simulate"]["dirt"]["missing_value"]
+    assert flat["featurize.n_lags"] == PROJECT_PARAMS["featurize"]["n_lags"]
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
+    params = load_params(write_params(params_path, set_value("train.model", kind)))
+    assert isinstance(params.train, TrainParams)
+    train = PROJECT_PARAMS["train"]
+    common = {"model": kind, "seed": train["seed"]}
+    expected = {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]} if kind == "elasticnet" else {**common, kind: train[kind]}
+    assert params.train.model_params() == expected
+
+
+def test_model_params_ignore_the_other_kinds_sections(params_path):
+    params = load_params(write_params(params_path, set_value("train.model", "ridge")))
+    assert set(params.train.model_params()) == {"model", "seed", "ridge"}
+
+
+def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
+    params = load_params(write_params(params_path, set_value("train.model", "ridge")))
+    featurize = PROJECT_PARAMS["featurize"]
+    assert params.run_params() == {
+        "train.model": "ridge",
+        "train.seed": PROJECT_PARAMS["train"]["seed"],
+        "train.ridge.alpha": PROJECT_PARAMS["train"]["ridge"]["alpha"],
+        **{f"featurize.{key}": value for key, value in featurize.items()},
+    }
