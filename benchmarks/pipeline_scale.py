@@ -118,7 +118,10 @@ def generate(workdir: Path, target_rows: int) -> dict:
     for name, export in exports.items():
         write_csv(out / name, export)
     info = {"target_rows": target_rows, "rows": sum(len(e) for e in exports.values()), "stations": stations, "parameters": parameters}
-    params = {**PARAMS, "simulate": {**SIMULATE, "stations": info["stations"], "parameters": parameters, "dirt": DIRT}}
+    stations_list = [FIRST_STATION + i for i in range(info["stations"])]
+    # Every section must be there (params are validated whole); the benchmark's own values replace the data ones.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update({**PARAMS, "simulate": {**SIMULATE, "stations": stations_list, "parameters": parameters, "dirt": DIRT}})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (workdir / "benchmark.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

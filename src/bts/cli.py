@@ -17,7 +17,7 @@ from pathlib import Path
 import bts
 from bts.errors import BtsError
 
-MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id, or a package folder (e.g. models/package)"
+MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id, or a package folder (the serve stage's --package)"
 CARDS_DIR = "models/cards"
 
 
@@ -94,20 +94,22 @@ def _register(args: argparse.Namespace) -> int:
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
     from bts.tracking.lineage import RUN_ID, resolve_reference
     from bts.tracking.registry import register
+    from bts.tracking.store import pipeline_argument
 
     project = _project()
     name = project.params.registry.model_name
+    ref = args.ref or str(project.root / pipeline_argument(project.root, "serve", "--package"))
     with tempfile.TemporaryDirectory() as scratch:
-        if RUN_ID.match(args.ref) and not Path(args.ref).exists():
-            package = Path(project.client.download_artifacts(args.ref, PACKAGE_ARTIFACT, scratch))
+        if RUN_ID.match(ref) and not Path(ref).exists():
+            package = Path(project.client.download_artifacts(ref, PACKAGE_ARTIFACT, scratch))
         else:
-            package = Path(args.ref)
+            package = Path(ref)
         resolved = resolve_reference(project.client, str(package), project.root)
         if resolved["package"]["problems"]:
-            raise BtsError(f"{args.ref}: package TAMPERED: {', '.join(resolved['package']['problems'])}; not registered")
+            raise BtsError(f"{ref}: package TAMPERED: {', '.join(resolved['package']['problems'])}; not registered")
         run = resolved["run"]
         if run is None:
-            raise BtsError(f"{args.ref}: no run in {project.client.tracking_uri} trained these weights; run `dvc repro` first")
+            raise BtsError(f"{ref}: no run in {project.client.tracking_uri} trained these weights; run `dvc repro` first")
         metadata = verify_package(package)
         version, state = register(project.client, name, package, dvc_md5(package), metadata["lineage"], run, _describe(run))
     card = _publish_card(project, version)
@@ -195,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     register = commands.add_parser(
         "register",
         help="make a registry version of a package or run (alias @candidate)",
-        description="Register a verified package (default models/package) or the package logged to a run as a version of "
+        description="Register a verified package (default: the serve stage's --package in dvc.yaml) or the package logged "
+        "to a run as a version of "
         "registry.model_name with the @candidate alias. Idempotent: a package registered already keeps its version, and "
         "an interrupted registration is completed.",
     )
-    register.add_argument("ref", nargs="?", default="models/package", help="a package folder or a run id (default: models/package)")
+    register.add_argument("ref", nargs="?", help="a package folder or a run id (default: the serve stage's --package in dvc.yaml)")
     register.set_defaults(handler=_register)
 
     promote = commands.add_parser(

@@ -139,6 +139,8 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key{allowed}"
     if kind == "missing":
         return f"{key}: missing"
+    if kind == "too_short":
+        return f"{key}: needs at least {error['ctx']['min_length']} item(s), got {error.get('input')!r}"
     message = error["msg"].removeprefix("Value error, ")
     if isinstance(error.get("input"), dict):
         return f"{key}: {message}"
@@ -151,9 +153,16 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Every param of params.yaml, validated; a ConfigError names the first wrong key (and counts the others)."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: cannot read params ({reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read params ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read params (not UTF-8 text)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty file; it needs the sections {', '.join(Params.model_fields)}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(Params.model_fields)}), got {type(raw).__name__}")
     try:

@@ -1,4 +1,4 @@
-"""A short report of what the pipeline produced, read from the metadata documents and dvc.lock."""
+"""A short report of what the pipeline produced, read from the metadata documents, the metrics and dvc.lock."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 from bts.hashing import dvc_md5, lock_md5s
-from bts.tracking.tags import DATASETS
+from bts.tracking.store import find_root, pipeline_argument
+from bts.tracking.tags import DATASETS, dataset_document_path
 
 
-def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | Path = "dvc.lock") -> str:
-    md5s = lock_md5s(Path(lock_path).read_text())
+def summarize(root: Path) -> str:
+    """Rows, coverage and md5 of each dataset (checked against dvc.lock), then the model's scores and its package."""
+    md5s = lock_md5s((root / "dvc.lock").read_bytes())
     lines = ["Pipeline outputs:"]
     for name in DATASETS:
-        path = Path(metadata_dir) / f"{name}.json"
+        path = root / dataset_document_path(root, name)
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
@@ -26,26 +28,26 @@ def summarize(metadata_dir: str | Path = "metadata/datasets", lock_path: str | P
             acc = doc["row_accounting"]
             reasons = ", ".join(f"{k} {v}" for k, v in acc["quarantined_by_reason"].items() if v)
             lines.append(f"            {acc['rows_in']} in = {acc['rows_out']} clean + {acc['rows_quarantined']} quarantined ({reasons})")
-    lines.append(f"Metadata: {metadata_dir}/*.json and *.md; schemas: metadata/schemas/")
-    lines += model_summary()
-    return "\n".join(lines)
+    folder = Path(dataset_document_path(root, "raw")).parent.as_posix()
+    lines.append(f"Metadata: {folder}/*.json and *.md; schemas: {Path(pipeline_argument(root, 'ingest', '--schema')).parent.as_posix()}/")
+    return "\n".join([*lines, *model_summary(root)])
 
 
-def model_summary(metrics_path: str | Path = "metrics/metrics.json", package: str | Path = "models/package") -> list[str]:
+def model_summary(root: Path) -> list[str]:
     """The model's test scores against persistence, and its package."""
-    if not Path(metrics_path).exists():
+    metrics_path = pipeline_argument(root, "evaluate", "--metrics")
+    package = pipeline_argument(root, "serve", "--package")
+    if not (root / metrics_path).exists():
         return []
-    test = json.loads(Path(metrics_path).read_text())["test"]
-    lines = [
-        f"Model: test RMSE {test['rmse']:.4f} vs persistence {test['persistence_rmse']:.4f} "
-        f"(skill {test['skill']:+.1%}); metrics/metrics.json, plots/"
-    ]
-    if Path(package).is_dir():
-        lines.append(
-            f"Package: {Path(package).as_posix()} md5 {dvc_md5(package)}; register it with `bts register`, browse runs with `mlflow ui`"
-        )
+    test = json.loads((root / metrics_path).read_text())["test"]
+    plots = pipeline_argument(root, "evaluate", "--plots")
+    scores = f"test RMSE {test['rmse']:.4f} vs persistence {test['persistence_rmse']:.4f} (skill {test['skill']:+.1%})"
+    lines = [f"Model: {scores}; {metrics_path}, {plots}/"]
+    if (root / package).is_dir():
+        md5 = dvc_md5(root / package)
+        lines.append(f"Package: {package} md5 {md5}; register it with `bts register`, browse runs with `mlflow ui`")
     return lines
 
 
 if __name__ == "__main__":
-    print(summarize())
+    print(summarize(find_root()))

@@ -77,7 +77,7 @@ MISTAKES = {
     "sources not strings": (set_value("data.sources", [42]), "data.sources[0]: Input should be a valid string, got 42"),
     "sources empty": (
         set_value("data.sources", []),
-        "data.sources: List should have at least 1 item after validation, not 0, got []",
+        "data.sources: needs at least 1 item(s), got []",
     ),
     "negative alpha": (set_value("train.alpha", -1), "train.alpha: Input should be greater than or equal to 0, got -1"),
     "gate direction": (
@@ -122,7 +122,14 @@ def test_a_file_that_is_not_yaml(params_path):
     params_path.write_text("train: [unclosed\n  model: x: y\n", encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         load_params(params_path)
-    assert str(raised.value) == f"{params_path}: cannot read params (while parsing a flow sequence)"
+    assert str(raised.value) == f"{params_path}: not valid YAML (line 2, column 8: expected ',' or ']', but got ':')"
+
+
+def test_an_empty_file(params_path):
+    params_path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    assert str(raised.value) == f"{params_path}: empty file; it needs the sections data, simulate, clean, featurize, train, registry"
 
 
 def test_a_file_that_is_a_yaml_list(params_path):
@@ -136,7 +143,7 @@ def test_a_missing_file(tmp_path):
     missing = tmp_path / "nowhere" / "params.yaml"
     with pytest.raises(ConfigError) as raised:
         load_params(missing)
-    assert str(raised.value) == f"{missing}: cannot read params ([Errno 2] No such file or directory: '{missing}')"
+    assert str(raised.value) == f"{missing}: cannot read params (No such file or directory)"
 
 
 def test_flatten_joins_nested_keys_with_dots():

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from bts.data.catalogue import Sensor
+from bts.data.schemas import SENTINEL
 from bts.errors import ConfigError
 
 EXPORT_COLUMNS = ["id", "value", "station_id", "parameter_id", "reading_time"]
-SENTINEL = 999999.0
 FIRST_ID = 7_000_000_001  # real exports use ids near 5.65e9; keep simulated ones apart
 DAY_SECONDS = 86_400
 

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from bts.errors import BtsError, ConfigError
+from bts.tracking.tags import EXP_NAME
 
 DEFAULT_METRICS = "test.rmse:min,training.seconds:min,model.size_bytes:min,test.skill:max"
 DIRECTIONS = ("min", "max")
-EXP_NAME_TAG = "dvc.exp_name"
 PAGE_SIZE = 2000
 SCORE_DECIMALS = 12  # sums of the same normalized values in another order may differ in the last bit; ties must stay ties
 
@@ -224,9 +224,7 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
             .where(active & SqlLatestMetric.key.in_(list(metrics)))
         ).all()
         names = connection.execute(
-            select(SqlTag.run_uuid, SqlTag.value)
-            .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-            .where(active & (SqlTag.key == EXP_NAME_TAG))
+            select(SqlTag.run_uuid, SqlTag.value).join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid).where(active & (SqlTag.key == EXP_NAME))
         ).all()
     engine.dispose()
     wide = pd.DataFrame(values, columns=["run_id", "key", "value"]).pivot(index="run_id", columns="key", values="value")
@@ -261,9 +259,7 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
                 raise BtsError(f"cannot search runs in {uri}: {exc.message}") from None
             for run in page:
                 values = run.data.metrics
-                rows.append(
-                    (run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME_TAG), *(values.get(m, math.nan) for m in metrics))
-                )
+                rows.append((run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME), *(values.get(m, math.nan) for m in metrics)))
             token = page.token
             if not token:
                 break

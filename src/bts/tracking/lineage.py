@@ -36,6 +36,7 @@ from bts.tracking.tags import (
     REGISTRATION_COMPLETE,
     TRANSITION_PREFIX,
     data_md5_tag,
+    dataset_document_path,
 )
 
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
@@ -164,8 +165,8 @@ def refs_containing(root: Path, sha: str) -> list[dict[str, str]]:
 
 def _dataset_document(root: Path, commit: str | None, name: str, md5: str | None) -> dict | None:
     """The dataset's metadata document at the commit (or in the workspace), if it describes the same md5."""
-    path = f"metadata/datasets/{name}.json"
     try:
+        path = dataset_document_path(root, name)
         text = git(root, "show", f"{commit}:{path}") if commit else (root / path).read_bytes()
         document = json.loads(text)
     except (BtsError, OSError, ValueError):

@@ -27,7 +27,8 @@ from bts.errors import BtsError
 from bts.hashing import lock_md5s
 from bts.model.package import code_md5, package_metadata
 from bts.tracking.lineage import trace
-from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag
+from bts.tracking.store import pipeline_argument
+from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag, dataset_document_path
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
 STAGE_PREFIXES = ("simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")
@@ -89,7 +90,7 @@ def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) ->
 
 def _compare(chain: dict, tree: Path, recorded_metrics: dict) -> list[dict]:
     md5s = lock_md5s((tree / "dvc.lock").read_bytes())
-    documents = {name: json.loads((tree / f"metadata/datasets/{name}.json").read_text()) for name in DATASETS}
+    documents = {name: json.loads((tree / dataset_document_path(tree, name)).read_text()) for name in DATASETS}
     checks = [
         {"what": data_md5_tag(name), "recorded": chain["datasets"][name]["md5"], "reproduced": documents[name]["dvc"]["md5"]}
         for name in DATASETS
@@ -104,7 +105,7 @@ def _compare(chain: dict, tree: Path, recorded_metrics: dict) -> list[dict]:
     worktree_code = code_md5(tree / "src" / "bts", parts) if parts else None
     checks.append({"what": "code_md5 (ran)", "recorded": worktree_code, "reproduced": built_code})
     checks.append({"what": "code_md5", "recorded": chain["code_md5"], "reproduced": built_code})
-    metrics = json.loads((tree / "metrics/metrics.json").read_text())
+    metrics = json.loads((tree / pipeline_argument(tree, "evaluate", "--metrics")).read_text())
     for name in COMPARED_METRICS:
         split, metric = name.split(".")
         checks.append({"what": name, "recorded": recorded_metrics.get(name), "reproduced": metrics.get(split, {}).get(metric)})

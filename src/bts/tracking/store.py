@@ -46,6 +46,20 @@ def find_root(cwd: str | Path | None = None) -> Path:
     raise BtsError(f"not inside a BTS project: no {PIPELINE_FILE} in {start} or any folder above it (cd into the repository)")
 
 
+def pipeline_argument(root: Path, stage: str, option: str) -> str:
+    """The value a stage's command in dvc.yaml gives an option (`--package models/package`): dvc.yaml is the one home of paths."""
+    import shlex
+
+    import yaml
+
+    try:
+        command = yaml.safe_load((root / PIPELINE_FILE).read_text())["stages"][stage]["cmd"]
+        words = shlex.split(command)
+        return words[words.index(option) + 1]
+    except (OSError, KeyError, TypeError, ValueError, IndexError, yaml.YAMLError):
+        raise BtsError(f"{root / PIPELINE_FILE}: stage '{stage}' has no {option} argument") from None
+
+
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / STORE_DB}"
 

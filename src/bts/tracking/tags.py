@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from bts.tracking.store import PIPELINE_FILE, git_text
+from bts.tracking.store import PIPELINE_FILE, git_text, pipeline_argument
 
 DATASETS = ["raw", "clean", "features"]
+DATASET_STAGES = {"raw": "ingest", "clean": "clean", "features": "featurize"}  # the stage whose --document describes it
 SCHEMAS = ["raw", "clean"]
 KEY_PACKAGES = ["mlflow", "dvc", "scikit-learn", "pandas", "pandera", "numpy", "pyarrow", "skops"]
 
@@ -114,3 +115,8 @@ def data_tags(datasets_dir: Path) -> dict[str, str]:
 def feature_columns(datasets_dir: Path) -> list[str]:
     """The model's input columns, as the features document of the same data version lists them."""
     return json.loads((datasets_dir / "features.json").read_text())["feature_columns"]
+
+
+def dataset_document_path(root: Path, name: str) -> str:
+    """Where dvc.yaml has the metadata document of a dataset written (relative to the project root)."""
+    return pipeline_argument(root, DATASET_STAGES[name], "--document")
