@@ -81,12 +81,15 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _publish_card(project: Project, version: object) -> Path:
+    from bts.data.catalogue import load_catalogue
     from bts.tracking.model_card import publish_card
     from bts.tracking.registry import download_version
+    from bts.tracking.store import pipeline_argument
 
+    catalogue = load_catalogue(project.root / pipeline_argument(project.root, "simulate", "--sensors"))
     with tempfile.TemporaryDirectory() as scratch:
         package = download_version(project.client, version, Path(scratch))
-        return publish_card(project.client, version, package, project.params.registry.license, project.root / CARDS_DIR)
+        return publish_card(project.client, version, package, project.params.registry.license, project.root / CARDS_DIR, catalogue)
 
 
 def _register(args: argparse.Namespace) -> int:

@@ -42,10 +42,26 @@ def model_summary(root: Path) -> list[str]:
     test = json.loads((root / metrics_path).read_text())["test"]
     plots = pipeline_argument(root, "evaluate", "--plots")
     scores = f"test RMSE {test['rmse']:.4f} vs persistence {test['persistence_rmse']:.4f} (skill {test['skill']:+.1%})"
-    lines = [f"Model: {scores}; {metrics_path}, {plots}/"]
+    lines = [f"Model: {scores}; {metrics_path}, {plots}/", *sensor_table(root / pipeline_argument(root, "evaluate", "--by-parameter"))]
     if (root / package).is_dir():
         md5 = dvc_md5(root / package)
         lines.append(f"Package: {package} md5 {md5}; register it with `bts register`, browse runs with `mlflow ui`")
+    return lines
+
+
+def sensor_table(by_parameter_path: Path, split: str = "test") -> list[str]:
+    """The model against persistence per sensor, with a flag wherever it loses (pooled scores hide that)."""
+    if not by_parameter_path.exists():
+        return []
+    sensors = json.loads(by_parameter_path.read_text()).get(f"{split}_by_parameter", {})
+    lines = [f"  per sensor ({split}): rmse and mae in the sensor's unit; skill = 1 - rmse / persistence rmse"]
+    for pid, s in sensors.items():
+        flag = "  WORSE THAN PERSISTENCE" if s["skill"] is not None and s["skill"] < 0 else ""
+        skill = "n/a" if s["skill"] is None else f"{s['skill']:+.1%}"
+        lines.append(
+            f"    {pid:>4} {s['sensor']:<24} {s['unit'] or '':<6} rmse {s['rmse']:<8.4g} mae {s['mae']:<8.4g} "
+            f"persistence rmse {s['persistence_rmse']:<8.4g} skill {skill}{flag}"
+        )
     return lines
 
 

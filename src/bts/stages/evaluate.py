@@ -9,6 +9,7 @@ import matplotlib
 import mlflow
 import pandas as pd
 
+from bts.data.catalogue import load_catalogue
 from bts.files import write_csv, write_json
 from bts.model.evaluation import evaluate, residual_histogram
 from bts.model.package import load_workspace_model
@@ -48,6 +49,17 @@ def plot_evaluation(series: pd.DataFrame, sample: pd.DataFrame, histogram: pd.Da
     plt.close(figure)
 
 
+def name_sensors(by_parameter: dict, catalogue: dict) -> dict:
+    """{split_by_parameter: {parameter_id: {sensor, unit, scores...}}}: per-sensor scores a reader can place."""
+    named = {}
+    for split, scores in by_parameter.items():
+        named[split] = {}
+        for pid, values in scores.items():
+            sensor = catalogue.get(int(pid))
+            named[split][pid] = {"sensor": sensor.name if sensor else "unknown", "unit": sensor.unit if sensor else None, **values}
+    return named
+
+
 def finite_or_none(report: dict) -> dict:
     """The report with undefined scores (NaN) as null: JSON has no NaN."""
     return {k: finite_or_none(v) if isinstance(v, dict) else (None if v != v else v) for k, v in report.items()}
@@ -58,6 +70,7 @@ def main() -> None:
     parser.add_argument("--features", required=True)
     parser.add_argument("--datasets", required=True, help="folder of the dataset metadata documents")
     parser.add_argument("--model", required=True)
+    parser.add_argument("--sensors", required=True, help="sensor catalogue: names and units of the per-sensor scores")
     parser.add_argument("--metrics", required=True, help="DVC metrics file (JSON)")
     parser.add_argument("--by-parameter", required=True, help="the same scores per sensor parameter (JSON)")
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
@@ -69,6 +82,7 @@ def main() -> None:
     model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
     scored["predicted"] = model.predict(scored[columns])
     report = evaluate(scored, scored["predicted"].to_numpy(), SPLITS)
+    by_sensor = name_sensors({split: scores for split, scores in report.items() if split not in SPLITS}, load_catalogue(args.sensors))
 
     test = scored[scored["split"] == "test"]
     first_series = test.groupby(["station_id", "parameter_id"], sort=True).ngroup() == 0
@@ -83,7 +97,7 @@ def main() -> None:
     station, parameter = test[first_series].iloc[0][["station_id", "parameter_id"]]
     plot_evaluation(series, sample, histogram, f"station {station}, parameter {parameter}", plots / "evaluation.png")
     write_json(args.metrics, finite_or_none({split: scores for split, scores in report.items() if split in SPLITS}))
-    write_json(args.by_parameter, finite_or_none({split: scores for split, scores in report.items() if split not in SPLITS}))
+    write_json(args.by_parameter, finite_or_none(by_sensor))
 
     lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
     use_store()
@@ -95,7 +109,8 @@ def main() -> None:
     else:
         note = f"logged to run {run.info.run_id}"
     with resumed_run(run.info.run_id):
-        mlflow.log_metrics({k: v for k, v in flatten(report).items() if v == v})  # NaN (undefined) is left out
+        numbers = {k: v for k, v in flatten(report).items() if isinstance(v, float | int) and v == v}  # NaN is undefined: left out
+        mlflow.log_metrics(numbers)
         mlflow.log_dict(report, "evaluation/metrics.json")
         mlflow.log_artifacts(str(plots), artifact_path="evaluation")
     test_scores = report["test"]
@@ -103,6 +118,12 @@ def main() -> None:
         f"evaluate: test rmse {test_scores['rmse']:.4f} vs persistence {test_scores['persistence_rmse']:.4f} "
         f"(skill {test_scores['skill']:+.1%}); {note}"
     )
+    for pid, scores in by_sensor.get("test_by_parameter", {}).items():
+        if scores["skill"] < 0:
+            print(
+                f"evaluate: warning: {scores['sensor']} (parameter {pid}) loses to persistence on test: "
+                f"rmse {scores['rmse']:.4g} vs {scores['persistence_rmse']:.4g} {scores['unit']} (skill {scores['skill']:+.1%})"
+            )
 
 
 if __name__ == "__main__":

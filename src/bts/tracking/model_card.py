@@ -18,14 +18,14 @@ from mlflow.tracking import MlflowClient
 from bts.files import write_json, write_text
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
+# Pooled over sensors of different units, so read beside the per-sensor table (R2 pooled over volts and degrees
+# says more about the spread of the units than about the forecast, so it is left to the run).
 QUALITY = [
-    ("test.rmse", "sensor unit"),
-    ("test.mae", "sensor unit"),
-    ("test.r2", "ratio"),
-    ("test.mape", "percent"),
-    ("test.persistence_rmse", "sensor unit"),
+    ("test.rmse", "pooled over sensors"),
+    ("test.mae", "pooled over sensors"),
+    ("test.persistence_rmse", "pooled over sensors"),
     ("test.skill", "ratio (1 - rmse / persistence_rmse)"),
-    ("valid.rmse", "sensor unit"),
+    ("valid.rmse", "pooled over sensors"),
     ("training.seconds", "s"),
     ("training.cpu_seconds", "s"),
     ("training.peak_memory_mb", "MB"),
@@ -42,7 +42,34 @@ def package_dependencies(package_dir: str | Path) -> dict[str, str]:
     return dependencies
 
 
-def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str) -> dict:
+INTENDED_USE = (
+    "Forecast the next reading of each (station, sensor) series of a BTS monitoring export, as an early signal for "
+    "predictive maintenance: a reading far from its forecast is worth a look."
+)
+SENSOR_SCORES = ["rmse", "mae", "persistence_rmse", "skill"]
+
+
+def sensor_quality(metrics: dict[str, float], catalogue: dict, split: str = "test") -> list[dict]:
+    """Per-sensor scores of the run (name and unit from the catalogue), flagged where the model loses to persistence."""
+    prefix = f"{split}_by_parameter."
+    pids = sorted({key.removeprefix(prefix).split(".")[0] for key in metrics if key.startswith(prefix)}, key=int)
+    rows = []
+    for pid in pids:
+        sensor = catalogue.get(int(pid))
+        scores = {name: metrics.get(f"{prefix}{pid}.{name}") for name in SENSOR_SCORES}
+        rows.append(
+            {
+                "parameter_id": int(pid),
+                "sensor": sensor.name if sensor else "unknown",
+                "unit": sensor.unit if sensor else None,
+                **scores,
+                "worse_than_persistence": scores["skill"] is not None and scores["skill"] < 0,
+            }
+        )
+    return rows
+
+
+def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str, catalogue: dict | None = None) -> dict:
     """The card of one registered model version, from the version, its run and its package."""
     lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith((TRANSITION_PREFIX, "registration."))}
     metrics = run.data.metrics
@@ -59,7 +86,19 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
             "format": "MLflow Model (python_function and sklearn flavors)",
             "license": license_name,
         },
+        "intended_use": INTENDED_USE,
         "quality_of_model": [{"metric": m, "unit": unit, "value": metrics[m]} for m, unit in QUALITY if m in metrics],
+        "quality_by_sensor": (by_sensor := sensor_quality(metrics, catalogue or {})),
+        "limitations": [
+            f"{row['sensor']} (parameter {row['parameter_id']}): loses to persistence on test (skill {row['skill']:+.1%}); "
+            "use the latest reading as its forecast"
+            for row in by_sensor
+            if row["worse_than_persistence"]
+        ]
+        + [
+            "Trained and tested on the stations of its features data only: check its skill on a new station before trusting it there.",
+            "Forecasts one reading ahead; it does not detect faults by itself.",
+        ],
         "dataset_dependency": [
             {
                 "dataset_id": f"bts-{name}",
@@ -91,7 +130,19 @@ def render_model_card(card: dict) -> str:
     lines.append(
         f"| artefact | `{artefact['url']}` ({artefact['format']}, license {artefact['license']}), package md5 `{artefact['package_md5']}` |"
     )
-    lines += ["", "## Quality of model", "", "| metric | value | unit |", "| --- | --- | --- |"]
+    lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
+    lines += [f"- {item}" for item in card["limitations"]]
+    lines += ["", "## Quality by sensor (test split)", ""]
+    lines += [
+        "| parameter | sensor | unit | rmse | mae | persistence rmse | skill | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in card["quality_by_sensor"]:
+        flag = "**worse than persistence**" if row["worse_than_persistence"] else ""
+        values = " | ".join("n/a" if row[k] is None else f"{row[k]:.4g}" for k in ["rmse", "mae", "persistence_rmse"])
+        skill = "n/a" if row["skill"] is None else f"{row['skill']:+.1%}"
+        lines.append(f"| {row['parameter_id']} | {row['sensor']} | {row['unit'] or ''} | {values} | {skill} | {flag} |")
+    lines += ["", "## Quality of model (pooled)", "", "| metric | value | unit |", "| --- | --- | --- |"]
     lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"]]
     lines += ["", "## Dataset dependency", ""]
     lines += [f"- `{d['dataset_id']}` ({d['relationship']}): md5 `{d['md5']}`" for d in card["dataset_dependency"]]
@@ -116,13 +167,15 @@ def render_model_card(card: dict) -> str:
 CARD_ARTIFACT = "model_card"
 
 
-def publish_card(client: MlflowClient, version: ModelVersion, package_dir: Path, license_name: str, cards_dir: Path) -> Path:
+def publish_card(
+    client: MlflowClient, version: ModelVersion, package_dir: Path, license_name: str, cards_dir: Path, catalogue: dict
+) -> Path:
     """Write the version's card (JSON and Markdown) into cards_dir and log both to its run; returns the Markdown path.
 
     Called whenever the registry changes for the version (registration, alias moves), so the card never goes stale.
     """
     version = client.get_model_version(version.name, str(version.version))  # current aliases
-    card = model_card(version, client.get_run(version.run_id), package_dir, license_name)
+    card = model_card(version, client.get_run(version.run_id), package_dir, license_name, catalogue)
     stem = cards_dir / f"{version.name}-{version.version}"
     write_json(stem.with_suffix(".json"), card)
     write_text(stem.with_suffix(".md"), render_model_card(card))
