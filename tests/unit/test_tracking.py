@@ -1,0 +1,131 @@
+"""The tracking layer's pure parts: the gate, alias rules, git batch parsing, refs, content tags, reconciliation text."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bts.errors import BtsError, ConfigError
+from bts.tracking.lineage import commits_holding, describe_ref, experiment_refs, split_batch
+from bts.tracking.reconcile import format_reconciliation, problems_found
+from bts.tracking.registry import Gate, check_alias
+from bts.tracking.runs import content_tags, model_lineage, params_md5
+from bts.tracking.store import find_root, pipeline_argument
+from bts.tracking.tags import data_tags, dataset_document_path
+
+
+@pytest.mark.parametrize(
+    ("direction", "challenger", "holder", "better"),
+    [("min", 0.5, 0.7, True), ("min", 0.7, 0.5, False), ("min", 0.5, 0.5, False), ("max", 0.3, 0.2, True), ("max", 0.2, 0.3, False)],
+)
+def test_the_gate_wants_strictly_better_in_its_direction(direction: str, challenger: float, holder: float, better: bool) -> None:
+    gate = Gate("test.rmse", direction)
+    assert gate.better(challenger, holder) is better
+    assert gate.describe() == ("lower is better" if direction == "min" else "higher is better")
+
+
+@pytest.mark.parametrize("alias", ["champion", "candidate", "prod-eu", "shadow_2"])
+def test_plain_word_aliases_are_accepted(alias: str) -> None:
+    assert check_alias(alias) == alias
+
+
+@pytest.mark.parametrize("alias", ["latest", "v3", "bad alias!", "", "Champion", "-x", "a" * 65])
+def test_reserved_and_malformed_aliases_are_refused(alias: str) -> None:
+    with pytest.raises(ConfigError, match="use a lowercase word of letters, digits, '-' or '_'"):
+        check_alias(alias)
+
+
+def test_split_batch_reads_bodies_by_byte_size_whatever_their_characters() -> None:
+    first = "path: data/external/trạm-Vĩnh-Long.csv\n".encode()
+    second = b"md5: abc\n"
+    output = b"1111 blob %d\n" % len(first) + first + b"\n" + b"2222 missing\n" + b"3333 blob %d\n" % len(second) + second + b"\n"
+    assert split_batch(output) == [first, None, second]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_commits_holding_finds_md5s_in_a_non_ascii_dvc_lock(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.com")
+    git(tmp_path, "config", "user.name", "T")
+    lock = "schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: data/external/trạm-Vĩnh-Long.csv\n      md5: {}\n"
+    shas = []
+    for md5 in ["a" * 32, "b" * 32]:
+        (tmp_path / "dvc.lock").write_text(lock.format(md5), encoding="utf-8")
+        git(tmp_path, "add", "dvc.lock")
+        git(tmp_path, "commit", "-q", "-m", md5[:1])
+        shas.append(git(tmp_path, "rev-parse", "HEAD"))
+    assert [c["commit"] for c in commits_holding(tmp_path, ["a" * 32])] == [shas[0]]
+    assert [c["commit"] for c in commits_holding(tmp_path, ["b" * 32])] == [shas[1]]
+    assert commits_holding(tmp_path, ["c" * 32]) == []
+    git(tmp_path, "update-ref", f"refs/exps/{shas[0][:2]}/{shas[0][2:]}/lucky-fox", shas[1])
+    assert experiment_refs(tmp_path) == {"lucky-fox": {"ref": f"refs/exps/{shas[0][:2]}/{shas[0][2:]}/lucky-fox", "baseline": shas[0]}}
+
+
+def test_refs_are_described_by_kind() -> None:
+    assert describe_ref("refs/heads/main") == {"kind": "branch", "name": "main"}
+    assert describe_ref("refs/tags/v1") == {"kind": "tag", "name": "v1"}
+    assert describe_ref(f"refs/exps/ab/{'c' * 38}/lucky-fox") == {"kind": "dvc-experiment", "name": "lucky-fox"}
+    assert describe_ref("refs/exps/celery/stash") is None
+
+
+def test_content_tags_name_a_model_by_what_it_is() -> None:
+    tags = {"data.raw_md5": "r", "data.clean_md5": "c", "data.features_md5": "f", "schema.raw_md5": "s"}
+    lineage = model_lineage(tags, {"train.alpha": 0.1}, "m", "code")
+    assert lineage == {
+        "data.raw_md5": "r",
+        "data.clean_md5": "c",
+        "data.features_md5": "f",
+        "schema.raw_md5": "s",
+        "params_md5": params_md5({"train.alpha": 0.1}),
+        "model_md5": "m",
+        "code_md5": "code",
+    }
+    assert content_tags(lineage) == {
+        "model_md5": "m",
+        "params_md5": params_md5({"train.alpha": 0.1}),
+        "code_md5": "code",
+        "data.features_md5": "f",
+    }
+    assert params_md5({"a": 1, "b": 2}) == params_md5({"b": 2, "a": 1})
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def test_the_project_is_found_from_any_folder_inside_it_and_paths_come_from_dvc_yaml(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert find_root(PROJECT / "src" / "bts") == PROJECT
+    with pytest.raises(BtsError, match=r"not inside a BTS project: no dvc\.yaml in"):
+        find_root(tmp_path)
+    assert pipeline_argument(PROJECT, "serve", "--package") == "models/package"
+    assert dataset_document_path(PROJECT, "features") == "metadata/datasets/features.json"
+    with pytest.raises(BtsError, match="stage 'serve' has no --nothing argument"):
+        pipeline_argument(PROJECT, "serve", "--nothing")
+    tags = data_tags(PROJECT / "metadata/datasets")
+    assert tags["data.features_path"] == "data/processed/features.parquet" and len(tags["data.features_md5"]) == 32
+
+
+def test_the_reconciliation_names_each_problem_and_its_fix() -> None:
+    report = {
+        "experiment": "bts",
+        "matched": ["a"],
+        "experiments_without_run": ["lost-exp"],
+        "runs_without_experiment": [{"run_id": "r1", "exp_name": "gone", "params": {"train.alpha": "0.1"}}],
+        "runs_left_running": [{"run_id": "r2", "name": "killed"}],
+        "runs_without_metrics": [{"run_id": "r3", "name": "unevaluated"}],
+        "versions": [{"version": "4", "problem": "registration incomplete"}],
+    }
+    text = format_reconciliation(report)
+    assert problems_found(report)
+    assert "  lost-exp" in text
+    assert "  gone  run r1  to run it again: dvc exp run -S train.alpha=0.1" in text
+    assert "1 run(s) left RUNNING by a training that died" in text and "bts runs check --mark-failed" in text
+    assert "  r3  unevaluated" in text and "version 4: registration incomplete" in text
+    clean = {**report, "experiments_without_run": [], "runs_without_experiment": [], "runs_left_running": [], "runs_without_metrics": []}
+    clean["versions"] = []
+    assert not problems_found(clean) and format_reconciliation(clean).endswith("nothing lost")
