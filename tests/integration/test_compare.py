@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from bts.cli import main
+from tests.integration.workspace import PROJECT
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +141,12 @@ def test_plot_writes_a_png(tracking: str, tmp_path: Path, capsys: pytest.Capture
 
 
 def test_experiment_defaults_to_params_yaml(tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    (tmp_path / "params.yaml").write_text(f"train:\n  experiment: {EXPERIMENT}\n")
-    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["train"]["experiment"] = EXPERIMENT
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path / "dvc.yaml")  # marks the project root, as in a real checkout
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # found from a subfolder too
     assert main(["compare", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["experiment"] == EXPERIMENT
 

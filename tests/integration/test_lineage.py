@@ -22,7 +22,7 @@ NAME = "bts-next-reading"
 
 def commit_all(repo: Path, message: str) -> str:
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", message], repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], repo)
     return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 

@@ -90,7 +90,7 @@ def wait_for_queue(repo: Path, timeout: float = 900) -> str:
 def test_queued_grid_lands_every_run_in_the_main_store_and_registers_nothing(project_repo: Path) -> None:
     run(["dvc", "repro"], project_repo)
     run(["git", "add", "-A"], project_repo)
-    run(["git", "commit", "-q", "-m", "baseline"], project_repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "baseline"], project_repo)
     md5s = lock_outs(project_repo / "dvc.lock")
     before = {r.info.run_id for r in experiment_runs(project_repo)}
 
