@@ -32,6 +32,7 @@ OUTPUT_FLAGS = {
     "--quarantine",
     "--metrics",
     "--by-parameter",
+    "--predictions",
     "--plots",
     "--package",
 }

@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 
 from bts.data.catalogue import load_catalogue
-from bts.files import write_csv, write_json
+from bts.files import write_csv, write_json, write_parquet
 from bts.model.evaluation import evaluate, residual_histogram
 from bts.model.package import load_workspace_model
 from bts.params import flatten, load_params
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--datasets", required=True, help="folder of the dataset metadata documents")
     parser.add_argument("--model", required=True)
     parser.add_argument("--sensors", required=True, help="sensor catalogue: names and units of the per-sensor scores")
+    parser.add_argument("--predictions", required=True, help="every scored example with its forecast and persistence's (Parquet)")
     parser.add_argument("--metrics", required=True, help="DVC metrics file (JSON)")
     parser.add_argument("--by-parameter", required=True, help="the same scores per sensor parameter (JSON)")
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
@@ -82,6 +83,8 @@ def main() -> None:
     model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
     scored["predicted"] = model.predict(scored[columns])
     report = evaluate(scored, scored["predicted"].to_numpy(), SPLITS)
+    keys = ["station_id", "parameter_id", "reading_time", "target_time", "split", "target", "lag_1", "predicted"]
+    write_parquet(args.predictions, scored[keys].rename(columns={"lag_1": "persistence"}).reset_index(drop=True))
     by_sensor = name_sensors({split: scores for split, scores in report.items() if split not in SPLITS}, load_catalogue(args.sensors))
 
     test = scored[scored["split"] == "test"]
