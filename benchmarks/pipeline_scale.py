@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing the package
 
 from bts.data.catalogue import load_catalogue  # noqa: E402
-from bts.data.simulate import PROFILES, DirtRates, simulate_exports  # noqa: E402
+from bts.data.simulate import PROFILES, simulate_exports  # noqa: E402
 from bts.files import write_csv  # noqa: E402
+from bts.params import DirtParams  # noqa: E402
 
 TARGET_TOTAL_SECONDS = 90.0
 TARGET_PEAK_MB = 6 * 1024
@@ -97,7 +98,7 @@ def _simulate(stations: int, parameters: list[int], sensors: Path) -> dict:
         start_date=SIMULATE["start_date"],
         days=SIMULATE["days"],
         seed=SIMULATE["seed"],
-        dirt=DirtRates(**DIRT),
+        dirt=DirtParams(**DIRT),
         catalogue=load_catalogue(sensors),
     )
 

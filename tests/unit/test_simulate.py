@@ -9,21 +9,22 @@ import pandas as pd
 import pytest
 
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT
-from bts.data.simulate import EXPORT_COLUMNS, DirtRates, simulate_exports
+from bts.data.simulate import EXPORT_COLUMNS, simulate_exports
 from bts.errors import ConfigError
+from bts.params import DirtParams
 
 STATIONS = [1161114004, 1161114005]
 PARAMETERS = [122, 121, 111, 141]
 
 
-def simulate(catalogue, seed: int = 7, dirt: DirtRates | None = None, days: int = 2, stations=STATIONS, parameters=PARAMETERS):
+def simulate(catalogue, seed: int = 7, dirt: DirtParams | None = None, days: int = 2, stations=STATIONS, parameters=PARAMETERS):
     return simulate_exports(
         stations=list(stations),
         parameters=list(parameters),
         start_date="2017-04-18",
         days=days,
         seed=seed,
-        dirt=dirt or DirtRates(),
+        dirt=dirt or DirtParams(),
         catalogue=catalogue,
     )
 
@@ -37,7 +38,7 @@ def times(frame: pd.DataFrame) -> pd.Series:
 
 
 def test_same_seed_gives_identical_frames(catalogue):
-    dirt = DirtRates(missing_value=0.01, sentinel=0.01, duplicate_id=0.01, out_of_range=0.01, bad_time=0.01, out_of_order=0.01)
+    dirt = DirtParams(missing_value=0.01, sentinel=0.01, duplicate_id=0.01, out_of_range=0.01, bad_time=0.01, out_of_order=0.01)
     first, second = simulate(catalogue, seed=11, dirt=dirt), simulate(catalogue, seed=11, dirt=dirt)
     assert list(first) == list(second)
     for name in first:
@@ -117,7 +118,7 @@ def test_no_dirt_at_all_when_every_rate_is_zero(catalogue):
 @pytest.mark.parametrize("kind", [*DIRT_MEASURES, "out_of_order"])
 def test_each_dirt_kind_appears_at_roughly_its_rate_and_alone(kind, catalogue):
     rate = 0.05
-    exports = simulate(catalogue, dirt=DirtRates(**{kind: rate}))
+    exports = simulate(catalogue, dirt=DirtParams(**{kind: rate}))
     frame = pooled(exports)
     assert len(frame) > 10_000
     shares = {name: measure(frame, catalogue) for name, measure in DIRT_MEASURES.items()}
@@ -143,7 +144,7 @@ def longest_silence_hours(frame: pd.DataFrame) -> pd.Series:
 
 @pytest.mark.parametrize(("rate", "low", "high"), [(0.0, 0.0, 0.0), (0.5, 0.25, 0.75), (1.0, 1.0, 1.0)])
 def test_silent_station_days_appear_at_their_rate(rate, low, high, catalogue):
-    dirt = DirtRates(silent_station_days=rate, silent_hours=3)
+    dirt = DirtParams(silent_station_days=rate, silent_hours=3)
     frame = pooled(simulate(catalogue, dirt=dirt, days=1, stations=range(1, 41), parameters=[122]))
     silent = longest_silence_hours(frame) >= 3
     assert low <= silent.mean() <= high

@@ -17,6 +17,7 @@ import pandas as pd
 from bts.data.catalogue import Sensor
 from bts.data.schemas import SENTINEL
 from bts.errors import ConfigError
+from bts.params import DirtParams
 
 EXPORT_COLUMNS = ["id", "value", "station_id", "parameter_id", "reading_time"]
 FIRST_ID = 7_000_000_001  # real exports use ids near 5.65e9; keep simulated ones apart
@@ -47,20 +48,6 @@ PROFILES: dict[int, SeriesProfile] = {
 }
 
 
-@dataclass(frozen=True)
-class DirtRates:
-    """Fraction of rows spoiled in each way real exports are spoiled."""
-
-    missing_value: float = 0.0
-    sentinel: float = 0.0
-    duplicate_id: float = 0.0
-    out_of_range: float = 0.0
-    bad_time: float = 0.0
-    out_of_order: float = 0.0
-    silent_station_days: float = 0.0  # chance that a station goes silent on a day
-    silent_hours: float = 3.0
-
-
 def _event_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
     """Seconds between readings: same-second repeats, 1-4 s bursts, long silences."""
     kind = rng.random(n)
@@ -89,7 +76,7 @@ def simulate_series(profile: SeriesProfile, day_start: pd.Timestamp, rng: np.ran
     return pd.DataFrame({"reading_time": times, "value": value[changed]})
 
 
-def _spoil(day: pd.DataFrame, dirt: DirtRates, catalogue: dict[int, Sensor], rng: np.random.Generator) -> pd.DataFrame:
+def _spoil(day: pd.DataFrame, dirt: DirtParams, catalogue: dict[int, Sensor], rng: np.random.Generator) -> pd.DataFrame:
     """Apply each kind of dirt to its own random rows of one day's export."""
     n = len(day)
     value = day["value"].to_numpy(dtype=object, copy=True)  # object: a missing value is written as an empty field
@@ -123,7 +110,7 @@ def simulate_exports(
     start_date: str,
     days: int,
     seed: int,
-    dirt: DirtRates,
+    dirt: DirtParams,
     catalogue: dict[int, Sensor],
 ) -> dict[str, pd.DataFrame]:
     """{file name: export frame}, one export per day covering every station and parameter."""

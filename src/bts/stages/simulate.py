@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from bts.data.catalogue import load_catalogue
-from bts.data.simulate import DirtRates, simulate_exports
+from bts.data.simulate import simulate_exports
 from bts.files import write_csv
 from bts.params import load_params
 from bts.stages import run_stage
@@ -25,7 +25,7 @@ def main() -> None:
         start_date=params.start_date,
         days=params.days,
         seed=params.seed,
-        dirt=DirtRates(**params.dirt.model_dump()),
+        dirt=params.dirt,
         catalogue=load_catalogue(args.sensors),
     )
     out = Path(args.out)
