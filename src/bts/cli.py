@@ -163,6 +163,13 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from bts.serving.server import serve
+
+    project = _project()
+    return serve(project.client, project.root, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bts", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bts {bts.__version__}")
@@ -227,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--name", help="registered model (default: registry.model_name in params.yaml)")
     history.set_defaults(handler=_history)
+
+    from bts import serving
+
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP scoring server for a verified model package (MLflow's scoring protocol)",
+        description="Serve a model over HTTP as `mlflow models serve` does (POST /invocations; GET /ping, /health, /version, "
+        "/model, /metrics), after checking its package against the recorded md5; log every request and prediction to "
+        "day-partitioned Parquet. One uvicorn worker; stop it with SIGTERM or Ctrl-C (the log is flushed).",
+    )
+    serve.add_argument("ref", help="models:/name@alias, models:/name/<version>, or a package folder (e.g. models/package)")
+    serve.add_argument("--host", default=serving.DEFAULT_HOST, help=f"address to bind (default: {serving.DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=serving.DEFAULT_PORT, help=f"port (default: {serving.DEFAULT_PORT}; 0: any free port)")
+    serve.add_argument("--log-dir", help=f"monitoring log folder (default: {serving.DEFAULT_LOG_DIR}/ under the project root)")
+    serve.add_argument("--no-log", action="store_true", help="do not keep the monitoring log")
+    serve.add_argument(
+        "--log-max-mb", type=float, default=serving.DEFAULT_LOG_MAX_MB, help="size cap of the monitoring log; oldest days go first"
+    )
+    serve.add_argument("--max-rows", type=int, default=serving.DEFAULT_MAX_ROWS, help="rows per request at most (default: %(default)s)")
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=serving.DEFAULT_MAX_BODY_BYTES, help="request body size at most (default: %(default)s)"
+    )
+    serve.set_defaults(handler=_serve)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
     from bts.tracking.compare import add_compare_arguments

@@ -107,7 +107,7 @@ def _registry_reference(client: MlflowClient, ref: str) -> dict:
 def _package_reference(folder: Path, root: Path) -> dict:
     lineage = package_metadata(folder)["lineage"]
     md5 = dvc_md5(folder)
-    recorded = _lock_record(root, folder)
+    recorded = lock_record(root, folder)
     problems = tampered_files(folder, recorded)
     return {
         "version": None,
@@ -117,7 +117,7 @@ def _package_reference(folder: Path, root: Path) -> dict:
     }
 
 
-def _lock_record(root: Path, folder: Path) -> str | None:
+def lock_record(root: Path, folder: Path) -> str | None:
     """The md5 the workspace's dvc.lock records for this folder, when it is a pipeline output."""
     try:
         relative = folder.resolve().relative_to(root).as_posix()

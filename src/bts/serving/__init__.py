@@ -1,0 +1,21 @@
+"""`bts serve`: an HTTP scoring server for a verified model package, speaking MLflow's scoring protocol.
+
+`payload` turns a request body into a float matrix of the model's feature
+columns (plus the optional key columns) or a short client error; `model`
+resolves a reference (registry or package folder), verifies and loads the
+package; `monitoring` appends every request and prediction to a local
+Parquet log off the request path; `metrics` keeps the Prometheus metrics;
+`app` is the Starlette application; `server` runs it under one uvicorn worker.
+
+This module holds only the defaults the `bts` parser shows, so `bts --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5002
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+DEFAULT_LOG_DIR = "monitoring"  # under the project root
+DEFAULT_LOG_MAX_MB = 1024.0

@@ -1,0 +1,182 @@
+"""The model `bts serve` scores with: resolved from a reference, its package verified, then loaded, and described.
+
+A reference is a registry URI (`models:/name@alias`, `models:/name/3`) or a
+package folder. The package is first copied where nothing else writes (a
+registry version is downloaded there, a folder copied there), the copy is
+checked file by file against its manifest and the recorded package md5
+(the version's `package.md5` tag, or what dvc.lock records when the folder
+is the workspace's pipeline output), and only then loaded: what is loaded is
+exactly what was verified.
+
+Scoring bypasses MLflow's per-call schema enforcement, whose work the
+payload parser has already done (every feature column there, float64, in
+the signature's order, nothing else): the fitted scikit-learn model's own
+predict gets the same frame MLflow would give it. A startup check on the
+package's input example proves both paths give the same bytes, and falls
+back to the pyfunc's predict if they ever do not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from bts.errors import BtsError, ConfigError
+from bts.hashing import dvc_md5
+from bts.model.package import load_package, package_metadata, tampered_files
+from bts.serving.payload import KEY_COLUMNS
+from bts.tracking.lineage import lock_record, resolve_reference
+from bts.tracking.registry import download_version
+from bts.tracking.tags import CODE_MD5, DATASETS, MODEL_MD5, PACKAGE_MD5, PARAMS_MD5, SCHEMAS, data_md5_tag, schema_md5_tag
+
+SERVABLE = "models:/name@alias, models:/name/<version>, or a package folder"
+
+
+@dataclass
+class ServedModel:
+    """What is served: the model's identity and lineage, its feature columns, and predict(matrix) -> predictions."""
+
+    reference: str
+    package_md5: str
+    verified_against: str
+    lineage: dict[str, str]
+    feature_columns: list[str]
+    predict: Callable[[np.ndarray], np.ndarray]
+    name: str | None = None
+    version: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    fast_path: bool = True
+
+    def labels(self) -> dict[str, str]:
+        """Prometheus labels: the registered name and version, or the package folder and md5."""
+        if self.name:
+            return {"model": self.name, "version": str(self.version)}
+        return {"model": self.reference, "version": self.package_md5}
+
+    def tags(self) -> dict[str, str | None]:
+        """What every monitoring record carries about the model that made it."""
+        return {
+            "package_md5": self.package_md5,
+            "model_name": self.name,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            **{f"data_{name}_md5": self.lineage.get(data_md5_tag(name)) for name in DATASETS},
+        }
+
+    def describe(self) -> dict:
+        """GET /model."""
+        return {
+            "reference": self.reference,
+            "name": self.name,
+            "version": self.version,
+            "aliases": self.aliases,
+            "package_md5": self.package_md5,
+            "verified_against": self.verified_against,
+            "run_id": self.run_id,
+            "lineage": {
+                "data_md5": {name: self.lineage.get(data_md5_tag(name)) for name in DATASETS},
+                "schema_md5": {name: self.lineage.get(schema_md5_tag(name)) for name in SCHEMAS},
+                "model_md5": self.lineage.get(MODEL_MD5),
+                "params_md5": self.lineage.get(PARAMS_MD5),
+                "code_md5": self.lineage.get(CODE_MD5),
+            },
+            "feature_columns": self.feature_columns,
+            "key_columns": list(KEY_COLUMNS),
+        }
+
+
+def load_served(client: MlflowClient, ref: str, root: Path, scratch: Path) -> ServedModel:
+    """Resolve, copy into scratch, verify and load the model `ref` names; a BtsError (one line) when it cannot be served."""
+    if not ref.startswith("models:/") and not Path(ref).is_dir():
+        raise ConfigError(f"{ref}: not a model to serve ({SERVABLE})")
+    resolved = resolve_reference(client, ref, root)
+    package = resolved["package"]
+    if package["problems"]:
+        raise BtsError(f"{ref}: package TAMPERED: {', '.join(package['problems'])}; refusing to serve it")
+    version = resolved["version"]
+    if version is not None:
+        expected = version.tags.get(PACKAGE_MD5)
+        if not expected:
+            raise BtsError(
+                f"{ref}: version {version.version} has no {PACKAGE_MD5} tag (not registered by `bts register`); refusing to serve it"
+            )
+        (scratch / "download").mkdir()
+        copy = download_version(client, version, scratch / "download")
+        against = f"registry tag {PACKAGE_MD5}"
+    else:
+        expected = lock_record(root, Path(ref))
+        copy = scratch / "package"
+        shutil.copytree(ref, copy)
+        against = "dvc.lock" if expected else "its manifest (not a pipeline output recorded in dvc.lock)"
+    try:
+        problems = tampered_files(copy, expected)  # the copy is what gets loaded: check it, not the original
+        if problems:
+            raise BtsError(f"{ref}: package TAMPERED: {', '.join(problems)}; refusing to serve it")
+        lineage = package_metadata(copy)["lineage"]
+        pyfunc = load_package(copy, expected)
+    except BtsError as exc:
+        raise BtsError(str(exc).replace(str(copy), ref)) from None
+    run = resolved["run"]
+    columns, predict, fast = scorer(ref, pyfunc)
+    return ServedModel(
+        reference=display_reference(ref, root),
+        package_md5=expected or dvc_md5(copy),
+        verified_against=against,
+        lineage=lineage,
+        feature_columns=columns,
+        predict=predict,
+        name=version.name if version is not None else None,
+        version=str(version.version) if version is not None else None,
+        aliases=sorted(version.aliases) if version is not None else [],
+        run_id=run.info.run_id if run is not None else None,
+        fast_path=fast,
+    )
+
+
+def display_reference(ref: str, root: Path) -> str:
+    """A folder relative to the project root when inside it (no machine path in /model), else as given."""
+    if ref.startswith("models:/"):
+        return ref
+    try:
+        return Path(ref).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return ref
+
+
+def scorer(ref: str, pyfunc: object) -> tuple[list[str], Callable[[np.ndarray], np.ndarray], bool]:
+    """The model's feature columns and predict(float matrix in their order), the lean one when it is provably the same."""
+    from mlflow.types import DataType
+
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names() or schema.optional_input_names():
+        raise BtsError(f"{ref}: the model's signature must name its input columns (all required) for `bts serve`")
+    not_double = [spec.name for spec in schema.inputs if spec.type != DataType.double]
+    if not_double:
+        raise BtsError(f"{ref}: `bts serve` scores models whose inputs are all double columns; not: {', '.join(not_double[:5])}")
+    columns = schema.input_names()
+
+    def through_pyfunc(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(pyfunc.predict(pd.DataFrame(matrix, columns=columns)))
+
+    if pyfunc.loader_module != "mlflow.sklearn":
+        return columns, through_pyfunc, False
+    raw = pyfunc.get_raw_model()
+
+    def lean(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(raw.predict(pd.DataFrame(matrix, columns=columns)))
+
+    example = pyfunc.input_example
+    if isinstance(example, pd.DataFrame) and set(columns) <= set(example.columns):
+        matrix = example[columns].to_numpy(dtype=np.float64)
+        if not np.array_equal(lean(matrix), np.asarray(pyfunc.predict(example)), equal_nan=True):
+            print(f"bts serve: {ref}: the lean path's predictions differ from MLflow's; scoring through pyfunc", file=sys.stderr)
+            return columns, through_pyfunc, False
+    return columns, lean, True

@@ -1,0 +1,341 @@
+"""`bts serve` as a user runs it: a real process over HTTP on the packaged model and on the registry alias.
+
+Predictions are compared with the verified package loaded in this process
+and with stock `mlflow models serve`; bad requests must each get a short
+JSON 4xx (no traceback, no path) and leave the server serving; /metrics must
+count what was sent; after SIGTERM (or Ctrl-C) the monitoring Parquet must
+hold exactly the requests and predictions served; a tampered package must be
+refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from bts.model.package import load_package
+from tests.integration.test_serving import examples, model_server
+from tests.integration.workspace import BIN, PROJECT, lock_outs, run, training_run
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["lag_1", "lag_2", "lag_3", "lag_4", "lag_5", "lag_6"]
+START_SECONDS = 120
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, start_line: str) -> None:
+        self.url, self.process, self.start_line = url, process, start_line
+        self.sent: list[dict] = []  # every POST /invocations: status and, when scored, the predictions
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(f"{self.url}{path}", data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def score(self, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+        headers = {"Content-Type": content_type}
+        request = urllib.request.Request(f"{self.url}/invocations", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, content, request_id = response.status, response.read(), response.headers.get("x-request-id")
+        except urllib.error.HTTPError as error:
+            status, content, request_id = error.code, error.read(), error.headers.get("x-request-id")
+        answer = json.loads(content)
+        self.sent.append({"status": status, "predictions": answer.get("predictions"), "request_id": request_id})
+        return status, answer
+
+    def get_json(self, path: str) -> dict:
+        status, content = self.request("GET", path)
+        assert status == 200, content
+        return json.loads(content)
+
+
+def environment(repo: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+
+
+@contextmanager
+def bts_server(repo: Path, ref: str, *options: str, stop: int = signal.SIGTERM) -> Iterator[Server]:
+    """`bts serve <ref> --port 0 ...` in the repository; its start line names the address. Stopped with `stop`."""
+    process = subprocess.Popen(
+        ["bts", "serve", ref, "--port", "0", *options],
+        cwd=repo,
+        env=environment(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], START_SECONDS)
+        line = process.stdout.readline() if ready else ""
+        if "listening on " not in line:
+            process.kill()
+            raise AssertionError(f"bts serve did not start: {line}{process.stderr.read()[-3000:]}")
+        url = line.split("listening on ", 1)[1].split(";", 1)[0]
+        server = Server(url, process, line)
+        assert server.request("GET", "/ping")[0] == 200
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(stop)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    server.returncode = process.returncode
+    server.stderr = process.stderr.read()
+
+
+def frame_of(repo: Path, rows: int = 50) -> pd.DataFrame:
+    return examples(repo, rows)
+
+
+def expected_predictions(repo: Path, frame: pd.DataFrame) -> list[float]:
+    package = repo / "models/package"
+    return [float(v) for v in load_package(package, lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)]
+
+
+def split(frame: pd.DataFrame) -> bytes:
+    return json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+
+
+def payloads(frame: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
+    """Every format MLflow's scoring protocol has for a frame, as (body, content type)."""
+    records = frame.to_dict(orient="records")
+    keyed = frame.assign(station_id=1161114004, parameter_id=122, reading_time="2017-04-18 10:00:00")
+    return {
+        "dataframe_split": (split(frame), "application/json"),
+        "dataframe_records": (json.dumps({"dataframe_records": records}).encode(), "application/json"),
+        "instances": (json.dumps({"instances": records}).encode(), "application/json"),
+        "inputs (columns)": (json.dumps({"inputs": frame.to_dict(orient="list")}).encode(), "application/json"),
+        "inputs (records)": (json.dumps({"inputs": records}).encode(), "application/json; charset=utf-8"),
+        "csv": (frame.to_csv(index=False).encode(), "text/csv"),
+        "dataframe_split with keys": (split(keyed), "application/json"),
+        "csv with keys": (keyed.to_csv(index=False).encode(), "text/csv"),
+    }
+
+
+def bad_requests(frame: pd.DataFrame, max_rows: int) -> dict[str, tuple[bytes, str, int]]:
+    one = frame.head(1)
+    as_text = one.astype(object)
+    as_text.iloc[0, 2] = "not a number"
+    split_one = one.to_dict(orient="split", index=False)
+    deep = b"[" * 1000 + b"]" * 1000
+    return {
+        "malformed JSON": (b'{"dataframe_split": {"columns": [', "application/json", 400),
+        "unsupported content type": (b"lag_1=1", "text/plain", 415),
+        "empty body": (b"", "application/json", 400),
+        "unknown payload key": (json.dumps({"rows": one.to_dict(orient="records")}).encode(), "application/json", 400),
+        "missing column": (split(one.drop(columns=["lag_3", "hour_cos"])), "application/json", 400),
+        "extra column": (split(one.assign(humidity=3.0)), "application/json", 400),
+        "wrong type": (split(as_text), "application/json", 400),
+        "null": (split(one.assign(lag_1=None)), "application/json", 400),
+        "NaN": (
+            json.dumps({"dataframe_split": {**split_one, "data": [[float("nan"), *split_one["data"][0][1:]]]}}).encode(),
+            "application/json",
+            400,
+        ),
+        "infinity": (b'{"inputs": {' + b", ".join(f'"{c}": 1e999'.encode() for c in one.columns) + b"}}", "application/json", 400),
+        "ragged rows": (
+            json.dumps({"dataframe_split": {"columns": list(one.columns), "data": [[1.0, 2.0]]}}).encode(),
+            "application/json",
+            400,
+        ),
+        "too many rows": (split(pd.concat([one] * (max_rows + 1), ignore_index=True)), "application/json", 413),
+        "body too large": (b'{"inputs": "' + b"x" * (6 * 1024 * 1024) + b'"}', "application/json", 413),
+        "JSON 1000 levels deep": (deep, "application/json", 400),
+        "JSON 1000 levels deep in data": (b'{"dataframe_split": {"columns": ["lag_1"], "data": ' + deep + b"}}", "application/json", 400),
+        "JSON 100000 levels deep": (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+        "CSV with text": (one.astype(object).assign(lag_2="abc").to_csv(index=False).encode(), "text/csv", 400),
+        "no rows": (split(one.head(0)), "application/json", 400),
+    }
+
+
+def assert_short_error(body: dict, repo: Path, kind: str) -> None:
+    assert set(body) == {"error_code", "message"}, f"{kind}: {body}"
+    text = json.dumps(body)
+    for leak in ("Traceback", 'File "', str(repo), str(PROJECT), "site-packages", ".py", "/tmp", "/home", "/usr"):
+        assert leak not in text, f"{kind}: {leak!r} in {text}"
+    assert len(text) < 500, f"{kind}: {text}"
+
+
+def metric_samples(text: str) -> dict[str, list]:
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def assert_log_holds(log_dir: Path, server: Server, tags: dict[str, str | None]) -> None:
+    """The monitoring Parquet holds exactly the requests sent (in order, with their status) and every prediction served."""
+    requests = pd.read_parquet(log_dir / "requests").sort_values("time", kind="stable").reset_index(drop=True)
+    assert requests["status"].tolist() == [sent["status"] for sent in server.sent]
+    answered = [sent["request_id"] for sent in server.sent if sent.get("request_id")]  # the id each response carried
+    assert len(answered) >= len(server.sent) - 1 and set(answered) <= set(requests["request_id"])
+    assert requests["request_id"].is_unique
+    served = [sent for sent in server.sent if sent["status"] == 200]
+    assert requests["rows"].tolist() == [len(sent["predictions"]) if sent["status"] == 200 else 0 for sent in server.sent]
+    assert requests.loc[requests["status"] != 200, "error_code"].notna().all()
+    assert requests.loc[requests["status"] == 200, "error_code"].isna().all()
+    predictions = pd.read_parquet(log_dir / "predictions")
+    by_request = predictions.sort_values(["time", "row"], kind="stable").groupby("request_id", sort=False)["prediction"].apply(list)
+    ordered = requests.loc[requests["status"] == 200, "request_id"]
+    assert [by_request[request_id] for request_id in ordered] == [sent["predictions"] for sent in served]
+    for name, value in tags.items():
+        assert (predictions[name] == value).all() if value is not None else predictions[name].isna().all(), name
+        assert (requests[name] == value).all() if value is not None else requests[name].isna().all(), name
+
+
+def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everything(built_repo: Path, tmp_path: Path) -> None:
+    repo, log_dir = built_repo, tmp_path / "monitoring"
+    frame = frame_of(repo)
+    expected = expected_predictions(repo, frame)
+    package_md5 = lock_outs(repo / "dvc.lock")["models/package"]
+    with bts_server(repo, "models/package", "--log-dir", str(log_dir), "--max-rows", "200") as server:
+        assert f"package md5 {package_md5} (verified against dvc.lock)" in server.start_line
+        for kind, (body, content_type) in payloads(frame).items():
+            status, answer = server.score(body, content_type)
+            assert status == 200, f"{kind}: {answer}"
+            assert answer["predictions"] == expected, kind  # exactly, not approximately
+        status, answer = server.score(split(frame.head(1)))
+        assert answer["predictions"] == expected[:1]
+        host, port = server.url.removeprefix("http://").split(":")
+        client = ScoringServerClient(host, int(port))  # MLflow's own client of a scoring server
+        client.wait_server_ready(timeout=10)
+        through_mlflow = [float(v) for v in client.invoke(frame).get_predictions(predictions_format="ndarray")]
+        assert through_mlflow == expected
+        server.sent.append({"status": 200, "predictions": through_mlflow})
+
+        for kind, (body, content_type, wanted) in bad_requests(frame, max_rows=200).items():
+            status, answer = server.score(body, content_type)
+            assert status == wanted, f"{kind}: {status} {answer}"
+            assert_short_error(answer, repo, kind)
+            status, answer = server.score(split(frame.head(2)))
+            assert status == 200 and answer["predictions"] == expected[:2], f"server stopped serving after: {kind}"
+        status, content = server.request("GET", "/nowhere")
+        assert status == 404 and set(json.loads(content)) == {"error_code", "message"}
+        status, content = server.request("GET", "/invocations")
+        assert status == 405
+
+        model = server.get_json("/model")
+        run_id = training_run(repo).info.run_id
+        assert model["package_md5"] == package_md5 and model["name"] is None and model["reference"] == "models/package"
+        assert model["run_id"] == run_id
+        assert model["lineage"]["data_md5"]["features"] == lock_outs(repo / "dvc.lock")["data/processed/features.parquet"]
+        assert model["lineage"]["model_md5"] == lock_outs(repo / "dvc.lock")["models/model.joblib"]
+        assert model["lineage"]["params_md5"] and model["lineage"]["code_md5"].endswith(".dir")
+        versions = server.get_json("/version")
+        assert versions["bts"] == "0.1.0" and versions["mlflow"] == __import__("mlflow").__version__
+
+        status, content = server.request("GET", "/metrics")
+        samples = metric_samples(content.decode())
+        counted: dict[str, float] = {}
+        for sample in samples["bts_requests"]:
+            if sample.name == "bts_requests_total":
+                assert sample.labels["model"] == "models/package" and sample.labels["version"] == package_md5
+                counted[sample.labels["status"]] = counted.get(sample.labels["status"], 0) + sample.value
+        sent_by_status: dict[str, float] = {}
+        for sent in server.sent:
+            sent_by_status[str(sent["status"])] = sent_by_status.get(str(sent["status"]), 0) + 1
+        assert counted == sent_by_status
+        rows = sum(len(sent["predictions"]) for sent in server.sent if sent["status"] == 200)
+        assert next(s.value for s in samples["bts_rows_scored"] if s.name == "bts_rows_scored_total") == rows
+        assert next(s.value for s in samples["bts_prediction"] if s.name == "bts_prediction_count") == rows
+        latency_count = next(s.value for s in samples["bts_request_duration_seconds"] if s.name == "bts_request_duration_seconds_count")
+        assert latency_count == len(server.sent)
+        assert next(s.value for s in samples["process_resident_memory_bytes"]) > 0
+        assert any(s.name == "process_cpu_seconds_total" for s in samples["process_cpu_seconds"])
+
+        with model_server(repo, "models/package") as stock_url:  # stock MLflow on the same package: the same numbers
+            stock = Server(stock_url, None, "")
+            status, content = stock.request("POST", "/invocations", split(frame), "application/json")
+            assert status == 200 and json.loads(content)["predictions"] == expected
+            status, content = stock.request("POST", "/invocations", split(frame.head(1)), "application/json")
+            assert json.loads(content)["predictions"] == expected[:1]
+    assert server.returncode in (0, -signal.SIGTERM), server.stderr
+    assert "Traceback" not in server.stderr, server.stderr
+    lineage = model["lineage"]["data_md5"]
+    tags = {
+        "package_md5": package_md5,
+        "model_name": None,
+        "model_version": None,
+        "run_id": run_id,
+        "data_features_md5": lineage["features"],
+    }
+    assert_log_holds(log_dir, server, tags)
+    keyed = pd.read_parquet(log_dir / "predictions").dropna(subset=["station_id"])
+    assert len(keyed) == 2 * len(frame) and (keyed["station_id"] == 1161114004).all() and (keyed["parameter_id"] == 122).all()
+    assert (keyed["reading_time"] == pd.Timestamp("2017-04-18 10:00:00", tz="UTC")).all()
+    logged = pd.read_parquet(log_dir / "predictions")
+    first = logged.sort_values(["time", "row"]).head(len(frame))
+    assert first[list(frame.columns)].reset_index(drop=True).equals(frame)  # the feature values as sent
+
+
+def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_repo: Path, tmp_path: Path) -> None:
+    repo = built_repo
+    run(["bts", "register"], repo)
+    run(["bts", "promote", "1", "--to", "champion"], repo)
+    frame = frame_of(repo, 20)
+    expected = expected_predictions(repo, frame)
+    package_md5 = lock_outs(repo / "dvc.lock")["models/package"]
+    shutil.rmtree(repo / "monitoring", ignore_errors=True)
+    with bts_server(repo, "models:/bts-next-reading@champion", stop=signal.SIGINT) as server:  # Ctrl-C, default log folder
+        assert "bts-next-reading version 1, @candidate, @champion" in server.start_line
+        assert "verified against registry tag package.md5" in server.start_line
+        for kind, (body, content_type) in payloads(frame).items():
+            status, answer = server.score(body, content_type)
+            assert status == 200 and answer["predictions"] == expected, kind
+        status, answer = server.score(b"{", "application/json")
+        assert status == 400
+        model = server.get_json("/model")
+        assert (model["name"], model["version"], model["package_md5"]) == ("bts-next-reading", "1", package_md5)
+        assert "champion" in model["aliases"] and model["run_id"] == training_run(repo).info.run_id
+        labels = {
+            s.labels["model"] + "/" + s.labels["version"]
+            for s in metric_samples(server.request("GET", "/metrics")[1].decode())["bts_rows_scored"]
+        }
+        assert labels == {"bts-next-reading/1"}
+        busy_port = server.url.rsplit(":", 1)[1]
+        taken = run(["bts", "serve", "models/package", "--port", busy_port, "--no-log"], repo, check=False, env=environment(repo))
+        assert taken.returncode == 1 and taken.stderr.strip().count("\n") == 0
+        assert taken.stderr.startswith(f"bts: error: cannot listen on 127.0.0.1:{busy_port}"), taken.stderr
+    assert "Traceback" not in server.stderr, server.stderr
+    tags = {"package_md5": package_md5, "model_name": "bts-next-reading", "model_version": "1", "run_id": model["run_id"]}
+    assert_log_holds(repo / "monitoring", server, tags)
+
+    tampered = tmp_path / "package"
+    shutil.copytree(repo / "models/package", tampered)
+    with (tampered / "model.skops").open("ab") as skops:
+        skops.write(b"\0")
+    refused = run(["bts", "serve", str(tampered), "--port", "0"], repo, check=False, env=environment(repo))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("bts: error: "), refused.stderr
+    assert "TAMPERED" in refused.stderr and "model.skops" in refused.stderr and not refused.stdout
+
+    registered = next((repo / "mlartifacts").rglob("package/model.skops"))
+    original = registered.read_bytes()
+    registered.write_bytes(original + b"\0")
+    try:
+        refused = run(["bts", "serve", "models:/bts-next-reading/1", "--port", "0"], repo, check=False, env=environment(repo))
+    finally:
+        registered.write_bytes(original)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "TAMPERED" in refused.stderr and "model.skops" in refused.stderr
