@@ -55,7 +55,6 @@ def test_repro_from_a_fresh_copy_gives_the_committed_bytes_and_one_complete_run(
         if value is not None:
             assert logged.data.metrics[name] == pytest.approx(value, abs=0, rel=1e-12), name
     assert {"training.seconds", "training.cpu_seconds", "training.peak_memory_mb", "model.size_bytes"} <= set(logged.data.metrics)
-    assert any(name.startswith("system/") for name in logged.data.metrics), "no system metrics sampled"
     assert logged.data.params["train.model"] == "elasticnet" and logged.data.params["train.alpha"] == "0.01"
     assert "alpha" not in logged.data.params and "train.ridge.alpha" not in logged.data.params  # each param once, only the model's
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}

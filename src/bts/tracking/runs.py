@@ -33,8 +33,6 @@ from bts.tracking.tags import (
     schema_md5_tag,
 )
 
-SYSTEM_METRICS_INTERVAL_SECONDS = 1.0  # a training of a few seconds still gets samples
-
 
 def params_md5(params: dict) -> str:
     return hashlib.md5(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
@@ -52,15 +50,13 @@ def experiment_id(name: str, root: Path) -> str:
 def training_run(experiment: str, run_name: str) -> Iterator[Run]:
     """A new run (or the one `mlflow run` created for us, named by MLFLOW_RUN_ID), holding the store lock."""
     root = use_store()
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_SECONDS)
-    mlflow.set_system_metrics_samples_before_logging(1)
     with store_lock(root):
         if os.environ.get("MLFLOW_RUN_ID"):
-            with mlflow.start_run(log_system_metrics=True) as run:
+            with mlflow.start_run() as run:
                 mlflow.set_tag("mlflow.runName", run_name)  # named after its DVC experiment, like every other run
                 yield run
             return
-        with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name, log_system_metrics=True) as run:
+        with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name) as run:
             yield run
 
 
