@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,19 +17,22 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from bts.cli import main
-from tests.integration.workspace import PROJECT
+from tests.integration.workspace import BIN, PROJECT
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENT = "bts-compare-test"
 METRICS = ("test.rmse", "training.seconds", "model.size_bytes", "test.skill")
+QUALITY_AND_COST = "test.rmse:min,training.seconds:min,model.size_bytes:min,test.skill:max"
 
 
 def known_runs() -> dict[str, dict]:
     """Name -> metrics (test.rmse, training.seconds, model.size_bytes, test.skill), params and tags.
 
     "best" is better than every filler on every metric; "fast", its twin "fast-twin", "small" and "accurate" are
-    each the best on one metric. So the front is those five, and with equal weights "best" ranks first.
+    each the best on one metric. So on all four metrics the front is those five, and with equal weights "best" ranks
+    first; on the default quality metrics (test.rmse, test.skill) "accurate" beats every run and is the front alone.
+    Elasticnet runs have a train.alpha (ridge runs none); featurize.n_lags is the same everywhere.
     """
     runs: dict[str, dict] = {
         "best": {"metrics": (0.5, 1.0, 1000, 0.6), "model": "elasticnet"},
@@ -60,6 +65,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         run = client.create_run(experiment_id, run_name=name)
         metrics = [Metric(key, float(value), 0, 0) for key, value in zip(METRICS, spec["metrics"], strict=True) if value is not None]
         params = [Param("train.model", spec["model"]), Param("featurize.n_lags", "6")]
+        if spec["model"] == "elasticnet":
+            params.append(Param("train.alpha", "0.1" if name.startswith("filler") else "0.01"))
         client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
         client.set_terminated(run.info.run_id)
     return uri
@@ -82,21 +89,68 @@ def names(document: dict) -> set[str]:
     return {run["run_name"] for run in document["ranking"]}
 
 
-def test_table_shows_front_best_run_and_left_out_count(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", "--experiment", EXPERIMENT, "--top", "5"]) == 0
+def table_rows(out: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+
+
+def test_default_table_ranks_on_quality_and_shows_the_params_that_differ(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--experiment", EXPERIMENT, "--top", "3"]) == 0
     out = capsys.readouterr().out
-    assert "29 runs compared" in out
+    lines = out.splitlines()
+    assert lines[:5] == [
+        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "1 run without all metrics was left out",
+        "params that differ between them: train.alpha, train.model",
+        "Pareto front: 1 run, marked *; 1 of them in the top 3",
+        "",
+    ]
+    assert lines[5].split() == [
+        "rank", "run", "run", "id", "dvc", "exp", "test.rmse", "test.skill", "score", "front", "params.train.alpha", "params.train.model"
+    ]  # fmt: skip
+    rows = table_rows(out)
+    assert [row[0:2] + row[3:] for row in rows] == [
+        ["1", "accurate", "exp-accurate", "0.45", "0.65", "1.0000", "*", "0.01", "elasticnet"],
+        ["2", "best", "exp-best", "0.5", "0.6", "0.9091", "0.01", "elasticnet"],  # 0.05 / 0.55 below the best on each metric
+        ["3", "filler-00", "exp-filler-00", "0.55", "0.55", "0.8182", "0.1", "elasticnet"],
+    ]
+    assert all(len(row[2]) == 8 for row in rows)
+    assert "training.seconds" not in out and "featurize.n_lags" not in out  # cost only on request; a param all runs share is noise
+
+
+def test_a_param_a_run_lacks_shows_as_a_dash(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--experiment", EXPERIMENT, "--param", "train.model=ridge", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no param differs between them" in out  # every ridge run lacks train.alpha: nothing differs
+    assert main(["compare", "--experiment", EXPERIMENT, "--top", "30"]) == 0
+    ridge = [row for row in table_rows(capsys.readouterr().out) if row[1] == "small"]
+    assert ridge[0][-2:] == ["-", "ridge"]
+
+
+def test_table_on_quality_and_cost_shows_front_best_run_and_left_out_count(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--experiment", EXPERIMENT, "--metrics", QUALITY_AND_COST, "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (
+        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better), training.seconds (lower is better), "
+        "model.size_bytes (lower is better) and test.skill (higher is better), equal weights"
+    )
     assert "1 run without all metrics was left out" in out
     assert "Pareto front: 5 runs" in out
-    rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    rows = table_rows(out)
     assert len(rows) == 5
     assert rows[0][:4] == ["1", "best", rows[0][2], "exp-best"]
     assert len(rows[0][2]) == 8
-    assert {row[1] for row in rows if row[-1] == "*"} == {row[1] for row in rows} & FRONT
+    assert {row[1] for row in rows if "*" in row} == {row[1] for row in rows} & FRONT
+
+
+def test_unequal_weights_are_stated_with_each_metric(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--experiment", EXPERIMENT, "--weights", "3,1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better, weight 3) and test.skill (higher is better, weight 1)"
+    )
 
 
 def test_json_holds_every_compared_run_with_front_and_ranking(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
-    document = compare_json(capsys)
+    document = compare_json(capsys, "--metrics", QUALITY_AND_COST)
     assert document["runs_matched"] == 30
     assert document["runs_left_out"] == 1
     assert document["runs_compared"] == len(document["ranking"]) == 29
@@ -109,11 +163,25 @@ def test_json_holds_every_compared_run_with_front_and_ranking(tracking: str, cap
     scores = [run["score"] for run in document["ranking"]]
     assert scores == sorted(scores, reverse=True)
     assert [m["name"] for m in document["metrics"]] == list(METRICS)
+    assert document["params"] == ["train.alpha", "train.model"]
+    assert document["ranking"][0]["params"] == {"train.alpha": "0.01", "train.model": "elasticnet"}
+    assert {run["run_name"]: run["params"] for run in document["ranking"]}["small"] == {"train.alpha": None, "train.model": "ridge"}
+
+
+def test_json_by_default_ranks_on_quality_only(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    document = compare_json(capsys)
+    assert document["metrics"] == [
+        {"name": "test.rmse", "direction": "min", "weight": 1.0},
+        {"name": "test.skill", "direction": "max", "weight": 1.0},
+    ]
+    assert document["ranking"][0]["run_name"] == "accurate"
+    assert document["ranking"][0]["metrics"] == {"test.rmse": 0.45, "test.skill": 0.65}
+    assert document["pareto_front"] == [document["ranking"][0]["run_id"]]
 
 
 def test_weights_and_directions_change_the_winner(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert compare_json(capsys, "--weights", "1,0,0,0")["ranking"][0]["run_name"] == "accurate"
-    fastest = compare_json(capsys, "--weights", "0,1,0,0")["ranking"][:2]
+    assert compare_json(capsys, "--metrics", QUALITY_AND_COST, "--weights", "1,0,0,0")["ranking"][0]["run_name"] == "accurate"
+    fastest = compare_json(capsys, "--metrics", QUALITY_AND_COST, "--weights", "0,1,0,0")["ranking"][:2]
     assert {run["run_name"] for run in fastest} == {"fast", "fast-twin"}
     assert fastest[0]["score"] == fastest[1]["score"] == 1.0
     assert fastest[0]["run_id"] < fastest[1]["run_id"]  # a tie goes to the smaller run id
@@ -162,7 +230,7 @@ def test_experiment_defaults_to_params_yaml(tracking: str, tmp_path: Path, monke
         ),
         (["--experiment", EXPERIMENT, "--metrics", "test.rmse:min,test.nope:max"], "none of the 30 runs matched"),
         (["--experiment", EXPERIMENT, "--metrics", "test.rmse:best"], "--metrics: 'test.rmse:best' is not NAME:min or NAME:max"),
-        (["--experiment", EXPERIMENT, "--weights", "1,1"], "--weights: 2 weights for 4 metrics"),
+        (["--experiment", EXPERIMENT, "--weights", "1,1,1"], "--weights: 3 weights for 2 metrics"),
         (["--experiment", EXPERIMENT, "--filter", "metrics.rmse lower 1"], 'invalid filter "metrics.rmse lower 1"'),
         (["--experiment", EXPERIMENT, "--filter", "params.`train.model` > 'a'"], "invalid filter"),
     ],
@@ -196,5 +264,77 @@ def test_database_read_matches_the_search_api(tracking: str) -> None:
     direct, _ = fetch_runs(EXPERIMENT, "", list(METRICS))
     searched, _ = fetch_runs(EXPERIMENT, "attributes.run_name != 'no such run'", list(METRICS))
     assert len(direct) == len(RUNS)
+    assert list(direct.columns) == [
+        "run_id",
+        "run_name",
+        "dvc_exp_name",
+        *METRICS,
+        "has_params",
+        "params.train.alpha",
+        "params.train.model",
+    ]
+    ordered = [frame.sort_values("run_id").reset_index(drop=True) for frame in (direct, searched)]
+    pd.testing.assert_frame_equal(ordered[0], ordered[1], check_dtype=False)
+    alpha = dict(zip(ordered[0]["run_name"], ordered[0]["params.train.alpha"], strict=True))
+    assert (alpha["best"], alpha["filler-00"], alpha["small"]) == ("0.01", "0.1", None)
+
+
+def user_env(tracking: str) -> dict[str, str]:
+    """The environment of a user's shell: Python's stdout block-buffered into a pipe (no PYTHONUNBUFFERED), so a
+    closed pipe shows when the buffer is flushed, as late as the interpreter's exit."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    return {**env, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(PROJECT / "src")}
+
+
+def compare_process(tracking: str, stdout: int, *argv: str) -> subprocess.CompletedProcess:
+    """`bts compare` as its own process, as a shell pipeline runs it, writing to `stdout` (a pipe's write end)."""
+    env = user_env(tracking)
+    command = [str(BIN / "bts"), "compare", "--experiment", EXPERIMENT, *argv]
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, env=env, text=True, timeout=120, cwd=PROJECT)
+
+
+@pytest.mark.parametrize("argv", [[], ["--json"]])
+def test_a_reader_that_left_gets_no_traceback(tracking: str, argv: list[str]) -> None:
+    """`bts compare | head` where head is gone before compare writes: a real pipe whose read end is closed.
+
+    Python used to find the pipe closed only when flushing stdout at exit, after the CLI's BrokenPipeError handler:
+    "Exception ignored in: <_io.TextIOWrapper name='<stdout>' ...> BrokenPipeError: [Errno 32] Broken pipe", exit 120.
+    """
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = compare_process(tracking, write, *argv)
+    finally:
+        os.close(write)
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_piped_into_head_prints_the_first_lines_and_nothing_else(tracking: str) -> None:
+    env = user_env(tracking)
+    shell = f"'{BIN / 'bts'}' compare --experiment {EXPERIMENT} | head -n 1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, env=env, timeout=120, cwd=PROJECT)
+    assert (result.returncode, result.stderr) == (0, "")
+    first = f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights"
+    assert result.stdout == first + "\n"
+
+
+def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An evaluation-only run (the evaluate stage's run for a model no run trained) logs metrics but no params."""
+    from bts.tracking.compare import fetch_runs
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.create_experiment("with-evaluation-run")
+    runs = {"trained-1": {"train.model": "ridge", "train.seed": "42"}, "trained-2": {"train.model": "ridge"}, "eval": {}}
+    for name, params in runs.items():
+        run = client.create_run(experiment_id, run_name=name)
+        metrics = [Metric("test.rmse", 0.7, 0, 0), Metric("test.skill", 0.3, 0, 0)]
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    assert main(["compare", "--experiment", "with-evaluation-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "params that differ between them: train.seed (1 run logged no params)"  # not train.model
+    direct, _ = fetch_runs("with-evaluation-run", "", ["test.rmse"])
+    searched, _ = fetch_runs("with-evaluation-run", "attributes.run_name != 'x'", ["test.rmse"])
+    assert dict(zip(direct["run_name"], direct["has_params"], strict=True)) == {"trained-1": True, "trained-2": True, "eval": False}
     ordered = [frame.sort_values("run_id").reset_index(drop=True) for frame in (direct, searched)]
     pd.testing.assert_frame_equal(ordered[0], ordered[1], check_dtype=False)

@@ -1,4 +1,4 @@
-"""Pareto front, weighted scores and ranking of `bts compare` on tiny frames; its argument checks."""
+"""Pareto front, weighted scores and ranking of `bts compare` on tiny frames; its table, plot labels and argument checks."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ from bts.cli import build_parser, main
 from bts.errors import ConfigError
 from bts.tracking.compare import (
     DEFAULT_METRICS,
+    Comparison,
+    axis_label,
     comparison_from_args,
+    format_table,
+    front_figure,
     pareto_front,
     parse_metrics,
     parse_pairs,
     parse_weights,
     rank_runs,
+    ranked_on,
+    result_document,
     search_filter,
+    varying_params,
     weighted_scores,
 )
 
@@ -137,7 +144,7 @@ def test_every_permutation_of_rows_gives_the_same_ranking() -> None:
 
 def test_metrics_keep_their_order_and_direction() -> None:
     assert parse_metrics(" test.rmse:min , test.skill:MAX") == {"test.rmse": "min", "test.skill": "max"}
-    assert list(parse_metrics(DEFAULT_METRICS)) == ["test.rmse", "training.seconds", "model.size_bytes", "test.skill"]
+    assert parse_metrics(DEFAULT_METRICS) == {"test.rmse": "min", "test.skill": "max"}  # quality only: no wall-clock seconds
 
 
 @pytest.mark.parametrize("text", ["test.rmse", "test.rmse:lowest", ":min", "test.rmse:min,", "a:min,a:max"])
@@ -194,7 +201,7 @@ def test_top_and_plot_arguments_are_checked() -> None:
     ("argv", "message"),
     [
         (["--metrics", "test.rmse"], "bts: error: --metrics: 'test.rmse' is not NAME:min or NAME:max"),
-        (["--weights", "1,2"], "bts: error: --weights: 2 weights for 4 metrics"),
+        (["--weights", "1,2,3"], "bts: error: --weights: 3 weights for 2 metrics"),
         (["--param", "train.model"], "bts: error: --param: 'train.model' is not KEY=VALUE"),
     ],
 )
@@ -203,3 +210,117 @@ def test_argument_errors_exit_1_with_one_line(argv: list[str], message: str, cap
     error = capsys.readouterr().err
     assert error.startswith(message)
     assert error.count("\n") == 1
+
+
+def test_varying_params_are_those_with_two_values_or_missing_somewhere() -> None:
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "evaluation-only"],
+            "has_params": [True, True, True, False],
+            "params.train.alpha": ["0.1", "0.3", None, None],
+            "params.train.model": ["elasticnet", "elasticnet", "elasticnet", None],
+            "params.train.ridge.alpha": [None, None, "1.0", None],
+            "params.featurize.n_lags": [None, None, None, None],
+            "test.rmse": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    # train.model is the same wherever it was logged: the run that logged no params at all does not make it differ
+    assert varying_params(runs) == ["params.train.alpha", "params.train.ridge.alpha"]
+    assert varying_params(runs.iloc[:1]) == []
+    assert varying_params(runs.iloc[[0, 3]]) == []
+
+
+def test_ranked_on_states_each_metric_with_its_direction() -> None:
+    quality = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
+    assert ranked_on(quality) == "test.rmse (lower is better) and test.skill (higher is better), equal weights"
+    three = Comparison({"a": "min", "b": "max", "c": "min"}, {"a": 2.0, "b": 1.0, "c": 0.5}, "")
+    assert ranked_on(three) == "a (lower is better, weight 2), b (higher is better, weight 1) and c (lower is better, weight 0.5)"
+    assert ranked_on(Comparison({"a": "max"}, {"a": 1.0}, "")) == "a (higher is better)"
+
+
+def ranked_result(filter_string: str = "") -> tuple[dict, Comparison]:
+    comparison = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, filter_string)
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a" * 32, "b" * 32, "c" * 32],
+            "run_name": ["ridge-1", "enet-2", None],
+            "dvc_exp_name": ["exp-1", None, "exp-3"],
+            "test.rmse": [0.5, 0.7, 0.9],
+            "test.skill": [0.6, 0.4, 0.2],
+            "has_params": [True, True, True],
+            "params.train.alpha": [None, "0.3", "0.01"],
+            "params.train.model": ["ridge", "elasticnet", "elasticnet"],
+        }
+    )
+    ranked = rank_runs(runs, comparison.directions, comparison.weights)
+    result = {
+        "experiment": "e",
+        "experiment_id": "1",
+        "filter": filter_string,
+        "runs_matched": 4,
+        "runs_left_out": 1,
+        "runs_without_params": 0,
+    }
+    return {**result, "params": ["train.alpha", "train.model"], "ranked": ranked}, comparison
+
+
+def test_table_states_the_ranking_metrics_and_shows_the_params_that_differ() -> None:
+    result, comparison = ranked_result("tags.`sweep` = 'a'")
+    assert format_table(result, comparison, top=2).splitlines() == [
+        "experiment 'e': 3 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "filter: tags.`sweep` = 'a'",
+        "1 run without all metrics was left out",
+        "params that differ between them: train.alpha, train.model",
+        "Pareto front: 1 run, marked *; 1 of them in the top 2",
+        "",
+        "rank  run      run id    dvc exp  test.rmse  test.skill   score  front  params.train.alpha  params.train.model",
+        "----  -------  --------  -------  ---------  ----------  ------  -----  ------------------  ------------------",
+        "   1  ridge-1  aaaaaaaa  exp-1          0.5         0.6  1.0000  *      -                   ridge",
+        "   2  enet-2   bbbbbbbb                 0.7         0.4  0.5000         0.3                 elasticnet",
+    ]
+
+
+def test_table_without_differing_params_says_so_and_counts_runs_without_params() -> None:
+    result, comparison = ranked_result()
+    result = {**result, "params": [], "ranked": result["ranked"].drop(columns=["params.train.alpha", "params.train.model"])}
+    lines = format_table(result, comparison, top=1).splitlines()
+    assert lines[2] == "no param differs between them"
+    result["runs_without_params"] = 1
+    assert format_table(result, comparison, top=1).splitlines()[2] == "no param differs between them (1 run logged no params)"
+    assert lines[5] == "rank  run      run id    dvc exp  test.rmse  test.skill   score  front"
+
+
+def test_params_no_run_shown_sets_are_named_but_kept_out_of_the_table() -> None:
+    result, comparison = ranked_result()
+    result["ranked"].loc[result["ranked"]["run_name"] == "enet-2", "params.train.alpha"] = None  # only the 3rd run sets it
+    lines = format_table(result, comparison, top=2).splitlines()
+    assert lines[2:5] == [
+        "params that differ between them: train.alpha, train.model",
+        "not set in any run shown, so not in the table: train.alpha",
+        "Pareto front: 1 run, marked *; 1 of them in the top 2",
+    ]
+    assert lines[6].split()[-2:] == ["front", "params.train.model"]
+    assert "params.train.alpha" in format_table(result, comparison, top=3)
+
+
+def test_json_holds_each_run_params_with_null_where_a_run_lacks_one() -> None:
+    result, comparison = ranked_result()
+    document = result_document(result, comparison)
+    assert document["params"] == ["train.alpha", "train.model"]
+    assert [run["params"] for run in document["ranking"]] == [
+        {"train.alpha": None, "train.model": "ridge"},
+        {"train.alpha": "0.3", "train.model": "elasticnet"},
+        {"train.alpha": "0.01", "train.model": "elasticnet"},
+    ]
+
+
+def test_plot_axes_say_which_way_is_better() -> None:
+    import matplotlib.pyplot as plt
+
+    assert axis_label("training.seconds", "min") == "training.seconds (lower is better)"
+    result, comparison = ranked_result()
+    figure = front_figure(result["ranked"], comparison)
+    (axes,) = figure.axes
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("test.rmse (lower is better)", "test.skill (higher is better)")
+    assert axes.get_title() == "bts compare: 3 runs ranked on test.rmse, test.skill"
+    plt.close(figure)

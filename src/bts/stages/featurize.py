@@ -8,7 +8,7 @@ import pandas as pd
 
 from bts.data.catalogue import load_catalogue
 from bts.data.features import FeatureSpec, build_features
-from bts.data.metadata import coverage, dataset_document, render_datasheet
+from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
 from bts.files import write_json, write_parquet, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
@@ -34,7 +34,11 @@ def main() -> None:
     features, accounting = build_features(pd.read_parquet(args.clean), spec)
     write_parquet(args.out, features)
     splits = {
-        split: {"first_target": str(group["target_time"].min()), "last_target": str(group["target_time"].max()), "examples": len(group)}
+        split: {
+            "first_target": iso_time(group["target_time"].min()),
+            "last_target": iso_time(group["target_time"].max()),
+            "examples": len(group),
+        }
         for split, group in features.groupby("split", sort=True)
     }
     document = dataset_document(

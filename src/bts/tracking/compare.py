@@ -2,6 +2,10 @@
 
 The ranking and the front are pure functions of a small frame (one row per
 run, one column per metric); reading the runs from the store is kept apart.
+By default runs are ranked on quality alone (test.rmse, test.skill): cost
+metrics such as training.seconds depend on the machine's load, so they are
+compared only when --metrics names them. The params that differ between the
+compared runs are shown beside them, so the table says which setting won.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +29,12 @@ import pandas as pd
 from bts.errors import BtsError, ConfigError
 from bts.tracking.tags import EXP_NAME
 
-DEFAULT_METRICS = "test.rmse:min,training.seconds:min,model.size_bytes:min,test.skill:max"
+DEFAULT_METRICS = "test.rmse:min,test.skill:max"  # quality only: wall-clock seconds would rank the machine's load
+COST_METRICS = "training.seconds:min,training.cpu_seconds:min,training.peak_memory_mb:min,model.size_bytes:min"
 DIRECTIONS = ("min", "max")
+BETTER = {"min": "lower is better", "max": "higher is better"}
+PARAM_PREFIX = "params."  # the columns of the runs' params, as mlflow.search_runs names them
+HAS_PARAMS = "has_params"  # whether a run logged any param (a run that only evaluated a model has none)
 PAGE_SIZE = 2000
 SCORE_DECIMALS = 12  # sums of the same normalized values in another order may differ in the last bit; ties must stay ties
 
@@ -89,6 +99,17 @@ def rank_runs(frame: pd.DataFrame, directions: Mapping[str, str], weights: Mappi
     ranked = frame.assign(score=weighted_scores(frame, directions, weights), pareto=pareto_front(frame, directions))
     ranked = ranked.sort_values(["score", "run_id"], ascending=[False, True], kind="stable")
     return ranked.assign(rank=range(1, len(ranked) + 1)).reset_index(drop=True)
+
+
+def varying_params(frame: pd.DataFrame) -> list[str]:
+    """The param columns (params.<key>) whose values differ between the rows that logged params (column has_params).
+
+    A param some of those rows lack differs too (another model's param); a run that logged no param at all (one that
+    only evaluated a model) says nothing about any of them.
+    """
+    columns = [column for column in frame.columns if column.startswith(PARAM_PREFIX)]
+    with_params = frame[frame[HAS_PARAMS]]
+    return sorted(column for column in columns if with_params[column].nunique(dropna=False) > 1)
 
 
 def _oriented(frame: pd.DataFrame, directions: Mapping[str, str]) -> np.ndarray:
@@ -190,7 +211,10 @@ def _store_uri() -> str:
 
     from bts.tracking.store import use_store
 
-    use_store()
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # a store named outright needs no project around it
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    else:
+        use_store()
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).exists():
         raise BtsError(f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI, or run from the repository)")
@@ -204,10 +228,11 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     """The same rows as `fetch_runs`, read with MLflow's own ORM models: only the columns compared, not whole runs.
 
     MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
-    unfiltered comparison of a database store reads just the latest values of the compared metrics.
+    unfiltered comparison of a database store reads just the latest values of the compared metrics, and the
+    values of only the params that differ between the runs (found first by one grouped query in the database).
     """
-    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
-    from sqlalchemy import create_engine, select
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    from sqlalchemy import create_engine, func, select
 
     engine = create_engine(uri)
     with engine.connect() as connection:
@@ -217,7 +242,8 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
         if experiment_id is None:
             raise BtsError(f"unknown experiment '{experiment}' in {uri}")
         active = (SqlRun.experiment_id == experiment_id) & (SqlRun.lifecycle_stage == "active")
-        runs = pd.DataFrame(connection.execute(select(SqlRun.run_uuid, SqlRun.name).where(active)).all(), columns=["run_id", "run_name"])
+        found = connection.execute(select(SqlRun.run_uuid, SqlRun.name).where(active)).all()
+        runs = pd.DataFrame([tuple(row) for row in found], columns=["run_id", "run_name"])  # plain tuples: pandas probes Row objects slowly
         values = connection.execute(
             select(SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value)
             .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
@@ -226,15 +252,58 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
         names = connection.execute(
             select(SqlTag.run_uuid, SqlTag.value).join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid).where(active & (SqlTag.key == EXP_NAME))
         ).all()
+        # A param differs between the runs if its smallest and largest values differ or some run lacks it (min and
+        # max: no sort of every value; runs as a subquery: one pass over the params, 3x faster than a join on
+        # SQLite). Only the params that differ are read.
+        spread = connection.execute(
+            select(SqlParam.key, func.min(SqlParam.value), func.max(SqlParam.value), func.count())
+            .where(SqlParam.run_uuid.in_(select(SqlRun.run_uuid).where(active)))
+            .group_by(SqlParam.key)
+        ).all()
+        keys = sorted(key for key, lowest, highest, runs_with in spread if lowest != highest or runs_with < len(runs))
+        params = connection.execute(
+            select(SqlParam.run_uuid, SqlParam.key, SqlParam.value)
+            .join(SqlRun, SqlRun.run_uuid == SqlParam.run_uuid)
+            .where(active & SqlParam.key.in_(keys))
+        ).all()
+        with_params = connection.execute(
+            select(SqlParam.run_uuid).distinct().where(SqlParam.run_uuid.in_(select(SqlRun.run_uuid).where(active)))
+        ).scalars()
+        logged = set(with_params)
     engine.dispose()
-    wide = pd.DataFrame(values, columns=["run_id", "key", "value"]).pivot(index="run_id", columns="key", values="value")
-    frame = runs.merge(pd.DataFrame(names, columns=["run_id", "dvc_exp_name"]), on="run_id", how="left")
-    frame = frame.merge(wide.reindex(columns=list(metrics)), left_on="run_id", right_index=True, how="left")
-    return frame[["run_id", "run_name", "dvc_exp_name", *metrics]].astype(dict.fromkeys(metrics, float)), str(experiment_id)
+    frame = runs.assign(dvc_exp_name=runs["run_id"].map(dict(names)), **{HAS_PARAMS: runs["run_id"].isin(logged)})
+    frame = frame.assign(**_columns(values, metrics, frame["run_id"]))
+    frame = frame.assign(**{PARAM_PREFIX + key: column for key, column in _columns(params, keys, frame["run_id"]).items()})
+    return _with_types(frame, metrics), str(experiment_id)
+
+
+def _columns(rows: Sequence[tuple], keys: Sequence[str], run_ids: pd.Series) -> dict[str, pd.Series]:
+    """(run_id, key, value) rows as one column per key, aligned on run_ids (NaN where a run lacks the key).
+
+    A dict per key and Series.map: several times faster than DataFrame.pivot on the 100,000 rows of a large experiment.
+    """
+    by_key: dict[str, dict] = {key: {} for key in keys}
+    for run_id, key, value in rows:
+        by_key[key][run_id] = value
+    return {key: run_ids.map(by_key[key]) for key in keys}
+
+
+def _with_types(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The columns in their order (names, metrics, has_params, params by key); dvc_exp_name and params as objects, None if absent."""
+    params = sorted(column for column in frame.columns if column.startswith(PARAM_PREFIX))
+    frame = frame[["run_id", "run_name", "dvc_exp_name", *metrics, HAS_PARAMS, *params]].astype(
+        {**dict.fromkeys(metrics, float), HAS_PARAMS: bool}
+    )
+    return frame.assign(**{column: frame[column].astype(object).where(frame[column].notna(), None) for column in ["dvc_exp_name", *params]})
 
 
 def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
-    """One row per matching active run (run_id, run_name, dvc_exp_name, each metric or NaN), and the experiment id."""
+    """One row per matching active run, and the experiment id.
+
+    Columns: run_id, run_name, dvc_exp_name, each metric (NaN where a run lacks it), has_params (the run logged any
+    param), then params.<key> for each param whose value differs between the matched runs or that some lack (None
+    where a run lacks it), by key.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -246,6 +315,7 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
     if found is None:
         raise BtsError(f"unknown experiment '{experiment}' in {uri}")
     rows: list[tuple] = []
+    params: list[dict[str, str]] = []
     token = None
     # MLflow's public search has no column selection: each run comes whole (every metric, param and tag), about
     # 0.7 ms a run on SQLite, which makes this loop the slow part of the command on large experiments.
@@ -260,11 +330,16 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
             for run in page:
                 values = run.data.metrics
                 rows.append((run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME), *(values.get(m, math.nan) for m in metrics)))
+                params.append(run.data.params)
             token = page.token
             if not token:
                 break
     frame = pd.DataFrame.from_records(rows, columns=["run_id", "run_name", "dvc_exp_name", *metrics])
-    return frame.astype(dict.fromkeys(metrics, float)), found.experiment_id
+    keys = sorted({key for values in params for key in values})
+    keys = [key for key in keys if len({values.get(key) for values in params}) > 1]  # differs, or some run lacks it
+    frame = frame.assign(**{HAS_PARAMS: [bool(values) for values in params]})
+    frame = frame.assign(**{PARAM_PREFIX + key: [values.get(key) for values in params] for key in keys})
+    return _with_types(frame, metrics), found.experiment_id
 
 
 def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
@@ -280,13 +355,18 @@ def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
             f"none of the {len(runs)} runs matched in experiment '{experiment}'{where} has all of {', '.join(metrics)}"
             " (NaN and infinite values count as missing)"
         )
+    compared = runs[complete]
+    varying = varying_params(compared)
+    compared = compared.drop(columns=[c for c in compared.columns if c.startswith(PARAM_PREFIX) and c not in varying])
     return {
         "experiment": experiment,
         "experiment_id": experiment_id,
         "filter": comparison.filter_string,
         "runs_matched": len(runs),
         "runs_left_out": int((~complete).sum()),
-        "ranked": rank_runs(runs[complete], comparison.directions, comparison.weights),
+        "params": [column.removeprefix(PARAM_PREFIX) for column in varying],
+        "runs_without_params": int((~compared[HAS_PARAMS]).sum()),
+        "ranked": rank_runs(compared, comparison.directions, comparison.weights),
     }
 
 
@@ -295,25 +375,44 @@ def _text(value: object) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
+def ranked_on(comparison: Comparison) -> str:
+    """The metrics of the ranking in words: 'test.rmse (lower is better) and test.skill (higher is better), equal weights'."""
+    equal = len(set(comparison.weights.values())) == 1
+    items = [
+        f"{name} ({BETTER[direction]}{'' if equal else f', weight {comparison.weights[name]:g}'})"
+        for name, direction in comparison.directions.items()
+    ]
+    text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return text + (", equal weights" if equal and len(items) > 1 else "")
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> str:
     """The top rows of the ranking as a plain-text table, with a summary above it."""
     ranked: pd.DataFrame = result["ranked"]
     metrics = list(comparison.directions)
+    params = result["params"]
     front = int(ranked["pareto"].sum())
     shown = ranked.head(top)
-    weights = ", ".join(f"{name} {direction} x{comparison.weights[name]:g}" for name, direction in comparison.directions.items())
-    lines = [
-        f"experiment '{result['experiment']}': {len(ranked)} runs compared on {weights}",
-        f"Pareto front: {front} runs, marked *; {int(shown['pareto'].sum())} of them in the top {len(shown)}",
-    ]
+    lines = [f"experiment '{result['experiment']}': {_plural(len(ranked), 'run', 'runs')} ranked on {ranked_on(comparison)}"]
     if result["filter"]:
-        lines.insert(1, f"filter: {result['filter']}")
+        lines.append(f"filter: {result['filter']}")
     left_out = result["runs_left_out"]
     if left_out:
-        lines.append(
-            f"{left_out} run without all metrics was left out" if left_out == 1 else f"{left_out} runs without all metrics were left out"
-        )
-    header = ["rank", "run", "run id", "dvc exp", *metrics, "score", "front"]
+        lines.append(f"{_plural(left_out, 'run', 'runs')} without all metrics {'was' if left_out == 1 else 'were'} left out")
+    differ = f"params that differ between them: {', '.join(params)}" if params else "no param differs between them"
+    without = result.get("runs_without_params", 0)
+    lines.append(differ + (f" ({_plural(without, 'run', 'runs')} logged no params)" if without else ""))
+    unset = [key for key in params if shown[PARAM_PREFIX + key].isna().all()]  # e.g. another model's params
+    if unset:
+        lines.append(f"not set in any run shown, so not in the table: {', '.join(unset)}")
+    params = [key for key in params if key not in unset]
+    lines.append(f"Pareto front: {_plural(front, 'run', 'runs')}, marked *; {int(shown['pareto'].sum())} of them in the top {len(shown)}")
+    # The ranking first, the params last: a long param name widens only the right end of a line.
+    header = ["rank", "run", "run id", "dvc exp", *metrics, "score", "front", *(PARAM_PREFIX + key for key in params)]
     body = [
         [
             str(row["rank"]),
@@ -323,6 +422,7 @@ def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> st
             *(f"{row[name]:.6g}" for name in metrics),
             f"{row['score']:.4f}",
             "*" if row["pareto"] else "",
+            *(_text(row[PARAM_PREFIX + key]) or "-" for key in params),
         ]
         for row in shown.to_dict("records")
     ]
@@ -347,6 +447,7 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
             "run_id": row["run_id"],
             "run_name": _text(row["run_name"]) or None,
             "dvc_exp_name": _text(row["dvc_exp_name"]) or None,
+            "params": {key: _text(row[PARAM_PREFIX + key]) or None for key in result["params"]},
             "metrics": {name: float(row[name]) for name in metrics},
             "score": float(row["score"]),
             "pareto": bool(row["pareto"]),
@@ -358,16 +459,23 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
         "experiment_id": result["experiment_id"],
         "filter": result["filter"],
         "metrics": [{"name": n, "direction": d, "weight": comparison.weights[n]} for n, d in comparison.directions.items()],
+        "params": result["params"],
         "runs_matched": result["runs_matched"],
         "runs_compared": len(runs),
         "runs_left_out": result["runs_left_out"],
+        "runs_without_params": result.get("runs_without_params", 0),
         "pareto_front": [run["run_id"] for run in runs if run["pareto"]],
         "ranking": runs,
     }
 
 
-def plot_front(ranked: pd.DataFrame, comparison: Comparison, path: str | Path) -> None:
-    """PNG scatter of the first two metrics: every run, the Pareto front highlighted, the top-ranked run named."""
+def axis_label(metric: str, direction: str) -> str:
+    """'test.rmse (lower is better)': a direction, never a unit-like '(min)'."""
+    return f"{metric} ({BETTER[direction]})"
+
+
+def front_figure(ranked: pd.DataFrame, comparison: Comparison) -> Any:
+    """Scatter of the first two metrics: every run, the Pareto front highlighted, the top-ranked run named."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,11 +496,20 @@ def plot_front(ranked: pd.DataFrame, comparison: Comparison, path: str | Path) -
         textcoords="offset points",
         arrowprops={"arrowstyle": "-", "color": "black"},
     )
-    axes.set_xlabel(f"{x} ({x_direction})")
-    axes.set_ylabel(f"{y} ({y_direction})")
-    axes.set_title("bts compare")
+    axes.set_xlabel(axis_label(x, x_direction))
+    axes.set_ylabel(axis_label(y, y_direction))
+    title = f"bts compare: {_plural(len(ranked), 'run', 'runs')} ranked on {', '.join(comparison.directions)}"
+    axes.set_title(textwrap.fill(title, width=80), fontsize="medium")
     axes.legend(loc="best")
     figure.tight_layout()
+    return figure
+
+
+def plot_front(ranked: pd.DataFrame, comparison: Comparison, path: str | Path) -> None:
+    """front_figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = front_figure(ranked, comparison)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -404,10 +521,17 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Compare the runs of one MLflow experiment on several metrics: the Pareto front (runs no other run beats on\n"
         "every metric) and a ranking by weighted score (each metric min-max normalized over the compared runs, 1 = best).\n"
-        "Active (not deleted) runs only; runs missing any of the metrics (or with NaN) are left out and counted."
+        "Active (not deleted) runs only; runs missing any of the metrics (or with NaN) are left out and counted.\n"
+        "The params whose values differ between the compared runs are shown as params.<key> columns."
     )
     parser.add_argument("--experiment", help="MLflow experiment name (default: train.experiment in params.yaml)")
-    parser.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma list of NAME:min or NAME:max (default: {DEFAULT_METRICS})")
+    parser.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help=f"comma list of NAME:min or NAME:max (default: {DEFAULT_METRICS}, quality only);\n"
+        f"add cost metrics to trade them off, e.g. {DEFAULT_METRICS},{COST_METRICS.split(',')[0]},{COST_METRICS.split(',')[-1]}\n"
+        f"(training.seconds is wall-clock time: it varies with the machine's load; training.cpu_seconds less so)",
+    )
     parser.add_argument("--weights", help="comma list of weights >= 0, one per metric in the same order (default: equal)")
     parser.add_argument("--filter", help=FILTER_HELP)
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag value (repeatable)")
@@ -425,13 +549,25 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.plot:
         plot_front(result["ranked"], comparison, args.plot)
     if args.json:
-        json.dump(result_document(result, comparison), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        write_output(json.dumps(result_document(result, comparison), indent=2) + "\n")
     else:
-        print(format_table(result, comparison, args.top))
-        if args.plot:
-            print(f"\nplot: {args.plot}")
+        write_output(format_table(result, comparison, args.top) + (f"\n\nplot: {args.plot}" if args.plot else "") + "\n")
     return 0
+
+
+def write_output(text: str) -> None:
+    """Write to stdout and flush; a reader that stops early (`bts compare | head`) ends the output quietly.
+
+    Flushing here makes a closed pipe show up here, not when Python exits (which prints "Exception ignored ...
+    BrokenPipeError"); stdout is then pointed at /dev/null so that nothing is written, or raised, after this.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _default_experiment() -> str:
