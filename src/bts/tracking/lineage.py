@@ -197,7 +197,8 @@ def trace(client: MlflowClient, ref: str, root: Path) -> dict:
     lineage, run = resolved["lineage"], resolved["run"]
     data_md5s = {name: lineage.get(data_md5_tag(name)) for name in DATASETS}
     model_md5 = lineage.get(MODEL_MD5)
-    exact = commits_holding(root, [m for m in [*data_md5s.values(), model_md5] if m])
+    package_md5 = (resolved["package"] or {}).get("md5")  # with it, the commits hold the very code that packaged the model
+    exact = commits_holding(root, [m for m in [*data_md5s.values(), model_md5, package_md5] if m])
     data_only = [] if exact else commits_holding(root, [m for m in data_md5s.values() if m])
     recorded_commit = run.data.tags.get(GIT_COMMIT) if run else None
     chosen = next((c for c in exact if c["commit"] == recorded_commit), exact[-1] if exact else None)
