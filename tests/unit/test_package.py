@@ -113,7 +113,7 @@ def test_a_workspace_model_is_unpickled_only_when_dvc_lock_records_its_md5(model
     path.parent.mkdir()
     joblib.dump(fitted, path)
     lock = tmp_path / "dvc.lock"
-    lock.write_text(f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: {path.as_posix()}\n      md5: {file_md5(path)}\n")
+    lock.write_text(f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: models/model.joblib\n      md5: {file_md5(path)}\n")
     recorded = file_md5(path)
     assert np.array_equal(load_workspace_model(path, lock).predict(model[1]), fitted.predict(model[1]))
     with open(path, "ab") as handle:

@@ -245,4 +245,8 @@ def load_workspace_model(path: Path, lock_path: Path = Path("dvc.lock")) -> Any:
     """A fitted model file of the workspace (joblib), loaded only if its md5 is the one dvc.lock records for it."""
     import joblib
 
-    return joblib.load(verified_file(path, recorded_md5(path.as_posix(), lock_path)))
+    try:  # dvc.lock names outputs relative to its own folder
+        output = path.resolve().relative_to(lock_path.resolve().parent).as_posix()
+    except ValueError:
+        output = path.as_posix()
+    return joblib.load(verified_file(path, recorded_md5(output, lock_path)))
