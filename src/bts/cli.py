@@ -170,6 +170,20 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(project.client, project.root, args)
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from bts.monitoring.command import monitor_command
+
+    project = _project()
+    return monitor_command(project.client, project.root, args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from bts.monitoring.replay import replay_command
+    from bts.tracking.store import find_root
+
+    return replay_command(find_root(), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bts", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bts {bts.__version__}")
@@ -257,6 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, default=serving.DEFAULT_MAX_BODY_BYTES, help="request body size at most (default: %(default)s)"
     )
     serve.set_defaults(handler=_serve)
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="report on a served model: service and cost, input drift, live accuracy (JSON, HTML, MLflow run)",
+        description="Read the monitoring log of `bts serve` for one model and report its service (requests, errors, latency, "
+        "CPU per 1,000 predictions), the drift of its inputs against the training profile and, given the readings that came "
+        "next (--actuals), its live accuracy beside the offline test scores. Writes report.json and report.html, logs them "
+        "as a run of the `<experiment>-monitoring` MLflow experiment and tags the model version with it.",
+    )
+    monitor.add_argument("ref", help="models:/name@alias, models:/name/<version>, or a package folder (what `bts serve` served)")
+    monitor.add_argument("--since", help="from this time (ISO 8601, UTC if naive; or 30m, 24h, 7d back from now)")
+    monitor.add_argument("--until", help="until this time (same forms)")
+    monitor.add_argument("--actuals", metavar="EXPORT", help="the readings that came next: a raw export (CSV or folder) or clean Parquet")
+    monitor.add_argument("--log-dir", help=f"monitoring log folder (default: {serving.DEFAULT_LOG_DIR}/ under the project root)")
+    monitor.add_argument("--out", help="report folder (default: <log dir>/reports/<time>-<package md5>)")
+    monitor.set_defaults(handler=_monitor)
+
+    replay = commands.add_parser(
+        "replay",
+        help="send an export to a scoring server reading by reading, in time order, as the field would",
+        description="Turn an export (raw CSV, a folder of them, or clean Parquet) into the requests a station would send: one "
+        "per reading with enough history, in time order, with its key columns (station_id, parameter_id, reading_time).",
+    )
+    from bts.monitoring.replay import add_arguments as add_replay_arguments
+
+    add_replay_arguments(replay)
+    replay.set_defaults(handler=_replay)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
     from bts.tracking.compare import add_compare_arguments

@@ -111,6 +111,14 @@ class RegistryParams(Section):
     license: NonEmpty
 
 
+class MonitorParams(Section):
+    psi_threshold: Annotated[float, Field(gt=0)]
+    ks_p_value: OpenFraction
+    min_rows: Annotated[int, Field(ge=1)]
+    ignore_features: list[NonEmpty] = []
+    skill_threshold: Annotated[float, Field(le=1)]
+
+
 class Params(Section):
     data: DataParams
     simulate: SimulateParams
@@ -118,6 +126,7 @@ class Params(Section):
     featurize: FeaturizeParams
     train: TrainParams
     registry: RegistryParams
+    monitor: MonitorParams
 
     def run_params(self) -> dict[str, object]:
         """The params a training run logs and its model depends on, flat (`train.alpha`, `featurize.n_lags`), each once."""

@@ -14,7 +14,7 @@ from bts.params import MODEL_KINDS, Params, TrainParams, flatten, load_params
 from tests.conftest import PROJECT
 
 PROJECT_PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
-SECTIONS = "data, simulate, clean, featurize, train, registry"
+SECTIONS = "data, simulate, clean, featurize, train, registry, monitor"
 
 
 def write_params(path: Path, mutate: Callable[[dict], object] | None = None) -> Path:
@@ -129,7 +129,7 @@ def test_an_empty_file(params_path):
     params_path.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         load_params(params_path)
-    assert str(raised.value) == f"{params_path}: empty file; it needs the sections data, simulate, clean, featurize, train, registry"
+    assert str(raised.value) == f"{params_path}: empty file; it needs the sections {SECTIONS}"
 
 
 def test_a_file_that_is_a_yaml_list(params_path):

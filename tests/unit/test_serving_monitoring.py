@@ -62,6 +62,23 @@ def test_close_writes_every_request_and_prediction(tmp_path: Path) -> None:
     day = datetime.fromtimestamp(now / 1e9, UTC).strftime("%Y-%m-%d")
     assert [p.name for p in (tmp_path / "requests").iterdir()] == [f"date={day}"]
     assert not list(tmp_path.rglob(".*.tmp"))
+    process = pd.read_parquet(tmp_path / "process")  # the server's cost: a row per write
+    assert len(process) >= 1 and (process["cpu_seconds"] > 0).all() and (process["peak_rss_bytes"] >= process["rss_bytes"]).all()
+    assert (process["package_md5"] == "abc.dir").all()
+
+
+def test_the_process_is_sampled_when_it_starts_and_at_each_write(tmp_path: Path) -> None:
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=0.05, roll_seconds=0)
+    log.open()
+    deadline = time.monotonic() + 10
+    while log.written["process"] < 1 and time.monotonic() < deadline:  # the baseline, before any request
+        time.sleep(0.02)
+    assert log.written["requests"] == 0 and log.written["process"] == 1
+    log.add(entry(time.time_ns()))
+    log.close()
+    process = pd.read_parquet(tmp_path / "process").sort_values("time")
+    assert len(process) == 3  # start, the request's write, the stop
+    assert process["cpu_seconds"].is_monotonic_increasing
 
 
 def test_the_writer_thread_writes_row_groups_and_rolls_files(tmp_path: Path) -> None:
@@ -74,16 +91,17 @@ def test_the_writer_thread_writes_row_groups_and_rolls_files(tmp_path: Path) -> 
     deadline = time.monotonic() + 10
     while log.written["predictions"] < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert log.written == {"requests": 1, "predictions": 2}
-    assert not list(tmp_path.rglob("*.parquet")) and len(list(tmp_path.rglob(".*.tmp"))) == 2  # open, hidden
+    assert log.written["requests"] == 1 and log.written["predictions"] == 2
+    assert not list(tmp_path.rglob("*.parquet")) and len(list(tmp_path.rglob(".*.tmp"))) == 3  # open, hidden (with process)
     log.add(entry(time.time_ns(), rows=3))
     while log.written["predictions"] < 5 and time.monotonic() < deadline:
         time.sleep(0.02)
     while not list(tmp_path.rglob("*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.05)
     files = sorted(tmp_path.rglob("*.parquet"))
-    assert len(files) == 2 and not list(tmp_path.rglob(".*.tmp"))
-    assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [2, 2]
+    assert len(files) == 3 and not list(tmp_path.rglob(".*.tmp"))
+    logged = [f for f in files if f.parts[-3] != "process"]
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in logged] == [2, 2]
     assert len(pd.read_parquet(tmp_path / "predictions")) == 5
     assert log.bytes == sum(f.stat().st_size for f in files)
     log.close()
@@ -104,12 +122,12 @@ def test_the_size_cap_deletes_the_oldest_days_first(tmp_path: Path) -> None:
     log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=60, roll_seconds=0)  # a file per flush
     log.open()
     today = (time.time_ns() // DAY_NS) * DAY_NS
-    for days_ago in (3, 2, 1, 0):
-        log.add(entry(today - days_ago * DAY_NS + 10**9))
+    for days_ago in (3, 2, 1, 0):  # large entries: the process samples (all dated today) weigh little beside them
+        log.add(entry(today - days_ago * DAY_NS + 10**9, rows=5_000))
         log.flush()
     one_day = log.bytes / 4
     log.max_bytes = int(one_day * 3.5)  # 5 days worth after the next write: the two oldest days go
-    log.add(entry(today + 2 * 10**9))
+    log.add(entry(today + 2 * 10**9, rows=5_000))
     log.flush()
     log.close()
     kept = sorted(p.name for p in (tmp_path / "requests").iterdir())

@@ -1,8 +1,8 @@
 """Supervised examples from clean readings: the last N readings of a series predict a later one.
 
-Per (station, parameter) series: lag_1 is the latest reading, lag_N the
-oldest; gap_k_seconds is the time between lag_k and lag_k+1; calendar
-features come from the latest reading's time. The target is the reading
+Per (station, parameter) series: lag_1 is the latest reading (its id is the
+example's reading_id), lag_N the oldest; gap_k_seconds is the time between
+lag_k and lag_k+1; calendar features come from the latest reading's time. The target is the reading
 `horizon` steps ahead. Splits are in time order of the target, so no
 training example looks at a validation or test target. Nothing is fitted
 here: scaling lives in the model pipeline and is fitted on train only.
@@ -65,7 +65,8 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
     columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64")
     columns["target"] = series["value"].shift(-spec.horizon)
     columns["target_time"] = series["reading_time"].shift(-spec.horizon)
-    frame = pd.concat([clean[[*SERIES_KEYS, "reading_time"]], pd.DataFrame(columns)], axis=1)
+    keys = clean[[*SERIES_KEYS, "reading_time", "id"]].rename(columns={"id": "reading_id"})  # the example's latest reading
+    frame = pd.concat([keys, pd.DataFrame(columns)], axis=1)
     no_history = frame[f"lag_{spec.n_lags}"].isna()
     no_target = frame["target"].isna() & ~no_history
     frame = frame[~(no_history | no_target)].reset_index(drop=True)
@@ -74,7 +75,7 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
             f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
             "lower featurize.n_lags or featurize.horizon, or add data"
         )
-    frame.insert(3, "split", assign_splits(frame, spec))
+    frame.insert(4, "split", assign_splits(frame, spec))
     accounting = {
         "readings_in": len(clean),
         "examples_out": len(frame),

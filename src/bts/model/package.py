@@ -48,6 +48,7 @@ class IntegrityError(BtsError):
 # model's code_md5, so a package names exactly the code it came from, and a reproduction can prove which code ran.
 TRAINING_CODE = [
     "__init__.py", "errors.py", "files.py", "hashing.py", "params.py", "stages/__init__.py", "stages/train.py", "model", "tracking",
+    "monitoring/__init__.py", "monitoring/profile.py",
 ]  # fmt: skip
 
 

@@ -2,13 +2,16 @@
 
     <log dir>/requests/date=YYYY-MM-DD/<HHMMSSffffff>-<pid>-<seq>.parquet      one row per POST /invocations
     <log dir>/predictions/date=YYYY-MM-DD/<HHMMSSffffff>-<pid>-<seq>.parquet   one row per scored row
+    <log dir>/process/date=YYYY-MM-DD/<HHMMSSffffff>-<pid>-<seq>.parquet       one row per write: the server's cost
 
 A request row holds its id, UTC time, latency in ms, rows, HTTP status,
 error code (null when it succeeded) and payload format; a prediction row its
 request id and time, its row in the request, the key columns (station_id,
-parameter_id, reading_time: null when not given), every feature value and
-the prediction. Both carry the served model's package md5, registered name
-and version, training run id and data md5s.
+parameter_id, reading_id, reading_time: null when not given), every feature value and
+the prediction; a process row the server's pid, CPU seconds and resident
+and peak memory when it started, at each write and when it stopped (what
+`bts monitor` reports as cost). All carry the served model's package md5,
+registered name and version, training run id and data md5s.
 
 The request path only appends to a list in memory. A background thread
 writes what has gathered every second (sooner once 50,000 records wait) as
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import sys
 import threading
@@ -45,9 +49,20 @@ from bts.serving.payload import ID_COLUMNS, TIME_COLUMN
 
 REQUESTS = "requests"
 PREDICTIONS = "predictions"
-TABLES = (REQUESTS, PREDICTIONS)
+PROCESS = "process"
+TABLES = (REQUESTS, PREDICTIONS, PROCESS)
 DAY_NS = 86_400 * 10**9
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def memory_bytes() -> tuple[int, int]:
+    """This process's resident memory now and at its peak (Linux /proc; the peak twice where /proc is missing)."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+    except (OSError, ValueError, KeyError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak, peak
 
 
 @dataclass
@@ -110,7 +125,8 @@ class MonitoringLog:
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self.bytes = 0
-        self.written = {REQUESTS: 0, PREDICTIONS: 0}
+        self.written = {table: 0 for table in TABLES}
+        self._sample_process = True  # the first write records the server's cost before it served anything
         self.dropped = 0
         self.write_errors = 0
         self.deleted_files = 0
@@ -178,7 +194,7 @@ class MonitoringLog:
                 entries, self._pending = self._pending, []
                 records, self._pending_records = self._pending_records, 0
             try:
-                if entries:
+                if entries or close_all or self._sample_process:
                     self._write(entries)
                 self._roll(close_all)
             except Exception as exc:  # a full disk must not stop the serving: count what is lost, start new files
@@ -190,7 +206,9 @@ class MonitoringLog:
             self._enforce_cap()
 
     def _write(self, entries: list[Entry]) -> None:
-        for table_name, table in ((REQUESTS, self.requests_table(entries)), (PREDICTIONS, self.predictions_table(entries))):
+        self._sample_process = False
+        tables = ((REQUESTS, self.requests_table(entries)), (PREDICTIONS, self.predictions_table(entries)), (PROCESS, self.process_table()))
+        for table_name, table in tables:
             if table.num_rows == 0:
                 continue
             days = pc.cast(table["time"], pa.int64()).to_numpy() // (DAY_NS // 1000)
@@ -256,6 +274,19 @@ class MonitoringLog:
         }
         return pa.table({**columns, **self._tag_columns(len(entries))})
 
+    def process_table(self) -> pa.Table:
+        """One row: this process's CPU seconds so far (every thread), resident and peak memory, now."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        resident, peak = memory_bytes()
+        columns = {
+            "time": pa.array([time.time_ns() // 1000], pa.int64()).cast(TIMESTAMP),
+            "pid": pa.array([os.getpid()], pa.int32()),
+            "cpu_seconds": pa.array([usage.ru_utime + usage.ru_stime], pa.float64()),
+            "rss_bytes": pa.array([resident], pa.int64()),
+            "peak_rss_bytes": pa.array([peak], pa.int64()),
+        }
+        return pa.table({**columns, **self._tag_columns(1)})
+
     def predictions_table(self, entries: list[Entry]) -> pa.Table:
         scored = [e for e in entries if e.predictions is not None and e.rows]
         total = sum(e.rows for e in scored)
@@ -273,9 +304,8 @@ class MonitoringLog:
             "request_id": pa.array(np.concatenate(request_ids) if scored else [], pa.string()),
             "time": pa.array(np.concatenate(times) if scored else [], pa.int64()).cast(TIMESTAMP),
             "row": pa.array(np.concatenate(positions) if scored else [], pa.int32()),
-            "station_id": pa.array(keys["station_id"], pa.int64()),
-            "parameter_id": pa.array(keys["parameter_id"], pa.int64()),
-            "reading_time": pa.array(keys[TIME_COLUMN], TIMESTAMP),
+            **{column: pa.array(keys[column], pa.int64()) for column in ID_COLUMNS},
+            TIME_COLUMN: pa.array(keys[TIME_COLUMN], TIMESTAMP),
             **{column: pa.array(features[:, i]) for i, column in enumerate(self.feature_columns)},
             "prediction": pa.array(np.concatenate([e.predictions for e in scored]) if scored else [], pa.float64()),
         }

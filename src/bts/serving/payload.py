@@ -38,9 +38,13 @@ JSON = "application/json"
 CSV = "text/csv"
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 PARAMS_KEY = "params"
-KEY_COLUMNS = ("station_id", "parameter_id", "reading_time")
-ID_COLUMNS = ("station_id", "parameter_id")
+# Optional key columns of a request row, kept with its prediction: the series, the id of its latest reading (unique
+# in an export, where two readings of a series may share a second) and that reading's time.
+SERIES_COLUMNS = ("station_id", "parameter_id")
+READING_ID = "reading_id"
+ID_COLUMNS = (*SERIES_COLUMNS, READING_ID)
 TIME_COLUMN = "reading_time"
+KEY_COLUMNS = (*ID_COLUMNS, TIME_COLUMN)
 MAX_NAMES_SHOWN = 8
 MAX_NAME_CHARS = 40
 INT64_MAX = 2**63 - 1

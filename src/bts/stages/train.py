@@ -14,6 +14,7 @@ import pandas as pd
 
 from bts.files import atomic_write
 from bts.model.forecasters import build_model
+from bts.monitoring.profile import PROFILE_ARTIFACT, feature_profile
 from bts.params import PARAMS_FILE, load_params
 from bts.stages import run_stage
 from bts.tracking.runs import datasets_to_log, training_run, workspace_lineage
@@ -49,6 +50,7 @@ def main() -> None:
     tags = {**git_tags(Path.cwd()), **dvc_tags(), **machine_tags(), **datasets, **lineage}
     run_name = os.environ.get("DVC_EXP_NAME") or f"{params.train.model}-{tags[GIT_COMMIT][:7]}"
     inputs = datasets_to_log(tags, train_rows[[*columns, "target"]])  # slow part prepared before the store lock
+    profile = feature_profile(train_rows, columns, seed=params.train.seed)  # what `bts monitor` measures drift against
     with training_run(params.train.experiment, run_name) as run:
         kill_point("run-started")
         mlflow.log_params(params.run_params())
@@ -58,6 +60,7 @@ def main() -> None:
         mlflow.log_metrics(cost)
         mlflow.log_artifacts(args.datasets, artifact_path="metadata")
         mlflow.log_artifact(str(PARAMS_FILE))
+        mlflow.log_dict(profile, PROFILE_ARTIFACT)
     print(f"train: {params.train.model} on {len(train_rows)} rows in {cost['training.seconds']} s; MLflow run {run.info.run_id}")
 
 

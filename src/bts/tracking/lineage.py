@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -31,6 +32,7 @@ from bts.tracking.tags import (
     GIT_COMMIT,
     GIT_DIRTY,
     MODEL_MD5,
+    MONITORING_SUFFIX,
     PACKAGE_MD5,
     PARAMS_MD5,
     REGISTRATION_COMPLETE,
@@ -236,7 +238,43 @@ def trace(client: MlflowClient, ref: str, root: Path) -> dict:
         "rebuild_commit": chosen["commit"] if chosen else None,
         "commits_with_same_data": data_only,
         "uncommitted": not exact,
+        "monitoring": monitoring_reports(client, run, package_md5 or lineage.get(PACKAGE_MD5)),
     }
+
+
+def monitoring_reports(client: MlflowClient, run: Run | None, package_md5: str | None, newest: int = 3) -> dict:
+    """The `bts monitor` reports on this package (in its training experiment's monitoring experiment), newest first."""
+    if run is None or not package_md5:
+        return {"count": 0, "newest": []}
+    experiment = client.get_experiment_by_name(client.get_experiment(run.info.experiment_id).name + MONITORING_SUFFIX)
+    if experiment is None:
+        return {"count": 0, "newest": []}
+    reports = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{PACKAGE_MD5}` = '{package_md5}'", order_by=["attributes.start_time DESC"]
+    )
+    return {
+        "count": len(reports),
+        "newest": [
+            {
+                "run_id": report.info.run_id,
+                "time": datetime.fromtimestamp(report.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "requests": report.data.metrics.get("service.requests"),
+                "features_drifted": report.data.metrics.get("drift.features_drifted"),
+                "live_skill": report.data.metrics.get("live.skill"),
+            }
+            for report in reports[:newest]
+        ],
+    }
+
+
+def format_reports(reports: dict) -> list[str]:
+    lines = []
+    for i, report in enumerate(reports["newest"]):
+        live = f", live skill {report['live_skill']:+.1%}" if report["live_skill"] is not None else ""
+        drifted = f", {report['features_drifted']:.0f} feature(s) drifted" if report["features_drifted"] is not None else ""
+        head = f"monitor  {reports['count']} report(s); " if i == 0 else "         "
+        lines.append(f"{head}{report['time']}: run {report['run_id']} ({report['requests']:.0f} requests{drifted}{live})")
+    return lines
 
 
 def format_trace(chain: dict) -> str:
@@ -284,4 +322,5 @@ def format_trace(chain: dict) -> str:
         lines.append(f"commit   none holds these weights: the model came from uncommitted state (base commit {base})")
         if first:
             lines.append(f"         the same data is at {first['commit']}")
+    lines += format_reports(chain["monitoring"])
     return "\n".join(lines)

@@ -34,6 +34,12 @@ GIT_DIRTY = "git.dirty"
 GIT_BRANCH = "git.branch"
 REGISTRATION_COMPLETE = "registration.complete"
 TRANSITION_PREFIX = "transition."
+# A `bts monitor` report run names the model it watched; the model's version names its newest report.
+MONITORED_NAME = "monitor.model_name"
+MONITORED_VERSION = "monitor.model_version"
+MONITORED_RUN = "monitor.training_run_id"
+MONITOR_REPORT = "monitor.latest_report"
+MONITORING_SUFFIX = "-monitoring"  # reports on a model live in the experiment `<its training experiment>-monitoring`
 
 
 def data_md5_tag(name: str) -> str:

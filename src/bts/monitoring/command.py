@@ -1,0 +1,182 @@
+"""`bts monitor`: the report on one served model, written as JSON and HTML and logged to MLflow.
+
+The report is logged as a run of the `<experiment>-monitoring` experiment
+(the training run's experiment), tagged with the model's name, version,
+package md5, training run id and data md5s, so it is found from the model
+(`bts lineage` lists the reports; the version's `monitor.latest_report` tag
+names the newest) and the model from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from bts.data.catalogue import load_catalogue
+from bts.errors import BtsError, ConfigError
+from bts.files import write_json, write_text
+from bts.hashing import dvc_md5
+from bts.monitoring.profile import PROFILE_ARTIFACT
+from bts.monitoring.readings import read_readings
+from bts.monitoring.report import build_report, parse_time, read_log
+from bts.params import PARAMS_FILE, load_params
+from bts.reports.monitoring import render
+from bts.serving import DEFAULT_LOG_DIR
+from bts.tracking.lineage import lock_record, resolve_reference
+from bts.tracking.runs import experiment_id
+from bts.tracking.store import pipeline_argument, store_lock
+from bts.tracking.tags import (
+    DATASETS,
+    GIT_COMMIT,
+    MONITOR_REPORT,
+    MONITORED_NAME,
+    MONITORED_RUN,
+    MONITORED_VERSION,
+    MONITORING_SUFFIX,
+    PACKAGE_MD5,
+    data_md5_tag,
+)
+
+REPORTS_DIR = "reports"  # under the monitoring log folder
+
+
+def monitored_model(client: MlflowClient, ref: str, root: Path) -> dict:
+    """Who is monitored: name, version, package md5 (what the log rows carry), training run and lineage."""
+    if not ref.startswith("models:/") and not Path(ref).is_dir():
+        raise ConfigError(f"{ref}: not a served model (models:/name@alias, models:/name/<version>, or a package folder)")
+    resolved = resolve_reference(client, ref, root)
+    version, run = resolved["version"], resolved["run"]
+    if version is not None:
+        package_md5 = version.tags.get(PACKAGE_MD5)
+        if not package_md5:
+            raise BtsError(f"{ref}: version {version.version} has no {PACKAGE_MD5} tag (not registered by `bts register`)")
+        label = f"{version.name} version {version.version}"
+    else:
+        package_md5 = lock_record(root, Path(ref)) or dvc_md5(Path(ref))
+        label = f"{ref} (package {package_md5[:12]})"
+    lineage = resolved["lineage"]
+    return {
+        "reference": ref,
+        "label": label,
+        "name": version.name if version is not None else None,
+        "version": str(version.version) if version is not None else None,
+        "package_md5": package_md5,
+        "run_id": run.info.run_id if run is not None else None,
+        "lineage": {data_md5_tag(name): lineage.get(data_md5_tag(name)) for name in DATASETS},
+        "git_commit": run.data.tags.get(GIT_COMMIT) if run is not None else None,
+    }
+
+
+def training_profile(client: MlflowClient, run_id: str | None) -> dict | None:
+    if run_id is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = client.download_artifacts(run_id, PROFILE_ARTIFACT, scratch)
+        except Exception:  # a run trained before profiles existed: drift is then not judged
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def report_tags(model: dict) -> dict[str, str]:
+    tags = {
+        PACKAGE_MD5: model["package_md5"],
+        MONITORED_NAME: model["name"],
+        MONITORED_VERSION: model["version"],
+        MONITORED_RUN: model["run_id"],
+        **model["lineage"],
+    }
+    return {key: value for key, value in tags.items() if value}
+
+
+def report_metrics(report: dict) -> dict[str, float]:
+    service, live = report["service"], report["live"]
+    metrics = {
+        "service.requests": service["requests"],
+        "service.error_rate": service["error_rate"],
+        "service.predictions": service["predictions"],
+        **{f"service.latency_{q}_ms": v for q, v in service["latency_ms"].items() if v is not None},
+        "drift.features_drifted": len(report["drift"]["drifted"]),
+        **{f"drift.psi.{row['feature']}": row["psi"] for row in report["drift"]["features"]},
+    }
+    if service["cost"]["cpu_seconds_per_1000_predictions"] is not None:
+        metrics["service.cpu_seconds_per_1000_predictions"] = service["cost"]["cpu_seconds_per_1000_predictions"]
+    if live is not None and live["overall"] is not None:
+        metrics.update({f"live.{k}": v for k, v in live["overall"].items() if v is not None})
+        metrics["live.joined_share"] = live["joined_share"]
+    return metrics
+
+
+def log_report(client: MlflowClient, root: Path, experiment: str, model: dict, report: dict, folder: Path) -> str:
+    """The report as a run of the monitoring experiment; the version's tag then points at it. Returns the run id."""
+    name = f"monitor-{model['name']}-v{model['version']}" if model["version"] else f"monitor-{model['package_md5'][:8]}"
+    with store_lock(root):
+        with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=name) as run:
+            mlflow.set_tags(report_tags(model))
+            mlflow.log_metrics(report_metrics(report))
+            mlflow.log_artifacts(str(folder), artifact_path="report")
+        if model["version"]:
+            client.set_model_version_tag(model["name"], model["version"], MONITOR_REPORT, run.info.run_id)
+    return run.info.run_id
+
+
+def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
+    params = load_params(root / PARAMS_FILE)
+    model = monitored_model(client, args.ref, root)
+    now = datetime.now(UTC)
+    since, until = parse_time(args.since, "--since", now), parse_time(args.until, "--until", now)
+    log_dir = Path(args.log_dir) if args.log_dir else root / DEFAULT_LOG_DIR
+    log = read_log(log_dir, model["package_md5"], since, until)
+    run = client.get_run(model["run_id"]) if model["run_id"] else None
+    catalogue = load_catalogue(root / pipeline_argument(root, "ingest", "--sensors"))
+    actuals = read_readings(Path(args.actuals), root, root / pipeline_argument(root, "ingest", "--sensors")) if args.actuals else None
+    horizon = int(run.data.params.get("featurize.horizon", params.featurize.horizon)) if run else params.featurize.horizon
+    window = {
+        "since": since.isoformat() if since is not None else None,
+        "until": until.isoformat() if until is not None else None,
+        "generated": now.isoformat(timespec="seconds"),
+        "log": str(log_dir),
+        "actuals": args.actuals,
+    }
+    profile = training_profile(client, model["run_id"])
+    metrics = run.data.metrics if run else {}
+    report = build_report(model, log, profile, metrics, actuals, horizon, catalogue, params.monitor, window)
+    out = Path(args.out) if args.out else log_dir / REPORTS_DIR / f"{now:%Y%m%dT%H%M%SZ}-{model['package_md5'][:8]}"
+    write_json(out / "report.json", report)
+    write_text(out / "report.html", render(report))
+    experiment = (client.get_experiment(run.info.experiment_id).name if run else params.train.experiment) + MONITORING_SUFFIX
+    run_id = log_report(client, root, experiment, model, report, out)
+    print(summary(report, out, experiment, run_id))
+    return 0
+
+
+def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
+    service, drift, live = report["service"], report["drift"], report["live"]
+    lines = [
+        f"monitor: {report['model']['label']}: {service['requests']} requests ({service['failed']} failed), "
+        f"{service['predictions']} predictions, latency p50 {service['latency_ms']['p50']} ms p99 {service['latency_ms']['p99']} ms",
+        "  drift: "
+        + (
+            f"{len(drift['drifted'])} of {sum(not r['ignored'] for r in drift['features'])} features drifted"
+            + (f" ({', '.join(drift['drifted'])})" if drift["drifted"] else "")
+            if drift["judged"]
+            else f"not judged ({drift['reason']})"
+        ),
+    ]
+    if live is not None and live["overall"] is not None:
+        overall, offline = live["overall"], report["offline"]["overall"]
+        offline_text = f"; offline test RMSE {offline['rmse']:.4g}, skill {offline['skill']:+.1%}" if offline["rmse"] is not None else ""
+        lines.append(
+            f"  live: {live['joined']} of {live['predictions']} predictions joined; RMSE {overall['rmse']:.4g}, "
+            f"skill {overall['skill']:+.1%} over persistence{offline_text}"
+        )
+    for alert in report["alerts"]:
+        lines.append(f"  ALERT: {alert}")
+    lines.append(f"  report: {out / 'report.html'}; MLflow run {run_id} in {experiment}")
+    return "\n".join(lines)

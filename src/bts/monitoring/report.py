@@ -1,0 +1,268 @@
+"""What `bts monitor` reports for one served model: its service, the drift of its inputs and its live accuracy.
+
+Everything is read from the monitoring log of `bts serve` (the rows whose
+package md5 is the model's), the training run (its feature profile and
+offline test metrics) and, for live accuracy, the readings that arrived
+after the predictions (a later raw export or clean Parquet): a prediction
+made for a series (station_id, parameter_id) at its latest reading
+(reading_id, else reading_time) is joined with the reading `horizon` steps
+later in that series, the target the model was trained for. Persistence
+(the latest reading, lag_1) is scored on the same rows.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bts.errors import BtsError, ConfigError
+from bts.monitoring.profile import drift
+from bts.params import MonitorParams
+from bts.serving.monitoring import PREDICTIONS, PROCESS, REQUESTS
+from bts.serving.payload import KEY_COLUMNS, READING_ID, SERIES_COLUMNS, TIME_COLUMN
+
+SERIES = list(SERIES_COLUMNS)
+RELATIVE = re.compile(r"^(\d+)([mhd])$")
+UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+LATENCY_BUCKETS = 120  # at most this many points in the latency-over-time series
+
+
+def parse_time(text: str | None, option: str, now: datetime) -> pd.Timestamp | None:
+    """ISO 8601 (naive is UTC) or a span back from now (`30m`, `24h`, `7d`)."""
+    if text is None:
+        return None
+    relative = RELATIVE.match(text)
+    if relative:
+        return pd.Timestamp(now - timedelta(**{UNITS[relative.group(2)]: int(relative.group(1))}))
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: not a time (ISO 8601 such as 2026-11-27T08:00, or 30m, 24h, 7d back from now)") from None
+    return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+
+
+def read_log(folder: Path, package_md5: str, since: pd.Timestamp | None, until: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
+    """The log's requests, predictions and process samples of this package, in [since, until)."""
+    tables = {}
+    for table in (REQUESTS, PREDICTIONS, PROCESS):
+        path = folder / table
+        if not path.is_dir() or not any(path.glob("date=*/*.parquet")):
+            tables[table] = pd.DataFrame()
+            continue
+        frame = pd.read_parquet(path, filters=[("package_md5", "==", package_md5)])
+        frame = frame.drop(columns=["date"], errors="ignore")
+        if not frame.empty:
+            keep = np.ones(len(frame), dtype=bool)
+            if since is not None:
+                keep &= (frame["time"] >= since).to_numpy()
+            if until is not None:
+                keep &= (frame["time"] < until).to_numpy()
+            frame = frame[keep].sort_values("time", kind="stable").reset_index(drop=True)
+        tables[table] = frame
+    return tables
+
+
+def percentile(values: pd.Series, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+def service(requests: pd.DataFrame, predictions: pd.DataFrame, process: pd.DataFrame) -> dict:
+    """Requests, errors by kind, latency percentiles, throughput, and the cost per 1,000 predictions."""
+    failed = requests[requests["status"] >= 400]
+    span = (requests["time"].iloc[-1] - requests["time"].iloc[0]).total_seconds() if len(requests) > 1 else 0.0
+    cpu = sum(group["cpu_seconds"].max() - group["cpu_seconds"].min() for _, group in process.groupby("pid")) if len(process) else 0.0
+    scored = len(predictions)
+    return {
+        "requests": len(requests),
+        "failed": len(failed),
+        "error_rate": round(len(failed) / len(requests), 6),
+        "errors_by_code": {str(code): int(n) for code, n in error_codes(failed).value_counts().items()},
+        "predictions": scored,
+        "first_request": requests["time"].iloc[0].isoformat(),
+        "last_request": requests["time"].iloc[-1].isoformat(),
+        "latency_ms": {f"p{q}": percentile(requests["latency_ms"], q) for q in (50, 95, 99)},
+        "requests_per_second": round(len(requests) / span, 3) if span > 0 else None,
+        "predictions_per_second": round(scored / span, 3) if span > 0 else None,
+        "cost": {
+            "server_processes": int(process["pid"].nunique()) if len(process) else 0,
+            "cpu_seconds": round(float(cpu), 3),
+            "cpu_seconds_per_1000_predictions": round(float(cpu) / scored * 1000, 4) if scored and cpu > 0 else None,
+            "peak_memory_mb": round(float(process["peak_rss_bytes"].max()) / 2**20, 1) if len(process) else None,
+        },
+    }
+
+
+def error_codes(failed: pd.DataFrame) -> pd.Series:
+    """The server's error code of each failed request, or HTTP_<status> where it gave none."""
+    return failed["error_code"].fillna("HTTP_" + failed["status"].astype(str))
+
+
+def latency_series(requests: pd.DataFrame) -> list[dict]:
+    """Requests and latency p50/p95 per time bucket (a minute, or wider so that there are at most LATENCY_BUCKETS)."""
+    span = (requests["time"].iloc[-1] - requests["time"].iloc[0]).total_seconds()
+    width = max(60, int(np.ceil(span / LATENCY_BUCKETS / 60)) * 60) if span > 600 else max(1, int(np.ceil(span / 60)))
+    buckets = requests.groupby(requests["time"].dt.floor(f"{width}s"))
+    return [
+        {
+            "time": stamp.isoformat(),
+            "requests": len(group),
+            "failed": int((group["status"] >= 400).sum()),
+            "p50_ms": percentile(group["latency_ms"], 50),
+            "p95_ms": percentile(group["latency_ms"], 95),
+        }
+        for stamp, group in buckets
+    ]
+
+
+def utc_ns(times: pd.Series) -> pd.Series:
+    """Times as UTC nanoseconds (clean data holds naive UTC; the log, aware microseconds), so keys compare equal."""
+    times = times if times.dt.tz is not None else times.dt.tz_localize(UTC)
+    return times.astype("datetime64[ns, UTC]")
+
+
+def next_readings(actuals: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Per reading of the actuals (its series, id and time): the reading `horizon` steps later in its series, the target."""
+    ordered = actuals.sort_values([*SERIES, TIME_COLUMN, "id"], kind="stable")
+    following = ordered.groupby(SERIES, sort=False)["value"].shift(-horizon)
+    frame = ordered[[*SERIES, "id", TIME_COLUMN]].rename(columns={"id": READING_ID}).assign(actual=following)
+    frame[TIME_COLUMN] = utc_ns(frame[TIME_COLUMN])
+    return frame.dropna(subset=["actual"])
+
+
+def join_actuals(predictions: pd.DataFrame, actuals: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, int]:
+    """Predictions with the reading that came next (`actual`), and how many carried no key to join on.
+
+    A prediction is joined by its series and reading_id; one without reading_id by its series and reading_time, when
+    exactly one reading of the series has that time (two readings in the same second leave the time ambiguous).
+    """
+    following = next_readings(actuals, horizon)
+    series_known = predictions[SERIES].notna().all(axis=1)
+    by_id = series_known & predictions[READING_ID].notna()
+    by_time = series_known & ~by_id & predictions[TIME_COLUMN].notna()
+    parts = []
+    for mask, keys, candidates in (
+        (by_id, [*SERIES, READING_ID], following),
+        (by_time, [*SERIES, TIME_COLUMN], following.drop_duplicates([*SERIES, TIME_COLUMN], keep=False)),
+    ):
+        chosen = predictions[mask].drop(columns=[k for k in KEY_COLUMNS if k not in keys])
+        chosen = chosen.astype({column: "int64" for column in keys if column != TIME_COLUMN})
+        if TIME_COLUMN in keys:
+            chosen[TIME_COLUMN] = utc_ns(chosen[TIME_COLUMN])
+        parts.append(chosen.merge(candidates[[*keys, "actual"]], on=keys, how="inner"))
+    return pd.concat(parts, ignore_index=True), int((~(by_id | by_time)).sum())
+
+
+def scores(frame: pd.DataFrame) -> dict:
+    error = frame["prediction"] - frame["actual"]
+    persistence = frame["lag_1"] - frame["actual"]
+    rmse = float(np.sqrt(np.mean(error**2)))
+    persistence_rmse = float(np.sqrt(np.mean(persistence**2)))
+    return {
+        "rows": len(frame),
+        "rmse": round(rmse, 6),
+        "mae": round(float(np.mean(np.abs(error))), 6),
+        "persistence_rmse": round(persistence_rmse, 6),
+        "skill": round(1 - rmse / persistence_rmse, 6) if persistence_rmse > 0 else None,
+    }
+
+
+def live_accuracy(predictions: pd.DataFrame, actuals: pd.DataFrame, horizon: int, catalogue: dict, params: MonitorParams) -> dict:
+    """Predictions joined with the reading that came next: live RMSE, MAE and skill, overall and per series."""
+    joined, without_keys = join_actuals(predictions, actuals, horizon)
+    result = {
+        "predictions": len(predictions),
+        "without_keys": without_keys,
+        "without_next_reading": len(predictions) - without_keys - len(joined),
+        "joined": len(joined),
+        "joined_share": round(len(joined) / len(predictions), 6) if len(predictions) else 0.0,
+        "overall": scores(joined) if len(joined) else None,
+        "by_series": [],
+        "flagged": [],
+    }
+    for (station, parameter), group in joined.groupby(SERIES, sort=True):
+        sensor = catalogue.get(int(parameter))
+        row = {
+            "station_id": int(station),
+            "parameter_id": int(parameter),
+            "sensor": sensor.name if sensor else None,
+            "unit": sensor.unit if sensor else None,
+            **scores(group),
+        }
+        row["flagged"] = bool(row["rows"] >= params.min_rows and row["skill"] is not None and row["skill"] < params.skill_threshold)
+        result["by_series"].append(row)
+        if row["flagged"]:
+            result["flagged"].append(f"station {station} {row['sensor'] or parameter}")
+    overall = result["overall"]
+    result["overall_flagged"] = bool(
+        overall and overall["rows"] >= params.min_rows and overall["skill"] is not None and overall["skill"] < params.skill_threshold
+    )
+    return result
+
+
+def offline_metrics(run_metrics: dict[str, float]) -> dict:
+    """The training run's test scores, overall and per parameter (as `evaluate` logged them)."""
+    overall = {name: run_metrics.get(f"test.{name}") for name in ("rmse", "mae", "persistence_rmse", "skill")}
+    by_parameter: dict[str, dict] = {}
+    for key, value in run_metrics.items():
+        match = re.match(r"^test_by_parameter\.(\d+)\.(rmse|mae|persistence_rmse|skill)$", key)
+        if match:
+            by_parameter.setdefault(match.group(1), {})[match.group(2)] = value
+    return {"overall": overall, "by_parameter": dict(sorted(by_parameter.items()))}
+
+
+def drift_report(profile: dict | None, predictions: pd.DataFrame, params: MonitorParams) -> dict:
+    if profile is None:
+        return {"judged": False, "reason": "the training run has no feature profile", "features": [], "drifted": []}
+    if len(predictions) < params.min_rows:
+        reason = f"{len(predictions)} live rows, fewer than monitor.min_rows ({params.min_rows})"
+        return {"judged": False, "reason": reason, "features": [], "drifted": []}
+    rows = drift(profile, predictions, params.psi_threshold, params.ks_p_value, params.ignore_features)
+    return {"judged": True, "reason": None, "features": rows, "drifted": [row["feature"] for row in rows if row["drifted"]]}
+
+
+def build_report(
+    model: dict,
+    log: dict[str, pd.DataFrame],
+    profile: dict | None,
+    run_metrics: dict[str, float],
+    actuals: pd.DataFrame | None,
+    horizon: int,
+    catalogue: dict,
+    params: MonitorParams,
+    window: dict,
+) -> dict:
+    requests, predictions, process = log[REQUESTS], log[PREDICTIONS], log[PROCESS]
+    if requests.empty:
+        raise BtsError(f"{model['reference']}: no request for package {model['package_md5']} in the monitoring log {window['log']}")
+    report = {
+        "model": model,
+        "window": window,
+        "thresholds": params.model_dump(),
+        "service": service(requests, predictions, process),
+        "latency_over_time": latency_series(requests),
+        "drift": drift_report(profile, predictions, params),
+        "offline": offline_metrics(run_metrics),
+        "live": live_accuracy(predictions, actuals, horizon, catalogue, params) if actuals is not None else None,
+    }
+    report["alerts"] = alerts(report)
+    return report
+
+
+def alerts(report: dict) -> list[str]:
+    """One line per thing a person should look at."""
+    lines = []
+    drifted = [row for row in report["drift"]["features"] if row["drifted"]]
+    if drifted:
+        lines.append("input drift: " + ", ".join(f"{row['feature']} (PSI {row['psi']:.2f})" for row in drifted))
+    live, threshold = report["live"], report["thresholds"]["skill_threshold"]
+    if live is not None and live["overall"] is not None:
+        if live["overall_flagged"]:
+            lines.append(f"live skill {live['overall']['skill']:+.1%} over persistence, below {threshold:+.1%}")
+        if live["flagged"]:
+            shown = ", ".join(live["flagged"][:5]) + (", ..." if len(live["flagged"]) > 5 else "")
+            lines.append(f"live skill below {threshold:+.1%} on {len(live['flagged'])} of {len(live['by_series'])} series: {shown}")
+    return lines

@@ -1,0 +1,209 @@
+"""The `bts monitor` report as one self-contained HTML page: tables, and plots embedded as PNG data.
+
+Three plots: requests and latency over time; drift per feature (population
+stability index against its threshold); live against offline error per
+sensor. Nothing is fetched from elsewhere, so the page opens anywhere (a
+browser, the MLflow UI's artifact view, an email).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+
+SERVICE_COLUMNS = [
+    "requests", "failed", "error rate", "predictions", "p50 ms", "p95 ms", "p99 ms", "requests/s",
+    "CPU s / 1,000 predictions", "peak memory MB",
+]  # fmt: skip
+COLORS = {"live": "tab:blue", "offline": "0.55", "persistence": "tab:orange", "alert": "tab:red", "ok": "tab:green"}
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f6f6f6; } td:first-child, th:first-child, table.text td { text-align: left; }
+.alert { color: #b00; font-weight: bold; } .ok { color: #070; } .muted { color: #777; }
+img { max-width: 100%; } code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def png(figure: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def latency_figure(series: list[dict]) -> plt.Figure:
+    frame = pd.DataFrame(series)
+    times = pd.to_datetime(frame["time"])
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True, height_ratios=[1, 1.4])
+    width = (times.diff().median() if len(times) > 1 else pd.Timedelta(seconds=1)) * 0.8
+    top.bar(times, frame["requests"], width=width, color=COLORS["live"], label="requests")
+    top.bar(times, frame["failed"], width=width, color=COLORS["alert"], label="failed (4xx/5xx)")
+    top.set_ylabel("requests")
+    top.legend(loc="upper right", fontsize=8)
+    bottom.plot(times, frame["p50_ms"], marker=".", color=COLORS["live"], label="p50")
+    bottom.plot(times, frame["p95_ms"], marker=".", color=COLORS["persistence"], label="p95")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_ylim(bottom=0)
+    bottom.legend(loc="upper right", fontsize=8)
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
+    figure.autofmt_xdate()
+    figure.suptitle("Requests and latency over time (UTC)")
+    return figure
+
+
+def drift_figure(features: list[dict], threshold: float) -> plt.Figure:
+    names = [row["feature"] for row in features]
+    values = [row["psi"] for row in features]
+    colors = [COLORS["offline"] if row["ignored"] else COLORS["alert"] if row["drifted"] else COLORS["ok"] for row in features]
+    figure, axes = plt.subplots(figsize=(10, 0.3 * len(names) + 1.2))
+    axes.barh(names, np.maximum(values, 1e-4), color=colors)
+    axes.axvline(threshold, color=COLORS["alert"], linestyle="--", label=f"threshold {threshold:g}")
+    axes.set_xscale("log")
+    axes.invert_yaxis()
+    axes.set_xlabel("population stability index against the train split (log scale; grey: ignored, red: drifted)")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title("Input drift per feature")
+    return figure
+
+
+def accuracy_figure(live: dict, offline: dict) -> plt.Figure:
+    rows = pd.DataFrame(live["by_series"])
+    by_parameter = rows.groupby(["parameter_id", "sensor", "unit"], dropna=False).apply(
+        lambda g: pd.Series({"live": np.sqrt(np.average(g["rmse"] ** 2, weights=g["rows"])),
+                             "persistence": np.sqrt(np.average(g["persistence_rmse"] ** 2, weights=g["rows"]))}),
+        include_groups=False,
+    ).reset_index()  # fmt: skip
+    labels = [f"{row.sensor or row.parameter_id}\n({row.unit})" for row in by_parameter.itertuples()]
+    offline_rmse = [offline["by_parameter"].get(str(pid), {}).get("rmse", np.nan) for pid in by_parameter["parameter_id"]]
+    x = np.arange(len(labels))
+    figure, axes = plt.subplots(figsize=(10, 3.8))
+    axes.bar(x - 0.27, by_parameter["live"], 0.27, color=COLORS["live"], label="live RMSE")
+    axes.bar(x, by_parameter["persistence"], 0.27, color=COLORS["persistence"], label="live persistence RMSE")
+    axes.bar(x + 0.27, offline_rmse, 0.27, color=COLORS["offline"], label="offline test RMSE")
+    axes.set_xticks(x, labels, fontsize=8)
+    axes.set_ylabel("RMSE (sensor's unit)")
+    axes.legend(fontsize=8)
+    axes.set_title("Live against offline error per sensor")
+    return figure
+
+
+def table(header: list[str] | None, rows: list[list], classes: list[str] | None = None) -> str:
+    """A table of numbers (right-aligned); with no header, a two-column table of text (left-aligned)."""
+    if header is None:
+        body = "".join(f"<tr><th>{escape(cell_text(k))}</th><td>{escape(cell_text(v))}</td></tr>" for k, v in rows)
+        return f'<table class="text">{body}</table>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        f'<tr class="{escape((classes or [""] * len(rows))[i])}">' + "".join(f"<td>{escape(cell_text(c))}</td>" for c in row) + "</tr>"
+        for i, row in enumerate(rows)
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def cell_text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def render(report: dict) -> str:
+    model, service, drift, live = report["model"], report["service"], report["drift"], report["live"]
+    title = f"Monitoring report: {model['label']}"
+    parts = [f"<h1>{escape(title)}</h1>"]
+    parts.append(
+        "<p>"
+        + escape(
+            f"Window {report['window']['since'] or 'start of log'} to {report['window']['until'] or 'now'}; "
+            f"requests {service['first_request']} to {service['last_request']}; generated {report['window']['generated']}."
+        )
+        + "</p>"
+    )
+    identity = [
+        ["reference", model["reference"]],
+        ["package md5", model["package_md5"]],
+        ["training run", model["run_id"]],
+        ["commit", model["git_commit"]],
+        *model["lineage"].items(),
+    ]
+    parts.append("<h2>Model and lineage</h2>" + table(None, identity))
+    alerts = report["alerts"]
+    parts.append("<h2>Alerts</h2>")
+    parts.append("<ul>" + "".join(f'<li class="alert">{escape(a)}</li>' for a in alerts) + "</ul>" if alerts else '<p class="ok">None.</p>')
+    cost = service["cost"]
+    parts.append("<h2>Service</h2>")
+    parts.append(
+        table(
+            SERVICE_COLUMNS,
+            [[service["requests"], service["failed"], f"{service['error_rate']:.2%}", service["predictions"], service["latency_ms"]["p50"],
+              service["latency_ms"]["p95"], service["latency_ms"]["p99"], service["requests_per_second"],
+              cost["cpu_seconds_per_1000_predictions"], cost["peak_memory_mb"]]],
+        )
+    )  # fmt: skip
+    if service["errors_by_code"]:
+        parts.append(table(["error", "requests"], [[code, n] for code, n in service["errors_by_code"].items()]))
+    parts.append(f'<img alt="requests and latency over time" src="{png(latency_figure(report["latency_over_time"]))}">')
+    parts.append("<h2>Input drift</h2>")
+    if drift["judged"]:
+        threshold = report["thresholds"]["psi_threshold"]
+        rule = (
+            f"A feature drifted when PSI >= {threshold:g} and the two-sample KS test rejects at p < {report['thresholds']['ks_p_value']:g}."
+        )
+        parts.append(f"<p>{escape(rule)}</p>")
+        parts.append(f'<img alt="drift per feature" src="{png(drift_figure(drift["features"], threshold))}">')
+        rows = [[r["feature"], r["train_mean"], r["live_mean"], r["psi"], r["ks_statistic"], r["ks_p_value"],
+                 "ignored" if r["ignored"] else "DRIFTED" if r["drifted"] else "ok"] for r in drift["features"]]  # fmt: skip
+        classes = ["muted" if r["ignored"] else "alert" if r["drifted"] else "" for r in drift["features"]]
+        parts.append(table(["feature", "train mean", "live mean", "PSI", "KS statistic", "KS p-value", "verdict"], rows, classes))
+    else:
+        parts.append(f'<p class="muted">Not judged: {escape(drift["reason"])}.</p>')
+    parts.append("<h2>Live accuracy</h2>")
+    if live is None:
+        parts.append('<p class="muted">No actuals given (<code>--actuals</code>): live accuracy not measured.</p>')
+    elif live["overall"] is None:
+        parts.append(f'<p class="alert">None of the {live["predictions"]} predictions could be joined with a later reading.</p>')
+    else:
+        overall, offline = live["overall"], report["offline"]["overall"]
+        parts.append(
+            "<p>"
+            + escape(
+                f"{live['joined']} of {live['predictions']} predictions ({live['joined_share']:.1%}) joined with the next reading "
+                f"({live['without_keys']} without key columns, {live['without_next_reading']} without a next reading in the actuals)."
+            )
+            + "</p>"
+        )
+        parts.append(
+            table(
+                ["", "RMSE", "MAE", "persistence RMSE", "skill over persistence"],
+                [["live", overall["rmse"], overall["mae"], overall["persistence_rmse"], percent(overall["skill"])],
+                 ["offline (test split)", offline["rmse"], offline["mae"], offline["persistence_rmse"], percent(offline["skill"])]],
+                ["alert" if live["overall_flagged"] else "", ""],
+            )
+        )  # fmt: skip
+        parts.append(f'<img alt="live against offline error" src="{png(accuracy_figure(live, report["offline"]))}">')
+        rows = [[r["station_id"], r["sensor"] or r["parameter_id"], r["unit"], r["rows"], r["rmse"], r["mae"], r["persistence_rmse"],
+                 percent(r["skill"])] for r in live["by_series"]]  # fmt: skip
+        classes = ["alert" if r["flagged"] else "" for r in live["by_series"]]
+        parts.append(table(["station", "sensor", "unit", "rows", "RMSE", "MAE", "persistence RMSE", "skill"], rows, classes))
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
