@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format summary clean-venv
+.PHONY: help setup browser repro test lint format summary clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,20 @@ repro: setup ## run the whole pipeline (dvc repro) and summarize what it produce
 	dvc repro
 	@$(BIN)/python -m bts.summary
 
-test: lint ## lint, then the whole test suite (unit and integration)
+# The monitoring page's test opens it in Debian's Chromium, pinned; the distribution's current build if the pin is gone.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_VERSION ?= 150.0.7871.100-1~deb12u1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser: ## install Debian's chromium (headless browser of the tests) unless it is there
+	@test -x $(CHROMIUM) || { \
+	  echo "installing chromium $(CHROMIUM_VERSION) (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium=$(CHROMIUM_VERSION) >/dev/null 2>&1 || \
+	    { echo "chromium $(CHROMIUM_VERSION) is no longer offered: installing the distribution's current build"; \
+	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }; }
+
+test: lint browser ## lint, then the whole test suite (unit and integration)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff check and format check

@@ -95,3 +95,12 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
+
+
+def shown_path(path: Path) -> str:
+    """A path as a user would type it: relative to the current folder when inside it, else absolute."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(absolute)

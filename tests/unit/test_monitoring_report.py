@@ -148,7 +148,7 @@ def test_the_report_and_its_page_say_what_is_wrong() -> None:
     }
     model = {"reference": "models:/m/1", "label": "m version 1 <b>", "name": "m", "version": "1", "package_md5": "abc.dir",
              "run_id": "r" * 32, "git_commit": "c" * 40, "lineage": {"data.features.md5": "f" * 32}}  # fmt: skip
-    window = {"since": None, "until": None, "generated": "now", "log": "monitoring", "actuals": None}
+    window = {"since": None, "until": None, "generated": "2026-11-27T08:00:00+00:00", "log": "monitoring", "actuals": None}
     metrics = {"test.rmse": 1.0, "test.mae": 0.8, "test.persistence_rmse": 1.2, "test.skill": 0.17}
     report = build_report(model, log, profile, metrics, None, 1, CATALOGUE, PARAMS, window)
     assert report["drift"]["drifted"] == ["lag_2"] and report["live"] is None

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
-from bts.files import write_json, write_text
+from bts.files import shown_path, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.monitoring.profile import PROFILE_ARTIFACT
 from bts.monitoring.readings import read_readings
@@ -178,5 +178,5 @@ def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
         )
     for alert in report["alerts"]:
         lines.append(f"  ALERT: {alert}")
-    lines.append(f"  report: {out / 'report.html'}; MLflow run {run_id} in {experiment}")
+    lines.append(f"  report: {shown_path(out / 'report.html')}; MLflow run {run_id} in {experiment}")
     return "\n".join(lines)

@@ -263,6 +263,6 @@ def alerts(report: dict) -> list[str]:
         if live["overall_flagged"]:
             lines.append(f"live skill {live['overall']['skill']:+.1%} over persistence, below {threshold:+.1%}")
         if live["flagged"]:
-            shown = ", ".join(live["flagged"][:5]) + (", ..." if len(live["flagged"]) > 5 else "")
+            shown = ", ".join(live["flagged"][:3]) + (", ..." if len(live["flagged"]) > 3 else "")
             lines.append(f"live skill below {threshold:+.1%} on {len(live['flagged'])} of {len(live['by_series'])} series: {shown}")
     return lines

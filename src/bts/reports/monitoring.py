@@ -121,6 +121,11 @@ def cell_text(value: object) -> str:
     return str(value)
 
 
+def when(iso: str | None) -> str | None:
+    """An ISO time as `2026-11-27 08:10:28 UTC` (to the second)."""
+    return None if iso is None else pd.Timestamp(iso).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
@@ -129,14 +134,10 @@ def render(report: dict) -> str:
     model, service, drift, live = report["model"], report["service"], report["drift"], report["live"]
     title = f"Monitoring report: {model['label']}"
     parts = [f"<h1>{escape(title)}</h1>"]
-    parts.append(
-        "<p>"
-        + escape(
-            f"Window {report['window']['since'] or 'start of log'} to {report['window']['until'] or 'now'}; "
-            f"requests {service['first_request']} to {service['last_request']}; generated {report['window']['generated']}."
-        )
-        + "</p>"
-    )
+    window = report["window"]
+    since, until = when(window["since"]) or "the start of the log", when(window["until"]) or "now"
+    period = f"Requests {when(service['first_request'])} to {when(service['last_request'])} (window: {since} to {until})"
+    parts.append(f"<p>{escape(period)}; generated {escape(when(window['generated']))}.</p>")
     identity = [
         ["reference", model["reference"]],
         ["package md5", model["package_md5"]],

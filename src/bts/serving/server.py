@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
+from bts.files import shown_path
 from bts.serving import DEFAULT_LOG_DIR
 
 UVICORN_BACKLOG = 2048
@@ -52,15 +53,6 @@ def listen(host: str, port: int) -> socket.socket:
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def shown_path(path: Path) -> str:
-    """Relative to the current folder when inside it, else absolute."""
-    absolute = path.resolve()
-    try:
-        return absolute.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(absolute)
 
 
 def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
