@@ -239,6 +239,8 @@ def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everyt
         run_id = training_run(repo).info.run_id
         assert model["package_md5"] == package_md5 and model["name"] is None and model["reference"] == "models/package"
         assert model["run_id"] == run_id
+        assert model["git_commit"] == training_run(repo).data.tags["git.commit"]  # the commit it was trained at
+        assert run(["git", "cat-file", "-t", model["git_commit"]], repo).stdout.strip() == "commit"
         assert model["lineage"]["data_md5"]["features"] == lock_outs(repo / "dvc.lock")["data/processed/features.parquet"]
         assert model["lineage"]["model_md5"] == lock_outs(repo / "dvc.lock")["models/model.joblib"]
         assert model["lineage"]["params_md5"] and model["lineage"]["code_md5"].endswith(".dir")

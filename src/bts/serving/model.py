@@ -34,7 +34,7 @@ from bts.model.package import load_package, package_metadata, tampered_files
 from bts.serving.payload import KEY_COLUMNS
 from bts.tracking.lineage import lock_record, resolve_reference
 from bts.tracking.registry import download_version
-from bts.tracking.tags import CODE_MD5, DATASETS, MODEL_MD5, PACKAGE_MD5, PARAMS_MD5, SCHEMAS, data_md5_tag, schema_md5_tag
+from bts.tracking.tags import CODE_MD5, DATASETS, GIT_COMMIT, MODEL_MD5, PACKAGE_MD5, PARAMS_MD5, SCHEMAS, data_md5_tag, schema_md5_tag
 
 SERVABLE = "models:/name@alias, models:/name/<version>, or a package folder"
 
@@ -53,6 +53,7 @@ class ServedModel:
     version: str | None = None
     aliases: list[str] = field(default_factory=list)
     run_id: str | None = None
+    git_commit: str | None = None  # the commit the training run recorded
     fast_path: bool = True
 
     def labels(self) -> dict[str, str]:
@@ -81,6 +82,7 @@ class ServedModel:
             "package_md5": self.package_md5,
             "verified_against": self.verified_against,
             "run_id": self.run_id,
+            "git_commit": self.git_commit,
             "lineage": {
                 "data_md5": {name: self.lineage.get(data_md5_tag(name)) for name in DATASETS},
                 "schema_md5": {name: self.lineage.get(schema_md5_tag(name)) for name in SCHEMAS},
@@ -137,6 +139,7 @@ def load_served(client: MlflowClient, ref: str, root: Path, scratch: Path) -> Se
         version=str(version.version) if version is not None else None,
         aliases=sorted(version.aliases) if version is not None else [],
         run_id=run.info.run_id if run is not None else None,
+        git_commit=run.data.tags.get(GIT_COMMIT) if run is not None else None,
         fast_path=fast,
     )
 
