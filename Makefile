@@ -20,7 +20,7 @@ setup: $(VENV)/.installed ## create .venv with the pinned dependencies (requirem
 
 repro: setup ## run the whole pipeline (dvc repro) and summarize what it produced
 	@test -d .dvc || { echo "not a DVC repository: run 'dvc init' first" >&2; exit 1; }
-	dvc repro
+	dvc repro --quiet  # each stage says what it did; without DVC's git add / dvc push hints
 	@$(BIN)/python -m bts.summary
 
 # The monitoring page's test opens it in Debian's Chromium, pinned; the distribution's current build if the pin is gone.
