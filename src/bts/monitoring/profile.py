@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 PROFILE_ARTIFACT = "profile/features.json"
 PROFILE_VERSION = 1
@@ -66,6 +65,8 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def drift(profile: dict, live: pd.DataFrame, psi_threshold: float, ks_p_value: float, ignored: list[str]) -> list[dict]:
     """Per profiled feature present in `live`: live mean, PSI, KS statistic and p-value, and whether it drifted."""
+    from scipy import stats  # here, not at the top: the train stage imports this module for the profile alone
+
     rows = []
     for column, train in profile["features"].items():
         if column not in live.columns:
