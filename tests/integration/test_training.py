@@ -1,4 +1,4 @@
-"""The whole pipeline with real `dvc`, `mlflow run` and a real SQLite store: determinism, run contents, queued grids, dead runs."""
+"""The whole pipeline with real `dvc` and a real SQLite store: determinism, run contents, queued grids, dead runs."""
 
 from __future__ import annotations
 
@@ -149,22 +149,6 @@ def test_a_params_mistake_stops_the_pipeline_with_one_line(built_repo: Path) -> 
     # The last good outputs are still there, unchanged.
     assert run(["git", "status", "--porcelain", "--", "metadata", "metrics", "plots"], built_repo).stdout == ""
     run(["git", "checkout", "--", "params.yaml"], built_repo)
-
-
-def test_mlflow_run_entry_point_logs_into_its_own_run(project_repo: Path) -> None:
-    result = run(
-        ["mlflow", "run", ".", "-e", "train", "-P", "alpha=0.5", "--env-manager", "local", "--experiment-name", "bts-next-reading"],
-        project_repo,
-    )
-    assert "succeeded" in result.stderr + result.stdout
-    client = store(project_repo)
-    logged = training_run(project_repo)
-    assert logged.info.status == "FINISHED"
-    assert logged.data.tags["mlflow.project.entryPoint"] == "train"  # the run `mlflow run` created
-    assert logged.data.params["train.alpha"] == "0.5"
-    assert logged.info.run_name == logged.data.tags["dvc.exp_name"]
-    assert_run_traces_data(client, logged.info.run_id, lock_outs(project_repo / "dvc.lock"))
-    assert "test.rmse" in logged.data.metrics
 
 
 def test_a_rerun_removes_what_a_killed_writer_left_and_writes_with_normal_permissions(built_repo: Path) -> None:

@@ -48,16 +48,13 @@ def experiment_id(name: str, root: Path) -> str:
 
 @contextmanager
 def training_run(experiment: str, run_name: str) -> Iterator[Run]:
-    """A new run (or the one `mlflow run` created for us, named by MLFLOW_RUN_ID), holding the store lock."""
+    """A new run in the experiment, holding the store lock.
+
+    Also under `mlflow run`: its entry points hand the stages no run of their own (bts.mlproject).
+    """
     root = use_store()
-    with store_lock(root):
-        if os.environ.get("MLFLOW_RUN_ID"):
-            with mlflow.start_run() as run:
-                mlflow.set_tag("mlflow.runName", run_name)  # named after its DVC experiment, like every other run
-                yield run
-            return
-        with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name) as run:
-            yield run
+    with store_lock(root), mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name) as run:
+        yield run
 
 
 @contextmanager
