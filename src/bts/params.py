@@ -17,6 +17,7 @@ from bts.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
 MODEL_KINDS = ("elasticnet", "ridge", "hist_gradient_boosting", "random_forest")
+TARGETS = ("change", "scaled_change")  # what the model learns: the change over persistence, or that change in the series' step scale
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
@@ -62,6 +63,8 @@ class FeaturizeParams(Section):
     valid_fraction: OpenFraction
     test_fraction: OpenFraction
     holdout_stations: list[Identifier] = []
+    scale_window: Annotated[int, Field(ge=2, le=10_000)] = 30
+    calendar: bool = False
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> FeaturizeParams:
@@ -89,6 +92,8 @@ class RandomForestParams(Section):
 class TrainParams(Section):
     experiment: NonEmpty
     model: Literal[MODEL_KINDS]  # type: ignore[valid-type]
+    target: Literal[TARGETS] = "scaled_change"  # type: ignore[valid-type]
+    shrinkage_folds: Annotated[int, Field(ge=0, le=100)] = 0
     seed: Identifier
     alpha: Annotated[float, Field(ge=0)]
     l1_ratio: Fraction
@@ -98,7 +103,7 @@ class TrainParams(Section):
 
     def model_params(self) -> dict[str, Any]:
         """The params that configure the chosen model (the other kinds' sections are ignored by it)."""
-        common = {"model": self.model, "seed": self.seed}
+        common = {"model": self.model, "target": self.target, "shrinkage_folds": self.shrinkage_folds, "seed": self.seed}
         if self.model == "elasticnet":
             return {**common, "alpha": self.alpha, "l1_ratio": self.l1_ratio}
         return {**common, self.model: getattr(self, self.model).model_dump()}

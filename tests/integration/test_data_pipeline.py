@@ -61,7 +61,16 @@ def test_real_export_flows_through_every_stage(project_repo: Path, tmp_path: Pat
     run(["dvc", "add", str(export.relative_to(project_repo))], project_repo)
     sources = ["simulated"] if with_simulated else []
     set_params(project_repo, "data", "sources", [*sources, f"data/external/{REAL_SAMPLE.name}"])
+    if with_simulated:  # the model learns the simulated stations alone and forecasts the real one it never saw
+        set_params(project_repo, "featurize", "holdout_stations", [REAL_STATION])
     run(["dvc", "repro"], project_repo)
+    metrics = json.loads((project_repo / "metrics/metrics.json").read_text())
+    if with_simulated:  # the default model beats persistence on the real station held out
+        assert metrics["holdout_by_station"][str(REAL_STATION)]["skill"] > 0
+        assert metrics["holdout"]["worst_station_skill"] == metrics["holdout"]["skill"] > 0
+    else:  # trained on the real export alone, it beats persistence on the export's own test split
+        assert list(metrics["test_by_station"]) == [str(REAL_STATION)]
+        assert metrics["test"]["skill"] > 0
     for name in ["raw", "clean", "features"]:
         document = json.loads((project_repo / f"metadata/datasets/{name}.json").read_text())
         assert REAL_STATION in document["stations"], name

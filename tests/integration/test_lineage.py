@@ -126,7 +126,7 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
 def test_the_gate_compares_like_with_like(repo: Path) -> None:
     client = store(repo)
     # A worse model from a DVC experiment on the same data: registered on request, traced to its experiment, refused.
-    run(["dvc", "exp", "run", "-S", "train.alpha=1", "-S", "train.l1_ratio=0.8"], repo)
+    run(["dvc", "exp", "run", "-S", "train.model=elasticnet", "-S", "train.alpha=1"], repo)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1  # the experiment registered nothing
     assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/2 (@candidate)")
     chain = lineage_json(repo, f"models:/{NAME}/2")
@@ -194,9 +194,9 @@ def test_bad_references_and_places_give_one_line(repo: Path, tmp_path: Path) -> 
 
 def test_an_earlier_commit_rebuilds_on_a_fresh_clone(repo: Path, tmp_path: Path) -> None:
     commit_a = run(["git", "rev-list", "--max-parents=0", "HEAD"], repo).stdout.strip()
-    set_params(repo, "train", "alpha", 0.1)
+    set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)
-    commit_all(repo, "B: alpha 0.1")
+    commit_all(repo, "B: ridge")
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     run(["git", "checkout", "-q", commit_a], clone)
@@ -209,7 +209,7 @@ def test_an_earlier_commit_rebuilds_on_a_fresh_clone(repo: Path, tmp_path: Path)
 
 
 def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
-    set_params(repo, "train", "alpha", 0.05)
+    set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)
     chain = lineage_json(repo, "models/package")
     assert chain["uncommitted"] and chain["commits"] == []
@@ -231,12 +231,12 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
     run(["bts", "register"], repo)
     code_a = lineage_json(repo, f"models:/{NAME}/1")["code_md5"]
 
-    # B changes the training code and the params: the workspace's (and installed) code is no longer A's.
+    # B changes the training code and the model: the workspace's (and installed) code is no longer A's.
     with open(repo / "src/bts/stages/train.py", "a") as handle:
         handle.write("# B's training code\n")
-    set_params(repo, "train", "alpha", 0.1)
+    set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)
-    commit_all(repo, "B: other code and alpha")
+    commit_all(repo, "B: other code and model")
     assert lineage_json(repo, "models/package")["code_md5"] != code_a
 
     before = run(["git", "status", "--porcelain"], repo).stdout

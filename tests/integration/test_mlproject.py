@@ -69,7 +69,7 @@ def test_main_entry_point_logs_in_the_project_experiment_and_leaves_no_run_when_
     logged = training_run(project_repo)
     assert client.get_experiment(logged.info.experiment_id).name == experiment
     commit = run(["git", "rev-parse", "HEAD"], project_repo).stdout.strip()
-    assert logged.info.run_name == f"elasticnet-{commit[:7]}"  # as `dvc repro` names it
+    assert logged.info.run_name == f"hist_gradient_boosting-{commit[:7]}"  # as `dvc repro` names it
     assert logged.data.tags["mlflow.project.entryPoint"] == "main"
     assert_params_logged_once(logged, project_repo)
     assert "test.rmse" in logged.data.metrics
@@ -91,7 +91,7 @@ def test_main_entry_point_logs_in_the_project_experiment_and_leaves_no_run_when_
 def test_train_entry_point_logs_one_run_named_after_its_dvc_experiment_with_each_param_once(project_repo: Path) -> None:
     client = store(project_repo)
     experiment = project_experiment(project_repo)
-    result, launcher = mlflow_run(project_repo, "-e", "train", "-P", "train.alpha=0.5")
+    result, launcher = mlflow_run(project_repo, "-e", "train", "-P", "train.hist_gradient_boosting.learning_rate=0.2")
     assert "succeeded" in result.stderr
     wait_until_deleted(client, launcher)
     names = run(["dvc", "exp", "list", "--name-only"], project_repo).stdout.split()
@@ -101,7 +101,7 @@ def test_train_entry_point_logs_one_run_named_after_its_dvc_experiment_with_each
     assert client.get_experiment(logged.info.experiment_id).name == experiment
     assert logged.info.run_name == logged.data.tags["dvc.exp_name"] == names[0]
     assert logged.data.tags["mlflow.project.entryPoint"] == "train"
-    assert logged.data.params["train.alpha"] == "0.5"
+    assert logged.data.params["train.hist_gradient_boosting.learning_rate"] == "0.2"
     assert_params_logged_once(logged, project_repo)  # the experiment's params.yaml, applied to the workspace
     assert_run_traces_data(client, logged.info.run_id, lock_outs(project_repo / "dvc.lock"))
     assert "test.rmse" in logged.data.metrics

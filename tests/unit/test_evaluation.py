@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bts.model.evaluation import evaluate, regression_metrics, residual_histogram, score
+from bts.model.evaluation import dvc_metrics, evaluate, regression_metrics, residual_histogram, score, scores_by, worst
 
 
 def test_regression_metrics_known_values():
@@ -39,7 +39,7 @@ def test_mape_is_over_the_non_zero_targets_only():
     assert metrics["mae"] == pytest.approx(4 / 3)
 
 
-def frame_of(target, lag_1, split="test", parameter_id=122) -> pd.DataFrame:
+def frame_of(target, lag_1, split="test", parameter_id=122, station_id=1161114004) -> pd.DataFrame:
     n = len(target)
     return pd.DataFrame(
         {
@@ -47,6 +47,7 @@ def frame_of(target, lag_1, split="test", parameter_id=122) -> pd.DataFrame:
             "lag_1": np.asarray(lag_1, dtype=float),
             "split": [split] * n if isinstance(split, str) else split,
             "parameter_id": [parameter_id] * n if isinstance(parameter_id, int) else parameter_id,
+            "station_id": [station_id] * n if isinstance(station_id, int) else station_id,
         }
     )
 
@@ -93,13 +94,87 @@ def test_evaluate_reports_present_splits_only_with_per_parameter_scores():
     frame.index = [10, 11, 12, 13, 14, 15]  # predictions follow the frame's rows, not its labels
     predicted = np.array([1.0, 2.0, 3.5, 4.5, 5.0, 6.0])
     report = evaluate(frame, predicted, ["train", "valid", "test"])
-    assert list(report) == ["train", "train_by_parameter", "test", "test_by_parameter"]
+    assert list(report) == ["train", "train_by_parameter", "train_by_station", "test", "test_by_parameter", "test_by_station"]
     assert report["train"]["rmse"] == 0.0 and report["train"]["skill"] == 1.0
     assert report["test"]["rmse"] == pytest.approx(math.sqrt(0.5 / 4), abs=1e-6)
     assert list(report["test_by_parameter"]) == ["111", "122"]
     assert report["test_by_parameter"]["111"]["rmse"] == 0.0
     assert report["test_by_parameter"]["122"]["rmse"] == 0.5
     assert report["test_by_parameter"]["122"] == score(frame.loc[[12, 13]], np.array([3.5, 4.5]))
+
+
+def two_stations() -> tuple[pd.DataFrame, np.ndarray]:
+    """Persistence off by 1 everywhere; the model off by 0.5 on station 11 and by 2 on station 23, on valid and test alike."""
+    frame = frame_of(
+        target=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        lag_1=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        split=["valid", "valid", "valid", "valid", "test", "test", "test", "test"],
+        station_id=[23, 11, 11, 23, 11, 23, 11, 23],
+    )
+    predicted = frame["target"].to_numpy() + np.where(frame["station_id"] == 11, 0.5, 2.0)
+    return frame, predicted
+
+
+def test_evaluate_scores_each_station_of_each_split():
+    frame, predicted = two_stations()
+    report = evaluate(frame, predicted, ["valid", "test"])
+    for split in ["valid", "test"]:
+        assert list(report[f"{split}_by_station"]) == ["11", "23"]  # in order of the id, as strings (JSON keys)
+        assert report[f"{split}_by_station"]["11"]["skill"] == 0.5  # 1 - 0.5 / 1
+        assert report[f"{split}_by_station"]["23"]["skill"] == -1.0  # 1 - 2 / 1
+        assert report[f"{split}_by_station"]["23"]["persistence_rmse"] == 1.0
+        part = frame[frame["split"] == split]
+        stations = part[part["station_id"] == 23]
+        assert report[f"{split}_by_station"]["23"] == score(stations, predicted[stations.index])
+
+
+def test_the_worst_station_skill_shows_what_the_pooled_skill_hides():
+    frame, predicted = two_stations()
+    report = evaluate(frame, predicted, ["test"])
+    assert report["test"]["worst_station_skill"] == -1.0
+    assert report["test"]["skill"] > report["test"]["worst_station_skill"]
+    assert set(report["test"]) == {*score(frame, predicted), "worst_station_skill"}
+
+
+def test_holdout_stations_are_scored_apart():
+    frame = frame_of(target=[1.0, 2.0, 3.0], lag_1=[0.0, 1.0, 2.0], split=["test", "holdout", "holdout"], station_id=[11, 42, 42])
+    report = evaluate(frame, np.array([1.0, 2.5, 3.5]), ["test", "holdout"])
+    assert list(report["holdout_by_station"]) == ["42"] and list(report["test_by_station"]) == ["11"]
+    assert report["holdout"]["worst_station_skill"] == report["holdout_by_station"]["42"]["skill"] == 0.5
+
+
+def test_worst_is_the_lowest_defined_skill():
+    by_station = {"11": {"skill": 0.3}, "23": {"skill": float("nan")}, "42": {"skill": -0.1}}
+    assert worst(by_station) == ("42", -0.1)
+    station, skill = worst({"11": {"skill": float("nan")}})
+    assert station is None and math.isnan(skill)
+    assert worst({})[0] is None
+
+
+def test_worst_station_skill_is_nan_when_persistence_is_perfect_everywhere():
+    frame = frame_of(target=[1.0, 2.0], lag_1=[1.0, 2.0], station_id=[11, 23])
+    report = evaluate(frame, np.array([1.5, 2.0]), ["test"])
+    assert math.isnan(report["test"]["worst_station_skill"])
+
+
+def test_scores_by_groups_rows_by_a_key_in_order():
+    frame, predicted = two_stations()
+    frame.index = frame.index + 100  # predictions follow the frame's labels
+    grouped = scores_by(frame, pd.Series(predicted, index=frame.index), "station_id")
+    assert list(grouped) == ["11", "23"]
+    assert grouped["11"]["rmse"] == 0.5 and grouped["23"]["rmse"] == 2.0
+
+
+def test_dvc_metrics_hold_each_split_and_its_stations_rmse_and_skill_only():
+    frame, predicted = two_stations()
+    report = evaluate(frame, predicted, ["valid", "test", "holdout"])
+    metrics = dvc_metrics(report, ["valid", "test", "holdout"])
+    assert list(metrics) == ["valid", "test", "valid_by_station", "test_by_station"]  # no holdout examples: no holdout entries
+    assert metrics["test"] == report["test"]
+    assert metrics["test_by_station"] == {
+        station: {"rmse": scores["rmse"], "persistence_rmse": scores["persistence_rmse"], "skill": scores["skill"]}
+        for station, scores in report["test_by_station"].items()
+    }
 
 
 def test_evaluate_with_no_requested_split_present_is_empty():

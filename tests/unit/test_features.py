@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pandas as pd
 import pytest
 
-from bts.data.features import SPLITS, FeatureSpec, build_features
+from bts.data.features import CALENDAR_COLUMNS, SPLITS, WINDOW_COLUMNS, FeatureSpec, build_features, window_features
 from bts.errors import ConfigError
 
 START = pd.Timestamp("2017-04-18 00:00:00")
@@ -46,11 +49,20 @@ def test_feature_columns_are_present(clean):
     assert spec.feature_columns == [
         *[f"lag_{k}" for k in range(1, 5)],
         *[f"gap_{k}_seconds" for k in range(1, 4)],
-        "hour_sin",
-        "hour_cos",
-        "day_of_week",
+        "step_scale",
+        "offset_in_steps",
+        "range_position",
     ]
     assert set(spec.feature_columns) | {"target", "target_time", "split"} <= set(features.columns)
+    assert not set(CALENDAR_COLUMNS) & set(features.columns)  # off unless asked for
+
+
+def test_calendar_columns_come_only_when_asked_for(clean):
+    spec = FeatureSpec(n_lags=4, calendar=True)
+    features, _ = build_features(clean, spec)
+    assert spec.feature_columns[-3:] == ["hour_sin", "hour_cos", "day_of_week"]
+    assert set(CALENDAR_COLUMNS) <= set(features.columns)
+    assert list(features.columns[:5]) == ["station_id", "parameter_id", "reading_time", "reading_id", "split"]
 
 
 def test_lag_k_is_the_value_k_minus_1_readings_back_in_the_same_series(clean):
@@ -93,7 +105,7 @@ def test_gaps_are_seconds_between_consecutive_lags(clean):
 
 
 def test_calendar_features_come_from_the_latest_reading(clean):
-    features, _ = build_features(clean, FeatureSpec(n_lags=2))
+    features, _ = build_features(clean, FeatureSpec(n_lags=2, calendar=True))
     assert (features["day_of_week"] == 1.0).all()  # 2017-04-18 was a Tuesday
     assert features["hour_sin"].between(-1, 1).all() and features["hour_cos"].between(-1, 1).all()
     assert ((features["hour_sin"] ** 2 + features["hour_cos"] ** 2).round(9) == 1).all()
@@ -145,6 +157,21 @@ def test_held_out_stations_go_to_holdout_only():
     assert in_time.loc[in_time["split"] == "train", "target_time"].max() <= in_time.loc[in_time["split"] == "test", "target_time"].min()
 
 
+def test_a_held_out_station_from_another_export_leaves_the_others_splits_as_they_were():
+    """A real export of one station (other ids, other hours) held out beside simulated stations: their splits do not move."""
+    simulated = clean_frame(stations=(1, 2), readings=40)
+    real = one_series([float(v) for v in range(20)], station=1161114004).assign(
+        reading_time=lambda f: f["reading_time"] - pd.Timedelta(hours=6), source_file="real.csv", source_row=range(2, 22)
+    )
+    spec = FeatureSpec(n_lags=3)
+    alone, _ = build_features(simulated, spec)
+    both, accounting = build_features(pd.concat([simulated, real], ignore_index=True), replace(spec, holdout_stations=(1161114004,)))
+    assert (both.loc[both["station_id"] == 1161114004, "split"] == "holdout").all()
+    assert accounting["examples_by_split"]["holdout"] == 20 - spec.n_lags
+    kept = both[both["station_id"] != 1161114004].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, alone)
+
+
 def test_holding_out_every_station_is_a_config_error():
     with pytest.raises(ConfigError) as raised:
         build_features(clean_frame(stations=(1, 2)), FeatureSpec(n_lags=2, holdout_stations=(1, 2)))
@@ -169,6 +196,67 @@ def test_a_series_just_long_enough_gives_one_example_each():
     assert accounting["readings_without_target"] == 2
 
 
+# --- the recent window: step_scale, offset_in_steps, range_position ---------------------------------------------------
+
+
+def one_series(values: list[float], station: int = 1) -> pd.DataFrame:
+    """One series of readings a minute apart, with these values in time order."""
+    times = START + pd.to_timedelta(np.arange(len(values)), unit="min")
+    return pd.DataFrame(
+        {"station_id": station, "parameter_id": 122, "reading_time": times, "id": np.arange(len(values)) + 100 * station, "value": values}
+    ).astype({"station_id": "int64", "parameter_id": "int64", "reading_time": "datetime64[us]", "id": "int64", "value": "float64"})
+
+
+def window_of(values: list[float], window: int) -> pd.DataFrame:
+    return pd.DataFrame(window_features(pd.Series(values, dtype="float64"), pd.Series(range(len(values))), window))
+
+
+def test_window_features_by_hand():
+    frame = window_of([10.0, 12.0, 11.0, 14.0], window=3)
+    # steps 2, 1, 3; a window of 3 readings holds 2 steps
+    np.testing.assert_allclose(frame["step_scale"], [0.0, 2.0, 1.5, 2.0])
+    np.testing.assert_allclose(frame["offset_in_steps"], [0.0, (12 - 11) / 2.0, (11 - 11) / 1.5, (14 - 37 / 3) / 2.0])
+    np.testing.assert_allclose(frame["range_position"], [0.5, 1.0, 0.5, 1.0])
+
+
+def test_a_flat_window_has_scale_0_offset_0_and_sits_in_the_middle():
+    frame = window_of([5.0, 5.0, 5.0], window=3)
+    assert frame.to_dict("list") == {"step_scale": [0.0, 0.0, 0.0], "offset_in_steps": [0.0, 0.0, 0.0], "range_position": [0.5, 0.5, 0.5]}
+
+
+def test_window_features_are_the_same_in_any_unit_for_offset_and_position():
+    """A series and the same series in another unit and level (x 10 + 200): the scale follows, the rest is unit-free."""
+    values = [10.0, 12.0, 11.0, 14.0, 13.5, 9.0, 10.5]
+    base, scaled = window_of(values, window=4), window_of([10 * v + 200 for v in values], window=4)
+    np.testing.assert_allclose(scaled["step_scale"], 10 * base["step_scale"])
+    np.testing.assert_allclose(scaled[["offset_in_steps", "range_position"]], base[["offset_in_steps", "range_position"]])
+
+
+def test_window_features_look_back_only_and_never_into_another_series():
+    """Each example's window statistics equal those of its own series' readings up to lag_1, however series interleave."""
+    first = [10.0, 12.0, 11.0, 14.0, 13.5, 9.0, 10.5, 11.0]
+    second = [200.0, 230.0, 215.0, 240.0, 180.0, 190.0, 210.0, 205.0]
+    clean = pd.concat([one_series(first, station=1), one_series(second, station=2)]).sample(frac=1, random_state=3)
+    spec = FeatureSpec(n_lags=2, scale_window=3)
+    features, _ = build_features(clean, spec)
+    for station, values in {1: first, 2: second}.items():
+        expected = window_of(values, window=3).iloc[spec.n_lags - 1 : len(values) - 1].reset_index(drop=True)  # rows with lags and target
+        got = features.loc[features["station_id"] == station, WINDOW_COLUMNS].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_a_future_reading_does_not_change_the_window_features_of_earlier_ones():
+    values = [10.0, 12.0, 11.0, 14.0, 13.5, 9.0]
+    shorter, longer = window_of(values, window=4), window_of([*values, 99.0], window=4)
+    pd.testing.assert_frame_equal(longer.iloc[: len(values)], shorter)
+
+
+def test_window_features_over_windows_longer_than_the_series_use_what_there_is():
+    frame = window_of([1.0, 3.0, 2.0], window=50)
+    np.testing.assert_allclose(frame["step_scale"], [0.0, 2.0, 1.5])
+    np.testing.assert_allclose(frame["range_position"], [0.5, 1.0, 0.5])
+
+
 LAGS_MESSAGE = "featurize.n_lags and featurize.horizon must be at least 1"
 FRACTIONS_MESSAGE = "featurize.valid_fraction and test_fraction must be positive and sum below 1"
 
@@ -181,6 +269,7 @@ FRACTIONS_MESSAGE = "featurize.valid_fraction and test_fraction must be positive
         ({"valid_fraction": 0.0}, FRACTIONS_MESSAGE),
         ({"test_fraction": -0.1}, FRACTIONS_MESSAGE),
         ({"valid_fraction": 0.5, "test_fraction": 0.5}, FRACTIONS_MESSAGE),
+        ({"scale_window": 1}, "featurize.scale_window must be at least 2 (readings, so at least one change)"),
     ],
 )
 def test_unusable_feature_spec_is_a_config_error(kwargs, message):

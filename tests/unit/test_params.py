@@ -93,6 +93,19 @@ MISTAKES = {
         "featurize: valid_fraction + test_fraction must be below 1",
     ),
     "l1_ratio above 1": (set_value("train.l1_ratio", 1.5), "train.l1_ratio: Input should be less than or equal to 1, got 1.5"),
+    "unknown target": (set_value("train.target", "level"), "train.target: Input should be 'change' or 'scaled_change', got 'level'"),
+    "negative shrinkage folds": (
+        set_value("train.shrinkage_folds", -1),
+        "train.shrinkage_folds: Input should be greater than or equal to 0, got -1",
+    ),
+    "scale window of one reading": (
+        set_value("featurize.scale_window", 1),
+        "featurize.scale_window: Input should be greater than or equal to 2, got 1",
+    ),
+    "calendar as a word": (
+        set_value("featurize.calendar", "sometimes"),
+        "featurize.calendar: Input should be a valid boolean, unable to interpret input, got 'sometimes'",
+    ),
     "missing section": (lambda params: params.pop("clean"), "clean: missing"),
 }
 
@@ -178,14 +191,14 @@ def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
     params = load_params(write_params(params_path, set_value("train.model", kind)))
     assert isinstance(params.train, TrainParams)
     train = PROJECT_PARAMS["train"]
-    common = {"model": kind, "seed": train["seed"]}
+    common = {"model": kind, "target": train["target"], "shrinkage_folds": train["shrinkage_folds"], "seed": train["seed"]}
     expected = {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]} if kind == "elasticnet" else {**common, kind: train[kind]}
     assert params.train.model_params() == expected
 
 
 def test_model_params_ignore_the_other_kinds_sections(params_path):
     params = load_params(write_params(params_path, set_value("train.model", "ridge")))
-    assert set(params.train.model_params()) == {"model", "seed", "ridge"}
+    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "seed", "ridge"}
 
 
 def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
@@ -193,6 +206,8 @@ def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
     featurize = PROJECT_PARAMS["featurize"]
     assert params.run_params() == {
         "train.model": "ridge",
+        "train.target": PROJECT_PARAMS["train"]["target"],
+        "train.shrinkage_folds": PROJECT_PARAMS["train"]["shrinkage_folds"],
         "train.seed": PROJECT_PARAMS["train"]["seed"],
         "train.ridge.alpha": PROJECT_PARAMS["train"]["ridge"]["alpha"],
         **{f"featurize.{key}": value for key, value in featurize.items()},

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT
-from bts.data.simulate import EXPORT_COLUMNS, simulate_exports
+from bts.data.simulate import EXPORT_COLUMNS, PEAK_SHIFT_HOURS, PROFILES, STATION_TRAITS, STEP_FACTOR, simulate_exports, station_profile
 from bts.errors import ConfigError
 from bts.params import DirtParams
 
@@ -162,3 +162,68 @@ def test_unusable_simulate_params_raise_config_error(kwargs, message, catalogue)
     with pytest.raises(ConfigError) as caught:
         simulate(catalogue, **kwargs)
     assert message in str(caught.value)
+
+
+# --- stations differ as real ones do ------------------------------------------------------------------------------
+
+FIVE_STATIONS = [1161114011, 1161114015, 1161114023, 1161114031, 1161114042]
+
+
+def series_statistics(exports: dict[str, pd.DataFrame], parameter_id: int) -> pd.DataFrame:
+    """Per station, for one parameter: mean value, mean absolute step between readings, readings per day."""
+    frame = pooled(exports).assign(time=lambda f: times(f))
+    frame = frame[frame["parameter_id"] == parameter_id].sort_values(["station_id", "time"], kind="stable")
+    values = frame.groupby("station_id")["value"]
+    return pd.DataFrame(
+        {
+            "mean": values.mean(),
+            "mean_step": values.apply(lambda v: v.diff().abs().mean()),
+            "per_day": values.size() / len(exports),
+        }
+    )
+
+
+def test_stations_differ_in_level_step_size_and_reporting_rate(catalogue):
+    stats = series_statistics(simulate(catalogue, days=1, stations=FIVE_STATIONS, parameters=[122]), 122)
+    assert stats["mean"].max() / stats["mean"].min() > 1.2
+    assert stats["mean_step"].max() / stats["mean_step"].min() > 1.5
+    assert stats["per_day"].max() / stats["per_day"].min() > 1.5
+
+
+def test_the_real_station_lies_among_the_simulated_ones(catalogue):
+    """Station 1161114004 of ../shared/data/bts (Load of power grid, 2017-04-18): mean 14.1 A, mean step 1.33 A, 2348 readings."""
+    stats = series_statistics(simulate(catalogue, days=2, stations=FIVE_STATIONS, parameters=[122]), 122)
+    for column, real in {"mean": 14.1, "mean_step": 1.33, "per_day": 2348}.items():
+        assert stats[column].min() < real < stats[column].max(), column
+
+
+def test_station_spread_0_makes_every_station_follow_the_same_profiles(catalogue):
+    stats = series_statistics(simulate_exports(FIVE_STATIONS, [122], "2017-04-18", 1, 7, DirtParams(), catalogue, station_spread=0.0), 122)
+    assert stats["mean_step"].max() / stats["mean_step"].min() < 1.1
+    assert stats["per_day"].max() / stats["per_day"].min() < 1.2
+
+
+def traits_rng(station: int) -> np.random.Generator:
+    return np.random.default_rng([42, station, 122, STATION_TRAITS])
+
+
+def test_a_station_has_the_same_traits_whatever_the_other_stations():
+    """Traits come from the seed and the station id, not its place in the list: a station looks alike in every run."""
+    rng = traits_rng
+    assert station_profile(PROFILES[122], rng(1161114011), 1.0) == station_profile(PROFILES[122], rng(1161114011), 1.0)
+    assert station_profile(PROFILES[122], rng(1161114011), 1.0) != station_profile(PROFILES[122], rng(1161114015), 1.0)
+    assert station_profile(PROFILES[122], rng(1161114011), 0.0) == PROFILES[122]
+
+
+@pytest.mark.parametrize("station", FIVE_STATIONS)
+def test_station_traits_stay_within_their_spread(station):
+    profile = PROFILES[122]
+    traits = station_profile(profile, traits_rng(station), 1.0)
+    assert abs(traits.level / profile.level - 1) <= profile.level_spread
+    assert 1 / STEP_FACTOR <= traits.mean_step / profile.mean_step <= STEP_FACTOR
+    assert abs(traits.peak_hour - profile.peak_hour) <= PEAK_SHIFT_HOURS
+
+
+def test_negative_station_spread_is_a_config_error(catalogue):
+    with pytest.raises(ConfigError, match="station_spread must be at least 0"):
+        simulate_exports(STATIONS, PARAMETERS, "2017-04-18", 1, 7, DirtParams(), catalogue, station_spread=-1.0)

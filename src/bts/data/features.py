@@ -2,10 +2,17 @@
 
 Per (station, parameter) series: lag_1 is the latest reading (its id is the
 example's reading_id), lag_N the oldest; gap_k_seconds is the time between
-lag_k and lag_k+1; calendar features come from the latest reading's time. The target is the reading
-`horizon` steps ahead. Splits are in time order of the target, so no
-training example looks at a validation or test target. Nothing is fitted
-here: scaling lives in the model pipeline and is fitted on train only.
+lag_k and lag_k+1. Over the last `scale_window` readings (lag_1 included, so
+known when the forecast is made): step_scale, the mean absolute change between
+consecutive readings, the series' own unit of change; offset_in_steps, how far
+lag_1 lies from their mean in that unit; range_position, where lag_1 lies
+between their minimum (0) and maximum (1). These describe a series in its own
+terms, so they mean the same on any station and sensor. Calendar features
+(from the latest reading's time) are optional: they learn the training
+stations' daily pattern. The target is the reading `horizon` steps ahead.
+Splits are in time order of the target, so no training example looks at a
+validation or test target. Nothing is fitted here: scaling lives in the model
+pipeline and is fitted on train only.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from bts.data.cleaning import SERIES_KEYS
 from bts.errors import ConfigError
 
 SPLITS = ["train", "valid", "test", "holdout"]
+SCALE_COLUMN = "step_scale"
+WINDOW_COLUMNS = [SCALE_COLUMN, "offset_in_steps", "range_position"]
+CALENDAR_COLUMNS = ["hour_sin", "hour_cos", "day_of_week"]
 
 
 @dataclass(frozen=True)
@@ -28,10 +38,14 @@ class FeatureSpec:
     valid_fraction: float = 0.15
     test_fraction: float = 0.15
     holdout_stations: tuple[int, ...] = ()
+    scale_window: int = 30
+    calendar: bool = False
 
     def __post_init__(self) -> None:
         if self.n_lags < 1 or self.horizon < 1:
             raise ConfigError("featurize.n_lags and featurize.horizon must be at least 1")
+        if self.scale_window < 2:
+            raise ConfigError("featurize.scale_window must be at least 2 (readings, so at least one change)")
         if not (self.valid_fraction > 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
             raise ConfigError("featurize.valid_fraction and test_fraction must be positive and sum below 1")
 
@@ -45,7 +59,41 @@ class FeatureSpec:
 
     @property
     def feature_columns(self) -> list[str]:
-        return self.lag_columns + self.gap_columns + ["hour_sin", "hour_cos", "day_of_week"]
+        return self.lag_columns + self.gap_columns + WINDOW_COLUMNS + (CALENDAR_COLUMNS if self.calendar else [])
+
+
+def _trailing(values: np.ndarray, position: np.ndarray, window: int, reduce: np.ufunc) -> np.ndarray:
+    """reduce over each row's last `window` values of its series (itself included); rows are series by series in time order.
+
+    position is the row's index within its series, so a window never reaches into the previous series.
+    """
+    result = values.copy()
+    for back in range(1, min(window, len(values))):
+        reduce(result[back:], values[:-back], out=result[back:], where=position[back:] >= back)
+    return result
+
+
+def window_features(value: pd.Series, position: pd.Series, window: int) -> dict[str, np.ndarray]:
+    """step_scale, offset_in_steps and range_position of each reading over its series' last `window` readings.
+
+    A reading without an earlier one has step_scale 0; where step_scale is 0 the offset is 0, and where the window
+    holds one value only, range_position is 0.5 (the middle: no side to lean to).
+    """
+    values, positions = value.to_numpy(dtype="float64"), position.to_numpy()
+    steps = np.zeros_like(values)
+    steps[1:] = np.abs(np.diff(values))
+    has_step = positions >= 1
+    step_count = np.minimum(positions, window - 1)
+    step_sum = _trailing(np.where(has_step, steps, 0.0), positions - 1, window - 1, np.add)  # the steps into the window's readings
+    scale = np.divide(step_sum, step_count, out=np.zeros_like(values), where=step_count > 0)
+    mean = _trailing(values, positions, window, np.add) / (np.minimum(positions, window - 1) + 1)
+    low = _trailing(values, positions, window, np.minimum)
+    high = _trailing(values, positions, window, np.maximum)
+    return {
+        SCALE_COLUMN: scale,
+        "offset_in_steps": np.divide(values - mean, scale, out=np.zeros_like(values), where=scale > 0),
+        "range_position": np.divide(values - low, high - low, out=np.full_like(values, 0.5), where=high > low),
+    }
 
 
 def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, dict]:
@@ -59,10 +107,13 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
     shifted = {k: seconds.groupby([clean[c] for c in SERIES_KEYS], sort=False).shift(k) for k in range(spec.n_lags)}
     for k in range(1, spec.n_lags):
         columns[f"gap_{k}_seconds"] = shifted[k - 1] - shifted[k]
-    hour = clean["reading_time"].dt.hour + clean["reading_time"].dt.minute / 60.0
-    columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0)
-    columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0)
-    columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64")
+    for name, values in window_features(clean["value"], series.cumcount(), spec.scale_window).items():
+        columns[name] = pd.Series(values, index=clean.index)
+    if spec.calendar:
+        hour = clean["reading_time"].dt.hour + clean["reading_time"].dt.minute / 60.0
+        columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0)
+        columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0)
+        columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64")
     columns["target"] = series["value"].shift(-spec.horizon)
     columns["target_time"] = series["reading_time"].shift(-spec.horizon)
     keys = clean[[*SERIES_KEYS, "reading_time", "id"]].rename(columns={"id": "reading_id"})  # the example's latest reading

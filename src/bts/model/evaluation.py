@@ -7,6 +7,9 @@ import pandas as pd
 
 from bts.model.forecasters import PERSISTENCE
 
+BY_PARAMETER, BY_STATION = "_by_parameter", "_by_station"  # report keys: f"{split}{BY_STATION}"
+STATION_SCORES = ["rmse", "persistence_rmse", "skill"]  # what metrics.json keeps per station; the run gets every score
+
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """RMSE, MAE, R2 and MAPE (over non-zero targets only; undefined where every target is zero)."""
@@ -33,19 +36,48 @@ def score(frame: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
     return {k: round(v, 6) for k, v in scores.items()}
 
 
+def scores_by(frame: pd.DataFrame, predicted: pd.Series, key: str) -> dict[str, dict[str, float]]:
+    """{value of key (as a string): scores of its rows}, in order of the value."""
+    return {str(value): score(group, predicted[group.index].to_numpy()) for value, group in frame.groupby(key, sort=True)}
+
+
+def worst(by_group: dict[str, dict[str, float]]) -> tuple[str | None, float]:
+    """The group with the lowest defined skill, and that skill ((None, NaN) if none is defined): where the model does worst."""
+    defined = {group: scores["skill"] for group, scores in by_group.items() if scores["skill"] == scores["skill"]}
+    if not defined:
+        return None, float("nan")
+    group = min(defined, key=defined.__getitem__)
+    return group, defined[group]
+
+
 def evaluate(frame: pd.DataFrame, predicted: np.ndarray, splits: list[str]) -> dict:
-    """{split: scores} for each split present, plus {split_by_parameter: {parameter_id: scores}}."""
+    """{split: scores} for each split present, with worst_station_skill among them, plus per-group scores:
+    {split_by_parameter: {parameter_id: scores}} and {split_by_station: {station_id: scores}}.
+
+    Pooled scores hide a station whose readings the model gets wrong; the worst station's skill does not.
+    """
     report: dict = {}
     predicted = pd.Series(predicted, index=frame.index)
     for split in splits:
         part = frame[frame["split"] == split]
         if part.empty:
             continue
-        report[split] = score(part, predicted[part.index].to_numpy())
-        report[f"{split}_by_parameter"] = {
-            str(pid): score(group, predicted[group.index].to_numpy()) for pid, group in part.groupby("parameter_id", sort=True)
-        }
+        by_station = scores_by(part, predicted, "station_id")
+        report[split] = {**score(part, predicted[part.index].to_numpy()), "worst_station_skill": worst(by_station)[1]}
+        report[f"{split}{BY_PARAMETER}"] = scores_by(part, predicted, "parameter_id")
+        report[f"{split}{BY_STATION}"] = by_station
     return report
+
+
+def dvc_metrics(report: dict, splits: list[str]) -> dict:
+    """The DVC metrics of a report: each split's scores (worst_station_skill among them), then per split its stations'
+    rmse, persistence_rmse and skill, under the names the run logs them by (`test_by_station.<id>.skill`)."""
+    metrics = {split: report[split] for split in splits if split in report}
+    for split in splits:
+        if f"{split}{BY_STATION}" in report:
+            stations = report[f"{split}{BY_STATION}"]
+            metrics[f"{split}{BY_STATION}"] = {station: {k: scores[k] for k in STATION_SCORES} for station, scores in stations.items()}
+    return metrics
 
 
 def residual_histogram(residuals: np.ndarray, bins: int = 41) -> pd.DataFrame:

@@ -1,10 +1,16 @@
 """The forecasting models: scikit-learn pipelines chosen and configured by the `train` params.
 
-Every model forecasts the change over persistence: it is fitted to
-target - lag_1 on lags expressed relative to lag_1, and predicts lag_1 plus
-that change. Sensors on very different scales (a 220 V grid, a 27 degC room)
-then share one model, and a model that learns nothing falls back to
-persistence instead of below it.
+Every model forecasts the change over persistence (target - lag_1) and adds
+it to lag_1, so a model that learns nothing falls back to persistence instead
+of below it. With `train.target: change` the change is in the sensor's unit,
+learnt from lags expressed relative to lag_1. With `scaled_change` it is in
+the series' own unit of change, its recent mean absolute step (the
+step_scale feature, or the lags' own mean absolute step where the features
+lack it; known when the forecast is made either way): stations and sensors
+whose readings move in steps of different sizes then look alike to the model,
+which is what lets it forecast a station it never saw. Out-of-fold shrinkage
+(`train.shrinkage_folds`) pulls the forecast change toward 0, that is toward
+persistence, as far as forecasts of series left out of the fit warrant.
 """
 
 from __future__ import annotations
@@ -18,37 +24,117 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.linear_model import ElasticNet, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from bts.params import TrainParams
 
 PERSISTENCE = "lag_1"
+# The feature column featurize writes as bts.data.features.SCALE_COLUMN. Repeated, not imported: a model package
+# carries bts/model alone (tests/unit/test_forecasters.py keeps the two equal).
+SCALE_COLUMN = "step_scale"
+
+
+def _lags(features: pd.DataFrame) -> list[str]:
+    """lag_1, lag_2, ... in order, newest first."""
+    return sorted((c for c in features.columns if c.startswith("lag_")), key=lambda c: int(c.removeprefix("lag_")))
+
+
+def _older_lags(features: pd.DataFrame) -> list[str]:
+    return [c for c in _lags(features) if c != PERSISTENCE]
 
 
 def relative_lags(features: pd.DataFrame) -> pd.DataFrame:
     """lag_2..lag_N as differences from lag_1 (the latest reading); other columns unchanged."""
-    lags = [c for c in features.columns if c.startswith("lag_") and c != PERSISTENCE]
-    return features.assign(**{c: features[c] - features[PERSISTENCE] for c in lags})
+    return features.assign(**{c: features[c] - features[PERSISTENCE] for c in _older_lags(features)})
+
+
+def step_scale(features: pd.DataFrame, scale_column: str = SCALE_COLUMN) -> np.ndarray:
+    """Each row's unit of change: its scale column, or without one the mean absolute step between its lags;
+    0 where that is undefined or not positive (no change seen)."""
+    if scale_column in features.columns:
+        scale = features[scale_column].to_numpy(dtype=float)
+    else:
+        lags = features[_lags(features)].to_numpy(dtype=float)
+        scale = np.abs(np.diff(lags, axis=1)).mean(axis=1) if lags.shape[1] > 1 else np.zeros(len(features))
+    return np.where(np.isfinite(scale) & (scale > 0), scale, 0.0)
+
+
+def scaled_lags(features: pd.DataFrame, scale_column: str = SCALE_COLUMN) -> pd.DataFrame:
+    """lag_2..lag_N as differences from lag_1 in units of the row's step scale; lag_1 and the scale column, in the sensor's unit, dropped.
+
+    What is left says how the series moved, not where its level lies or how big its steps are; a row whose scale
+    is 0 gets differences of 0.
+    """
+    scale = step_scale(features, scale_column)
+    safe = np.where(scale > 0, scale, 1.0)
+    latest = features[PERSISTENCE].to_numpy(dtype=float)
+    moved = {c: np.where(scale > 0, (features[c].to_numpy(dtype=float) - latest) / safe, 0.0) for c in _older_lags(features)}
+    in_sensor_unit = [PERSISTENCE, scale_column] if scale_column in features.columns else [PERSISTENCE]
+    return features.drop(columns=in_sensor_unit).assign(**moved)
 
 
 class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
-    """Fits `estimator` to target - lag_1 and predicts lag_1 + its forecast of that change."""
+    """Fits `estimator` to target - lag_1 and predicts lag_1 + its forecast of that change.
 
-    def __init__(self, estimator: BaseEstimator) -> None:
+    scale_column: the change is divided by this feature column (the series' unit of change; without the column, the
+    lags' mean absolute step) before the fit, and the forecast multiplied by it; rows whose scale is 0 are left out
+    of the fit and forecast as persistence.
+    shrinkage_folds: if at least 2, the training rows are cut into that many contiguous folds (featurize writes
+    examples series by series, so a fold holds series the others lack), each fold is forecast by a model fitted on
+    the others, and the forecast change is multiplied by the factor in [0, 1] that fits those out-of-fold forecasts
+    best (shrinkage_, 1 without folds): a change that does not carry over to unseen series is pulled to persistence.
+    """
+
+    def __init__(self, estimator: BaseEstimator, scale_column: str | None = None, shrinkage_folds: int = 0) -> None:
         self.estimator = estimator
+        self.scale_column = scale_column
+        self.shrinkage_folds = shrinkage_folds
+
+    def _scale(self, X: pd.DataFrame) -> np.ndarray:
+        return np.ones(len(X)) if self.scale_column is None else step_scale(X, self.scale_column)
 
     def fit(self, X: pd.DataFrame, y: pd.Series) -> PersistenceResidualRegressor:
-        self.estimator_ = clone(self.estimator).fit(X, np.asarray(y) - X[PERSISTENCE].to_numpy())
+        scale = self._scale(X)
+        usable = scale > 0
+        change = (np.asarray(y, dtype=float) - X[PERSISTENCE].to_numpy(dtype=float))[usable] / scale[usable]
+        rows = X[usable]
+        # One OpenMP thread: on a busy shared 2-core machine a second one spins, and a 4 s boosting fit took 35 s.
+        # The fitted model is the same either way.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            self.estimator_ = clone(self.estimator).fit(rows, change)
+            self.shrinkage_ = self._out_of_fold_shrinkage(rows, change)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         return self
 
+    def _out_of_fold_shrinkage(self, rows: pd.DataFrame, change: np.ndarray) -> float:
+        """The factor in [0, 1] by which out-of-fold forecasts of the change best fit it (least squares); 1 without folds."""
+        if self.shrinkage_folds < 2 or len(rows) < self.shrinkage_folds:
+            return 1.0
+        forecast = np.empty_like(change)
+        for fold in np.array_split(np.arange(len(rows)), self.shrinkage_folds):
+            rest = np.ones(len(rows), dtype=bool)
+            rest[fold] = False
+            forecast[fold] = clone(self.estimator).fit(rows[rest], change[rest]).predict(rows.iloc[fold])
+        energy = float(forecast @ forecast)
+        return float(np.clip(forecast @ change / energy, 0.0, 1.0)) if energy > 0 else 0.0
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return X[PERSISTENCE].to_numpy(dtype=float) + self.estimator_.predict(X)
+        latest = X[PERSISTENCE].to_numpy(dtype=float)
+        scale = self._scale(X)
+        usable = scale > 0
+        change = np.zeros(len(X))
+        if usable.any():
+            change[usable] = self.shrinkage_ * scale[usable] * self.estimator_.predict(X[usable])
+        return latest + change
 
 
-def _forecaster(*steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegressor:
-    relative = FunctionTransformer(relative_lags, feature_names_out="one-to-one")
-    return PersistenceResidualRegressor(Pipeline([("relative_lags", relative), *steps]))
+def _forecaster(train: TrainParams, *steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegressor:
+    if train.target == "scaled_change":
+        prepare = ("scaled_lags", FunctionTransformer(scaled_lags, kw_args={"scale_column": SCALE_COLUMN}))
+        return PersistenceResidualRegressor(Pipeline([prepare, *steps]), SCALE_COLUMN, train.shrinkage_folds)
+    prepare = ("relative_lags", FunctionTransformer(relative_lags, feature_names_out="one-to-one"))
+    return PersistenceResidualRegressor(Pipeline([prepare, *steps]), None, train.shrinkage_folds)
 
 
 def build_model(train: TrainParams) -> PersistenceResidualRegressor:
@@ -56,9 +142,9 @@ def build_model(train: TrainParams) -> PersistenceResidualRegressor:
     if train.model == "elasticnet":
         # The tutorial's model: alpha and l1_ratio are the knobs to tune.
         estimator = ElasticNet(alpha=train.alpha, l1_ratio=train.l1_ratio, max_iter=5000, random_state=train.seed)
-        return _forecaster(("scale", StandardScaler()), ("model", estimator))
+        return _forecaster(train, ("scale", StandardScaler()), ("model", estimator))
     if train.model == "ridge":
-        return _forecaster(("scale", StandardScaler()), ("model", Ridge(alpha=train.ridge.alpha)))
+        return _forecaster(train, ("scale", StandardScaler()), ("model", Ridge(alpha=train.ridge.alpha)))
     if train.model == "hist_gradient_boosting":
         options = train.hist_gradient_boosting
         estimator = HistGradientBoostingRegressor(
@@ -68,16 +154,16 @@ def build_model(train: TrainParams) -> PersistenceResidualRegressor:
             early_stopping=False,
             random_state=train.seed,
         )
-        return _forecaster(("model", estimator))
+        return _forecaster(train, ("model", estimator))
     options = train.random_forest
     estimator = RandomForestRegressor(
         n_estimators=options.n_estimators,
         max_depth=options.max_depth,
         min_samples_leaf=options.min_samples_leaf,
-        n_jobs=2,
+        n_jobs=1,  # with threads, predict sums the trees in a varying order: forecasts differed in the last bit from run to run
         random_state=train.seed,
     )
-    return _forecaster(("model", estimator))
+    return _forecaster(train, ("model", estimator))
 
 
 def skops_trusted_types(model: BaseEstimator) -> list[str]:

@@ -1,4 +1,5 @@
-"""Stage evaluate: score the model and persistence on valid/test (and holdout), write DVC metrics and plots, log them to the run."""
+"""Stage evaluate: score the model and persistence on valid/test (and holdout), overall, per sensor and per station;
+write DVC metrics and plots, log them to the run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from bts.data.catalogue import load_catalogue
 from bts.files import write_csv, write_json, write_parquet
-from bts.model.evaluation import evaluate
+from bts.model.evaluation import BY_PARAMETER, BY_STATION, dvc_metrics, evaluate, worst
 from bts.model.package import load_workspace_model
 from bts.params import flatten, load_params
 from bts.reports.evaluation import name_sensors, plot_evaluation, plot_tables
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--plots", required=True, help="folder for DVC plots")
     args = parser.parse_args()
     params = load_params()
+    use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it writes anything
     columns = feature_columns(Path(args.datasets))
     features = pd.read_parquet(args.features)
     scored = features[features["split"].isin(SPLITS)].copy()
@@ -48,7 +50,7 @@ def main() -> None:
     keys = ["station_id", "parameter_id", "reading_time", "target_time", "split", "target", "lag_1", "predicted"]
     write_parquet(args.predictions, scored[keys].rename(columns={"lag_1": "persistence"}).reset_index(drop=True))
     catalogue = load_catalogue(args.sensors)
-    by_sensor = name_sensors({split: scores for split, scores in report.items() if split not in SPLITS}, catalogue)
+    by_sensor = name_sensors({split: scores for split, scores in report.items() if split.endswith(BY_PARAMETER)}, catalogue)
 
     test = scored[scored["split"] == "test"]
     tables, series_key = plot_tables(test, catalogue)
@@ -57,11 +59,10 @@ def main() -> None:
         write_csv(plots / name, table)
     scores = by_sensor.get("test_by_parameter", {})
     plot_evaluation(test, tables["forecast.csv"], series_key, catalogue, scores, params.train.model, plots / "evaluation.png")
-    write_json(args.metrics, finite_or_none({split: scores for split, scores in report.items() if split in SPLITS}))
+    write_json(args.metrics, finite_or_none(dvc_metrics(report, SPLITS)))
     write_json(args.by_parameter, finite_or_none(by_sensor))
 
     lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
-    use_store()
     run = find_training_run(lineage)
     if run is None:  # the model came from a cache or another store: its evaluation still gets a run
         with training_run(params.train.experiment, f"evaluation-{lineage[MODEL_MD5][:8]}") as run:
@@ -85,6 +86,14 @@ def main() -> None:
                 f"evaluate: warning: {scores['sensor']} (parameter {pid}) loses to persistence on test: "
                 f"rmse {scores['rmse']:.4g} vs {scores['persistence_rmse']:.4g} {scores['unit']} (skill {scores['skill']:+.1%})"
             )
+    for split in SPLITS:
+        stations = report.get(f"{split}{BY_STATION}", {})
+        station, skill = worst(stations)
+        if station is not None:
+            print(f"evaluate: {split}: worst of {len(stations)} station(s) is {station} (skill {skill:+.1%})")
+        for station, scores in stations.items():
+            if scores["skill"] < 0:
+                print(f"evaluate: warning: station {station} loses to persistence on {split} (skill {scores['skill']:+.1%})")
 
 
 if __name__ == "__main__":

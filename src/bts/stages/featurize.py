@@ -1,4 +1,4 @@
-"""Stage featurize: clean readings -> lag/gap/calendar features with target and time-ordered split."""
+"""Stage featurize: clean readings -> lag, gap and recent-window features (calendar ones optional) with target and split."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def main() -> None:
         valid_fraction=params.valid_fraction,
         test_fraction=params.test_fraction,
         holdout_stations=tuple(params.holdout_stations),
+        scale_window=params.scale_window,
+        calendar=params.calendar,
     )
     features, accounting = build_features(pd.read_parquet(args.clean), spec)
     write_parquet(args.out, features)
@@ -44,8 +46,10 @@ def main() -> None:
     document = dataset_document(
         dataset_id="bts-features",
         name="BTS features",
-        description=f"Per-series examples: the last {spec.n_lags} readings, the gaps between them and calendar features; "
-        f"target = the reading {spec.horizon} step(s) ahead; split in time order of the target.",
+        description=f"Per-series examples: the last {spec.n_lags} readings, the gaps between them, the series' step scale, offset "
+        f"and range position over its last {spec.scale_window} readings{' and calendar features' if spec.calendar else ''}; "
+        f"target = the reading {spec.horizon} step(s) ahead; split in time order of the target; "
+        f"held-out stations ({', '.join(map(str, spec.holdout_stations)) or 'none'}) in split holdout.",
         path=args.out,
         rows=len(features),
         coverage_fields=coverage(features, catalogue=load_catalogue(args.sensors), times=features["reading_time"]),

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--package", required=True, help="folder for the packaged MLflow model")
     args = parser.parse_args()
     params = load_params()
+    use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it writes anything
     columns = feature_columns(Path(args.datasets))
     model = load_workspace_model(Path(args.model))
     features = pd.read_parquet(args.features, columns=[*columns, "split"])
@@ -51,7 +52,6 @@ def main() -> None:
         )
 
     atomic_folder(args.package, write)
-    use_store()
     run = find_training_run(lineage)
     if run is None:
         note = f"no run trained this model in {mlflow.get_tracking_uri()}: the package is not logged"
