@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser repro test lint format summary clean-venv
+.PHONY: help setup browser postgres team-up team-down repro test lint format summary clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,27 @@ browser: ## install Debian's chromium (headless browser of the tests) unless it 
 	    { echo "chromium $(CHROMIUM_VERSION) is no longer offered: installing the distribution's current build"; \
 	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }; }
 
-test: lint browser ## lint, then the whole test suite (unit and integration)
+# Team mode (and its tests) runs a PostgreSQL server from the distribution's binaries, pinned; its current build if the
+# pin is gone.
+POSTGRES_MAJOR := 15
+POSTGRES_VERSION ?= 15.18-0+deb12u1
+INITDB := /usr/lib/postgresql/$(POSTGRES_MAJOR)/bin/initdb
+
+postgres: ## install Debian's PostgreSQL server (team mode and its tests) unless it is there
+	@test -x $(INITDB) || command -v initdb >/dev/null || { \
+	  echo "installing postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-$(POSTGRES_MAJOR)=$(POSTGRES_VERSION) >/dev/null 2>&1 || \
+	    { echo "postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) is no longer offered: installing the distribution's current build"; \
+	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-$(POSTGRES_MAJOR) >/dev/null; }; }; }
+
+team-up: setup postgres ## start PostgreSQL and an MLflow tracking server on it (data in .team/); prints the exports to use
+	@$(BIN)/python -m bts.team up
+
+team-down: setup ## stop the team's MLflow server and PostgreSQL (the data stays in .team/)
+	@$(BIN)/python -m bts.team down
+
+test: lint browser postgres ## lint, then the whole test suite (unit and integration)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff check and format check

@@ -18,7 +18,7 @@ from bts.monitoring.profile import PROFILE_ARTIFACT, feature_profile
 from bts.params import PARAMS_FILE, load_params
 from bts.stages import run_stage
 from bts.tracking.runs import datasets_to_log, training_run, workspace_lineage
-from bts.tracking.store import kill_point
+from bts.tracking.store import kill_point, use_store
 from bts.tracking.tags import GIT_COMMIT, data_tags, dvc_tags, feature_columns, git_tags, machine_tags
 
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="fitted pipeline (joblib)")
     args = parser.parse_args()
     params = load_params()
+    use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it fits or writes
     columns = feature_columns(Path(args.datasets))
     features = pd.read_parquet(args.features)
     train_rows = features[features["split"] == "train"]

@@ -209,19 +209,16 @@ def _collector_paused() -> Iterator[None]:
 def _store_uri() -> str:
     import mlflow
 
-    from bts.tracking.store import use_store
+    from bts.tracking.store import use_store, use_uri
 
     if os.environ.get("MLFLOW_TRACKING_URI"):  # a store named outright needs no project around it
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        use_uri(os.environ["MLFLOW_TRACKING_URI"])
     else:
         use_store()
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).exists():
         raise BtsError(f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI, or run from the repository)")
     return uri
-
-
-DATABASE_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
 
 
 def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
@@ -307,9 +304,12 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from bts.tracking.store import bulk_read_database
+
     uri = _store_uri()
-    if not filter_string and uri.startswith(DATABASE_SCHEMES):
-        return fetch_runs_from_database(uri, experiment, metrics)
+    database = bulk_read_database(uri)
+    if not filter_string and database:
+        return fetch_runs_from_database(database, experiment, metrics)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -4,10 +4,14 @@ The user's working tree is never touched: the traced commit is checked out
 beside it, shares the repository's DVC cache (so real exports tracked with
 `dvc add` come back), and is rebuilt with `dvc repro --force` against a
 throw-away MLflow store, importing the worktree's own `src/` (PYTHONPATH),
-not the installed package. Data md5s, the model and package md5s, the code
-md5 and the recorded metrics must come out equal; the code md5 that the
-rebuilt stages computed from the code they imported must equal the
-worktree's, which proves that the commit's own code ran.
+not the installed package. When the cache holds the commit's data (after
+`dvc pull --all-commits` on a fresh clone, say), every data file and every
+`dvc add`ed export is hashed against its recorded md5 (DVC does not re-hash
+its cache) and only the stages from train on are rebuilt; otherwise every
+stage is. Data md5s, the model and package md5s, the code md5 and the
+recorded metrics must come out equal; the code md5 that the rebuilt stages
+computed from the code they imported must equal the worktree's, which proves
+that the commit's own code ran.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
-from bts.hashing import lock_md5s
+from bts.hashing import dvc_md5, lock_md5s
 from bts.model.package import code_md5, package_metadata
 from bts.tracking.lineage import trace
 from bts.tracking.store import pipeline_argument
@@ -32,6 +36,7 @@ from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag, dataset_document
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
 STAGE_PREFIXES = ("simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")
+TRAINING_STAGE = "train"  # with the data restored and verified, the rebuild starts here
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) -> None:
@@ -52,6 +57,45 @@ def _training_code(tree: Path) -> list[str] | None:
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
     return [dep.removeprefix("src/bts/") for dep in deps if isinstance(dep, str) and dep.startswith("src/bts/")]
+
+
+def _upstream_stages(lock: dict, stage: str) -> set[str]:
+    """The stages whose outputs the stage depends on, directly or not (from dvc.lock)."""
+    producer = {out["path"]: name for name, entry in lock["stages"].items() for out in entry.get("outs", [])}
+    found: set[str] = set()
+    pending = [stage]
+    while pending:
+        entry = lock["stages"].get(pending.pop(), {})
+        for dep in entry.get("deps", []):
+            name = producer.get(dep["path"])
+            if name and name not in found:
+                found.add(name)
+                pending.append(name)
+    return found
+
+
+def _restored_data(tree: Path) -> list[str]:
+    """What keeps the data stages from being skipped: every output of the stages before train and every `dvc add`ed
+    file must be in the worktree with its recorded md5 ([] when all are)."""
+    try:
+        lock = yaml.safe_load((tree / "dvc.lock").read_text())
+        expected = {
+            out["path"]: out.get("md5") for name in _upstream_stages(lock, TRAINING_STAGE) for out in lock["stages"][name].get("outs", [])
+        }
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return ["dvc.lock has no train stage"]
+    tracked = subprocess.run(["git", "ls-files", "-z", "*.dvc"], cwd=tree, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        document = yaml.safe_load((tree / name).read_text()) or {}
+        for out in document.get("outs", []):
+            expected[(Path(name).parent / out["path"]).as_posix()] = out.get("md5")
+    problems = []
+    for path, md5 in sorted(expected.items()):
+        if not (tree / path).exists():
+            problems.append(f"{path} missing")
+        elif dvc_md5(tree / path) != md5:
+            problems.append(f"{path} does not match its md5 {md5}")
+    return problems
 
 
 def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) -> dict:
@@ -77,7 +121,17 @@ def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) ->
     try:
         _run(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], tree, env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=tree, env=env, capture_output=True)  # missing outputs are rebuilt below
-        _run(["dvc", "repro", "--force"], tree, env, echo=True)
+        problems = _restored_data(tree)
+        if problems:
+            print(
+                f"data: not restored from the DVC cache ({problems[0]}{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}; "
+                "`dvc pull --all-commits` fetches every version): rebuilding every stage",
+                file=sys.stderr,
+            )
+            _run(["dvc", "repro", "--force"], tree, env, echo=True)
+        else:
+            print(f"data: restored from the DVC cache, every md5 verified: rebuilding from the {TRAINING_STAGE} stage on", file=sys.stderr)
+            _run(["dvc", "repro", "--force", "--downstream", TRAINING_STAGE], tree, env, echo=True)
         checks = _compare(chain, tree, recorded_metrics)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)

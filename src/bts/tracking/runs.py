@@ -43,7 +43,13 @@ def experiment_id(name: str, root: Path) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=f"{artifact_location(root)}/{name}")
+    try:
+        return mlflow.create_experiment(name, artifact_location=f"{artifact_location(root)}/{name}")
+    except MlflowException as exc:  # another client (a colleague, a parallel queue worker) created it meanwhile
+        experiment = mlflow.get_experiment_by_name(name)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 @contextmanager

@@ -1,0 +1,326 @@
+"""Benchmark of the team setup: the `bts` commands over 10,000 runs on SQLite and on PostgreSQL behind `mlflow server`.
+
+It fills two stores with --runs runs shaped like the pipeline's (compare_10k.py's runs: about 12 params, 40 metrics
+and 25 tags each, their data md5s one of --data-versions values, as a team's runs share a few data versions): a
+SQLite database, and PostgreSQL behind an MLflow tracking server that bts.team starts in --dir (a folder holding
+complete fills is reused). A small git repository holds a DVC experiment ref for every run but ten. Then it times,
+against SQLite, against the server (MLFLOW_TRACKING_URI=http://... alone), and against the server with bulk reads
+from its database (BTS_TRACKING_DATABASE_URI, the read-only role `make team-up` prints):
+
+- `bts compare` (the default ranking over every run of the experiment),
+- `bts lineage <run id>`,
+- `bts runs check` (every run against the experiment refs and the registry; the ten lost ones are reported),
+- the best-run search: the lowest test.rmse among the runs trained on one features md5
+  (MlflowClient.search_runs with a tag filter, ordered by the metric, one result),
+
+in-process (imports done: what the command itself costs; median of --repeat calls after one warm-up) and as a new
+process (what a user waits for, Python and MLflow imports included, with its CPU seconds), and prints a table against
+the targets (each command under 2 s, the search under 0.5 s) with the machine's load. Through the server's API alone,
+`bts compare` and `bts runs check` read whole runs (minutes at 10,000): they are timed once. Figures only: the exit
+code is 0 whether or not a target is met.
+
+    .venv/bin/python benchmarks/team_10k.py                                 # about 3 minutes to fill, then the timings
+    .venv/bin/python benchmarks/team_10k.py --dir /tmp/bts-team-10k --keep-server   # keep (and reuse) the stores
+    .venv/bin/python -m bts.team down --dir /tmp/bts-team-10k/team                  # then stop the kept server
+    .venv/bin/python benchmarks/team_10k.py --runs 300 --repeat 1           # smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing the package
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bts.tracking.store import BULK_READ_DATABASE  # noqa: E402
+from compare_10k import EXPERIMENT, MODELS, run_metrics, run_params, run_tags  # noqa: E402
+
+COMMAND_TARGET_SECONDS = 2.0
+SEARCH_TARGET_SECONDS = 0.5
+MARKER = "benchmark.json"
+BTS = REPO / ".venv" / "bin" / "bts"
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "dvc.lock", "metadata"]  # what `bts` needs to find and read a project
+LOST_EXPERIMENTS = 10
+
+
+def data_version(index: int, versions: int) -> dict[str, str]:
+    """The data md5 tags of run `index`: one of `versions` data versions, as a team's runs share a few."""
+    rng = random.Random(f"data-{index % versions}")
+    return {f"data.{name}_md5": f"{rng.getrandbits(128):032x}" for name in ["raw", "clean", "features"]}
+
+
+def fill(uri: str, runs: int, versions: int, artifact_location: str) -> None:
+    """Write `runs` finished runs into the database at `uri`, in one experiment, as MLflow's store writes them.
+
+    Rows go straight into MLflow's own tables (its ORM models' tables), a thousand runs per statement: the API
+    writes 15 runs/s on this loaded machine, which made a fill of 10,000 runs take 12 minutes per store.
+    """
+    import sqlalchemy
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+
+    experiment_id = int(MlflowClient(tracking_uri=uri).create_experiment(EXPERIMENT, artifact_location=artifact_location))
+    engine = sqlalchemy.create_engine(uri)
+    rng = random.Random(7)
+    started = time.perf_counter()
+    now_ms = int(time.time() * 1000)
+    rows: dict[sqlalchemy.Table, list[dict]] = {}
+    for index in range(runs):
+        model = MODELS[index % len(MODELS)]
+        start_ms = now_ms - (runs - index) * 60_000
+        run_id, name = f"{rng.getrandbits(128):032x}", f"exp-{index:05d}"
+        tags = {**run_tags(rng, index), **data_version(index, versions), "mlflow.runName": name}
+        run = {
+            "run_uuid": run_id, "name": name, "source_type": "UNKNOWN", "source_name": "", "entry_point_name": "",
+            "user_id": "benchmark", "status": "FINISHED", "start_time": start_ms, "end_time": start_ms + 30_000,
+            "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
+            "artifact_uri": f"{artifact_location}/{run_id}/artifacts", "experiment_id": experiment_id,
+        }  # fmt: skip
+        metrics = [
+            {"key": key, "value": value, "timestamp": start_ms, "step": 0, "is_nan": False, "run_uuid": run_id}
+            for key, value in run_metrics(rng, model).items()
+        ]
+        rows.setdefault(SqlRun.__table__, []).append(run)
+        rows.setdefault(SqlTag.__table__, []).extend({"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items())
+        rows.setdefault(SqlParam.__table__, []).extend(
+            {"key": k, "value": v, "run_uuid": run_id} for k, v in run_params(rng, model).items()
+        )
+        rows.setdefault(SqlMetric.__table__, []).extend(metrics)
+        rows.setdefault(SqlLatestMetric.__table__, []).extend(metrics)
+        if (index + 1) % 1000 == 0 or index + 1 == runs:
+            with engine.begin() as connection:
+                for table, values in rows.items():  # runs first: the others refer to them
+                    connection.execute(table.insert(), values)
+            rows = {}
+            elapsed = time.perf_counter() - started
+            print(f"  {index + 1:>6} / {runs} runs written ({elapsed:.0f} s, {(index + 1) / elapsed:.0f} runs/s)", flush=True)
+    engine.dispose()
+
+
+def filled(folder: Path, runs: int, versions: int) -> bool:
+    marker = folder / MARKER
+    return marker.exists() and json.loads(marker.read_text()) == {"runs": runs, "versions": versions, "experiment": EXPERIMENT}
+
+
+def mark_filled(folder: Path, runs: int, versions: int) -> None:
+    (folder / MARKER).write_text(json.dumps({"runs": runs, "versions": versions, "experiment": EXPERIMENT}))
+
+
+def sqlite_store(folder: Path, runs: int, versions: int) -> str:
+    """A SQLite store of `runs` runs in folder."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    if filled(folder, runs, versions):
+        print(f"reusing {runs} runs in {folder}")
+        return uri
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    print(f"filling SQLite with {runs} runs")
+    fill(uri, runs, versions, (folder / "mlartifacts").as_uri())
+    mark_filled(folder, runs, versions)
+    return uri
+
+
+def team_store(folder: Path, runs: int, versions: int):
+    """PostgreSQL behind `mlflow server` (bts.team) holding `runs` runs: the bts.team.Team."""
+    from bts import team
+
+    if not filled(folder, runs, versions) and folder.exists():
+        team.stop(folder)
+        shutil.rmtree(folder)
+    setup = team.start(folder)
+    if filled(folder, runs, versions):
+        print(f"reusing {runs} runs in {folder}")
+        return setup
+    print(f"filling PostgreSQL with {runs} runs")
+    fill(setup.backend_uri, runs, versions, f"mlflow-artifacts:/{EXPERIMENT}")  # into the database: the server only adds HTTP
+    import psycopg2
+
+    with contextlib.closing(
+        psycopg2.connect(host=team.HOST, port=setup.postgres_port, user=team.DATABASE_USER, dbname=team.DATABASE)
+    ) as db:
+        db.autocommit = True
+        db.cursor().execute("VACUUM ANALYZE")  # the statistics autovacuum would have gathered after a while
+    mark_filled(folder, runs, versions)
+    return setup
+
+
+def project(folder: Path, runs: int) -> Path:
+    """A small git repository with the project's pipeline files (where `bts` finds params.yaml and git history) and a
+    DVC experiment ref for every run but the first LOST_EXPERIMENTS, whose refs are gone as if lost by the queue."""
+    if (folder / ".git").exists():
+        return folder
+    folder.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)
+    for command in [["git", "init", "-q", "-b", "main"], ["git", "add", "-A"]]:
+        subprocess.run(command, cwd=folder, check=True)
+    identity = ["-c", "user.email=benchmark@example.com", "-c", "user.name=benchmark"]
+    subprocess.run(["git", *identity, "commit", "-q", "-m", "project"], cwd=folder, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, check=True, capture_output=True, text=True).stdout.strip()
+    refs = "".join(f"create refs/exps/{head[:2]}/{head[2:]}/exp-{index:05d} {head}\n" for index in range(LOST_EXPERIMENTS, runs))
+    subprocess.run(["git", "update-ref", "--stdin"], cwd=folder, input=refs, text=True, check=True)
+    return folder
+
+
+def some_run(uri: str) -> tuple[str, str]:
+    """A run id of the store, and its features md5."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    run = client.search_runs([experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])[0]
+    return run.info.run_id, run.data.tags["data.features_md5"]
+
+
+def best_run(uri: str, features_md5: str) -> str:
+    """The search a user makes to pick a model: the lowest test.rmse among the runs trained on these features."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`data.features_md5` = '{features_md5}'",
+        order_by=["metrics.`test.rmse` ASC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id
+
+
+@dataclass
+class Store:
+    label: str
+    env: dict[str, str]  # MLFLOW_TRACKING_URI, and BTS_TRACKING_DATABASE_URI when bulk reads go to the database
+    whole_runs: bool = False  # bulk commands read whole runs through MLflow's API: one timed call (minutes at 10,000)
+
+    @property
+    def uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+
+def in_process(store: Store, cwd: Path, arguments: list[str]) -> float:
+    """Wall seconds of `bts <arguments>` called in this process (imports done)."""
+    from bts.cli import main
+
+    os.environ.pop(BULK_READ_DATABASE, None)
+    os.environ.update(store.env)
+    previous = Path.cwd()
+    os.chdir(cwd)
+    output = io.StringIO()
+    try:
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(output):
+            code = main(arguments)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.chdir(previous)
+    if code not in (0, 1):  # `bts runs check` exits 1 when it finds something to report (here: the lost experiments)
+        raise SystemExit(f"bts {' '.join(arguments)} failed ({code})")
+    return elapsed
+
+
+def new_process(store: Store, cwd: Path, arguments: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of `bts <arguments>` as its own process."""
+    env = {k: v for k, v in os.environ.items() if k != BULK_READ_DATABASE} | store.env
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run([str(BTS), *arguments], cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode not in (0, 1) or "error" in result.stderr:
+        raise SystemExit(f"bts {' '.join(arguments)} failed ({result.returncode}): {result.stderr.strip()}")
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def median_of(repeat: int, call: Callable[[], float]) -> float:
+    call()  # warm: connections, caches, the first import of a module
+    return statistics.median(call() for _ in range(repeat))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, help="folder of the stores; reused if it holds complete fills of --runs runs")
+    parser.add_argument("--runs", type=int, default=10_000, help="runs in each store (default 10000)")
+    parser.add_argument("--data-versions", type=int, default=20, help="distinct data md5s among the runs (default 20)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls of each kind (default 3)")
+    parser.add_argument("--keep-server", action="store_true", help="leave PostgreSQL and the MLflow server running")
+    args = parser.parse_args()
+    folder = (args.dir or Path(tempfile.mkdtemp(prefix="bts-team-10k-"))).resolve()
+    print(f"stores in {folder}")
+    from bts import team
+
+    sqlite_uri = sqlite_store(folder / "sqlite", args.runs, args.data_versions)
+    server = team_store(folder / "team", args.runs, args.data_versions)
+    stores = [
+        Store("SQLite", {"MLFLOW_TRACKING_URI": sqlite_uri}),
+        Store("PostgreSQL via mlflow server", {"MLFLOW_TRACKING_URI": server.tracking_uri}, whole_runs=True),
+        Store(
+            "PostgreSQL via mlflow server, bulk reads from the database",
+            {"MLFLOW_TRACKING_URI": server.tracking_uri, BULK_READ_DATABASE: server.reader_uri},
+        ),
+    ]
+    repo = project(folder / "project", args.runs)
+    rows = []
+    try:
+        for store in stores:
+            run_id, features_md5 = some_run(store.uri)
+            commands = {
+                "bts compare": (["compare", "--experiment", EXPERIMENT], store.whole_runs),
+                "bts lineage": (["lineage", run_id], False),
+                "bts runs check": (["runs", "check", "--experiment", EXPERIMENT], store.whole_runs),
+            }
+            for name, (arguments, once) in commands.items():
+                if once:
+                    rows.append((store.label, name, in_process(store, repo, arguments), COMMAND_TARGET_SECONDS, None, None, 1))
+                else:
+                    inside = median_of(args.repeat, lambda store=store, arguments=arguments: in_process(store, repo, arguments))
+                    outside = [new_process(store, repo, arguments) for _ in range(args.repeat)]
+                    wall, cpu = statistics.median(t[0] for t in outside), statistics.median(t[1] for t in outside)
+                    rows.append((store.label, name, inside, COMMAND_TARGET_SECONDS, wall, cpu, args.repeat))
+                print(f"  {store.label}: {name}: {rows[-1][2]:.2f} s in-process", flush=True)
+
+            def search(uri: str = store.uri, md5: str = features_md5) -> float:
+                started = time.perf_counter()
+                best_run(uri, md5)
+                return time.perf_counter() - started
+
+            rows.append((store.label, "best-run search", median_of(args.repeat, search), SEARCH_TARGET_SECONDS, None, None, args.repeat))
+            mlflow_reset()
+    finally:
+        if not args.keep_server:
+            team.stop(folder / "team")
+    print(f"\n{args.runs} runs per store ({LOST_EXPERIMENTS} of them without their DVC experiment ref); medians; load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")  # fmt: skip
+    print("\n| store | operation | in-process s | calls | target s | verdict | new process s (CPU s) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, name, inside, target, wall, cpu, calls in rows:
+        process = f"{wall:.2f} ({cpu:.2f})" if wall is not None else "-"
+        print(f"| {label} | {name} | {inside:.3f} | {calls} | {target} | {'meets' if inside < target else 'MISSES'} | {process} |")
+
+
+def mlflow_reset() -> None:
+    """Forget the tracking URI `bts` set in this process, so the next store's calls go where MLFLOW_TRACKING_URI says."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+
+
+if __name__ == "__main__":
+    main()

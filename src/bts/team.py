@@ -1,0 +1,356 @@
+"""Team mode on one machine: a PostgreSQL server and an MLflow tracking server on it, run from the repository.
+
+`make team-up` starts both (`python -m bts.team up`): PostgreSQL from the machine's own binaries (`make postgres`
+installs the distribution's, pinned, when missing), its data in a git-ignored folder (.team/ at the repository root), on
+loopback and a free port; then `mlflow server` on that database, proxying artifacts (`--serve-artifacts`) into
+.team/artifacts, so a client needs nothing but the server's URL. It prints the lines to use (on stdout, so that
+`eval "$(make -s team-up)"` runs them; the rest goes to stderr):
+
+    export MLFLOW_TRACKING_URI=http://127.0.0.1:<port>
+    export BTS_TRACKING_DATABASE_URI=postgresql+psycopg2://mlflow_reader@127.0.0.1:<port>/mlflow   # optional: fast bulk reads
+
+`make team-down` stops both (`python -m bts.team down`); the data stays for the next `up`. A real team points the
+same commands at its own PostgreSQL and object storage instead (README, "Team mode").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bts.errors import BtsError
+from bts.tracking.store import BULK_READ_DATABASE, find_root
+
+TEAM_DIR = ".team"  # at the repository root, git-ignored
+STATE_FILE = "team.json"
+DATABASE = "mlflow"
+DATABASE_USER = "postgres"
+READER = "mlflow_reader"  # may only read: the role `bts compare` and `bts runs check` query the database as
+HOST = "127.0.0.1"
+# One worker: each worker opens its database lazily, and one that first meets a refusing database retries for about
+# 100 s before it answers; the one worker has opened it before `up` returns, so later refusals are answered at once.
+SERVER_WORKERS = 1
+START_TIMEOUT_SECONDS = 180  # a first start creates MLflow's tables; slow on a loaded 2-core machine
+STOP_TIMEOUT_SECONDS = 20
+# PostgreSQL refuses to run as root: as root, its commands run as this system user (the distribution's packages make it).
+POSTGRES_SYSTEM_USER = "postgres"
+POSTGRES_BINARY_DIRS = ["/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin"]  # Debian and Ubuntu; RHEL and Fedora
+
+
+@dataclass
+class Team:
+    """Where a running (or stopped) team setup lives and listens."""
+
+    folder: str
+    postgres_port: int
+    server_port: int
+    server_pid: int | None = None
+
+    @property
+    def backend_uri(self) -> str:
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project pins psycopg2.
+        return f"postgresql+psycopg2://{DATABASE_USER}@{HOST}:{self.postgres_port}/{DATABASE}"
+
+    @property
+    def reader_uri(self) -> str:
+        return f"postgresql+psycopg2://{READER}@{HOST}:{self.postgres_port}/{DATABASE}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{HOST}:{self.server_port}"
+
+    @property
+    def pgdata(self) -> Path:
+        return Path(self.folder) / "postgres"
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.folder) / "artifacts"
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.folder) / "logs"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: closed connections do not hold the port
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of initdb, pg_ctl and postgres: on PATH, else the newest in the distribution's usual places."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).resolve().parent
+    candidates = [Path(found).parent for pattern in POSTGRES_BINARY_DIRS for found in glob.glob(f"{pattern}/initdb")]
+    return max(candidates, key=_version_key, default=None)
+
+
+def _version_key(folder: Path) -> tuple[int, ...]:
+    digits = "".join(c if c.isdigit() else " " for c in str(folder)).split()
+    return tuple(int(d) for d in digits)
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """The command as PostgreSQL wants to be run: as the current user, or as `postgres` when that is root."""
+    if os.geteuid() != 0:
+        return command
+    if not shutil.which("runuser"):
+        raise BtsError("PostgreSQL refuses to run as root and runuser is missing: run `make team-up` as a regular user")
+    return ["runuser", "-u", POSTGRES_SYSTEM_USER, "--", *command]
+
+
+def _give_to_postgres_user(*paths: Path) -> None:
+    """As root, hand the folders PostgreSQL writes to its system user, and check that user can reach them."""
+    if os.geteuid() != 0:
+        return
+    try:
+        for path in paths:
+            shutil.chown(path, POSTGRES_SYSTEM_USER)
+    except LookupError:
+        raise BtsError(f"PostgreSQL refuses to run as root and there is no '{POSTGRES_SYSTEM_USER}' user to run it as") from None
+    check = subprocess.run(_as_postgres_user(["test", "-w", str(paths[0])]), capture_output=True)
+    if check.returncode != 0:
+        raise BtsError(
+            f"{paths[0]}: user '{POSTGRES_SYSTEM_USER}' cannot reach it (a parent folder is not searchable by others); "
+            "use --dir with a folder it can reach"
+        )
+
+
+def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = (result.stderr or result.stdout).strip().splitlines()
+        raise BtsError(f"{what} failed: {output[-1] if output else f'exit code {result.returncode}'}")
+    return result
+
+
+def start_postgres(team: Team, binaries: Path) -> None:
+    """initdb (first time only), then start the server on loopback at the team's port; no Unix socket, trust on loopback."""
+    team.logs.mkdir(parents=True, exist_ok=True)
+    if not (team.pgdata / "PG_VERSION").exists():
+        team.pgdata.mkdir(parents=True, exist_ok=True)
+        _give_to_postgres_user(team.pgdata, team.logs)
+        _run(
+            _as_postgres_user([str(binaries / "initdb"), "-D", str(team.pgdata), "-A", "trust", "-U", DATABASE_USER, "-E", "UTF8"]),
+            "initdb",
+        )
+    _give_to_postgres_user(team.pgdata, team.logs)
+    options = f"-p {team.postgres_port} -c listen_addresses={HOST} -c unix_socket_directories=''"
+    log = team.logs / "postgres.log"
+    command = [str(binaries / "pg_ctl"), "-D", str(team.pgdata), "-o", options, "-l", str(log), "-w", "-t", "60", "start"]
+    result = subprocess.run(_as_postgres_user(command), capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise BtsError(f"PostgreSQL did not start on {HOST}:{team.postgres_port}: {(tail or [result.stderr.strip()])[0]} (log {log})")
+    _create_database(team)
+
+
+def _create_database(team: Team) -> None:
+    """The database MLflow creates its tables in, and a role that may read them (and those later migrations add)."""
+    import psycopg2
+
+    for database, statements in [
+        ("postgres", [f"CREATE DATABASE {DATABASE}", f"CREATE ROLE {READER} LOGIN"]),
+        (DATABASE, [f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}",
+                    f"ALTER DEFAULT PRIVILEGES FOR ROLE {DATABASE_USER} IN SCHEMA public GRANT SELECT ON TABLES TO {READER}"]),
+    ]:  # fmt: skip
+        connection = psycopg2.connect(host=HOST, port=team.postgres_port, user=DATABASE_USER, dbname=database, connect_timeout=10)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                for statement in statements:
+                    with contextlib.suppress(psycopg2.errors.DuplicateDatabase, psycopg2.errors.DuplicateObject):
+                        cursor.execute(statement)  # or made by an earlier `up`
+        finally:
+            connection.close()
+
+
+def postgres_running(team: Team, binaries: Path | None) -> bool:
+    if binaries is None or not (team.pgdata / "PG_VERSION").exists():
+        return False
+    result = subprocess.run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(team.pgdata), "status"]), capture_output=True)
+    return result.returncode == 0
+
+
+def stop_postgres(team: Team, binaries: Path | None) -> None:
+    if postgres_running(team, binaries):
+        _run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(team.pgdata), "-m", "fast", "-w", "stop"]), "pg_ctl stop")
+
+
+def start_server(team: Team) -> None:
+    """`mlflow server` on the team's database, proxying artifacts to its folder; returns once it answers API calls."""
+    team.artifacts.mkdir(parents=True, exist_ok=True)
+    team.logs.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", team.backend_uri,
+        "--serve-artifacts", "--artifacts-destination", str(team.artifacts.resolve()),
+        "--host", HOST, "--port", str(team.server_port), "--workers", str(SERVER_WORKERS),
+    ]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    with open(team.logs / "mlflow-server.log", "ab") as log:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
+    team.server_pid = process.pid
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise BtsError(f"mlflow server exited with code {process.returncode} (log {team.logs / 'mlflow-server.log'})")
+        if server_answers(team.tracking_uri):
+            return
+        if time.monotonic() > deadline:
+            stop_server(team)
+            raise BtsError(f"mlflow server did not answer on {team.tracking_uri} within {START_TIMEOUT_SECONDS} s")
+        time.sleep(0.5)
+
+
+def server_answers(uri: str, timeout: float = 2.0) -> bool:
+    """True when the server answers an API call that reads the database."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=timeout) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _server_process(team: Team):
+    """The psutil process of this team's mlflow server, if it still runs (a recycled pid is not ours)."""
+    import psutil
+
+    if not team.server_pid:
+        return None
+    try:
+        process = psutil.Process(team.server_pid)
+        command = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return process if "mlflow" in command and f"--port {team.server_port}" in command else None
+
+
+def stop_server(team: Team) -> None:
+    """Stop the server and its workers (its own process group), waiting for them to exit."""
+    process = _server_process(team)
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while process.is_running() and process.status() != "zombie" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers that ignored SIGTERM
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(process.pid, os.WNOHANG)
+    team.server_pid = None
+
+
+def load_state(folder: Path) -> Team | None:
+    try:
+        return Team(**json.loads((folder / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_state(team: Team) -> None:
+    (Path(team.folder) / STATE_FILE).write_text(json.dumps(asdict(team), indent=2) + "\n")
+
+
+def start(folder: Path) -> Team:
+    """Start PostgreSQL and the MLflow server for the folder's data (reusing its ports when free); idempotent."""
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    binaries = postgres_binaries()
+    if binaries is None:
+        raise BtsError("PostgreSQL server binaries (initdb, pg_ctl) not found: `make postgres` installs them (apt-get)")
+    team = load_state(folder) or Team(str(folder), 0, 0)
+    team.folder = str(folder)
+    if not postgres_running(team, binaries):
+        if not team.postgres_port or not port_is_free(team.postgres_port):
+            team.postgres_port = free_port()
+        start_postgres(team, binaries)
+    if _server_process(team) is None or not server_answers(team.tracking_uri):
+        stop_server(team)
+        if not team.server_port or not port_is_free(team.server_port):
+            team.server_port = free_port()
+        save_state(team)  # before the wait: a `down` from another terminal finds what to stop
+        start_server(team)
+    save_state(team)
+    return team
+
+
+def stop(folder: Path) -> Team | None:
+    """Stop the folder's MLflow server, then its PostgreSQL; the data stays."""
+    team = load_state(folder.resolve())
+    if team is None:
+        return None
+    stop_server(team)
+    stop_postgres(team, postgres_binaries())
+    save_state(team)
+    return team
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bts.team", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, help=f"folder of the data, artifacts and logs (default: {TEAM_DIR}/ at the repository root)")
+    args = parser.parse_args(argv)
+    try:
+        if args.dir is None:
+            args.dir = find_root() / TEAM_DIR
+        if args.action == "up":
+            team = start(args.dir)
+            print(
+                f"team: PostgreSQL on {HOST}:{team.postgres_port} (data {team.pgdata}), MLflow server on {team.tracking_uri} "
+                f"(artifacts {team.artifacts}); logs in {team.logs}; stop with `make team-down`",
+                file=sys.stderr,
+            )
+            print(f"export MLFLOW_TRACKING_URI={team.tracking_uri}")
+            print(f"export {BULK_READ_DATABASE}={team.reader_uri}")
+        elif args.action == "down":
+            team = stop(args.dir)
+            print("team: stopped" if team else f"team: nothing started from {args.dir}", file=sys.stderr)
+        else:
+            team = load_state(args.dir.resolve())
+            if team is None:
+                print(f"team: nothing started from {args.dir}")
+                return 1
+            postgres = "running" if postgres_running(team, postgres_binaries()) else "stopped"
+            server = "running" if _server_process(team) and server_answers(team.tracking_uri) else "stopped"
+            print(f"PostgreSQL {HOST}:{team.postgres_port} {postgres}; MLflow server {team.tracking_uri} {server}")
+            return 0 if postgres == server == "running" else 1
+    except BtsError as exc:
+        print(f"team: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

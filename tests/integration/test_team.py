@@ -1,0 +1,224 @@
+"""Team mode, nothing mocked: a real PostgreSQL and a real `mlflow server` on it (bts.team), a DVC remote, a git remote.
+
+The module starts PostgreSQL and the tracking server once (free ports, a temporary folder, torn down at the end);
+every command runs with only MLFLOW_TRACKING_URI pointing at the server. PostgreSQL's server binaries must be
+installed (`make postgres`, which `make test` runs): without them these tests fail, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bts import team
+from bts.errors import BtsError
+from bts.hashing import file_md5
+from tests.integration.conftest import make_project_repo
+from tests.integration.workspace import DATASETS, lock_outs, run, set_params
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENT = "bts-next-reading"
+MODEL = "bts-next-reading"
+GRID = ["-S", "train.alpha=0.1,0.3", "-S", "train.l1_ratio=0.2,0.8"]
+DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
+FAILURE_SECONDS = 15
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[team.Team]:
+    """PostgreSQL and `mlflow server` for the module, in a folder PostgreSQL's user can reach (pytest's base is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="bts-team-test-"))
+    folder.chmod(0o755)  # run as root, PostgreSQL runs as its own user, who must reach its data folder
+    try:
+        try:
+            setup = team.start(folder)  # no PostgreSQL installed: the tests fail here, never skip
+        except BtsError as exc:
+            pytest.fail(f"team mode could not start: {exc}")
+        yield setup
+    finally:
+        team.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_for_queue(repo: Path, env: dict, timeout: float = 1200) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo, env=env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the repository, its clones, and the DVC and git remotes."""
+    return tmp_path_factory.mktemp("team")
+
+
+def use_dvc_remote(clone: Path, work: Path) -> None:
+    """Point the clone's `shared` remote at the test's folder (as a user whose share is mounted elsewhere would), before
+    any push or fetch: an absolute path, since DVC resolves a relative one wrongly for other revisions (dvc 10054)."""
+    run(["dvc", "remote", "modify", "--local", "shared", "url", str(work / "dvc-remote")], clone)
+
+
+@pytest.fixture(scope="module")
+def team_repo(server: team.Team, work: Path) -> dict:
+    """A colleague's repository: the pipeline run against the server (one commit), version 1 registered, a queued
+    4-point grid run, every data version pushed to the DVC remote and the branch to a bare git remote."""
+    env = {"MLFLOW_TRACKING_URI": server.tracking_uri}
+    repo = make_project_repo(work / "repo")
+    set_params(repo, "train", "model", "elasticnet")  # the grid's alpha and l1_ratio are its params; and it trains in a second
+    use_dvc_remote(repo, work)
+    run(["dvc", "repro"], repo, env=env)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "--amend", "-m", "project with its pipeline results"], repo)  # the one commit records this run
+    registered = run(["bts", "register"], repo, env=env).stdout
+    again = run(["bts", "register"], repo, env=env).stdout
+
+    run(["dvc", "exp", "run", "--queue", *GRID], repo, env=env)
+    run(["dvc", "queue", "start", "-j", "2"], repo, env=env)
+    status = wait_for_queue(repo, env)
+    run(["dvc", "push"], repo)
+    origin = work / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], work)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "main"], repo)
+    return {"repo": repo, "env": env, "registered": registered, "again": again, "queue": status, "origin": origin}
+
+
+def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server: team.Team, team_repo: dict) -> None:
+    repo, env = team_repo["repo"], team_repo["env"]
+    assert team_repo["queue"].count("Success") == 4 and "Failed" not in team_repo["queue"], team_repo["queue"]
+    assert team_repo["registered"].startswith(f"registered: models:/{MODEL}/1 ")
+    assert team_repo["again"].startswith(f"already registered: models:/{MODEL}/1 ")  # idempotent without a local lock
+    assert list(repo.rglob("mlflow.db")) == [] and not (repo / "mlartifacts").exists()  # nothing went to a local store
+
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server's proxied store, not a client's folder
+    runs = client.search_runs([experiment.experiment_id])
+    names = set(run(["dvc", "exp", "list", "--name-only"], repo).stdout.split())
+    assert len(names) == 4 and len(runs) == 5
+    assert {r.data.tags.get("dvc.exp_name") for r in runs} == {*names, None}
+    grid = {(r.data.params["train.alpha"], r.data.params["train.l1_ratio"]) for r in runs if r.data.tags.get("dvc.exp_name")}
+    assert grid == {(a, b) for a in ("0.1", "0.3") for b in ("0.2", "0.8")}
+    md5s = lock_outs(repo / "dvc.lock")
+    for logged in runs:
+        inputs = {i.dataset.name: i.dataset.digest for i in logged.inputs.dataset_inputs}
+        assert inputs == {f"bts-{name}": md5s[path] for name, path in DATASETS.items()}
+        assert "test.rmse" in logged.data.metrics and logged.info.status == "FINISHED"
+        assert [a.path for a in client.list_artifacts(logged.info.run_id, "package")]  # read back through the server
+        stored = Path(server.artifacts) / EXPERIMENT / logged.info.run_id / "artifacts" / "package" / "MLmodel"
+        assert stored.is_file()  # and kept by the server, where every client finds it
+
+    version = client.get_model_version(MODEL, "1")
+    baseline = next(r for r in runs if not r.data.tags.get("dvc.exp_name"))
+    assert version.run_id == baseline.info.run_id and version.tags["package.md5"] == md5s["models/package"]
+    chain = json.loads(run(["bts", "lineage", f"models:/{MODEL}/1", "--json"], repo, env=env).stdout)
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert chain["package"]["problems"] == [] and chain["run"]["run_id"] == baseline.info.run_id
+    assert [c["commit"] for c in chain["commits"]] == [head]
+    assert {r["name"] for r in chain["first_commit"]["refs"]} >= {"main", *names}
+
+    check = run(["bts", "runs", "check"], repo, env=env)
+    assert "4 matched" in check.stdout and "nothing lost" in check.stdout
+    compared = run(["bts", "compare"], repo, env=env).stdout
+    assert "5 runs ranked" in compared
+    assert list(repo.rglob("mlflow.db")) == []
+
+
+def test_a_fresh_clone_pulls_every_version_and_reproduces_a_past_model_without_the_data_stages(
+    server: team.Team, team_repo: dict, work: Path
+) -> None:
+    repo, env = team_repo["repo"], team_repo["env"]
+    first = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    first_model = lock_outs(repo / "dvc.lock")["models/model.joblib"]
+    # A second version: a grid experiment taken into the branch, its data pushed as any run's would be.
+    best = sorted(run(["dvc", "exp", "list", "--name-only"], repo).stdout.split())[0]
+    run(["dvc", "exp", "apply", best], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", f"take experiment {best}"], repo)
+    run(["dvc", "push"], repo)
+    run(["git", "push", "-q", "origin", "main"], repo)
+    assert lock_outs(repo / "dvc.lock")["models/model.joblib"] != first_model
+
+    clone = work / "fresh-clone"
+    run(["git", "clone", "-q", str(team_repo["origin"]), str(clone)], work)
+    use_dvc_remote(clone, work)
+    pulled = run(["dvc", "pull", "--all-commits"], clone)
+    assert "Traceback" not in pulled.stdout + pulled.stderr
+    assert run(["dvc", "status"], clone).stdout.strip() == "Data and pipelines are up to date."
+    run(["git", "checkout", "-q", first], clone)
+    run(["dvc", "checkout"], clone)
+    assert file_md5(clone / "models/model.joblib") == first_model  # the past model, from the remote, nothing rebuilt
+    assert run(["dvc", "status"], clone).stdout.strip() == "Data and pipelines are up to date."
+    run(["git", "checkout", "-q", "main"], clone)
+    run(["dvc", "checkout"], clone)
+
+    reproduced = run(["bts", "reproduce", f"models:/{MODEL}/1"], clone, env=env)
+    assert "verdict: REPRODUCED" in reproduced.stdout and "DIFF" not in reproduced.stdout
+    assert "data: restored from the DVC cache, every md5 verified" in reproduced.stderr
+    ran = {line.split("|", 1)[1].split(":")[0].strip() for line in reproduced.stderr.splitlines() if line.startswith("  | ")}
+    assert ran == {"train", "evaluate", "serve"}, reproduced.stderr  # no data stage ran
+    assert list(clone.rglob("mlflow.db")) == []
+
+
+def test_an_experiment_pushed_by_one_clone_is_seen_with_its_ref_from_another(server: team.Team, team_repo: dict, work: Path) -> None:
+    repo, env = team_repo["repo"], team_repo["env"]
+    name = sorted(run(["dvc", "exp", "list", "--name-only", "-A"], repo).stdout.split())[-1]
+    run(["dvc", "exp", "push", "origin", name], repo, env=env)
+
+    colleague = work / "colleague"
+    run(["git", "clone", "-q", str(team_repo["origin"]), str(colleague)], work)
+    use_dvc_remote(colleague, work)
+    assert name not in run(["dvc", "exp", "show", "-A", "--csv"], colleague).stdout
+    run(["dvc", "exp", "pull", "origin", name], colleague, env=env)
+    shown = run(["dvc", "exp", "show", "-A", "--csv"], colleague).stdout
+    assert any(row.startswith(f"{name},") for row in shown.splitlines()), shown
+
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (logged,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{name}'")
+    lineage = run(["bts", "lineage", logged.info.run_id], colleague, env=env).stdout
+    assert f"DVC experiment {name}" in lineage
+    assert re.search(rf"^\s+in: .*dvc-experiment {re.escape(name)}\b", lineage, re.MULTILINE), lineage
+
+
+def test_the_train_stage_fails_fast_with_one_line_when_the_server_or_its_database_is_down(server: team.Team, team_repo: dict) -> None:
+    repo, env = team_repo["repo"], team_repo["env"]
+    lock_before = (repo / "dvc.lock").read_bytes()
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    runs_before = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
+    causes = {
+        "server": (lambda: team.stop_server(server), f"{server.tracking_uri} is unreachable: Connection refused"),
+        "database": (
+            lambda: team.stop_postgres(server, team.postgres_binaries()),
+            f"{server.tracking_uri} cannot reach its database: (psycopg2.OperationalError) connection to server at",
+        ),
+    }
+    try:
+        for stop, expected in causes.values():
+            stop()
+            started = time.monotonic()
+            failed = run(["dvc", "repro", "--force", "--single-item", "train"], repo, check=False, env=env)
+            elapsed = time.monotonic() - started
+            errors = [line for line in failed.stderr.splitlines() if line.startswith("train: error:")]
+            assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+            assert len(errors) == 1 and expected in errors[0], failed.stderr
+            assert elapsed < FAILURE_SECONDS, f"the stage took {elapsed:.1f} s to fail"
+            assert (repo / "dvc.lock").read_bytes() == lock_before
+            assert not list((repo / "models").glob(".model.joblib.*.tmp"))  # nothing half-written
+            team.start(Path(server.folder))  # back up, on the same ports
+    finally:
+        team.start(Path(server.folder))
+    assert len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before  # no stray run
