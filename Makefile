@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser postgres team-up team-down repro test lint format summary clean-venv
+.PHONY: help setup browser postgres java team-up team-down repro test lint format summary clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,7 +56,11 @@ team-up: setup postgres ## start PostgreSQL and an MLflow tracking server on it 
 team-down: setup ## stop the team's MLflow server and PostgreSQL (the data stays in .team/)
 	@$(BIN)/python -m bts.team down
 
-test: lint browser postgres ## lint, then the whole test suite (unit and integration)
+# `bts batch-predict --engine spark` and its tests start Spark, which needs a Java runtime (Spark 4: Java 17 or later).
+java: setup ## check for the Java runtime Spark needs (JAVA_HOME's, else PATH's), and say how to get one if missing
+	@$(BIN)/python -m bts.batch.spark_session
+
+test: lint browser postgres java ## lint, then the whole test suite (unit and integration)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff check and format check

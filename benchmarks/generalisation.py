@@ -95,7 +95,8 @@ def with_overrides(params: Params, overrides: list[str]) -> Params:
 
 
 def feature_spec(params: Params) -> FeatureSpec:
-    return FeatureSpec(**{**params.featurize.model_dump(), "holdout_stations": ()})
+    """featurize as params.yaml has it, no station held out (the benchmark chooses which)."""
+    return replace(FeatureSpec.from_params(params.featurize), holdout_stations=())
 
 
 def forecast(features: pd.DataFrame, columns: list[str], params: Params, kind: str, *splits: str) -> list[tuple[pd.DataFrame, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""The `bts` command: lineage, reproduction, registry, runs and comparison on top of DVC and MLflow.
+"""The `bts` command: lineage, reproduction, registry, runs, comparison, serving and batch scoring on top of DVC and MLflow.
 
 Every subcommand finds the project from any folder inside it (as git and DVC
 do), fails with one `bts: error:` line and no traceback, and imports MLflow
@@ -177,6 +177,13 @@ def _monitor(args: argparse.Namespace) -> int:
     return monitor_command(project.client, project.root, args)
 
 
+def _batch_predict(args: argparse.Namespace) -> int:
+    from bts.batch.command import batch_command
+
+    project = _project()
+    return batch_command(project.client, project.root, args)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from bts.monitoring.replay import replay_command
     from bts.tracking.store import find_root
@@ -258,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/model, /metrics), after checking its package against the recorded md5; log every request and prediction to "
         "day-partitioned Parquet. One uvicorn worker; stop it with SIGTERM or Ctrl-C (the log is flushed).",
     )
-    serve.add_argument("ref", help="models:/name@alias, models:/name/<version>, or a package folder (e.g. models/package)")
+    serve.add_argument("ref", help=serving.SERVED_REFERENCE)
     serve.add_argument("--host", default=serving.DEFAULT_HOST, help=f"address to bind (default: {serving.DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=serving.DEFAULT_PORT, help=f"port (default: {serving.DEFAULT_PORT}; 0: any free port)")
     serve.add_argument("--log-dir", help=f"monitoring log folder (default: {serving.DEFAULT_LOG_DIR}/ under the project root)")
@@ -298,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replay_arguments(replay)
     replay.set_defaults(handler=_replay)
+
+    batch = commands.add_parser(
+        "batch-predict",
+        help="score raw exports in bulk with a verified model, with pandas or on Apache Spark",
+        description="Read raw exports (a CSV, a folder of them, or Parquet), validate them with the raw schema, clean them "
+        "with the pipeline's rules and predict the next reading after every reading with full history, with pandas in this "
+        "process or on Spark (grouped by series). Writes a Parquet folder whose rows carry the model's lineage, and beside it "
+        "the quarantined rows with their reasons and a manifest (input md5s, model lineage, row counts, timings). Nothing "
+        "is written unless the whole batch succeeds.",
+    )
+    from bts.batch.command import add_arguments as add_batch_arguments
+
+    add_batch_arguments(batch)
+    batch.set_defaults(handler=_batch_predict)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
     from bts.tracking.compare import add_compare_arguments

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ import pytest
 
 from bts.data.features import CALENDAR_COLUMNS, SPLITS, WINDOW_COLUMNS, FeatureSpec, build_features, window_features
 from bts.errors import ConfigError
+from bts.params import FeaturizeParams
 
 START = pd.Timestamp("2017-04-18 00:00:00")
 GAPS = [0, 1, 1, 4, 60, 0, 170, 2, 1, 900, 3, 0]  # seconds between readings, cycled: same-second, bursts, silences
@@ -276,3 +277,14 @@ def test_unusable_feature_spec_is_a_config_error(kwargs, message):
     with pytest.raises(ConfigError) as raised:
         FeatureSpec(**kwargs)
     assert str(raised.value) == message
+
+
+def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
+    params = FeaturizeParams(
+        n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=[7, 3], scale_window=12, calendar=True
+    )
+    spec = FeatureSpec.from_params(params)
+    assert spec == FeatureSpec(
+        n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=(7, 3), scale_window=12, calendar=True
+    )
+    assert {field.name for field in fields(FeatureSpec)} == set(FeaturizeParams.model_fields)  # every param reaches the spec

@@ -18,12 +18,16 @@ pipeline and is fitted on train only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from bts.data.cleaning import SERIES_KEYS
 from bts.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bts.params import FeaturizeParams
 
 SPLITS = ["train", "valid", "test", "holdout"]
 SCALE_COLUMN = "step_scale"
@@ -48,6 +52,12 @@ class FeatureSpec:
             raise ConfigError("featurize.scale_window must be at least 2 (readings, so at least one change)")
         if not (self.valid_fraction > 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
             raise ConfigError("featurize.valid_fraction and test_fraction must be positive and sum below 1")
+
+    @classmethod
+    def from_params(cls, params: FeaturizeParams) -> FeatureSpec:
+        """The spec of params.yaml's featurize section: the one way the stage, replay and batch scoring build it."""
+        values = params.model_dump()
+        return cls(**{**values, "holdout_stations": tuple(values["holdout_stations"])})
 
     @property
     def lag_columns(self) -> list[str]:

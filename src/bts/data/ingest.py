@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from bts.data.simulate import EXPORT_COLUMNS
-from bts.errors import ConfigError, InputFileError
+from bts.errors import ConfigError, InputFileError, quoted
 
 SIMULATED = "simulated"
 MAX_LINE_BYTES = 65536  # a reading is about 60 bytes: a longer header or row is not an export's
@@ -30,15 +30,9 @@ _MAGIC = {b"PAR1": "a Parquet file", b"\x1f\x8b": "a gzip archive", b"PK\x03\x04
 _BOM = b"\xef\xbb\xbf"
 _NOT_BLANK = re.compile(rb"\S")
 _NEWLINE, _CARRIAGE_RETURN, _QUOTE, _COMMA = (ord(c) for c in '\n\r",')
-_SHOWN = 80  # characters of file content a message may quote
 _INTEGER = r"^(?P<sign>[+-]?)0*(?P<digits>[0-9]+?)(?:\.0*)?$"
 _INT64 = {pyarrow.int64(): pd.Int64Dtype()}
 _INT64_MAX = str(2**63 - 1)
-
-
-def _shown(text: str) -> str:
-    """text cut to what a one-line message may quote of a file."""
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def _real_path(path: Path) -> Path | None:
@@ -122,16 +116,16 @@ def _check_header(path: Path, data: bytes) -> tuple[list[str], int]:
             raise InputFileError(path, f"wrong delimiter {delimiter!r} in header (expected ',')")
     columns = [c.strip() for c in header.split(",")]
     if any("alarm" in c.lower() for c in columns):
-        raise InputFileError(path, f"an alarm export (columns {_shown(str(columns))}), not a parameter export")
+        raise InputFileError(path, f"an alarm export (columns {quoted(str(columns))}), not a parameter export")
     repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
     if repeated:
-        raise InputFileError(path, f"duplicate column(s) {_shown(str(repeated))} in header")
+        raise InputFileError(path, f"duplicate column(s) {quoted(str(repeated))} in header")
     missing = [c for c in EXPORT_COLUMNS if c not in columns]
     if missing:
-        raise InputFileError(path, f"missing column(s) {missing}; header is {_shown(str(columns))}")
+        raise InputFileError(path, f"missing column(s) {missing}; header is {quoted(str(columns))}")
     extra = [c for c in columns if c not in EXPORT_COLUMNS]
     if extra:
-        raise InputFileError(path, f"unexpected column(s) {_shown(str(extra))}; expected {EXPORT_COLUMNS}")
+        raise InputFileError(path, f"unexpected column(s) {quoted(str(extra))}; expected {EXPORT_COLUMNS}")
     return columns, min(end + (2 if data[end : end + 2] == b"\r\n" else 1), len(data))
 
 
@@ -195,7 +189,7 @@ def _parse_error(data: bytes, start: int, starts: np.ndarray, lines: np.ndarray,
         if ragged.size:
             count = int(fields[ragged[0]])
             return f"line {lines[ragged[0]]}: {count} field{'s' if count != 1 else ''}, expected {columns}"
-    return _shown(message)
+    return quoted(message)
 
 
 def _to_int(text: pyarrow.ChunkedArray) -> pd.Series:

@@ -19,11 +19,10 @@ from bts.data.cleaning import SERIES_KEYS, clean_readings
 from bts.data.features import FeatureSpec, build_features
 from bts.data.ingest import read_exports
 from bts.data.schemas import clean_schema
-from bts.errors import BtsError, InputFileError
+from bts.errors import BtsError, InputFileError, first_line, quoted
 from bts.serving.payload import KEY_COLUMNS
 
 PARQUET = ".parquet"
-_SHOWN = 80  # characters of an error from pyarrow or pandera a message may quote
 
 
 def read_readings(path: Path, root: Path, catalogue_path: str | Path) -> pd.DataFrame:
@@ -49,14 +48,14 @@ def _clean_parquet(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputFileError(path, f"not a readable Parquet file ({_first_line(exc)})") from None
+        raise InputFileError(path, f"not a readable Parquet file ({first_line(exc)})") from None
     expected = list(schema.columns)
     if list(frame.columns) != expected:
-        raise InputFileError(path, f"not clean readings: columns {_shown(str(list(frame.columns)))}; expected {expected}")
+        raise InputFileError(path, f"not clean readings: columns {quoted(str(list(frame.columns)))}; expected {expected}")
     try:
         return schema.validate(frame)
     except pa.errors.SchemaError as exc:
-        raise InputFileError(path, f"not clean readings: {_first_line(exc)}") from None
+        raise InputFileError(path, f"not clean readings: {first_line(exc)}") from None
 
 
 def serving_rows(clean: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -75,12 +74,3 @@ def serving_rows(clean: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     features, _ = build_features(pd.concat([clean, placeholder], ignore_index=True), one_step)
     rows = features[[*KEY_COLUMNS, *spec.feature_columns]]
     return rows.sort_values(["reading_time", *SERIES_KEYS], kind="stable").reset_index(drop=True)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return _shown(text.splitlines()[0] if text else type(exc).__name__)
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."

@@ -135,7 +135,7 @@ def replay_command(root: Path, args: argparse.Namespace) -> int:
     from bts.tracking.store import pipeline_argument
 
     featurize = load_params(root / PARAMS_FILE).featurize
-    spec = FeatureSpec(**{**featurize.model_dump(), "holdout_stations": tuple(featurize.holdout_stations)})
+    spec = FeatureSpec.from_params(featurize)
     clean = read_readings(args.export, root, root / pipeline_argument(root, "clean", "--sensors"))
     rows = shifted(serving_rows(clean, spec).iloc[: args.limit], args.shift, spec.feature_columns)
     result = replay(rows, spec.feature_columns, args.url, args.rows_per_request, args.speed, args.format)

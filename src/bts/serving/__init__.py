@@ -13,6 +13,7 @@ stays fast.
 
 from __future__ import annotations
 
+SERVED_REFERENCE = "models:/name@alias, models:/name/<version>, or a package folder (e.g. models/package)"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5002
 DEFAULT_MAX_ROWS = 10_000

@@ -24,15 +24,7 @@ def main() -> None:
     parser.add_argument("--datasheet", required=True)
     args = parser.parse_args()
     params = load_params().featurize
-    spec = FeatureSpec(
-        n_lags=params.n_lags,
-        horizon=params.horizon,
-        valid_fraction=params.valid_fraction,
-        test_fraction=params.test_fraction,
-        holdout_stations=tuple(params.holdout_stations),
-        scale_window=params.scale_window,
-        calendar=params.calendar,
-    )
+    spec = FeatureSpec.from_params(params)
     features, accounting = build_features(pd.read_parquet(args.clean), spec)
     write_parquet(args.out, features)
     splits = {

@@ -1,0 +1,169 @@
+"""Clean readings to predictions, the same way on one process and in each group of series on Spark.
+
+The features are serving_rows' (build_features itself) with the featurize
+params the model was trained with, so a batch row holds the numbers a
+training example of the same reading holds. Every feature looks back within
+its own series only, so scoring a set of whole series gives the rows scoring
+everything would: that is what lets Spark score groups of series apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from bts.data.cleaning import RULES, SERIES_KEYS
+from bts.data.features import FeatureSpec
+from bts.errors import BtsError, DataContractError
+from bts.monitoring.readings import serving_rows
+from bts.params import FeaturizeParams
+from bts.tracking.tags import DATASETS, MODEL_MD5
+
+if TYPE_CHECKING:  # its module imports MLflow, which Spark's Python workers need not load
+    from bts.serving.model import ServedModel
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+# One row per scored reading: its series, its id and time, its value (lag_1) and the forecast of the reading after it.
+PREDICTION_DTYPES = {
+    "station_id": "int64",
+    "parameter_id": "int64",
+    "reading_id": "int64",
+    "reading_time": "datetime64[us]",
+    "value": "float64",
+    "prediction": "float64",
+}
+PREDICTION_COLUMNS = list(PREDICTION_DTYPES)
+# What every row says about the model that made it: enough for `bts lineage` to find its run, data and commit.
+LINEAGE_COLUMNS = ["model_name", "model_version", "run_id", "model_md5", "package_md5", *[f"data_{name}_md5" for name in DATASETS]]
+OUTPUT_COLUMNS = PREDICTION_COLUMNS + LINEAGE_COLUMNS
+# The clean columns scoring reads (the rest of a clean reading is not needed to score it).
+SCORED_READING_DTYPES = {
+    "station_id": "int64",
+    "parameter_id": "int64",
+    "reading_time": "datetime64[us]",
+    "id": "int64",
+    "value": "float64",
+}
+SCORED_READING_COLUMNS = list(SCORED_READING_DTYPES)
+FEATURIZE = "featurize."  # the prefix of the featurize params in a training run
+
+
+@dataclass
+class EngineResult:
+    """What an engine did: one record per input file, the summed cleaning accounting, what it scored, how long each step took."""
+
+    files: list[dict]
+    accounting: dict
+    predicted: int
+    series: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)
+
+
+def training_featurize(run_params: Mapping[str, str]) -> dict[str, object]:
+    """The featurize params a training run logged (MLflow keeps them as text) as values: {'n_lags': 6, 'calendar': False}."""
+    return {key.removeprefix(FEATURIZE): yaml.safe_load(value) for key, value in run_params.items() if key.startswith(FEATURIZE)}
+
+
+def feature_spec(feature_columns: list[str], featurize: Mapping[str, object]) -> FeatureSpec:
+    """The FeatureSpec of these featurize params, built as the featurize stage builds it, checked: its features are the
+    model's inputs, in order. Keys this library does not know are left to that check."""
+    known = {key: value for key, value in featurize.items() if key in FeaturizeParams.model_fields}
+    try:
+        spec = FeatureSpec.from_params(FeaturizeParams.model_validate(known))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise BtsError(f"the model's featurize params are not usable: featurize.{where}: {problem['msg']}") from None
+    if spec.feature_columns != list(feature_columns):
+        settings = ", ".join(f"{key}={value}" for key, value in sorted(known.items()) if key != "holdout_stations")
+        raise BtsError(
+            f"the model's inputs ({_shown(feature_columns)}) are not the features this library builds with its featurize params "
+            f"({settings}): {_shown(spec.feature_columns)}; it cannot score raw readings"
+        )
+    return spec
+
+
+def _shown(columns: list[str], count: int = 16) -> str:
+    return ", ".join(columns[:count]) + (", ..." if len(columns) > count else "")
+
+
+def empty_predictions() -> pd.DataFrame:
+    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in PREDICTION_DTYPES.items()})
+
+
+def score_readings(clean: pd.DataFrame, spec: FeatureSpec, predict: Predict) -> pd.DataFrame:
+    """PREDICTION_COLUMNS for every reading with spec.n_lags readings of history, the last of each series included.
+
+    Series too short to fill the lags are left out (an empty frame when none is long enough); rows are in
+    serving_rows' order (time, then series).
+    """
+    length = clean.groupby(SERIES_KEYS, sort=False)["id"].transform("size")
+    scorable = clean[length >= spec.n_lags]
+    if scorable.empty:
+        return empty_predictions()
+    rows = serving_rows(scorable, spec)
+    prediction = np.asarray(predict(rows[spec.feature_columns].to_numpy(dtype=np.float64)), dtype=np.float64)
+    if prediction.shape != (len(rows),):
+        raise BtsError(f"the model returned {prediction.shape} predictions for {len(rows)} rows")
+    return pd.DataFrame(
+        {
+            "station_id": rows["station_id"],
+            "parameter_id": rows["parameter_id"],
+            "reading_id": rows["reading_id"],
+            "reading_time": rows["reading_time"],
+            "value": rows["lag_1"],
+            "prediction": prediction,
+        }
+    ).astype(PREDICTION_DTYPES)
+
+
+def lineage_values(model: ServedModel) -> dict[str, str | None]:
+    """The LINEAGE_COLUMNS values of a loaded model: what `bts serve` logs with each prediction, and the weights' md5."""
+    values = {**model.tags(), "model_md5": model.lineage.get(MODEL_MD5)}
+    return {column: values[column] for column in LINEAGE_COLUMNS}
+
+
+def with_lineage(predictions: pd.DataFrame, lineage: dict[str, str | None]) -> pd.DataFrame:
+    """predictions with one text column per lineage value (the same on every row)."""
+    return predictions.assign(**{column: pd.Series(value, index=predictions.index, dtype="str") for column, value in lineage.items()})
+
+
+def merge_accounting(parts: list[dict]) -> dict:
+    """clean_readings' row accounting of several parts of a batch, summed (the counts that add up across parts)."""
+    return {
+        "rows_in": sum(part["rows_in"] for part in parts),
+        "rows_out": sum(part["rows_out"] for part in parts),
+        "rows_quarantined": sum(part["rows_quarantined"] for part in parts),
+        "quarantined_by_reason": {code: sum(part["quarantined_by_reason"].get(code, 0) for part in parts) for code in RULES},
+        "reading_time_normalized": sum(part["fixed"]["reading_time_normalized"] for part in parts),
+    }
+
+
+def row_counts(rows_read: int, accounting: dict, predicted: int, series: int) -> dict:
+    """The batch's row accounting, checked: rows in = clean + quarantined, and clean = predicted + without full history."""
+    counts = {
+        "in": rows_read,
+        "clean": accounting["rows_out"],
+        "quarantined": accounting["rows_quarantined"],
+        "quarantined_by_reason": accounting["quarantined_by_reason"],
+        "reading_time_normalized": accounting["reading_time_normalized"],
+        "predicted": predicted,
+        "without_full_history": accounting["rows_out"] - predicted,
+        "series_scored": series,
+    }
+    if not (rows_read == accounting["rows_in"] == counts["clean"] + counts["quarantined"]):
+        raise DataContractError(
+            f"row accounting broken: {rows_read} read, {accounting['rows_in']} cleaned != {counts['clean']} clean "
+            f"+ {counts['quarantined']} quarantined"
+        )
+    if counts["without_full_history"] < 0:
+        raise DataContractError(f"row accounting broken: {predicted} predictions from {counts['clean']} clean readings")
+    return counts
