@@ -209,7 +209,7 @@ def test_an_earlier_commit_rebuilds_on_a_fresh_clone(repo: Path, tmp_path: Path)
 
 
 def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
-    set_params(repo, "train", "model", "ridge")
+    set_params(repo, "train", "model", "elasticnet")  # neither the first commit's model nor the one B committed
     run(["dvc", "repro"], repo)
     chain = lineage_json(repo, "models/package")
     assert chain["uncommitted"] and chain["commits"] == []
