@@ -182,13 +182,14 @@ def test_rows_in_are_clean_plus_quarantined_and_clean_are_scored_plus_too_short_
 
 def test_a_row_leads_back_to_the_commit_whose_dvc_lock_holds_its_data(repo, scored) -> None:
     row = predictions(scored["real", "spark"]).iloc[0]
-    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     for ref in (row["run_id"], f"models:/{row['model_name']}/{row['model_version']}"):
         chain = json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
-        assert head in [commit["commit"] for commit in chain["commits"]], ref
         assert chain["model_md5"] == row["model_md5"] and chain["datasets"]["features"]["md5"] == row["data_features_md5"]
-    recorded = lock_md5s(run(["git", "show", f"{head}:dvc.lock"], repo).stdout)
-    assert {row["data_raw_md5"], row["data_clean_md5"], row["data_features_md5"], row["model_md5"]} <= set(recorded.values())
+        first = chain["first_commit"]["commit"]
+        assert first in [commit["commit"] for commit in chain["commits"]] and "main" in {r["name"] for r in chain["first_commit"]["refs"]}
+        recorded = lock_md5s(run(["git", "show", f"{first}:dvc.lock"], repo).stdout)
+        assert {row["data_raw_md5"], row["data_clean_md5"], row["data_features_md5"], row["model_md5"]} <= set(recorded.values()), ref
+        run(["git", "merge-base", "--is-ancestor", first, "HEAD"], repo)  # the branch holds it
 
 
 def test_the_spark_run_keeps_the_console_to_its_own_progress_and_one_summary(scored) -> None:

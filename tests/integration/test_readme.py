@@ -66,6 +66,7 @@ SERVER_STOP_SECONDS = 60
 POLL_SECONDS = 10  # each `dvc queue status` costs a few CPU seconds the queue's workers would use
 POLL_TIMEOUT_SECONDS = 1800
 
+RECORD = "BTS_README_RECORD"  # a file to append every walked command and its output to (tests/integration/readme.py)
 SERVERS = ("mlflow models serve", "mlflow server", "mlflow ui", "bts serve")
 # Commands that reach a server on a default port unless told otherwise: (README port, the option that says so)
 DEFAULT_PORTS = {"bts serve": (5002, "--port {}"), "bts replay": (5002, "--url http://127.0.0.1:{}"), "mlflow ui": (5000, "--port {}")}
@@ -80,6 +81,13 @@ NOT_RUN = {
 PROGRESS_LINES = re.compile(r"^replay: \d+/\d+ rows sent$")
 # Commands the README says to repeat until done: the regex their output must no longer match.
 POLLED = {"dvc queue status": (re.compile(r"\b(Queued|Running)\b"), re.compile(r"\bFailed\b"))}
+
+
+def record(command: str, output: str) -> None:
+    """Append what a command printed to the file RECORD names, if set: what to paste when the README's outputs change."""
+    if os.environ.get(RECORD):
+        with open(os.environ[RECORD], "a") as handle:
+            handle.write(f"$ {command}\n{output}\n")
 
 
 def free_port() -> int:
@@ -269,6 +277,8 @@ class Walk:
                     result = self.shell(shell).stdout
                 assert not failed.search(result), f"`{command.words}`:\n{result}"
         self.timings.append((command.words[:70], time.monotonic() - started))
+        if isinstance(result, str):
+            record(command.words, result)
         return result
 
     def start(self, readme_port: int) -> Server:
@@ -280,6 +290,7 @@ class Walk:
         server = self.servers.pop(readme_port, None)
         if server:
             server.stop()
+            record(server.command, server.text())
 
     # --- sections -------------------------------------------------------------------------------------------------
 
