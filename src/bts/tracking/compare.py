@@ -228,17 +228,14 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     unfiltered comparison of a database store reads just the latest values of the compared metrics, and the
     values of only the params that differ between the runs (found first by one grouped query in the database).
     """
-    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
     from sqlalchemy import create_engine, func, select
+
+    from bts.tracking.database import active_runs
 
     engine = create_engine(uri)
     with engine.connect() as connection:
-        experiment_id = connection.execute(
-            select(SqlExperiment.experiment_id).where((SqlExperiment.name == experiment) & (SqlExperiment.lifecycle_stage == "active"))
-        ).scalar()
-        if experiment_id is None:
-            raise BtsError(f"unknown experiment '{experiment}' in {uri}")
-        active = (SqlRun.experiment_id == experiment_id) & (SqlRun.lifecycle_stage == "active")
+        experiment_id, active = active_runs(connection, experiment, uri)
         found = connection.execute(select(SqlRun.run_uuid, SqlRun.name).where(active)).all()
         runs = pd.DataFrame([tuple(row) for row in found], columns=["run_id", "run_name"])  # plain tuples: pandas probes Row objects slowly
         values = connection.execute(

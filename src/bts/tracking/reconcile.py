@@ -68,18 +68,15 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
 
 
 def _records_from_database(uri: str, experiment: str) -> list[dict]:
-    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
     from sqlalchemy import create_engine, select
+
+    from bts.tracking.database import active_runs
 
     engine = create_engine(uri)
     try:
         with engine.connect() as connection:
-            experiment_id = connection.execute(
-                select(SqlExperiment.experiment_id).where((SqlExperiment.name == experiment) & (SqlExperiment.lifecycle_stage == "active"))
-            ).scalar()
-            if experiment_id is None:
-                raise BtsError(f"MLflow experiment {experiment!r} not found in {uri}")
-            active = (SqlRun.experiment_id == experiment_id) & (SqlRun.lifecycle_stage == "active")
+            _, active = active_runs(connection, experiment, uri)
             runs = connection.execute(select(SqlRun.run_uuid, SqlRun.name, SqlRun.status, SqlRun.start_time).where(active)).all()
             names = dict(
                 connection.execute(
