@@ -37,17 +37,17 @@ browser: ## install Debian's chromium (headless browser of the tests) unless it 
 	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }; }
 
 # Team mode (and its tests) runs a PostgreSQL server from the distribution's binaries, pinned; its current build if the
-# pin is gone.
+# pin is gone. Messages go to stderr: `eval "$(make -s team-up)"` runs what team-up prints on stdout.
 POSTGRES_MAJOR := 15
 POSTGRES_VERSION ?= 15.18-0+deb12u1
 INITDB := /usr/lib/postgresql/$(POSTGRES_MAJOR)/bin/initdb
 
 postgres: ## install Debian's PostgreSQL server (team mode and its tests) unless it is there
 	@test -x $(INITDB) || command -v initdb >/dev/null || { \
-	  echo "installing postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) (apt-get)"; \
+	  echo "installing postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) (apt-get)" >&2; \
 	  $(SUDO) apt-get update -qq && \
 	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-$(POSTGRES_MAJOR)=$(POSTGRES_VERSION) >/dev/null 2>&1 || \
-	    { echo "postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) is no longer offered: installing the distribution's current build"; \
+	    { echo "postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) is no longer offered: installing the distribution's current build" >&2; \
 	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-$(POSTGRES_MAJOR) >/dev/null; }; }; }
 
 team-up: setup postgres ## start PostgreSQL and an MLflow tracking server on it (data in .team/); prints the exports to use

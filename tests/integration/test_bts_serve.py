@@ -147,7 +147,7 @@ def bad_requests(frame: pd.DataFrame, max_rows: int) -> dict[str, tuple[bytes, s
         "unsupported content type": (b"lag_1=1", "text/plain", 415),
         "empty body": (b"", "application/json", 400),
         "unknown payload key": (json.dumps({"rows": one.to_dict(orient="records")}).encode(), "application/json", 400),
-        "missing column": (split(one.drop(columns=["lag_3", "hour_cos"])), "application/json", 400),
+        "missing column": (split(one.drop(columns=["lag_3", "step_scale"])), "application/json", 400),
         "extra column": (split(one.assign(humidity=3.0)), "application/json", 400),
         "wrong type": (split(as_text), "application/json", 400),
         "null": (split(one.assign(lag_1=None)), "application/json", 400),
