@@ -238,3 +238,11 @@ def test_skops_refuses_to_load_the_model_without_trusted_types(fitted):
     data = skops.io.dumps(fitted)
     with pytest.raises(UntrustedTypesFoundException, match=re.escape("bts.model.forecasters.PersistenceResidualRegressor")):
         skops.io.loads(data, trusted=[])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["missing", "infinite"])
+def test_a_missing_or_infinite_feature_is_refused_not_forecast(fitted, frame, value):
+    rows = frame.head(3).copy()
+    rows.loc[rows.index[1], "lag_2"] = value
+    with pytest.raises(ValueError, match=r"NaN|infinity"):
+        fitted.predict(rows)

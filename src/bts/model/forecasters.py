@@ -24,6 +24,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.linear_model import ElasticNet, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.utils.validation import check_array
 from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
@@ -120,6 +121,9 @@ class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
         return float(np.clip(forecast @ change / energy, 0.0, 1.0)) if energy > 0 else 0.0
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        # Every feature is required: a missing or infinite one is refused (a ValueError naming it, as the linear kinds
+        # give), not forecast from, as boosting would, taking NaN for a value of its own.
+        check_array(X, dtype="numeric", ensure_all_finite=True)
         latest = X[PERSISTENCE].to_numpy(dtype=float)
         scale = self._scale(X)
         usable = scale > 0
