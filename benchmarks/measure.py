@@ -1,0 +1,144 @@
+"""How every benchmark here measures: repeated, alternating trials, their median and spread, and the machine's load.
+
+A figure taken once on a shared 2-core machine says little. Each benchmark runs
+what it compares in turns (A, B, A, B, ...; at least 3 rounds), prints the
+median with the spread (min and max) of each, and watches the machine while it
+measures: the load average, and the CPU seconds that processes other than the
+benchmark's own used meanwhile. When those exceed a quarter of a core, the
+figures are flagged as disturbed.
+
+    from measure import Machine, alternate, summary
+    with Machine() as machine:
+        times = alternate({"old": old, "new": new}, rounds=3)
+    for name, values in times.items():
+        print(name, summary(values, "s"))
+    print(machine.describe())
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MIN_ROUNDS = 3
+DISTURBED_SHARE = 0.25  # of one core used by other processes while measuring
+SAMPLE_SECONDS = 1.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def alternate(
+    trials: dict[str, Callable[[], float]], rounds: int = MIN_ROUNDS, progress: Callable[[str], None] | None = None
+) -> dict[str, list[float]]:
+    """Call each trial once per round, in turns, so a change of load touches all alike; each call returns its figure."""
+    figures: dict[str, list[float]] = {name: [] for name in trials}
+    for round_ in range(1, rounds + 1):
+        for name, trial in trials.items():
+            figures[name].append(trial())
+            if progress:
+                progress(f"round {round_}/{rounds}: {name}: {figures[name][-1]:.3g}")
+    return figures
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summary(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    """'1.23 s median (1.10 to 1.40 over 3)': the median, then the spread."""
+    low, high = min(values), max(values)
+    return f"{median(values):.{digits}f} {unit} median ({low:.{digits}f} to {high:.{digits}f} over {len(values)})"
+
+
+class Machine:
+    """The load while a benchmark measures: load average, and CPU seconds used by processes that are not its own.
+
+    A process is the benchmark's own if it descends from this one or its working directory is under one of
+    `own_folders` (DVC's queue workers are not our children). /proc is sampled every second, so a short-lived
+    stranger can slip between samples: the figure is a lower bound.
+    """
+
+    def __init__(self, own_folders: list[Path] | None = None) -> None:
+        self.own_folders = [str(Path(f).resolve()) for f in own_folders or []]
+        self.other_cpu = 0.0
+        self.seconds = 0.0
+        self.load_before = os.getloadavg()[0]
+        self.load_peak = self.load_before
+        self._started = 0.0
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _processes() -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU seconds so far)."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                found[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
+        return found
+
+    def _ours(self, pid: int, processes: dict[int, tuple[int, float]]) -> bool:
+        if self.own_folders:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                cwd = ""
+            if any(cwd.startswith(folder) for folder in self.own_folders):
+                return True
+        for _ in range(64):  # walk up to init
+            if pid == os.getpid():
+                return True
+            if pid not in processes or pid <= 1:
+                return False
+            pid = processes[pid][0]
+        return False
+
+    def _sample(self, first: bool = False) -> None:
+        processes = self._processes()
+        for pid, (_, cpu) in processes.items():
+            before = self._seen.get(pid, 0.0)  # a process first seen now did all its work since the last sample
+            self._seen[pid] = cpu
+            if not first and cpu > before and not self._ours(pid, processes):
+                self.other_cpu += cpu - before
+        self.load_peak = max(self.load_peak, os.getloadavg()[0])
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def __enter__(self) -> Machine:
+        self._started = time.perf_counter()
+        self.load_before = self.load_peak = os.getloadavg()[0]
+        self._sample(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds = time.perf_counter() - self._started
+
+    @property
+    def other_share(self) -> float:
+        """Other processes' CPU, in cores, averaged over the measurement."""
+        return self.other_cpu / self.seconds if self.seconds else 0.0
+
+    @property
+    def disturbed(self) -> bool:
+        return self.other_share > DISTURBED_SHARE
+
+    def describe(self) -> str:
+        verdict = "DISTURBED: re-measure on a quiet machine" if self.disturbed else "quiet"
+        return (
+            f"machine: {os.cpu_count()} cores, load average {self.load_before:.1f} at the start, {self.load_peak:.1f} at the peak; "
+            f"other processes used {self.other_cpu:.0f} CPU-s ({self.other_share:.0%} of a core) over {self.seconds:.0f} s: {verdict}"
+        )
