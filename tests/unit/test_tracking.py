@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from bts.errors import BtsError, ConfigError
 from bts.tracking.lineage import commits_holding, describe_ref, experiment_refs, split_batch
 from bts.tracking.reconcile import format_reconciliation, problems_found
 from bts.tracking.registry import Gate, check_alias
-from bts.tracking.runs import content_tags, model_lineage, params_md5
+from bts.tracking.runs import content_tags, model_lineage, params_md5, table_schema
 from bts.tracking.store import find_root, pipeline_argument
 from bts.tracking.tags import data_tags, dataset_document_path
 
@@ -129,3 +132,26 @@ def test_the_reconciliation_names_each_problem_and_its_fix() -> None:
     clean = {**report, "experiments_without_run": [], "runs_without_experiment": [], "runs_left_running": [], "runs_without_metrics": []}
     clean["versions"] = []
     assert not problems_found(clean) and format_reconciliation(clean).endswith("nothing lost")
+
+
+def test_table_schema_is_the_schema_mlflow_infers() -> None:
+    """The training dataset's schema is built without MLflow's per-value scan, and must be the very same schema."""
+    from mlflow.types.utils import _infer_schema
+
+    frame = pd.DataFrame(
+        {
+            "lag_1": [1.0, 2.0, 3.0],
+            "lag_2": [1.0, float("nan"), 3.0],
+            "station": ["a", None, "c"],
+            "count": np.array([1, 2, 3], dtype="int64"),
+            "small": np.array([1, 2, 3], dtype="int32"),
+            "flag": [True, False, True],
+            "target": [0.1, 0.2, 0.3],
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns
+        expected = _infer_schema(frame)
+        built = table_schema(frame)
+    assert built.to_json() == expected.to_json()
+    assert [spec.required for spec in built.inputs] == [True, False, False, True, True, True, True]

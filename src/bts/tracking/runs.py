@@ -18,6 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from mlflow.types import ColSpec, Schema
 
 from bts.errors import BtsError
 from bts.tracking.store import artifact_location, store_lock, use_store
@@ -109,11 +110,24 @@ def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame) -> list:
             source = resolve_dataset_source(path)
         if name == "features":
             dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
-            _ = dataset.schema  # computed now, outside the lock
+            dataset.__dict__["schema"] = table_schema(training_data)  # the cached_property, set with the same value
             inputs.append((dataset, "training"))
         else:
             inputs.append((MetaDataset(source, name=f"bts-{name}", digest=md5), "upstream"))
     return inputs
+
+
+def table_schema(frame: pd.DataFrame) -> Schema:
+    """The MLflow schema of a table, as MLflow infers it, in a second instead of a minute at a million rows.
+
+    MLflow checks each value of each column for a missing one in Python; here the types are inferred from the empty
+    table and a column is required when pandas finds no missing value in it.
+    """
+    from mlflow.models import infer_signature
+
+    missing = frame.isna().any()
+    specs = infer_signature(frame.head(0)).inputs.inputs
+    return Schema([ColSpec(spec.type, spec.name, required=not missing[spec.name]) for spec in specs])
 
 
 def model_lineage(tags: dict[str, str], params: dict, model_md5: str, code: str) -> dict[str, str]:
