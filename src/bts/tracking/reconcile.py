@@ -68,32 +68,27 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
 
 
 def _records_from_database(uri: str, experiment: str) -> list[dict]:
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import select
 
-    from bts.tracking.database import active_runs
+    from bts.tracking.database import active_runs, connect, latest_metrics, runs, tags
 
-    engine = create_engine(uri)
-    try:
-        with engine.connect() as connection:
-            _, active = active_runs(connection, experiment, uri)
-            runs = connection.execute(select(SqlRun.run_uuid, SqlRun.name, SqlRun.status, SqlRun.start_time).where(active)).all()
-            names = dict(
-                connection.execute(
-                    select(SqlTag.run_uuid, SqlTag.value)
-                    .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                    .where(active & (SqlTag.key == EXP_NAME))
-                ).all()
-            )
-            evaluated = set(
-                connection.execute(
-                    select(SqlLatestMetric.run_uuid)
-                    .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
-                    .where(active & (SqlLatestMetric.key == EVALUATED_METRIC))
-                ).scalars()
-            )
-    finally:
-        engine.dispose()
+    with connect(uri) as connection:
+        _, active = active_runs(connection, experiment, uri)
+        found = connection.execute(select(runs.c.run_uuid, runs.c.name, runs.c.status, runs.c.start_time).where(active)).all()
+        names = dict(
+            connection.execute(
+                select(tags.c.run_uuid, tags.c.value)
+                .join(runs, runs.c.run_uuid == tags.c.run_uuid)
+                .where(active & (tags.c.key == EXP_NAME))
+            ).all()
+        )
+        evaluated = set(
+            connection.execute(
+                select(latest_metrics.c.run_uuid)
+                .join(runs, runs.c.run_uuid == latest_metrics.c.run_uuid)
+                .where(active & (latest_metrics.c.key == EVALUATED_METRIC))
+            ).scalars()
+        )
     return [
         {
             "run_id": run_id,
@@ -103,7 +98,7 @@ def _records_from_database(uri: str, experiment: str) -> list[dict]:
             "exp_name": names.get(run_id),
             "evaluated": run_id in evaluated,
         }
-        for run_id, name, status, start_time in runs
+        for run_id, name, status, start_time in found
     ]
 
 
@@ -112,20 +107,17 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     found = {record["run_id"]: record["params"] for record in records if "params" in record}
     missing = [record["run_id"] for record in records if "params" not in record]
     if missing:
-        from mlflow.store.tracking.dbmodels.models import SqlParam
-        from sqlalchemy import create_engine, select
+        from sqlalchemy import select
+
+        from bts.tracking.database import connect, params
 
         found.update({run_id: {} for run_id in missing})
-        engine = create_engine(bulk_read_database(client.tracking_uri))
-        try:
-            with engine.connect() as connection:
-                rows = connection.execute(
-                    select(SqlParam.run_uuid, SqlParam.key, SqlParam.value)
-                    .where(SqlParam.run_uuid.in_(missing) & SqlParam.key.startswith(RERUN_PARAM_PREFIX))
-                    .order_by(SqlParam.key)
-                ).all()
-        finally:
-            engine.dispose()
+        with connect(bulk_read_database(client.tracking_uri)) as connection:
+            rows = connection.execute(
+                select(params.c.run_uuid, params.c.key, params.c.value)
+                .where(params.c.run_uuid.in_(missing) & params.c.key.startswith(RERUN_PARAM_PREFIX))
+                .order_by(params.c.key)
+            ).all()
         for run_id, key, value in rows:
             found[run_id][key] = value
     return found
