@@ -388,3 +388,20 @@ def test_help_imports_neither_mlflow_nor_pandas_nor_sqlalchemy(tracking: str) ->
     result, imported = imported_modules(["--help"], user_env(tracking))
     assert result.returncode == 0 and "compare" in result.stdout
     assert imported & {"mlflow", "pandas", "numpy", "sqlalchemy"} == set()
+
+
+def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """MLflow keeps a NaN metric as 0 with an is_nan flag: the database read must not take it for 0."""
+    from bts.tracking.compare import fetch_runs
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.create_experiment("with-nan-metric")
+    for name, skill in [("scored", 0.3), ("diverged", math.nan)]:
+        run = client.create_run(experiment_id, run_name=name)
+        client.log_batch(run.info.run_id, metrics=[Metric("test.rmse", 0.7, 0, 0), Metric("test.skill", skill, 0, 0)])
+    direct, _ = fetch_runs("with-nan-metric", "", ["test.rmse", "test.skill"])
+    searched, _ = fetch_runs("with-nan-metric", "attributes.run_name != 'x'", ["test.rmse", "test.skill"])
+    assert comparable(direct) == comparable(searched)
+    assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "diverged"))
+    assert main(["compare", "--experiment", "with-nan-metric"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1 run without all metrics was left out"
