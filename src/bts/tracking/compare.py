@@ -212,11 +212,12 @@ def _collector_paused() -> Iterator[None]:
 def _store_uri() -> str:
     """The tracking URI (MLFLOW_TRACKING_URI, else the project's store), without importing MLflow; a BtsError if it names
     a SQLite database that is not there (opening it would create an empty one)."""
+    from bts.tracking.database import SQLITE_PREFIX, sqlite_path
     from bts.tracking.store import find_root, tracking_uri
 
     # A store named outright needs no project around it.
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri(find_root())
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).exists():
+    if uri.startswith(SQLITE_PREFIX) and not Path(sqlite_path(uri)).exists():
         raise BtsError(f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI, or run from the repository)")
     return uri
 
@@ -228,28 +229,16 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     unfiltered comparison of a database store reads just the latest values of the compared metrics, the dvc
     experiment names, and the runs' params, whose values are kept only for the params that differ between the runs.
     """
-    from sqlalchemy import select
+    from bts.tracking import database
 
-    from bts.tracking.database import active_run_ids, active_runs, connect, latest_metrics, params, runs, tags
-
-    with connect(uri) as connection:
-        experiment_id, active = active_runs(connection, experiment, uri)
-        chosen = active_run_ids(active)
-        found = connection.execute(select(runs.c.run_uuid, runs.c.name).where(active)).all()
-        metric_rows = connection.execute(
-            select(latest_metrics.c.run_uuid, latest_metrics.c.key, latest_metrics.c.value, latest_metrics.c.is_nan).where(
-                latest_metrics.c.run_uuid.in_(chosen) & latest_metrics.c.key.in_(list(metrics))
-            )
-        ).all()
-        metric_rows = [(run_id, key, math.nan if is_nan else value) for run_id, key, value, is_nan in metric_rows]
-        names = connection.execute(
-            select(tags.c.run_uuid, tags.c.value).where(tags.c.run_uuid.in_(chosen) & (tags.c.key == EXP_NAME))
-        ).all()
+    with database.reading(uri) as read:
+        experiment_id = database.experiment_id(read, experiment, uri)
+        found = [(run_id, name) for run_id, name, _, _ in database.active_runs(read, experiment_id)]
+        metric_rows = database.latest_metrics(read, experiment_id, metrics)
+        names = database.tag_values(read, experiment_id, EXP_NAME)
         # Every param of the runs in one pass (about 12 a run): on SQLite, reading only the params of a few keys costs
         # an index search per key and run, and finding those keys first a grouped query, together twice the time.
-        logged_params = connection.execute(
-            select(params.c.run_uuid, params.c.key, params.c.value).where(params.c.run_uuid.in_(chosen))
-        ).all()
+        logged_params = database.params(read, experiment_id)
     by_key: dict[str, dict[str, str]] = {}
     for run_id, key, value in logged_params:
         by_key.setdefault(key, {})[run_id] = value

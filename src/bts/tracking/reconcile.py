@@ -68,27 +68,13 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
 
 
 def _records_from_database(uri: str, experiment: str) -> list[dict]:
-    from sqlalchemy import select
+    from bts.tracking import database
 
-    from bts.tracking.database import active_runs, connect, latest_metrics, runs, tags
-
-    with connect(uri) as connection:
-        _, active = active_runs(connection, experiment, uri)
-        found = connection.execute(select(runs.c.run_uuid, runs.c.name, runs.c.status, runs.c.start_time).where(active)).all()
-        names = dict(
-            connection.execute(
-                select(tags.c.run_uuid, tags.c.value)
-                .join(runs, runs.c.run_uuid == tags.c.run_uuid)
-                .where(active & (tags.c.key == EXP_NAME))
-            ).all()
-        )
-        evaluated = set(
-            connection.execute(
-                select(latest_metrics.c.run_uuid)
-                .join(runs, runs.c.run_uuid == latest_metrics.c.run_uuid)
-                .where(active & (latest_metrics.c.key == EVALUATED_METRIC))
-            ).scalars()
-        )
+    with database.reading(uri) as read:
+        experiment_id = database.experiment_id(read, experiment, uri)
+        runs = database.active_runs(read, experiment_id)
+        names = dict(database.tag_values(read, experiment_id, EXP_NAME))
+        evaluated = {run_id for run_id, _, _ in database.latest_metrics(read, experiment_id, [EVALUATED_METRIC])}
     return [
         {
             "run_id": run_id,
@@ -98,7 +84,7 @@ def _records_from_database(uri: str, experiment: str) -> list[dict]:
             "exp_name": names.get(run_id),
             "evaluated": run_id in evaluated,
         }
-        for run_id, name, status, start_time in found
+        for run_id, name, status, start_time in runs
     ]
 
 
@@ -107,17 +93,11 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     found = {record["run_id"]: record["params"] for record in records if "params" in record}
     missing = [record["run_id"] for record in records if "params" not in record]
     if missing:
-        from sqlalchemy import select
-
-        from bts.tracking.database import connect, params
+        from bts.tracking import database
 
         found.update({run_id: {} for run_id in missing})
-        with connect(bulk_read_database(client.tracking_uri)) as connection:
-            rows = connection.execute(
-                select(params.c.run_uuid, params.c.key, params.c.value)
-                .where(params.c.run_uuid.in_(missing) & params.c.key.startswith(RERUN_PARAM_PREFIX))
-                .order_by(params.c.key)
-            ).all()
+        with database.reading(bulk_read_database(client.tracking_uri)) as read:
+            rows = database.params_of(read, missing, RERUN_PARAM_PREFIX)
         for run_id, key, value in rows:
             found[run_id][key] = value
     return found
