@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -10,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -264,19 +264,32 @@ def test_database_read_matches_the_search_api(tracking: str) -> None:
     direct, _ = fetch_runs(EXPERIMENT, "", list(METRICS))
     searched, _ = fetch_runs(EXPERIMENT, "attributes.run_name != 'no such run'", list(METRICS))
     assert len(direct) == len(RUNS)
-    assert list(direct.columns) == [
-        "run_id",
-        "run_name",
-        "dvc_exp_name",
-        *METRICS,
-        "has_params",
-        "params.train.alpha",
-        "params.train.model",
-    ]
-    ordered = [frame.sort_values("run_id").reset_index(drop=True) for frame in (direct, searched)]
-    pd.testing.assert_frame_equal(ordered[0], ordered[1], check_dtype=False)
-    alpha = dict(zip(ordered[0]["run_name"], ordered[0]["params.train.alpha"], strict=True))
+    assert (
+        [list(run) for run in direct]
+        == [list(run) for run in searched]
+        == [
+            [
+                "run_id",
+                "run_name",
+                "dvc_exp_name",
+                *METRICS,
+                "has_params",
+                "params.train.alpha",
+                "params.train.model",
+            ]
+        ]
+        * len(RUNS)
+    )
+    assert comparable(direct) == comparable(searched)
+    alpha = {run["run_name"]: run["params.train.alpha"] for run in direct}
     assert (alpha["best"], alpha["filler-00"], alpha["small"]) == ("0.01", "0.1", None)
+    assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "unevaluated"))
+
+
+def comparable(runs: list[dict]) -> list[dict]:
+    """The runs by run_id, NaN (a missing metric, never equal to itself) as None."""
+    missing = [{key: None if isinstance(value, float) and math.isnan(value) else value for key, value in run.items()} for run in runs]
+    return sorted(missing, key=lambda run: run["run_id"])
 
 
 def user_env(tracking: str) -> dict[str, str]:
@@ -335,6 +348,61 @@ def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, ca
     assert lines[1] == "params that differ between them: train.seed (1 run logged no params)"  # not train.model
     direct, _ = fetch_runs("with-evaluation-run", "", ["test.rmse"])
     searched, _ = fetch_runs("with-evaluation-run", "attributes.run_name != 'x'", ["test.rmse"])
-    assert dict(zip(direct["run_name"], direct["has_params"], strict=True)) == {"trained-1": True, "trained-2": True, "eval": False}
-    ordered = [frame.sort_values("run_id").reset_index(drop=True) for frame in (direct, searched)]
-    pd.testing.assert_frame_equal(ordered[0], ordered[1], check_dtype=False)
+    assert {run["run_name"]: run["has_params"] for run in direct} == {"trained-1": True, "trained-2": True, "eval": False}
+    assert comparable(direct) == comparable(searched)
+
+
+def imported_modules(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """The real `bts` console script as its own process, and the top-level packages it imported (Python's own import log)."""
+    env = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run([str(BIN / "bts"), *argv], capture_output=True, text=True, env=env, timeout=120, cwd=PROJECT)
+    log = [line for line in result.stderr.splitlines() if line.startswith("import time:") and "imported package" not in line]
+    return result, {line.rsplit("|", 1)[1].strip().partition(".")[0] for line in log}
+
+
+@pytest.mark.parametrize("argv", [[], ["--json"]])
+def test_compare_on_a_sqlite_store_imports_neither_mlflow_nor_pandas_nor_sqlalchemy(tracking: str, argv: list[str]) -> None:
+    """Importing MLflow takes seconds, pandas most of one, SQLAlchemy a third: a command that only reads the store must not
+    pay for them."""
+    result, imported = imported_modules(["compare", "--experiment", EXPERIMENT, *argv], user_env(tracking))
+    assert result.returncode == 0, result.stderr
+    assert "29 runs ranked" in result.stdout or json.loads(result.stdout)["runs_compared"] == 29
+    assert {"bts", "sqlite3"} <= imported  # the log is whole: the runs were read with Python's sqlite3
+    assert imported & {"mlflow", "pandas", "numpy", "sqlalchemy"} == set()
+
+
+def test_compare_with_a_filter_still_searches_through_mlflow(tracking: str) -> None:
+    result, imported = imported_modules(["compare", "--experiment", EXPERIMENT, "--tag", "sweep=a"], user_env(tracking))
+    assert result.returncode == 0, result.stderr
+    assert "10 runs ranked" in result.stdout
+    assert "mlflow" in imported
+
+
+def test_missing_experiment_on_the_fast_path_is_one_line_without_mlflow(tracking: str) -> None:
+    result, imported = imported_modules(["compare", "--experiment", "no-such-experiment"], user_env(tracking))
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert (result.returncode, errors) == (1, [f"bts: error: unknown experiment 'no-such-experiment' in {tracking}"])
+    assert "mlflow" not in imported
+
+
+def test_help_imports_neither_mlflow_nor_pandas_nor_sqlalchemy(tracking: str) -> None:
+    result, imported = imported_modules(["--help"], user_env(tracking))
+    assert result.returncode == 0 and "compare" in result.stdout
+    assert imported & {"mlflow", "pandas", "numpy", "sqlalchemy"} == set()
+
+
+def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """MLflow keeps a NaN metric as 0 with an is_nan flag: the database read must not take it for 0."""
+    from bts.tracking.compare import fetch_runs
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.create_experiment("with-nan-metric")
+    for name, skill in [("scored", 0.3), ("diverged", math.nan)]:
+        run = client.create_run(experiment_id, run_name=name)
+        client.log_batch(run.info.run_id, metrics=[Metric("test.rmse", 0.7, 0, 0), Metric("test.skill", skill, 0, 0)])
+    direct, _ = fetch_runs("with-nan-metric", "", ["test.rmse", "test.skill"])
+    searched, _ = fetch_runs("with-nan-metric", "attributes.run_name != 'x'", ["test.rmse", "test.skill"])
+    assert comparable(direct) == comparable(searched)
+    assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "diverged"))
+    assert main(["compare", "--experiment", "with-nan-metric"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1 run without all metrics was left out"

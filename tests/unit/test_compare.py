@@ -1,11 +1,12 @@
-"""Pareto front, weighted scores and ranking of `bts compare` on tiny frames; its table, plot labels and argument checks."""
+"""Pareto front, weighted scores and ranking of `bts compare` on a few runs; its table, plot labels and argument checks."""
 
 from __future__ import annotations
 
 import itertools
+import math
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bts.cli import build_parser, main
@@ -32,12 +33,13 @@ from bts.tracking.compare import (
 MIN_MIN = {"rmse": "min", "seconds": "min"}
 
 
-def frame(rows: dict[str, tuple[float, ...]], columns: tuple[str, ...] = ("rmse", "seconds")) -> pd.DataFrame:
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(columns)).rename_axis("run_id").reset_index()
+def frame(rows: dict[str, tuple[float, ...]], columns: tuple[str, ...] = ("rmse", "seconds")) -> list[dict[str, Any]]:
+    """Runs named by run_id with these metric values, as fetch_runs gives them."""
+    return [{"run_id": name, **dict(zip(columns, values, strict=True))} for name, values in rows.items()]
 
 
-def front_of(runs: pd.DataFrame, directions: dict[str, str]) -> set[str]:
-    return set(runs.loc[pareto_front(runs, directions), "run_id"])
+def front_of(runs: list[dict[str, Any]], directions: dict[str, str]) -> set[str]:
+    return {run["run_id"] for run, on_front in zip(runs, pareto_front(runs, directions), strict=True) if on_front}
 
 
 def brute_force_front(values: np.ndarray) -> np.ndarray:
@@ -81,13 +83,13 @@ def test_front_only_uses_the_metrics_given() -> None:
     assert front_of(runs, {"rmse": "min"}) == {"a"}
 
 
-def test_front_keeps_the_frame_index() -> None:
-    runs = frame({"a": (1.0, 1.0), "b": (2.0, 2.0)}).set_index(pd.Index([10, 20]))
-    assert pareto_front(runs, MIN_MIN).to_dict() == {10: True, 20: False}
+def test_front_keeps_the_order_of_the_runs() -> None:
+    runs = frame({"b": (2.0, 2.0), "a": (1.0, 1.0), "c": (1.0, 3.0)})
+    assert pareto_front(runs, MIN_MIN) == [False, True, False]
 
 
 def test_front_of_no_runs_is_empty() -> None:
-    assert pareto_front(frame({}), MIN_MIN).empty
+    assert pareto_front(frame({}), MIN_MIN) == []
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -95,48 +97,48 @@ def test_front_matches_pairwise_comparison(seed: int) -> None:
     # Few distinct values on three metrics make many ties and equal coordinates.
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 4, size=(60, 3)).astype(float)
-    runs = pd.DataFrame(values, columns=["a", "b", "c"]).assign(run_id=[f"r{i}" for i in range(60)])
-    found = pareto_front(runs, {"a": "min", "b": "max", "c": "min"}).to_numpy()
+    runs = frame({f"r{i}": tuple(row) for i, row in enumerate(values.tolist())}, columns=("a", "b", "c"))
+    found = np.array(pareto_front(runs, {"a": "min", "b": "max", "c": "min"}))
     assert (found == brute_force_front(values * [1, -1, 1])).all()
 
 
 def test_scores_are_one_for_the_best_and_zero_for_the_worst_of_each_metric() -> None:
     runs = frame({"best": (1.0, 1.0), "middle": (2.0, 3.0), "worst": (3.0, 5.0)})
     scores = weighted_scores(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
-    assert scores.tolist() == pytest.approx([1.0, 0.5, 0.0])
+    assert scores == pytest.approx([1.0, 0.5, 0.0])
 
 
 def test_max_direction_scores_the_largest_value_one() -> None:
     runs = frame({"a": (0.2,), "b": (0.6,), "c": (1.0,)}, columns=("skill",))
-    assert weighted_scores(runs, {"skill": "max"}, {"skill": 1.0}).tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert weighted_scores(runs, {"skill": "max"}, {"skill": 1.0}) == pytest.approx([0.0, 0.5, 1.0])
 
 
 def test_weights_are_shares_of_their_sum() -> None:
     runs = frame({"accurate": (1.0, 5.0), "fast": (3.0, 1.0)})
     scores = weighted_scores(runs, MIN_MIN, {"rmse": 3.0, "seconds": 1.0})
-    assert scores.tolist() == pytest.approx([0.75, 0.25])
+    assert scores == pytest.approx([0.75, 0.25])
 
 
 def test_a_constant_metric_gives_every_run_its_full_weight() -> None:
     runs = frame({"a": (1.0, 7.0), "b": (2.0, 7.0)})
     scores = weighted_scores(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
-    assert scores.tolist() == pytest.approx([1.0, 0.5])
-    assert not scores.isna().any()
+    assert scores == pytest.approx([1.0, 0.5])
+    assert not any(math.isnan(score) for score in scores)
 
 
 def test_ranking_orders_by_score_then_run_id() -> None:
     runs = frame({"c": (1.0, 2.0), "b": (2.0, 1.0), "a": (3.0, 3.0), "d": (1.5, 1.5)})
     ranked = rank_runs(runs, MIN_MIN, {"rmse": 1.0, "seconds": 1.0})
     # b, c and d all score 0.75 (d by another sum of fractions); the tie goes to the smaller run id.
-    assert ranked["run_id"].tolist() == ["b", "c", "d", "a"]
-    assert ranked["rank"].tolist() == [1, 2, 3, 4]
-    assert ranked["pareto"].tolist() == [True, True, True, False]
+    assert [run["run_id"] for run in ranked] == ["b", "c", "d", "a"]
+    assert [run["rank"] for run in ranked] == [1, 2, 3, 4]
+    assert [run["pareto"] for run in ranked] == [True, True, True, False]
 
 
 def test_every_permutation_of_rows_gives_the_same_ranking() -> None:
     rows = {"a": (1.0, 4.0), "b": (4.0, 1.0), "c": (2.5, 2.5), "d": (2.0, 3.0), "e": (3.0, 2.0)}
     rankings = {
-        tuple(rank_runs(frame(dict(order)), MIN_MIN, {"rmse": 1.0, "seconds": 1.0})["run_id"])
+        tuple(run["run_id"] for run in rank_runs(frame(dict(order)), MIN_MIN, {"rmse": 1.0, "seconds": 1.0}))
         for order in itertools.permutations(rows.items())
     }
     assert rankings == {("a", "b", "c", "d", "e")}
@@ -213,7 +215,7 @@ def test_argument_errors_exit_1_with_one_line(argv: list[str], message: str, cap
 
 
 def test_varying_params_are_those_with_two_values_or_missing_somewhere() -> None:
-    runs = pd.DataFrame(
+    runs = rows(
         {
             "run_id": ["a", "b", "c", "evaluation-only"],
             "has_params": [True, True, True, False],
@@ -226,8 +228,9 @@ def test_varying_params_are_those_with_two_values_or_missing_somewhere() -> None
     )
     # train.model is the same wherever it was logged: the run that logged no params at all does not make it differ
     assert varying_params(runs) == ["params.train.alpha", "params.train.ridge.alpha"]
-    assert varying_params(runs.iloc[:1]) == []
-    assert varying_params(runs.iloc[[0, 3]]) == []
+    assert varying_params(runs[:1]) == []
+    assert varying_params([runs[0], runs[3]]) == []
+    assert varying_params([]) == []
 
 
 def test_ranked_on_states_each_metric_with_its_direction() -> None:
@@ -238,9 +241,14 @@ def test_ranked_on_states_each_metric_with_its_direction() -> None:
     assert ranked_on(Comparison({"a": "max"}, {"a": 1.0}, "")) == "a (higher is better)"
 
 
+def rows(columns: dict[str, list]) -> list[dict[str, Any]]:
+    """Columns of equal length as one dict per run."""
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
 def ranked_result(filter_string: str = "") -> tuple[dict, Comparison]:
     comparison = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, filter_string)
-    runs = pd.DataFrame(
+    runs = rows(
         {
             "run_id": ["a" * 32, "b" * 32, "c" * 32],
             "run_name": ["ridge-1", "enet-2", None],
@@ -282,7 +290,8 @@ def test_table_states_the_ranking_metrics_and_shows_the_params_that_differ() -> 
 
 def test_table_without_differing_params_says_so_and_counts_runs_without_params() -> None:
     result, comparison = ranked_result()
-    result = {**result, "params": [], "ranked": result["ranked"].drop(columns=["params.train.alpha", "params.train.model"])}
+    ranked = [{key: value for key, value in run.items() if not key.startswith("params.")} for run in result["ranked"]]
+    result = {**result, "params": [], "ranked": ranked}
     lines = format_table(result, comparison, top=1).splitlines()
     assert lines[2] == "no param differs between them"
     result["runs_without_params"] = 1
@@ -292,7 +301,9 @@ def test_table_without_differing_params_says_so_and_counts_runs_without_params()
 
 def test_params_no_run_shown_sets_are_named_but_kept_out_of_the_table() -> None:
     result, comparison = ranked_result()
-    result["ranked"].loc[result["ranked"]["run_name"] == "enet-2", "params.train.alpha"] = None  # only the 3rd run sets it
+    for run in result["ranked"]:
+        if run["run_name"] == "enet-2":
+            run["params.train.alpha"] = None  # only the 3rd run sets it
     lines = format_table(result, comparison, top=2).splitlines()
     assert lines[2:5] == [
         "params that differ between them: train.alpha, train.model",

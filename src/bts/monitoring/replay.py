@@ -23,17 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from bts.errors import BtsError, ConfigError
 from bts.serving import DEFAULT_HOST, DEFAULT_PORT
-from bts.serving.payload import CSV, ID_COLUMNS, JSON, KEY_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-CONTENT_TYPES = {"json": JSON, "csv": CSV}
+FORMATS = ("json", "csv")  # the request bodies bts.serving.payload reads
 ENDPOINT = "/invocations"
 TIMEOUT_SECONDS = 60.0
 PROGRESS_SECONDS = 1.0
@@ -124,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN=DELTA",
         help="add DELTA to a feature column before sending, to simulate drift (repeatable)",
     )
-    parser.add_argument("--format", choices=CONTENT_TYPES, default="json", help="json (dataframe_split, default) or csv")
+    parser.add_argument("--format", choices=FORMATS, default="json", help="json (dataframe_split, default) or csv")
 
 
 def replay_command(root: Path, args: argparse.Namespace) -> int:
@@ -156,6 +153,10 @@ def shifted(rows: pd.DataFrame, shifts: list[tuple[str, float]], feature_columns
 def wire_rows(rows: pd.DataFrame, feature_columns: list[str]) -> list[list]:
     """rows as Python values for a request, in KEY_COLUMNS order then the features: integer ids, reading_time as ISO
     8601 UTC text, float features."""
+    import numpy as np  # here, not at the top: every `bts` command imports this module to build its parser
+
+    from bts.serving.payload import ID_COLUMNS
+
     times = rows["reading_time"].to_numpy(dtype="datetime64[us]")
     whole_seconds = bool((times.astype("int64") % 1_000_000 == 0).all())
     iso = np.datetime_as_string(times, unit="s" if whole_seconds else "us", timezone="UTC").tolist()
@@ -214,6 +215,8 @@ def replay(
     progress: TextIO = sys.stderr,
 ) -> ReplayResult:
     """POST rows (serving_rows' columns, in time order) to url; speed > 0 waits as the readings' times do, sped up."""
+    from bts.serving.payload import CSV, JSON, KEY_COLUMNS
+
     columns = [*KEY_COLUMNS, *feature_columns]
     data = wire_rows(rows, feature_columns)
     offsets = (rows["reading_time"] - rows["reading_time"].min()).dt.total_seconds().to_numpy()
@@ -226,7 +229,7 @@ def replay(
                 time.sleep(max(0.0, started + offsets[start] / speed - time.monotonic()))
             batch = data[start : start + rows_per_request]
             try:
-                status, answer = _post(connection, path, encode(columns, batch, format_name), CONTENT_TYPES[format_name])
+                status, answer = _post(connection, path, encode(columns, batch, format_name), {"json": JSON, "csv": CSV}[format_name])
             except (OSError, http.client.HTTPException) as exc:
                 refused = isinstance(exc, ConnectionRefusedError)
                 reason = "connection refused (is `bts serve` running there?)" if refused else str(exc) or type(exc).__name__

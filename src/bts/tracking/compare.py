@@ -1,7 +1,9 @@
 """`bts compare`: rank the runs of one MLflow experiment on several metrics at once, by Pareto front and weighted score.
 
-The ranking and the front are pure functions of a small frame (one row per
-run, one column per metric); reading the runs from the store is kept apart.
+The ranking and the front are pure functions of the runs as plain rows (one
+dict per run: names, metrics, params), without pandas or numpy, whose imports
+would cost a one-off command more than its work; reading the runs from the
+store is kept apart.
 By default runs are ranked on quality alone (test.rmse, test.skill): cost
 metrics such as training.seconds depend on the machine's load, so they are
 compared only when --metrics names them. The params that differ between the
@@ -14,17 +16,15 @@ import argparse
 import gc
 import json
 import math
+import operator
 import os
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from bts.errors import BtsError, ConfigError
 from bts.tracking.tags import EXP_NAME
@@ -33,7 +33,7 @@ DEFAULT_METRICS = "test.rmse:min,test.skill:max"  # quality only: wall-clock sec
 COST_METRICS = "training.seconds:min,training.cpu_seconds:min,training.peak_memory_mb:min,model.size_bytes:min"
 DIRECTIONS = ("min", "max")
 BETTER = {"min": "lower is better", "max": "higher is better"}
-PARAM_PREFIX = "params."  # the columns of the runs' params, as mlflow.search_runs names them
+PARAM_PREFIX = "params."  # the keys of the runs' params in a row, as mlflow.search_runs names its columns
 HAS_PARAMS = "has_params"  # whether a run logged any param (a run that only evaluated a model has none)
 PAGE_SIZE = 2000
 SCORE_DECIMALS = 12  # sums of the same normalized values in another order may differ in the last bit; ties must stay ties
@@ -56,65 +56,68 @@ class Comparison:
     filter_string: str
 
 
-def pareto_front(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.Series:
-    """True for each row no other row dominates: at least as good on every metric of `directions` and better on one.
+Run = dict[str, Any]  # one run: run_id, run_name, dvc_exp_name, each metric, has_params, params.<key>, in that order
 
-    Directions are "min" or "max"; the frame must hold no missing values in those columns. Identical rows do not
+
+def pareto_front(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str]) -> list[bool]:
+    """True for each run no other run dominates: at least as good on every metric of `directions` and better on one.
+
+    Directions are "min" or "max"; the runs must hold no missing values of those metrics. Identical runs do not
     dominate each other, so they are on the front together or off it together.
     """
-    values = _oriented(frame, directions)  # smaller is better in every column
+    values = _oriented(runs, directions)  # smaller is better in every position
     # A row can only be dominated by a row before it in lexicographic order, and if it is dominated at all, it is
     # dominated by a front row (dominance is transitive); so one pass that checks against the front so far suffices.
-    order = np.lexsort(values.T[::-1]) if len(values) else np.array([], dtype=int)
-    on_front = np.zeros(len(values), dtype=bool)
-    front, size = np.empty_like(values), 0
-    for position in order:
-        row, members = values[position], front[:size]
-        if not np.any(np.all(members <= row, axis=1) & np.any(members < row, axis=1)):
+    on_front = [False] * len(values)
+    front: list[tuple[float, ...]] = []
+    for position in sorted(range(len(values)), key=values.__getitem__):
+        row = values[position]
+        if not any(member != row and all(map(operator.le, member, row)) for member in front):
             on_front[position] = True
-            front[size], size = row, size + 1
-    return pd.Series(on_front, index=frame.index, name="pareto")
+            front.append(row)
+    return on_front
 
 
-def weighted_scores(frame: pd.DataFrame, directions: Mapping[str, str], weights: Mapping[str, float]) -> pd.Series:
-    """Sum of each metric min-max normalized across the rows (1 = best row, 0 = worst), times its share of the weights.
+def weighted_scores(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str], weights: Mapping[str, float]) -> list[float]:
+    """Sum of each metric min-max normalized across the runs (1 = best run, 0 = worst), times its share of the weights.
 
-    Scores lie in [0, 1]. A metric equal on every row cannot tell rows apart: it gives each of them 1.
+    Scores lie in [0, 1]. A metric equal on every run cannot tell runs apart: it gives each of them 1.
     """
     total = sum(weights[name] for name in directions)
-    score = pd.Series(0.0, index=frame.index, name="score")
+    scores = [0.0] * len(runs)
     for name, direction in directions.items():
-        column = frame[name].astype(float)
-        low, high = column.min(), column.max()
+        column = [float(run[name]) for run in runs]
+        low, high, share = min(column, default=0.0), max(column, default=0.0), weights[name] / total
         if high > low:
-            normalized = (high - column) / (high - low) if direction == "min" else (column - low) / (high - low)
+            normalized = [(high - value) / (high - low) if direction == "min" else (value - low) / (high - low) for value in column]
         else:
-            normalized = pd.Series(1.0, index=frame.index)
-        score += weights[name] / total * normalized
-    return score.round(SCORE_DECIMALS)
+            normalized = [1.0] * len(column)
+        scores = [score + share * value for score, value in zip(scores, normalized, strict=True)]
+    return [round(score, SCORE_DECIMALS) for score in scores]
 
 
-def rank_runs(frame: pd.DataFrame, directions: Mapping[str, str], weights: Mapping[str, float]) -> pd.DataFrame:
-    """The frame with score, pareto and rank columns, best first; equal scores are ordered by run_id."""
-    ranked = frame.assign(score=weighted_scores(frame, directions, weights), pareto=pareto_front(frame, directions))
-    ranked = ranked.sort_values(["score", "run_id"], ascending=[False, True], kind="stable")
-    return ranked.assign(rank=range(1, len(ranked) + 1)).reset_index(drop=True)
+def rank_runs(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str], weights: Mapping[str, float]) -> list[Run]:
+    """Each run with its score, pareto and rank, best first; equal scores are ordered by run_id."""
+    scores, front = weighted_scores(runs, directions, weights), pareto_front(runs, directions)
+    ranked = [{**run, "score": score, "pareto": on_front} for run, score, on_front in zip(runs, scores, front, strict=True)]
+    ranked.sort(key=lambda run: (-run["score"], run["run_id"]))
+    return [{**run, "rank": rank} for rank, run in enumerate(ranked, start=1)]
 
 
-def varying_params(frame: pd.DataFrame) -> list[str]:
-    """The param columns (params.<key>) whose values differ between the rows that logged params (column has_params).
+def varying_params(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The param keys (params.<key>) whose values differ between the runs that logged params (has_params).
 
-    A param some of those rows lack differs too (another model's param); a run that logged no param at all (one that
+    A param some of those runs lack differs too (another model's param); a run that logged no param at all (one that
     only evaluated a model) says nothing about any of them.
     """
-    columns = [column for column in frame.columns if column.startswith(PARAM_PREFIX)]
-    with_params = frame[frame[HAS_PARAMS]]
-    return sorted(column for column in columns if with_params[column].nunique(dropna=False) > 1)
+    keys = [key for key in runs[0] if key.startswith(PARAM_PREFIX)] if runs else []
+    with_params = [run for run in runs if run[HAS_PARAMS]]
+    return sorted(key for key in keys if len({run[key] for run in with_params}) > 1)
 
 
-def _oriented(frame: pd.DataFrame, directions: Mapping[str, str]) -> np.ndarray:
-    columns = [frame[name].to_numpy(dtype=float) * (1.0 if direction == "min" else -1.0) for name, direction in directions.items()]
-    return np.column_stack(columns) if columns else np.empty((len(frame), 0))
+def _oriented(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str]) -> list[tuple[float, ...]]:
+    signs = [(name, 1.0 if direction == "min" else -1.0) for name, direction in directions.items()]
+    return [tuple(float(run[name]) * sign for name, sign in signs) for run in runs]
 
 
 def parse_metrics(text: str) -> dict[str, str]:
@@ -207,111 +210,111 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _store_uri() -> str:
-    import mlflow
+    """The tracking URI (MLFLOW_TRACKING_URI, else the project's store), without importing MLflow; a BtsError if it names
+    a SQLite database that is not there (opening it would create an empty one)."""
+    from bts.tracking.database import SQLITE_PREFIX, sqlite_path
+    from bts.tracking.store import find_root, tracking_uri
 
-    from bts.tracking.store import use_store, use_uri
-
-    if os.environ.get("MLFLOW_TRACKING_URI"):  # a store named outright needs no project around it
-        use_uri(os.environ["MLFLOW_TRACKING_URI"])
-    else:
-        use_store()
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).exists():
+    # A store named outright needs no project around it.
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri(find_root())
+    if uri.startswith(SQLITE_PREFIX) and not Path(sqlite_path(uri)).exists():
         raise BtsError(f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI, or run from the repository)")
     return uri
 
 
-def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
-    """The same rows as `fetch_runs`, read with MLflow's own ORM models: only the columns compared, not whole runs.
+def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
+    """The same rows as `fetch_runs`, read with SQL: only the columns compared, not whole runs.
 
     MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
-    unfiltered comparison of a database store reads just the latest values of the compared metrics, and the
-    values of only the params that differ between the runs (found first by one grouped query in the database).
+    unfiltered comparison of a database store reads just the latest values of the compared metrics, the dvc
+    experiment names, and the runs' params, whose values are kept only for the params that differ between the runs.
     """
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-    from sqlalchemy import create_engine, func, select
+    from bts.tracking import database
 
-    from bts.tracking.database import active_runs
-
-    engine = create_engine(uri)
-    with engine.connect() as connection:
-        experiment_id, active = active_runs(connection, experiment, uri)
-        found = connection.execute(select(SqlRun.run_uuid, SqlRun.name).where(active)).all()
-        runs = pd.DataFrame([tuple(row) for row in found], columns=["run_id", "run_name"])  # plain tuples: pandas probes Row objects slowly
-        values = connection.execute(
-            select(SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value)
-            .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
-            .where(active & SqlLatestMetric.key.in_(list(metrics)))
-        ).all()
-        names = connection.execute(
-            select(SqlTag.run_uuid, SqlTag.value).join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid).where(active & (SqlTag.key == EXP_NAME))
-        ).all()
-        # A param differs between the runs if its smallest and largest values differ or some run lacks it (min and
-        # max: no sort of every value; runs as a subquery: one pass over the params, 3x faster than a join on
-        # SQLite). Only the params that differ are read.
-        spread = connection.execute(
-            select(SqlParam.key, func.min(SqlParam.value), func.max(SqlParam.value), func.count())
-            .where(SqlParam.run_uuid.in_(select(SqlRun.run_uuid).where(active)))
-            .group_by(SqlParam.key)
-        ).all()
-        keys = sorted(key for key, lowest, highest, runs_with in spread if lowest != highest or runs_with < len(runs))
-        params = connection.execute(
-            select(SqlParam.run_uuid, SqlParam.key, SqlParam.value)
-            .join(SqlRun, SqlRun.run_uuid == SqlParam.run_uuid)
-            .where(active & SqlParam.key.in_(keys))
-        ).all()
-        with_params = connection.execute(
-            select(SqlParam.run_uuid).distinct().where(SqlParam.run_uuid.in_(select(SqlRun.run_uuid).where(active)))
-        ).scalars()
-        logged = set(with_params)
-    engine.dispose()
-    frame = runs.assign(dvc_exp_name=runs["run_id"].map(dict(names)), **{HAS_PARAMS: runs["run_id"].isin(logged)})
-    frame = frame.assign(**_columns(values, metrics, frame["run_id"]))
-    frame = frame.assign(**{PARAM_PREFIX + key: column for key, column in _columns(params, keys, frame["run_id"]).items()})
-    return _with_types(frame, metrics), str(experiment_id)
+    with database.reading(uri) as read:
+        experiment_id = database.experiment_id(read, experiment, uri)
+        found = [(run_id, name) for run_id, name, _, _ in database.active_runs(read, experiment_id)]
+        metric_rows = database.latest_metrics(read, experiment_id, metrics)
+        names = database.tag_values(read, experiment_id, EXP_NAME)
+        # Every param of the runs in one pass (about 12 a run): on SQLite, reading only the params of a few keys costs
+        # an index search per key and run, and finding those keys first a grouped query, together twice the time.
+        logged_params = database.params(read, experiment_id)
+    by_key: dict[str, dict[str, str]] = {}
+    for run_id, key, value in logged_params:
+        by_key.setdefault(key, {})[run_id] = value
+    # A param differs between the runs if some run lacks it or its values differ.
+    keys = sorted(key for key, values in by_key.items() if len(values) < len(found) or len(set(values.values())) > 1)
+    logged = {run_id for run_id, _, _ in logged_params}
+    varying = set(keys)
+    names, metric_values, param_values = dict(names), _by_run(metric_rows), _by_run(row for row in logged_params if row[1] in varying)
+    rows = [
+        _run(
+            run_id,
+            run_name,
+            names.get(run_id),
+            metric_values.get(run_id, {}),
+            run_id in logged,
+            param_values.get(run_id, {}),
+            metrics,
+            keys,
+        )
+        for run_id, run_name in found
+    ]
+    return rows, str(experiment_id)
 
 
-def _columns(rows: Sequence[tuple], keys: Sequence[str], run_ids: pd.Series) -> dict[str, pd.Series]:
-    """(run_id, key, value) rows as one column per key, aligned on run_ids (NaN where a run lacks the key).
-
-    A dict per key and Series.map: several times faster than DataFrame.pivot on the 100,000 rows of a large experiment.
-    """
-    by_key: dict[str, dict] = {key: {} for key in keys}
+def _by_run(rows: Iterable[tuple]) -> dict[str, dict[str, Any]]:
+    """(run_id, key, value) rows as {run_id: {key: value}}."""
+    found: dict[str, dict[str, Any]] = {}
     for run_id, key, value in rows:
-        by_key[key][run_id] = value
-    return {key: run_ids.map(by_key[key]) for key in keys}
+        found.setdefault(run_id, {})[key] = value
+    return found
 
 
-def _with_types(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """The columns in their order (names, metrics, has_params, params by key); dvc_exp_name and params as objects, None if absent."""
-    params = sorted(column for column in frame.columns if column.startswith(PARAM_PREFIX))
-    frame = frame[["run_id", "run_name", "dvc_exp_name", *metrics, HAS_PARAMS, *params]].astype(
-        {**dict.fromkeys(metrics, float), HAS_PARAMS: bool}
-    )
-    return frame.assign(**{column: frame[column].astype(object).where(frame[column].notna(), None) for column in ["dvc_exp_name", *params]})
+def _run(
+    run_id: str,
+    run_name: str | None,
+    dvc_exp_name: str | None,
+    metric_values: Mapping[str, float],
+    has_params: bool,
+    param_values: Mapping[str, str],
+    metrics: Sequence[str],
+    keys: Sequence[str],
+) -> Run:
+    """One run's row: the metrics asked for (NaN where it lacks one), then the params of `keys` (None where it lacks one)."""
+    return {
+        "run_id": run_id,
+        "run_name": run_name,
+        "dvc_exp_name": dvc_exp_name,
+        **{name: float(metric_values.get(name, math.nan)) for name in metrics},
+        HAS_PARAMS: has_params,
+        **{PARAM_PREFIX + key: param_values.get(key) for key in keys},
+    }
 
 
-def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
+def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
     """One row per matching active run, and the experiment id.
 
-    Columns: run_id, run_name, dvc_exp_name, each metric (NaN where a run lacks it), has_params (the run logged any
-    param), then params.<key> for each param whose value differs between the matched runs or that some lack (None
-    where a run lacks it), by key.
+    Keys of each row: run_id, run_name, dvc_exp_name, each metric (NaN where a run lacks it), has_params (the run
+    logged any param), then params.<key> for each param whose value differs between the matched runs or that some
+    lack (None where a run lacks it), by key.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from bts.tracking.store import bulk_read_database
+    from bts.tracking.store import bulk_read_database, check_store, use_uri
 
     uri = _store_uri()
     database = bulk_read_database(uri)
     if not filter_string and database:
+        check_store(database)  # the database read, not a server in front of it: one line if it is unreachable
         return fetch_runs_from_database(database, experiment, metrics)
+    from mlflow import MlflowClient  # only here: importing MLflow takes seconds
+    from mlflow.exceptions import MlflowException
+
+    use_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise BtsError(f"unknown experiment '{experiment}' in {uri}")
-    rows: list[tuple] = []
+    found_runs: list[tuple] = []
     params: list[dict[str, str]] = []
     token = None
     # MLflow's public search has no column selection: each run comes whole (every metric, param and tag), about
@@ -325,18 +328,18 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
                     raise ConfigError(f'invalid filter "{filter_string}": {exc.message}') from None
                 raise BtsError(f"cannot search runs in {uri}: {exc.message}") from None
             for run in page:
-                values = run.data.metrics
-                rows.append((run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME), *(values.get(m, math.nan) for m in metrics)))
+                found_runs.append((run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME), run.data.metrics))
                 params.append(run.data.params)
             token = page.token
             if not token:
                 break
-    frame = pd.DataFrame.from_records(rows, columns=["run_id", "run_name", "dvc_exp_name", *metrics])
     keys = sorted({key for values in params for key in values})
     keys = [key for key in keys if len({values.get(key) for values in params}) > 1]  # differs, or some run lacks it
-    frame = frame.assign(**{HAS_PARAMS: [bool(values) for values in params]})
-    frame = frame.assign(**{PARAM_PREFIX + key: [values.get(key) for values in params] for key in keys})
-    return _with_types(frame, metrics), found.experiment_id
+    rows = [
+        _run(run_id, run_name, exp_name, values, bool(logged), logged, metrics, keys)
+        for (run_id, run_name, exp_name, values), logged in zip(found_runs, params, strict=True)
+    ]
+    return rows, found.experiment_id
 
 
 def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
@@ -344,31 +347,33 @@ def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
     metrics = list(comparison.directions)
     runs, experiment_id = fetch_runs(experiment, comparison.filter_string, metrics)
     where = f' with filter "{comparison.filter_string}"' if comparison.filter_string else ""
-    if runs.empty:
+    if not runs:
         raise BtsError(f"no runs matched in experiment '{experiment}'{where}")
-    complete = np.isfinite(runs[metrics].to_numpy(dtype=float)).all(axis=1)
-    if not complete.any():
+    complete = [all(math.isfinite(run[name]) for name in metrics) for run in runs]
+    if not any(complete):
         raise BtsError(
             f"none of the {len(runs)} runs matched in experiment '{experiment}'{where} has all of {', '.join(metrics)}"
             " (NaN and infinite values count as missing)"
         )
-    compared = runs[complete]
+    compared = [run for run, has_all in zip(runs, complete, strict=True) if has_all]
     varying = varying_params(compared)
-    compared = compared.drop(columns=[c for c in compared.columns if c.startswith(PARAM_PREFIX) and c not in varying])
+    same = {key for key in compared[0] if key.startswith(PARAM_PREFIX)} - set(varying)
+    if same:  # params that differ only because of runs left out
+        compared = [{key: value for key, value in run.items() if key not in same} for run in compared]
     return {
         "experiment": experiment,
         "experiment_id": experiment_id,
         "filter": comparison.filter_string,
         "runs_matched": len(runs),
-        "runs_left_out": int((~complete).sum()),
+        "runs_left_out": complete.count(False),
         "params": [column.removeprefix(PARAM_PREFIX) for column in varying],
-        "runs_without_params": int((~compared[HAS_PARAMS]).sum()),
+        "runs_without_params": sum(not run[HAS_PARAMS] for run in compared),
         "ranked": rank_runs(compared, comparison.directions, comparison.weights),
     }
 
 
 def _text(value: object) -> str:
-    """A name cell: missing (None or NaN, depending on how the frame was built) shows as empty."""
+    """A name cell: missing (None, or NaN) shows as empty."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
@@ -389,11 +394,11 @@ def _plural(count: int, one: str, many: str) -> str:
 
 def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> str:
     """The top rows of the ranking as a plain-text table, with a summary above it."""
-    ranked: pd.DataFrame = result["ranked"]
+    ranked: list[Run] = result["ranked"]
     metrics = list(comparison.directions)
     params = result["params"]
-    front = int(ranked["pareto"].sum())
-    shown = ranked.head(top)
+    front = sum(run["pareto"] for run in ranked)
+    shown = ranked[:top]
     lines = [f"experiment '{result['experiment']}': {_plural(len(ranked), 'run', 'runs')} ranked on {ranked_on(comparison)}"]
     if result["filter"]:
         lines.append(f"filter: {result['filter']}")
@@ -403,11 +408,13 @@ def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> st
     differ = f"params that differ between them: {', '.join(params)}" if params else "no param differs between them"
     without = result.get("runs_without_params", 0)
     lines.append(differ + (f" ({_plural(without, 'run', 'runs')} logged no params)" if without else ""))
-    unset = [key for key in params if shown[PARAM_PREFIX + key].isna().all()]  # e.g. another model's params
+    unset = [key for key in params if all(run[PARAM_PREFIX + key] is None for run in shown)]  # e.g. another model's params
     if unset:
         lines.append(f"not set in any run shown, so not in the table: {', '.join(unset)}")
     params = [key for key in params if key not in unset]
-    lines.append(f"Pareto front: {_plural(front, 'run', 'runs')}, marked *; {int(shown['pareto'].sum())} of them in the top {len(shown)}")
+    lines.append(
+        f"Pareto front: {_plural(front, 'run', 'runs')}, marked *; {sum(run['pareto'] for run in shown)} of them in the top {len(shown)}"
+    )
     # The ranking first, the params last: a long param name widens only the right end of a line.
     header = ["rank", "run", "run id", "dvc exp", *metrics, "score", "front", *(PARAM_PREFIX + key for key in params)]
     body = [
@@ -421,7 +428,7 @@ def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> st
             "*" if row["pareto"] else "",
             *(_text(row[PARAM_PREFIX + key]) or "-" for key in params),
         ]
-        for row in shown.to_dict("records")
+        for row in shown
     ]
     numeric = {0, *range(4, 4 + len(metrics) + 1)}
     widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
@@ -436,7 +443,7 @@ def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> st
 
 def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
     """The whole result as plain JSON-able data: every compared run, ranked."""
-    ranked: pd.DataFrame = result["ranked"]
+    ranked: list[Run] = result["ranked"]
     metrics = list(comparison.directions)
     runs = [
         {
@@ -449,7 +456,7 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
             "score": float(row["score"]),
             "pareto": bool(row["pareto"]),
         }
-        for row in ranked.to_dict("records")
+        for row in ranked
     ]
     return {
         "experiment": result["experiment"],
@@ -471,7 +478,7 @@ def axis_label(metric: str, direction: str) -> str:
     return f"{metric} ({BETTER[direction]})"
 
 
-def front_figure(ranked: pd.DataFrame, comparison: Comparison) -> Any:
+def front_figure(ranked: Sequence[Mapping[str, Any]], comparison: Comparison) -> Any:
     """Scatter of the first two metrics: every run, the Pareto front highlighted, the top-ranked run named."""
     import matplotlib
 
@@ -479,11 +486,15 @@ def front_figure(ranked: pd.DataFrame, comparison: Comparison) -> Any:
     import matplotlib.pyplot as plt
 
     (x, x_direction), (y, y_direction) = list(comparison.directions.items())[:2]
-    front, best = ranked[ranked["pareto"]], ranked.iloc[0]
+    front, best = [run for run in ranked if run["pareto"]], ranked[0]
     figure, axes = plt.subplots(figsize=(8, 6))
-    axes.scatter(ranked[x], ranked[y], s=8, color="0.7", label=f"runs ({len(ranked)})")
+    axes.scatter([run[x] for run in ranked], [run[y] for run in ranked], s=8, color="0.7", label=f"runs ({len(ranked)})")
     axes.scatter(
-        front[x], front[y], s=24, color="tab:red", label=f"Pareto front ({len(front)}, on all {len(comparison.directions)} metrics)"
+        [run[x] for run in front],
+        [run[y] for run in front],
+        s=24,
+        color="tab:red",
+        label=f"Pareto front ({len(front)}, on all {len(comparison.directions)} metrics)",
     )
     axes.scatter([best[x]], [best[y]], s=120, facecolors="none", edgecolors="black", linewidths=1.5)
     axes.annotate(
@@ -502,7 +513,7 @@ def front_figure(ranked: pd.DataFrame, comparison: Comparison) -> Any:
     return figure
 
 
-def plot_front(ranked: pd.DataFrame, comparison: Comparison, path: str | Path) -> None:
+def plot_front(ranked: Sequence[Mapping[str, Any]], comparison: Comparison, path: str | Path) -> None:
     """front_figure as a PNG."""
     import matplotlib.pyplot as plt
 

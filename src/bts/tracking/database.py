@@ -1,22 +1,109 @@
 """Bulk reads straight from a tracking database (the SQLite store, or a team server's PostgreSQL named by
-BTS_TRACKING_DATABASE_URI) with MLflow's own ORM models: the few columns a command compares, not whole runs."""
+BTS_TRACKING_DATABASE_URI): the few columns a command compares, not whole runs.
+
+The one home of the SQL bts runs on MLflow's tables (MLflow's schema: mlflow/store/tracking/dbmodels/models.py).
+Nothing here imports MLflow, whose import alone takes seconds; a SQLite store is read with Python's own sqlite3,
+read-only, and other databases through SQLAlchemy, whose import costs a third of a second more.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
 
 from bts.errors import BtsError
 
+SQLITE_PREFIX = "sqlite:///"
+ACTIVE = "active"  # MLflow's lifecycle_stage of what is not deleted
+# The runs of one experiment that are not deleted, as a subquery: on SQLite, reading another table's rows of these
+# runs through it takes one pass over that table, up to 3x faster than a join with runs.
+ACTIVE_RUNS = f"SELECT run_uuid FROM runs WHERE experiment_id = :experiment_id AND lifecycle_stage = '{ACTIVE}'"
 
-def active_runs(connection: Any, experiment: str, uri: str) -> tuple[str, Any]:
-    """The experiment's id and the SQL condition that selects its active runs; a BtsError naming the store if the
-    experiment is not there."""
-    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
-    from sqlalchemy import select
 
-    experiment_id = connection.execute(
-        select(SqlExperiment.experiment_id).where((SqlExperiment.name == experiment) & (SqlExperiment.lifecycle_stage == "active"))
-    ).scalar()
-    if experiment_id is None:
+class Reader(Protocol):
+    def __call__(self, sql: str, values: dict[str, Any]) -> list[tuple]: ...
+
+
+def sqlite_path(uri: str) -> str:
+    """The database file of a SQLAlchemy SQLite URI (sqlite:////abs/path or sqlite:///relative/path, options dropped)."""
+    return uri.removeprefix(SQLITE_PREFIX).partition("?")[0]
+
+
+@contextmanager
+def reading(uri: str) -> Iterator[Reader]:
+    """A function that runs one query (SQL with :named values) on the database at uri and returns its rows."""
+    if uri.startswith(SQLITE_PREFIX):
+        import sqlite3
+
+        # Read-only: a missing file is an error, not a new empty store.
+        connection = sqlite3.connect(f"{Path(sqlite_path(uri)).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            yield lambda sql, values: connection.execute(sql, values).fetchall()
+        finally:
+            connection.close()
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            yield lambda sql, values: [tuple(row) for row in connection.execute(text(sql), values)]
+    finally:
+        engine.dispose()
+
+
+def _placeholders(name: str, items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """'(:name_0, :name_1)' and its values: an IN list both sqlite3 and SQLAlchemy's text() take."""
+    values = {f"{name}_{index}": item for index, item in enumerate(items)}
+    return "(" + ", ".join(f":{key}" for key in values) + ")", values
+
+
+def experiment_id(read: Reader, experiment: str, uri: str) -> Any:
+    """The id of the active experiment of that name; a BtsError naming the store if it is not there."""
+    found = read(f"SELECT experiment_id FROM experiments WHERE name = :name AND lifecycle_stage = '{ACTIVE}'", {"name": experiment})
+    if not found:
         raise BtsError(f"unknown experiment '{experiment}' in {uri}")
-    return experiment_id, (SqlRun.experiment_id == experiment_id) & (SqlRun.lifecycle_stage == "active")
+    return found[0][0]
+
+
+def active_runs(read: Reader, experiment: Any) -> list[tuple[str, str | None, str, int | None]]:
+    """(run_id, run name, status, start time in ms) of each active run of the experiment."""
+    return read(
+        f"SELECT run_uuid, name, status, start_time FROM runs WHERE experiment_id = :experiment_id AND lifecycle_stage = '{ACTIVE}'",
+        {"experiment_id": experiment},
+    )
+
+
+def latest_metrics(read: Reader, experiment: Any, keys: Sequence[str]) -> list[tuple[str, str, float]]:
+    """(run_id, key, latest value) of these metrics in the active runs; NaN where MLflow keeps 0 and its is_nan flag."""
+    listed, values = _placeholders("key", keys)
+    rows = read(
+        f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({ACTIVE_RUNS}) AND key IN {listed}",
+        {"experiment_id": experiment, **values},
+    )
+    return [(run_id, key, float("nan") if is_nan else value) for run_id, key, value, is_nan in rows]
+
+
+def tag_values(read: Reader, experiment: Any, key: str) -> list[tuple[str, str]]:
+    """(run_id, value) of this tag in the active runs that have it."""
+    return read(
+        f"SELECT run_uuid, value FROM tags WHERE run_uuid IN ({ACTIVE_RUNS}) AND key = :key", {"experiment_id": experiment, "key": key}
+    )
+
+
+def params(read: Reader, experiment: Any) -> list[tuple[str, str, str]]:
+    """(run_id, key, value) of every param of the active runs."""
+    return read(f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({ACTIVE_RUNS})", {"experiment_id": experiment})
+
+
+def params_of(read: Reader, run_ids: Sequence[str], prefix: str) -> list[tuple[str, str, str]]:
+    """(run_id, key, value) of the params of these runs whose key starts with prefix (no LIKE wildcard in it), by key."""
+    if not run_ids:
+        return []
+    listed, values = _placeholders("run", run_ids)
+    return read(
+        f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN {listed} AND substr(key, 1, :length) = :prefix ORDER BY key",
+        {"length": len(prefix), "prefix": prefix, **values},
+    )

@@ -68,32 +68,13 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
 
 
 def _records_from_database(uri: str, experiment: str) -> list[dict]:
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
-    from sqlalchemy import create_engine, select
+    from bts.tracking import database
 
-    from bts.tracking.database import active_runs
-
-    engine = create_engine(uri)
-    try:
-        with engine.connect() as connection:
-            _, active = active_runs(connection, experiment, uri)
-            runs = connection.execute(select(SqlRun.run_uuid, SqlRun.name, SqlRun.status, SqlRun.start_time).where(active)).all()
-            names = dict(
-                connection.execute(
-                    select(SqlTag.run_uuid, SqlTag.value)
-                    .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-                    .where(active & (SqlTag.key == EXP_NAME))
-                ).all()
-            )
-            evaluated = set(
-                connection.execute(
-                    select(SqlLatestMetric.run_uuid)
-                    .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
-                    .where(active & (SqlLatestMetric.key == EVALUATED_METRIC))
-                ).scalars()
-            )
-    finally:
-        engine.dispose()
+    with database.reading(uri) as read:
+        experiment_id = database.experiment_id(read, experiment, uri)
+        runs = database.active_runs(read, experiment_id)
+        names = dict(database.tag_values(read, experiment_id, EXP_NAME))
+        evaluated = {run_id for run_id, _, _ in database.latest_metrics(read, experiment_id, [EVALUATED_METRIC])}
     return [
         {
             "run_id": run_id,
@@ -112,20 +93,11 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     found = {record["run_id"]: record["params"] for record in records if "params" in record}
     missing = [record["run_id"] for record in records if "params" not in record]
     if missing:
-        from mlflow.store.tracking.dbmodels.models import SqlParam
-        from sqlalchemy import create_engine, select
+        from bts.tracking import database
 
         found.update({run_id: {} for run_id in missing})
-        engine = create_engine(bulk_read_database(client.tracking_uri))
-        try:
-            with engine.connect() as connection:
-                rows = connection.execute(
-                    select(SqlParam.run_uuid, SqlParam.key, SqlParam.value)
-                    .where(SqlParam.run_uuid.in_(missing) & SqlParam.key.startswith(RERUN_PARAM_PREFIX))
-                    .order_by(SqlParam.key)
-                ).all()
-        finally:
-            engine.dispose()
+        with database.reading(bulk_read_database(client.tracking_uri)) as read:
+            rows = database.params_of(read, missing, RERUN_PARAM_PREFIX)
         for run_id, key, value in rows:
             found[run_id][key] = value
     return found

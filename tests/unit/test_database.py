@@ -1,0 +1,86 @@
+"""The SQL bts runs on MLflow's tables, on a SQLite database made from MLflow's own schema (its ORM models)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.store.tracking.dbmodels import models
+from sqlalchemy import create_engine, insert
+
+from bts.errors import BtsError
+from bts.tracking import database
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A SQLite URI of MLflow's tables holding experiment 1 with runs a (deleted), b and c, and experiment 2 with run d."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    engine = create_engine(uri)
+    tables = [models.SqlExperiment, models.SqlRun, models.SqlParam, models.SqlTag, models.SqlLatestMetric]
+    models.Base.metadata.create_all(engine, tables=[model.__table__ for model in tables])
+    with engine.begin() as connection:
+        for experiment_id, name in [(1, "bts"), (2, "other")]:
+            connection.execute(
+                insert(models.SqlExperiment.__table__).values(experiment_id=experiment_id, name=name, lifecycle_stage="active")
+            )
+        for run_id, experiment_id, stage in [("a", 1, "deleted"), ("b", 1, "active"), ("c", 1, "active"), ("d", 2, "active")]:
+            run = {"run_uuid": run_id, "name": f"run-{run_id}", "experiment_id": experiment_id, "lifecycle_stage": stage}
+            details = {
+                "status": "FINISHED",
+                "start_time": 1000,
+                "source_type": "LOCAL",
+                "source_name": "",
+                "user_id": "",
+                "artifact_uri": "",
+            }
+            connection.execute(insert(models.SqlRun.__table__).values(**run, **details, entry_point_name=""))
+            connection.execute(insert(models.SqlParam.__table__).values(run_uuid=run_id, key="train.model", value=f"model-{run_id}"))
+            connection.execute(insert(models.SqlTag.__table__).values(run_uuid=run_id, key="dvc.exp_name", value=f"exp-{run_id}"))
+            is_nan = run_id == "c"  # MLflow keeps NaN as 0 and the flag
+            row = {"run_uuid": run_id, "key": "test.rmse", "value": 0.0 if is_nan else 0.5, "is_nan": is_nan, "timestamp": 0, "step": 0}
+            connection.execute(insert(models.SqlLatestMetric.__table__).values(**row))
+        connection.execute(insert(models.SqlParam.__table__).values(run_uuid="b", key="featurize.n_lags", value="6"))
+    engine.dispose()
+    return uri
+
+
+def test_reads_the_active_runs_of_one_experiment(store: str) -> None:
+    with database.reading(store) as read:
+        experiment = database.experiment_id(read, "bts", store)
+        assert sorted(database.active_runs(read, experiment)) == [("b", "run-b", "FINISHED", 1000), ("c", "run-c", "FINISHED", 1000)]
+        assert sorted(database.tag_values(read, experiment, "dvc.exp_name")) == [("b", "exp-b"), ("c", "exp-c")]
+        assert sorted(database.params(read, experiment)) == [
+            ("b", "featurize.n_lags", "6"),
+            ("b", "train.model", "model-b"),
+            ("c", "train.model", "model-c"),
+        ]
+        metrics = dict((run_id, value) for run_id, _, value in database.latest_metrics(read, experiment, ["test.rmse", "test.skill"]))
+        assert metrics["b"] == 0.5 and math.isnan(metrics["c"])
+        assert database.params_of(read, ["b", "d"], "train.") == [("b", "train.model", "model-b"), ("d", "train.model", "model-d")]
+        assert database.params_of(read, [], "train.") == []
+
+
+def test_an_unknown_experiment_names_the_store(store: str) -> None:
+    with database.reading(store) as read, pytest.raises(BtsError, match=f"unknown experiment 'nope' in {store}"):
+        database.experiment_id(read, "nope", store)
+
+
+def test_a_missing_sqlite_store_is_not_created(tmp_path: Path) -> None:
+    import sqlite3
+
+    missing = tmp_path / "nothing.db"
+    with pytest.raises(sqlite3.OperationalError), database.reading(f"sqlite:///{missing}"):
+        pass
+    assert not missing.exists()
+
+
+def test_other_databases_are_read_through_sqlalchemy(store: str) -> None:
+    """The same SQL through SQLAlchemy (as for PostgreSQL): pysqlite's URI takes SQLAlchemy's path, not sqlite3's."""
+    through_sqlalchemy = store.replace("sqlite:///", "sqlite+pysqlite:///")
+    with database.reading(through_sqlalchemy) as read:
+        experiment = database.experiment_id(read, "bts", through_sqlalchemy)
+        assert sorted(database.active_runs(read, experiment))[0] == ("b", "run-b", "FINISHED", 1000)
+        assert database.params_of(read, ["b"], "train.") == [("b", "train.model", "model-b")]
+        assert math.isnan(dict((r, v) for r, _, v in database.latest_metrics(read, experiment, ["test.rmse"]))["c"])
