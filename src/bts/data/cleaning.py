@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -102,6 +103,9 @@ RULES: dict[str, Rule] = {
 }
 
 
+CROSS_ROW_RULES = frozenset({"duplicate_id"})  # rules whose verdict on a row depends on the other rows
+
+
 @dataclass
 class CleaningResult:
     clean: pd.DataFrame
@@ -110,14 +114,24 @@ class CleaningResult:
 
 
 def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """The first rule each row breaks (NA for rows that pass every rule)."""
-    reason = pd.Series(pd.NA, index=frame.index, dtype="str")
-    for code, rule in RULES.items():
-        pending = reason.isna()
-        broken = pd.Series(False, index=frame.index)
-        broken[pending] = rule(frame[pending], catalogue).to_numpy()
-        reason[broken] = code
-    return reason
+    """The first rule each row breaks (NA for rows that pass every rule).
+
+    Each rule judges the rows that no earlier rule quarantined. A rule that judges every row on its own gives
+    those rows the same verdict over the whole frame, so it runs once over it (no copy of the frame per rule);
+    a rule in CROSS_ROW_RULES compares rows with each other, so it sees the pending rows only (an id first
+    delivered in a row quarantined for another reason is not a duplicate when it comes again).
+    """
+    broken_first = np.full(len(frame), -1)  # index in RULES of the first rule broken, -1 for none
+    for number, (code, rule) in enumerate(RULES.items()):
+        pending = broken_first < 0
+        if code in CROSS_ROW_RULES:
+            broken = np.zeros(len(frame), dtype=bool)
+            broken[pending] = rule(frame[pending], catalogue).to_numpy(dtype=bool)
+        else:
+            broken = pending & rule(frame, catalogue).to_numpy(dtype=bool)
+        broken_first[broken] = number
+    codes = np.array([*RULES, None], dtype=object)  # -1 picks the None
+    return pd.Series(codes[broken_first], index=frame.index, dtype="str")
 
 
 def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.DataFrameSchema) -> CleaningResult:
