@@ -15,11 +15,9 @@ import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, sorted_by
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
-
-SERIES_KEYS = ["station_id", "parameter_id"]
-CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
 
 Rule = Callable[[pd.DataFrame, dict[int, Sensor]], pd.Series]
 
@@ -52,7 +50,8 @@ def normalize_reading_time(text: pd.Series) -> pd.Series:
             minutes.where(zone.str.startswith("+"), -minutes), unit="min"
         )
         fixed[offset] = utc.dt.strftime(TIMESTAMP_FORMAT).where(utc.notna(), stripped[iso][offset])  # an impossible date stays as given
-    normalized[iso] = fixed
+    if (fixed != stripped[iso]).any():  # writing back into the column copies it: only when something was fixed
+        normalized[iso] = fixed
     return normalized
 
 
@@ -140,12 +139,15 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     time_fixed = int((normalized != raw["reading_time"].str.strip()).sum())
     frame = raw.assign(reading_time=normalized)
     reason = quarantine_reasons(frame, catalogue)
-    kept = frame[reason.isna()]
-    clean = kept.assign(reading_time=parse_reading_time(kept["reading_time"])).astype(
-        {"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"}
-    )[list(schema.columns)]
+    kept = reason.isna()
+    times = parse_reading_time(normalized)[kept]  # parsed before the rows are picked: no copy of the strings
+    clean = (
+        frame.drop(columns="reading_time")[kept]
+        .assign(reading_time=times)
+        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[list(schema.columns)]
+    )
     delivered_late = ~arrived_in_order(clean, SERIES_KEYS)
-    clean = clean.sort_values(CLEAN_ORDER, kind="stable").reset_index(drop=True)
+    clean = sorted_by(clean, CLEAN_ORDER)
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
     accounting = {
         "rows_in": len(raw),

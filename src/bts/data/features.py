@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bts.data.cleaning import SERIES_KEYS
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, sorted_by
 from bts.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -143,22 +143,9 @@ def shift_within(values: np.ndarray, position: np.ndarray, left: np.ndarray, k: 
     return shifted
 
 
-def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """frame sorted by `order` (stable), as sort_values gives it, with a fresh index; no copy if it already is."""
-    columns = [frame[c].to_numpy() for c in order]
-    if len(frame) > 1 and not any(frame[c].hasnans for c in order):
-        later, settled = np.zeros(len(frame) - 1, dtype=bool), np.zeros(len(frame) - 1, dtype=bool)  # settled: an earlier key decided
-        for column in columns:
-            later |= ~settled & (column[1:] < column[:-1])
-            settled |= column[1:] != column[:-1]
-        if not later.any():
-            return frame.reset_index(drop=True)
-    return frame.sort_values(order, kind="stable").reset_index(drop=True)
-
-
 def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, dict]:
     """Feature rows with target and split, plus the count of readings that could not become examples."""
-    clean = sorted_by(clean, [*SERIES_KEYS, "reading_time", "id"])  # the clean stage writes them so: usually no sort
+    clean = sorted_by(clean, CLEAN_ORDER)  # series by series in time order; the clean stage writes them so
     position, left = series_positions(clean[SERIES_KEYS])
     value = clean["value"].to_numpy(dtype="float64")
     columns: dict[str, np.ndarray] = {}
