@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, sorted_by
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
 
@@ -129,8 +129,7 @@ def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.
         else:
             broken = pending & rule(frame, catalogue).to_numpy(dtype=bool)
         broken_first[broken] = number
-    codes = np.array([*RULES, None], dtype=object)  # -1 picks the None
-    return pd.Series(codes[broken_first], index=frame.index, dtype="str")
+    return labels(broken_first, list(RULES), frame.index)
 
 
 def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.DataFrameSchema) -> CleaningResult:

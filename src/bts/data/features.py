@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, sorted_by
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -194,6 +194,5 @@ def assign_splits(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
         raise ConfigError("featurize.holdout_stations: every station is held out; nothing is left to train on")
     train_end = in_time.quantile(1 - spec.valid_fraction - spec.test_fraction, interpolation="lower")
     valid_end = in_time.quantile(1 - spec.test_fraction, interpolation="lower")
-    split = np.where(frame["target_time"] <= train_end, 0, np.where(frame["target_time"] <= valid_end, 1, 2))
-    names = pd.Categorical.from_codes(np.where(holdout, 3, split), categories=["train", "valid", "test", "holdout"])
-    return pd.Series(names, index=frame.index).astype("str")
+    split = np.where(frame["target_time"] <= train_end, 0, np.where(frame["target_time"] <= valid_end, 1, 2))  # index in SPLITS
+    return labels(np.where(holdout, SPLITS.index("holdout"), split), SPLITS, frame.index)

@@ -21,6 +21,7 @@ import pyarrow as pyarrow
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from bts.data.readings import labels
 from bts.data.simulate import EXPORT_COLUMNS
 from bts.errors import ConfigError, InputFileError, quoted
 
@@ -267,7 +268,7 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
             "station_id": _to_int(table.column("station_id")),
             "parameter_id": _to_int(table.column("parameter_id")),
             "reading_time": table.column("reading_time").to_pandas().str.strip().astype("str"),
-            "source_file": pd.Series(label, index=range(table.num_rows), dtype="str"),
+            "source_file": labels(np.zeros(table.num_rows, dtype=np.int32), [label]),
             "source_row": lines.astype("int64"),
         }
     )

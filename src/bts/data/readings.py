@@ -1,4 +1,4 @@
-"""How readings are keyed and ordered: the series keys, the clean order, and sorting by them.
+"""How readings are keyed, ordered and labelled: the series keys, the clean order, sorting by them, text labels.
 
 Kept apart from the cleaning rules (and their pandera schemas) so that what only needs the keys and the order,
 such as the features, imports neither.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pyarrow
 
 SERIES_KEYS = ["station_id", "parameter_id"]
 CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
@@ -36,3 +37,17 @@ def in_order(keys: list[np.ndarray]) -> bool:
         descending |= tied & (key[1:] < key[:-1])
         tied &= key[1:] == key[:-1]
     return not descending.any()
+
+
+def labels(codes: np.ndarray, names: list[str], index: pd.Index | None = None) -> pd.Series:
+    """A text column (dtype str) holding names[code] in each row, missing where the code is -1.
+
+    Built by Arrow from the codes (a dictionary array cast to plain text), not from millions of Python strings.
+    """
+    codes = np.asarray(codes)
+    indices = pyarrow.array(codes.astype(np.int32), mask=codes < 0)
+    text = pyarrow.DictionaryArray.from_arrays(indices, pyarrow.array(names, type=pyarrow.large_string())).cast(pyarrow.large_string())
+    column = text.to_pandas()
+    if index is not None:
+        column.index = index
+    return column
