@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, repeated, sorted_by
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
 
@@ -88,7 +88,7 @@ def out_of_range(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series
 
 def duplicate_id(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
     """id was already delivered in an earlier row (a resend or a conflicting reading)."""
-    return frame["id"].duplicated(keep="first")
+    return repeated(frame["id"])
 
 
 RULES: dict[str, Rule] = {

@@ -17,15 +17,15 @@ CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
 def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """frame.sort_values(order, kind="stable").reset_index(drop=True), without a copy when frame is already sorted.
 
-    Numeric and time keys are checked in one pass and, if out of order, sorted by numpy's stable lexsort (pandas
-    first factorizes every key); keys with a missing value (pandas puts those last) or of another kind go to pandas.
+    Whether the rows are already in order is checked in one vectorized pass over the keys (sorting, pandas first
+    factorizes every key and then copies every column).
     """
-    keys = [frame[c].to_numpy() for c in order]
-    if any(key.dtype.kind not in "iufM" for key in keys) or any(frame[c].hasnans for c in order):
+    if any(frame[c].hasnans for c in order):  # numpy cannot compare missing values
         return frame.sort_values(order, kind="stable").reset_index(drop=True)
+    keys = [frame[c].to_numpy() for c in order]
     if in_order(keys):
         return frame.reset_index(drop=True)
-    return frame.take(np.lexsort(keys[::-1])).reset_index(drop=True)  # lexsort sorts by the last key first
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def in_order(keys: list[np.ndarray]) -> bool:
@@ -51,3 +51,26 @@ def labels(codes: np.ndarray, names: list[str], index: pd.Index | None = None) -
     if index is not None:
         column.index = index
     return column
+
+
+def repeated(values: pd.Series) -> pd.Series:
+    """values.duplicated(keep="first"): True where an earlier row holds the same value.
+
+    Integers are compared after numpy's stable sort, which takes nearly sorted input (ids grow as readings are
+    delivered) in about one pass where pandas hashes every value; other values, or missing ones, go to pandas.
+    """
+    if values.dtype.kind not in "iu" or values.hasnans:
+        return values.duplicated(keep="first")
+    array = values.to_numpy()
+    order = np.argsort(array, kind="stable")  # equal values keep their row order: the first one comes first
+    result = np.zeros(len(array), dtype=bool)
+    result[order[1:]] = array[order[1:]] == array[order[:-1]]
+    return pd.Series(result, index=values.index, name=values.name)
+
+
+def distinct_count(values: pd.Series) -> int:
+    """values.nunique(): distinct values, missing ones left out (integers counted after a sort, as in repeated)."""
+    if values.dtype.kind not in "iu":
+        return int(values.nunique())
+    array = np.sort(values.dropna().to_numpy(), kind="stable")
+    return int(len(array) > 0) + int(np.count_nonzero(array[1:] != array[:-1]))
