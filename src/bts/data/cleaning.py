@@ -102,7 +102,9 @@ RULES: dict[str, Rule] = {
 }
 
 
-CROSS_ROW_RULES = frozenset({"duplicate_id"})  # rules whose verdict on a row depends on the other rows
+# Rules whose verdict on a row depends on the other rows, with the columns they read (they get no other: a copy
+# of the pending rows' text columns would cost more than the rule).
+CROSS_ROW_RULES = {"duplicate_id": ["id"]}
 
 
 @dataclass
@@ -125,7 +127,7 @@ def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.
         pending = broken_first < 0
         if code in CROSS_ROW_RULES:
             broken = np.zeros(len(frame), dtype=bool)
-            broken[pending] = rule(frame[pending], catalogue).to_numpy(dtype=bool)
+            broken[pending] = rule(frame.loc[pending, CROSS_ROW_RULES[code]], catalogue).to_numpy(dtype=bool)
         else:
             broken = pending & rule(frame, catalogue).to_numpy(dtype=bool)
         broken_first[broken] = number

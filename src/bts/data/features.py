@@ -75,11 +75,21 @@ class FeatureSpec:
 def _trailing(values: np.ndarray, position: np.ndarray, window: int, reduce: np.ufunc) -> np.ndarray:
     """reduce over each row's last `window` values of its series (itself included); rows are series by series in time order.
 
-    position is the row's index within its series, so a window never reaches into the previous series.
+    position is the row's index within its series, so a window never reaches into the previous series. Each row
+    takes its values newest first (a sum adds them in that order, so the result is the same to the last bit): whole
+    arrays at a time as if every window were full, then the rows whose window the series' start cuts short, again.
     """
     result = values.copy()
     for back in range(1, min(window, len(values))):
-        reduce(result[back:], values[:-back], out=result[back:], where=position[back:] >= back)
+        reduce(result[back:], values[:-back], out=result[back:])
+    heads = np.flatnonzero(position < window - 1)
+    head = values[heads]
+    for back in range(1, window):
+        inside = position[heads] >= back
+        if not inside.any():
+            break
+        head[inside] = reduce(head[inside], values[heads[inside] - back])
+    result[heads] = head
     return result
 
 
