@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bts.params import FeaturizeParams
 
 SPLITS = ["train", "valid", "test", "holdout"]
+INPUT_COLUMNS = [*SERIES_KEYS, "reading_time", "id", "value"]  # what build_features reads of the clean readings
 SCALE_COLUMN = "step_scale"
 WINDOW_COLUMNS = [SCALE_COLUMN, "offset_in_steps", "range_position"]
 CALENDAR_COLUMNS = ["hour_sin", "hour_cos", "day_of_week"]
