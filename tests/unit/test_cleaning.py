@@ -212,3 +212,85 @@ def test_schema_the_output_cannot_pass_raises_data_contract_error(catalogue):
     narrow = clean_schema({LOAD: catalogue[LOAD]})
     with pytest.raises(DataContractError, match=r"clean output fails schema bts_clean_readings: column parameter_id"):
         clean_readings(raw_frame(GOOD), catalogue, narrow)
+
+
+def _reasons_rule_by_rule(frame: pd.DataFrame, catalogue) -> pd.Series:
+    """Each rule applied to the rows no earlier rule quarantined, one copy of them per rule."""
+    reason = pd.Series(pd.NA, index=frame.index, dtype="str")
+    for code, rule in RULES.items():
+        pending = reason.isna()
+        broken = pd.Series(False, index=frame.index)
+        broken[pending] = rule(frame[pending], catalogue).to_numpy()
+        reason[broken] = code
+    return reason
+
+
+def test_an_id_first_delivered_in_a_quarantined_row_is_no_duplicate_when_it_comes_again(catalogue):
+    from bts.data.cleaning import quarantine_reasons
+
+    frame = raw_frame(
+        [
+            (1, None, STATION, LOAD, "2017-04-18 00:00:01"),  # missing value: quarantined before duplicate_id
+            (1, 10.0, STATION, LOAD, "2017-04-18 00:00:02"),  # the first pending delivery of id 1: kept
+            (1, 11.0, STATION, LOAD, "2017-04-18 00:00:03"),  # a repeat of a pending one: duplicate
+        ]
+    )
+    reasons = quarantine_reasons(frame, catalogue)
+    assert reasons[0] == "missing_value" and pd.isna(reasons[1]) and reasons[2] == "duplicate_id"
+    pd.testing.assert_series_equal(quarantine_reasons(frame, catalogue), _reasons_rule_by_rule(frame, catalogue))
+
+
+def test_quarantine_reasons_equal_the_rules_applied_one_after_the_other(catalogue):
+    from bts.data.cleaning import quarantine_reasons
+
+    frame = raw_frame([*GOOD, *BREAKERS.values(), *GOOD])  # id 9 in several breakers, GOOD's ids again at the end
+    frame = frame.iloc[::-1].set_axis(range(100, 100 + len(frame)))  # unsorted, with an index of its own
+    pd.testing.assert_series_equal(quarantine_reasons(frame, catalogue), _reasons_rule_by_rule(frame, catalogue))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ["2017-04-18 00:00:01", "2017-04-18 00:00:01", "2017-02-30 00:00:00", "2017-4-18 0:00:00", None, "", "x", "2017-04-18 23:59:60"],
+        [],
+    ],
+)
+def test_parse_times_is_pandas_to_datetime_on_every_row(text):
+    from bts.data.schemas import TIME_DTYPE, TIMESTAMP_FORMAT, parse_times
+
+    series = pd.Series(text, dtype="str", index=range(5, 5 + len(text)), name="reading_time")
+    want = pd.to_datetime(series, format=TIMESTAMP_FORMAT, errors="coerce").astype(TIME_DTYPE)
+    pd.testing.assert_series_equal(parse_times(series), want)
+
+
+def test_value_in_range_judges_by_the_sensor_and_lets_the_unjudgeable_pass(catalogue):
+    from bts.data.catalogue import plausible_ranges
+    from bts.data.schemas import value_in_range
+
+    low, high = catalogue[LOAD].min, catalogue[LOAD].max
+    frame = pd.DataFrame(
+        {
+            "parameter_id": pd.array([LOAD, LOAD, LOAD, LOAD, None, 999], dtype="Int64"),
+            "value": [low, high, high + 1, float("nan"), 1e9, 1e9],
+        },
+        index=[4, 3, 2, 1, 0, 9],
+    )
+    assert value_in_range(frame, plausible_ranges(catalogue)).to_dict() == {4: True, 3: True, 2: False, 1: True, 0: True, 9: True}
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_arrival_order_is_judged_per_series_sorted_or_not(sort):
+    from bts.data.schemas import arrived_in_order
+
+    frame = pd.DataFrame(
+        {
+            "station_id": [1, 1, 2, 1, 2],
+            "parameter_id": [7, 7, 7, 7, 7],
+            "reading_time": pd.to_datetime([5, 9, 1, 7, 0], unit="s").astype("datetime64[us]"),
+        }
+    )
+    if sort:
+        frame = frame.sort_values(["station_id", "parameter_id", "reading_time"])
+    late = ~arrived_in_order(frame, ["station_id", "parameter_id"])
+    expected = {0: False, 1: False, 2: False, 3: not sort, 4: not sort}  # unsorted, rows 3 and 4 are older than their series' previous
+    assert late.to_dict() == expected

@@ -288,3 +288,68 @@ def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
         n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=(7, 3), scale_window=12, calendar=True
     )
     assert {field.name for field in fields(FeatureSpec)} == set(FeaturizeParams.model_fields)  # every param reaches the spec
+
+
+def _naive_trailing(values, position, window, reduce):
+    """The window of each row computed alone, newest value first."""
+    result = values.copy()
+    for i in range(len(values)):
+        for back in range(1, window):
+            if position[i] >= back:
+                result[i] = reduce(result[i], values[i - back])
+    return result
+
+
+@pytest.mark.parametrize("reduce", [np.add, np.minimum, np.maximum])
+@pytest.mark.parametrize("window", [2, 3, 30])
+def test_trailing_windows_stop_at_series_boundaries_and_sum_in_the_same_order(reduce, window):
+    from bts.data.features import _trailing
+
+    rng = np.random.default_rng(window)
+    position = np.concatenate([np.arange(n) for n in (1, 4, 40, 2, 7)])  # a one-reading series, short and long ones
+    values = rng.normal(size=len(position)) * 10.0 ** rng.integers(-3, 4, len(position))
+    got, want = _trailing(values, position, window, reduce), _naive_trailing(values, position, window, reduce)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))  # bit for bit, -0.0 included
+
+
+def test_series_positions_count_rows_within_and_after_each_series():
+    from bts.data.features import series_positions
+
+    keys = pd.DataFrame({"station_id": [1, 1, 1, 2, 3, 3], "parameter_id": [7, 7, 8, 8, 8, 8]})
+    position, left = series_positions(keys)
+    assert position.tolist() == [0, 1, 0, 0, 0, 1]
+    assert left.tolist() == [1, 0, 0, 0, 1, 0]
+
+
+def test_a_row_with_a_missing_key_is_a_series_of_its_own():
+    from bts.data.features import series_positions
+
+    position, left = series_positions(pd.DataFrame({"station_id": [1.0, np.nan, 1.0], "parameter_id": [7, 7, 7]}))
+    assert position.tolist() == [0, -1, 0] and left.tolist() == [0, -1, 0]
+
+
+@pytest.mark.parametrize("k", [-2, -1, 0, 1, 3])
+def test_shift_within_is_pandas_grouped_shift_on_rows_in_series_order(k):
+    from bts.data.features import series_positions, shift_within
+
+    frame = pd.DataFrame(
+        {
+            "station_id": [1, 1, 1, 1, 2, 2, 3],
+            "parameter_id": [7, 7, 7, 7, 7, 7, 7],
+            "value": [1.0, 2.0, -0.0, 4.0, 5.0, 6.0, 7.0],
+            "reading_time": pd.to_datetime([0, 1, 9, 60, 0, 5, 3], unit="s").astype("datetime64[us]"),
+        }
+    )
+    position, left = series_positions(frame[["station_id", "parameter_id"]])
+    groups = frame.groupby(["station_id", "parameter_id"], sort=False)
+    for column in ["value", "reading_time"]:
+        want = groups[column].shift(k).to_numpy()
+        got = shift_within(frame[column].to_numpy(), position, left, k)
+        assert np.array_equal(got.view(np.int64), want.view(np.int64)), column
+
+
+def test_features_of_unsorted_input_equal_those_of_sorted_input(clean):
+    spec = FeatureSpec(n_lags=3)
+    shuffled, _ = build_features(clean.sample(frac=1, random_state=3), spec)
+    ordered, _ = build_features(clean.sort_values(["station_id", "parameter_id", "reading_time", "id"]), spec)
+    pd.testing.assert_frame_equal(shuffled, ordered)

@@ -352,3 +352,26 @@ def test_an_unreadable_file_is_an_input_file_error(write_csv):
     path = write_csv("locked.csv", f"{HEADER}\n{ROW}\n")
     path.chmod(0)
     assert read_error(path) == "cannot be read (Permission denied)"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["1.5", " 2.25 ", "-0.0", "0.0", "007.50", "123456789012345.6", "0.1234567890123456"],  # short decimals and longer ones
+        ["", "x", "1e5", "inf", "-inf", "NaN", "+1.5", "1.", ".5", "-0", "1,5"],  # what pandas reads its own way
+        ["1", "2", "99999999999999999999"],  # integers only: pandas reads them as integers
+        ["1.5", "99999999999999999999", "-5"],  # integers beside a decimal: read as floats
+        [],
+    ],
+)
+def test_values_are_read_as_pandas_to_numeric_reads_them(fields):
+    import numpy as np
+    import pyarrow
+
+    from bts.data.ingest import _to_float
+
+    column = pyarrow.chunked_array([pyarrow.array(fields, type=pyarrow.string())])
+    want = pd.to_numeric(column.to_pandas().str.strip(), errors="coerce").astype("float64")
+    got = _to_float(column)
+    assert got.index.equals(want.index) and got.dtype == want.dtype
+    assert np.array_equal(got.to_numpy().view(np.int64), want.to_numpy().view(np.int64))  # bit for bit, -0.0 and NaN included

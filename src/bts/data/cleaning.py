@@ -10,15 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, repeated, sorted_by
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
-
-SERIES_KEYS = ["station_id", "parameter_id"]
-CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
 
 Rule = Callable[[pd.DataFrame, dict[int, Sensor]], pd.Series]
 
@@ -51,7 +50,8 @@ def normalize_reading_time(text: pd.Series) -> pd.Series:
             minutes.where(zone.str.startswith("+"), -minutes), unit="min"
         )
         fixed[offset] = utc.dt.strftime(TIMESTAMP_FORMAT).where(utc.notna(), stripped[iso][offset])  # an impossible date stays as given
-    normalized[iso] = fixed
+    if (fixed != stripped[iso]).any():  # writing back into the column copies it: only when something was fixed
+        normalized[iso] = fixed
     return normalized
 
 
@@ -88,7 +88,7 @@ def out_of_range(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series
 
 def duplicate_id(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
     """id was already delivered in an earlier row (a resend or a conflicting reading)."""
-    return frame["id"].duplicated(keep="first")
+    return repeated(frame["id"])
 
 
 RULES: dict[str, Rule] = {
@@ -102,6 +102,11 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Rules whose verdict on a row depends on the other rows, with the columns they read (they get no other: a copy
+# of the pending rows' text columns would cost more than the rule).
+CROSS_ROW_RULES = {"duplicate_id": ["id"]}
+
+
 @dataclass
 class CleaningResult:
     clean: pd.DataFrame
@@ -110,14 +115,23 @@ class CleaningResult:
 
 
 def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """The first rule each row breaks (NA for rows that pass every rule)."""
-    reason = pd.Series(pd.NA, index=frame.index, dtype="str")
-    for code, rule in RULES.items():
-        pending = reason.isna()
-        broken = pd.Series(False, index=frame.index)
-        broken[pending] = rule(frame[pending], catalogue).to_numpy()
-        reason[broken] = code
-    return reason
+    """The first rule each row breaks (NA for rows that pass every rule).
+
+    Each rule judges the rows that no earlier rule quarantined. A rule that judges every row on its own gives
+    those rows the same verdict over the whole frame, so it runs once over it (no copy of the frame per rule);
+    a rule in CROSS_ROW_RULES compares rows with each other, so it sees the pending rows only (an id first
+    delivered in a row quarantined for another reason is not a duplicate when it comes again).
+    """
+    broken_first = np.full(len(frame), -1)  # index in RULES of the first rule broken, -1 for none
+    for number, (code, rule) in enumerate(RULES.items()):
+        pending = broken_first < 0
+        if code in CROSS_ROW_RULES:
+            broken = np.zeros(len(frame), dtype=bool)
+            broken[pending] = rule(frame.loc[pending, CROSS_ROW_RULES[code]], catalogue).to_numpy(dtype=bool)
+        else:
+            broken = pending & rule(frame, catalogue).to_numpy(dtype=bool)
+        broken_first[broken] = number
+    return labels(broken_first, list(RULES), frame.index)
 
 
 def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.DataFrameSchema) -> CleaningResult:
@@ -126,12 +140,15 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     time_fixed = int((normalized != raw["reading_time"].str.strip()).sum())
     frame = raw.assign(reading_time=normalized)
     reason = quarantine_reasons(frame, catalogue)
-    kept = frame[reason.isna()]
-    clean = kept.assign(reading_time=parse_reading_time(kept["reading_time"])).astype(
-        {"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"}
-    )[list(schema.columns)]
+    kept = reason.isna()
+    times = parse_reading_time(normalized)[kept]  # parsed before the rows are picked: no copy of the strings
+    clean = (
+        frame.drop(columns="reading_time")[kept]
+        .assign(reading_time=times)
+        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[list(schema.columns)]
+    )
     delivered_late = ~arrived_in_order(clean, SERIES_KEYS)
-    clean = clean.sort_values(CLEAN_ORDER, kind="stable").reset_index(drop=True)
+    clean = sorted_by(clean, CLEAN_ORDER)
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
     accounting = {
         "rows_in": len(raw),

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bts.data.cleaning import SERIES_KEYS
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.errors import ConfigError
 
 if TYPE_CHECKING:
     from bts.params import FeaturizeParams
 
 SPLITS = ["train", "valid", "test", "holdout"]
+INPUT_COLUMNS = [*SERIES_KEYS, "reading_time", "id", "value"]  # what build_features reads of the clean readings
 SCALE_COLUMN = "step_scale"
 WINDOW_COLUMNS = [SCALE_COLUMN, "offset_in_steps", "range_position"]
 CALENDAR_COLUMNS = ["hour_sin", "hour_cos", "day_of_week"]
@@ -75,11 +76,21 @@ class FeatureSpec:
 def _trailing(values: np.ndarray, position: np.ndarray, window: int, reduce: np.ufunc) -> np.ndarray:
     """reduce over each row's last `window` values of its series (itself included); rows are series by series in time order.
 
-    position is the row's index within its series, so a window never reaches into the previous series.
+    position is the row's index within its series, so a window never reaches into the previous series. Each row
+    takes its values newest first (a sum adds them in that order, so the result is the same to the last bit): whole
+    arrays at a time as if every window were full, then the rows whose window the series' start cuts short, again.
     """
     result = values.copy()
     for back in range(1, min(window, len(values))):
-        reduce(result[back:], values[:-back], out=result[back:], where=position[back:] >= back)
+        reduce(result[back:], values[:-back], out=result[back:])
+    heads = np.flatnonzero(position < window - 1)
+    head = values[heads]
+    for back in range(1, window):
+        inside = position[heads] >= back
+        if not inside.any():
+            break
+        head[inside] = reduce(head[inside], values[heads[inside] - back])
+    result[heads] = head
     return result
 
 
@@ -106,31 +117,70 @@ def window_features(value: pd.Series, position: pd.Series, window: int) -> dict[
     }
 
 
+def series_positions(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's index within its series and the rows left after it there; rows come series by series.
+
+    A row with a missing key is a series of its own with no row before or after it (position -1, as pandas'
+    groupby leaves such rows out), so nothing is shifted into or out of it.
+    """
+    columns = [keys[c].to_numpy() for c in keys.columns]
+    starts = np.ones(len(keys), dtype=bool)
+    if len(keys):
+        starts[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in columns])
+    first = np.flatnonzero(starts)
+    series = np.cumsum(starts) - 1
+    position = np.arange(len(keys)) - first[series]
+    left = np.append(first[1:], len(keys))[series] - 1 - np.arange(len(keys))
+    missing = keys.isna().any(axis=1).to_numpy()
+    position[missing], left[missing] = -1, -1
+    return position, left
+
+
+def shift_within(values: np.ndarray, position: np.ndarray, left: np.ndarray, k: int) -> np.ndarray:
+    """values moved k rows later in their series (k < 0: earlier), missing (NaN, NaT) where the series has no such row.
+
+    What pandas' groupby(...).shift(k) gives on rows that come series by series, without grouping again.
+    """
+    if k == 0:
+        return values.copy()  # pandas' shift(0) keeps even the rows of a missing key
+    missing = np.array("NaT", dtype=values.dtype) if values.dtype.kind == "M" else np.nan
+    shifted = np.full_like(values, missing)
+    if k > 0:
+        shifted[k:] = values[: len(values) - k]
+        shifted[position < k] = missing
+    else:
+        shifted[:k] = values[-k:]
+        shifted[left < -k] = missing
+    return shifted
+
+
 def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, dict]:
     """Feature rows with target and split, plus the count of readings that could not become examples."""
-    clean = clean.sort_values([*SERIES_KEYS, "reading_time", "id"], kind="stable").reset_index(drop=True)
-    series = clean.groupby(SERIES_KEYS, sort=False)
-    columns: dict[str, pd.Series] = {}
+    clean = sorted_by(clean, CLEAN_ORDER)  # series by series in time order; the clean stage writes them so
+    position, left = series_positions(clean[SERIES_KEYS])
+    value = clean["value"].to_numpy(dtype="float64")
+    columns: dict[str, np.ndarray] = {}
     for k in range(1, spec.n_lags + 1):
-        columns[f"lag_{k}"] = series["value"].shift(k - 1)
-    seconds = (clean["reading_time"] - pd.Timestamp(0)).dt.total_seconds()
-    shifted = {k: seconds.groupby([clean[c] for c in SERIES_KEYS], sort=False).shift(k) for k in range(spec.n_lags)}
+        columns[f"lag_{k}"] = shift_within(value, position, left, k - 1)
+    seconds = (clean["reading_time"] - pd.Timestamp(0)).dt.total_seconds().to_numpy()
+    shifted = {k: shift_within(seconds, position, left, k) for k in range(spec.n_lags)}
     for k in range(1, spec.n_lags):
         columns[f"gap_{k}_seconds"] = shifted[k - 1] - shifted[k]
-    for name, values in window_features(clean["value"], series.cumcount(), spec.scale_window).items():
-        columns[name] = pd.Series(values, index=clean.index)
+    columns.update(window_features(clean["value"], pd.Series(np.maximum(position, 0)), spec.scale_window))
     if spec.calendar:
         hour = clean["reading_time"].dt.hour + clean["reading_time"].dt.minute / 60.0
-        columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0)
-        columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0)
-        columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64")
-    columns["target"] = series["value"].shift(-spec.horizon)
-    columns["target_time"] = series["reading_time"].shift(-spec.horizon)
-    keys = clean[[*SERIES_KEYS, "reading_time", "id"]].rename(columns={"id": "reading_id"})  # the example's latest reading
-    frame = pd.concat([keys, pd.DataFrame(columns)], axis=1)
-    no_history = frame[f"lag_{spec.n_lags}"].isna()
-    no_target = frame["target"].isna() & ~no_history
-    frame = frame[~(no_history | no_target)].reset_index(drop=True)
+        columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0).to_numpy()
+        columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0).to_numpy()
+        columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64").to_numpy()
+    columns["target"] = shift_within(value, position, left, -spec.horizon)
+    columns["target_time"] = shift_within(clean["reading_time"].to_numpy(), position, left, -spec.horizon)
+    no_history = np.isnan(columns[f"lag_{spec.n_lags}"])
+    no_target = np.isnan(columns["target"]) & ~no_history
+    example = ~(no_history | no_target)
+    keys = {c: clean[c].to_numpy()[example] for c in [*SERIES_KEYS, "reading_time"]}
+    keys["reading_id"] = clean["id"].to_numpy()[example]  # the example's latest reading
+    # column by column, each kept as its own array: no full-size frame, no consolidated copy of the examples
+    frame = pd.DataFrame({**keys, **{name: values[example] for name, values in columns.items()}}, copy=False)
     if frame.empty:
         raise ConfigError(
             f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
@@ -155,5 +205,5 @@ def assign_splits(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
         raise ConfigError("featurize.holdout_stations: every station is held out; nothing is left to train on")
     train_end = in_time.quantile(1 - spec.valid_fraction - spec.test_fraction, interpolation="lower")
     valid_end = in_time.quantile(1 - spec.test_fraction, interpolation="lower")
-    split = np.where(frame["target_time"] <= train_end, "train", np.where(frame["target_time"] <= valid_end, "valid", "test"))
-    return pd.Series(np.where(holdout, "holdout", split), index=frame.index, dtype="str")
+    split = np.where(frame["target_time"] <= train_end, 0, np.where(frame["target_time"] <= valid_end, 1, 2))  # index in SPLITS
+    return labels(np.where(holdout, SPLITS.index("holdout"), split), SPLITS, frame.index)

@@ -21,6 +21,7 @@ import pyarrow as pyarrow
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from bts.data.readings import labels
 from bts.data.simulate import EXPORT_COLUMNS
 from bts.errors import ConfigError, InputFileError, quoted
 
@@ -33,6 +34,9 @@ _NEWLINE, _CARRIAGE_RETURN, _QUOTE, _COMMA = (ord(c) for c in '\n\r",')
 _INTEGER = r"^(?P<sign>[+-]?)0*(?P<digits>[0-9]+?)(?:\.0*)?$"
 _INT64 = {pyarrow.int64(): pd.Int64Dtype()}
 _INT64_MAX = str(2**63 - 1)
+# A plain decimal of at most 15 digits: below 2**53 as an integer, over a power of ten no greater than 10**15.
+_SHORT_DECIMAL = r"^-?[0-9]+\.[0-9]+$"
+_SHORT_DECIMAL_LENGTH = 16
 
 
 def _real_path(path: Path) -> Path | None:
@@ -212,6 +216,28 @@ def _to_int(text: pyarrow.ChunkedArray) -> pd.Series:
     return number
 
 
+def _to_float(text: pyarrow.ChunkedArray) -> pd.Series:
+    """Number fields as float64, exactly as pandas' to_numeric reads them once stripped; anything else is NaN.
+
+    The usual field, a short plain decimal, is cast by Arrow: pandas divides its digits (an exact integer) by a
+    power of ten (exact too), which rounds as Arrow's correctly rounded parse does, so both give the same double.
+    The other fields go to pandas, beside a decimal whenever the column has one: pandas reads a column of integers
+    as integers, and holding one decimal it reads the column as floats, as it did the whole column.
+    """
+    stripped = text.to_pandas().str.strip()
+    strings = pyarrow.array(stripped)
+    short = pc.and_(pc.match_substring_regex(strings, _SHORT_DECIMAL), pc.less_equal(pc.utf8_length(strings), _SHORT_DECIMAL_LENGTH))
+    short = short.fill_null(False).to_numpy(zero_copy_only=False)
+    if not short.any():
+        return pd.to_numeric(stripped, errors="coerce").astype("float64")
+    number = np.full(len(stripped), np.nan)
+    number[short] = pc.cast(strings.filter(pyarrow.array(short)), pyarrow.float64()).to_numpy()
+    if not short.all():
+        rest = pd.concat([stripped[~short], pd.Series(["0.5"], dtype=stripped.dtype)], ignore_index=True)
+        number[~short] = pd.to_numeric(rest, errors="coerce").astype("float64").to_numpy()[:-1]
+    return pd.Series(number, index=stripped.index)
+
+
 def read_export(path: Path, label: str) -> pd.DataFrame:
     """One export as typed columns, with source_file=label and source_row (the file line the row starts on)."""
     try:
@@ -238,11 +264,11 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": _to_int(table.column("id")),
-            "value": pd.to_numeric(table.column("value").to_pandas().str.strip(), errors="coerce").astype("float64"),
+            "value": _to_float(table.column("value")),
             "station_id": _to_int(table.column("station_id")),
             "parameter_id": _to_int(table.column("parameter_id")),
             "reading_time": table.column("reading_time").to_pandas().str.strip().astype("str"),
-            "source_file": pd.Series(label, index=range(table.num_rows), dtype="str"),
+            "source_file": labels(np.zeros(table.num_rows, dtype=np.int32), [label]),
             "source_row": lines.astype("int64"),
         }
     )

@@ -8,11 +8,13 @@ Custom checks are registered so that both schemas serialize to YAML.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pandera.extensions as extensions
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
+from bts.data.readings import in_order
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -20,17 +22,31 @@ TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
 TIME_DTYPE = "datetime64[us]"
 
 
+def parse_times(text: pd.Series, time_format: str = TIMESTAMP_FORMAT) -> pd.Series:
+    """pandas' to_datetime(text, format=time_format, errors="coerce") as datetime64[us], each distinct string parsed once.
+
+    The readings of a day share a few thousand times, so parsing those and spreading them back over the rows
+    gives pandas' own result at a fraction of the cost.
+    """
+    codes, distinct = pd.factorize(text)  # a missing string gets code -1
+    parsed = pd.to_datetime(distinct, format=time_format, errors="coerce").astype(TIME_DTYPE).to_numpy()
+    times = np.append(parsed, np.datetime64("NaT"))[codes]  # code -1 takes the NaT at the end
+    return pd.Series(times, index=text.index, name=text.name)
+
+
 def parse_reading_time(text: pd.Series) -> pd.Series:
     """Timestamps in the export format; anything else becomes NaT."""
-    return pd.to_datetime(text, format=TIMESTAMP_FORMAT, errors="coerce").astype(TIME_DTYPE)
+    return parse_times(text, TIMESTAMP_FORMAT)
 
 
 def value_in_range(frame: pd.DataFrame, ranges: dict) -> pd.Series:
     """True where value lies in its parameter's plausible range (or cannot be judged)."""
-    low = frame["parameter_id"].map({int(k): v[0] for k, v in ranges.items()}).astype("float64")
-    high = frame["parameter_id"].map({int(k): v[1] for k, v in ranges.items()}).astype("float64")
-    value = frame["value"].astype("float64")
-    return (value.isna() | low.isna() | ((value >= low) & (value <= high))).astype(bool)
+    known = pd.Index([int(k) for k in ranges], dtype="int64")
+    sensor = known.get_indexer(frame["parameter_id"])  # -1 for an unknown or missing parameter
+    bounds = np.array([[float(low), float(high)] for low, high in ranges.values()] + [[np.nan, np.nan]], dtype="float64")
+    low, high = bounds[sensor, 0], bounds[sensor, 1]  # index -1 is the NaN row
+    value = frame["value"].to_numpy(dtype="float64", na_value=np.nan)
+    return pd.Series(np.isnan(value) | np.isnan(low) | ((value >= low) & (value <= high)), index=frame.index)
 
 
 @extensions.register_check_method(statistics=["sentinel"], supported_types=pd.Series)
@@ -41,7 +57,7 @@ def not_sentinel(series: pd.Series, *, sentinel: float) -> pd.Series:
 
 @extensions.register_check_method(statistics=["time_format"], supported_types=pd.Series)
 def parseable_time(series: pd.Series, *, time_format: str) -> pd.Series:
-    return pd.to_datetime(series, format=time_format, errors="coerce").notna()
+    return parse_times(series, time_format).notna()
 
 
 @extensions.register_check_method(statistics=["ranges"], check_type="vectorized", supported_types=pd.DataFrame)
@@ -55,6 +71,10 @@ def arrived_in_order(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     times = frame["reading_time"]
     if times.dtype != TIME_DTYPE:
         times = parse_reading_time(times)
+    groups = [frame[k] for k in keys]
+    plain = not times.hasnans and all(g.dtype.kind in "iu" and not g.hasnans for g in groups)
+    if plain and in_order([*(g.to_numpy() for g in groups), times.to_numpy()]):  # sorted by group, then time: none came late
+        return pd.Series(True, index=frame.index, name=times.name)
     previous = times.groupby([frame[k] for k in keys], sort=False, dropna=False).shift()
     return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
 

@@ -7,7 +7,7 @@ import argparse
 import pandas as pd
 
 from bts.data.catalogue import load_catalogue
-from bts.data.features import FeatureSpec, build_features
+from bts.data.features import INPUT_COLUMNS, FeatureSpec, build_features
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
 from bts.files import write_json, write_parquet, write_text
 from bts.hashing import dvc_md5
@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params().featurize
     spec = FeatureSpec.from_params(params)
-    features, accounting = build_features(pd.read_parquet(args.clean), spec)
+    features, accounting = build_features(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
     write_parquet(args.out, features)
     splits = {
         split: {

@@ -8,6 +8,7 @@ from pathlib import Path
 from bts.data.catalogue import load_catalogue
 from bts.data.ingest import SIMULATED, failure_report, read_exports, resolve_sources
 from bts.data.metadata import coverage, dataset_document, render_datasheet
+from bts.data.readings import distinct_count
 from bts.data.schemas import parse_reading_time, raw_schema
 from bts.files import write_json, write_parquet, write_text
 from bts.hashing import dvc_md5
@@ -47,7 +48,7 @@ def main() -> None:
         quality={
             "completeness": round(float(raw[["id", "value", "station_id", "parameter_id"]].notna().to_numpy().mean()), 6),
             "validity": round(1 - report["failing_rows"] / len(raw), 6),
-            "uniqueness": round(float(raw["id"].nunique() / len(raw)), 6),
+            "uniqueness": round(float(distinct_count(raw["id"]) / len(raw)), 6),
             "label_ratio": round(float(raw["value"].notna().mean()), 6),
             "failing_rows": report["failing_rows"],
         },

@@ -1,0 +1,76 @@
+"""How readings are keyed, ordered and labelled: the series keys, the clean order, sorting by them, text labels.
+
+Kept apart from the cleaning rules (and their pandera schemas) so that what only needs the keys and the order,
+such as the features, imports neither.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pyarrow
+
+SERIES_KEYS = ["station_id", "parameter_id"]
+CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
+
+
+def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """frame.sort_values(order, kind="stable").reset_index(drop=True), without a copy when frame is already sorted.
+
+    Whether the rows are already in order is checked in one vectorized pass over the keys (sorting, pandas first
+    factorizes every key and then copies every column).
+    """
+    if any(frame[c].hasnans for c in order):  # numpy cannot compare missing values
+        return frame.sort_values(order, kind="stable").reset_index(drop=True)
+    keys = [frame[c].to_numpy() for c in order]
+    if in_order(keys):
+        return frame.reset_index(drop=True)
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def in_order(keys: list[np.ndarray]) -> bool:
+    """Every row is at most the next one, comparing keys[0], then keys[1] on a tie, and so on."""
+    if not keys or len(keys[0]) < 2:
+        return True
+    descending, tied = np.zeros(len(keys[0]) - 1, dtype=bool), np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        descending |= tied & (key[1:] < key[:-1])
+        tied &= key[1:] == key[:-1]
+    return not descending.any()
+
+
+def labels(codes: np.ndarray, names: list[str], index: pd.Index | None = None) -> pd.Series:
+    """A text column (dtype str) holding names[code] in each row, missing where the code is -1.
+
+    Built by Arrow from the codes (a dictionary array cast to plain text), not from millions of Python strings.
+    """
+    codes = np.asarray(codes)
+    indices = pyarrow.array(codes.astype(np.int32), mask=codes < 0)
+    text = pyarrow.DictionaryArray.from_arrays(indices, pyarrow.array(names, type=pyarrow.large_string())).cast(pyarrow.large_string())
+    column = text.to_pandas()
+    if index is not None:
+        column.index = index
+    return column
+
+
+def repeated(values: pd.Series) -> pd.Series:
+    """values.duplicated(keep="first"): True where an earlier row holds the same value.
+
+    Integers are compared after numpy's stable sort, which takes nearly sorted input (ids grow as readings are
+    delivered) in about one pass where pandas hashes every value; other values, or missing ones, go to pandas.
+    """
+    if values.dtype.kind not in "iu" or values.hasnans:
+        return values.duplicated(keep="first")
+    array = values.to_numpy()
+    order = np.argsort(array, kind="stable")  # equal values keep their row order: the first one comes first
+    result = np.zeros(len(array), dtype=bool)
+    result[order[1:]] = array[order[1:]] == array[order[:-1]]
+    return pd.Series(result, index=values.index, name=values.name)
+
+
+def distinct_count(values: pd.Series) -> int:
+    """values.nunique(): distinct values, missing ones left out (integers counted after a sort, as in repeated)."""
+    if values.dtype.kind not in "iu":
+        return int(values.nunique())
+    array = np.sort(values.dropna().to_numpy(), kind="stable")
+    return int(len(array) > 0) + int(np.count_nonzero(array[1:] != array[:-1]))
