@@ -144,7 +144,7 @@ def test_bad_inputs_are_one_line_naming_the_file(write_csv, tmp_path, sensors_pa
             read_readings(path, tmp_path, sensors_path)
         message = str(caught.value)
         assert message.startswith(f"{path}: ") and reason in message, f"{kind}: {message}"
-        assert "\n" not in message and len(message) < 300, f"{kind}: {message}"
+        assert "\n" not in message and len(message) - len(str(path)) < 250, f"{kind}: {message}"  # short, whatever the path
 
 
 # --- the replay client: bodies the server parses exactly, options, counting over one connection ----------------------
