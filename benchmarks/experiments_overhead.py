@@ -15,7 +15,7 @@ alternating what it compares:
    workspace (git reset + dvc checkout, not timed).
    Overhead = exp run seconds - direct seconds.
 2. Grid. A --points grid queued with `dvc exp run --queue -S 'param=v1,...'`
-   and run by `dvc queue start -j 2` (polling `dvc queue status`), against as
+   and run by `dvc queue start -j 2` (watching the experiments' git refs appear), against as
    many other values run one after another with `dvc exp run -S`. It counts
    the grid's MLflow runs that landed in the copy's store.
 
@@ -59,7 +59,9 @@ TARGET_GRID_SPEEDUP = 1.5
 PARAM = "train.hist_gradient_boosting.learning_rate"
 BASELINE_VALUE = 0.1  # params.yaml's, which the baseline is built with: no value below equals it
 JOBS = 2
-POLL_SECONDS = 3.0
+POLL_SECONDS = 0.5
+STATUS_SECONDS = 20.0
+EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/")
 QUEUE_TIMEOUT_SECONDS = 1800.0
 WORKER_EXIT_TIMEOUT_SECONDS = 60.0
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
@@ -129,7 +131,7 @@ def copy_project(repo: Path) -> None:
 
 def commit(repo: Path, message: str) -> None:
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", message], repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], repo)  # the baseline may rebuild the committed bytes
 
 
 def reset_workspace(repo: Path) -> None:
@@ -200,32 +202,53 @@ def workers_alive(status: str) -> int:
     return int(match.group(1)) + int(match.group(2)) if match else 0
 
 
-def queued_grid(repo: Path, values: list[float], log: Path) -> tuple[float, float, str]:
-    """Queue the grid in one command, run it with `dvc queue start -j JOBS`; seconds to queue, total seconds, last status."""
+def experiment_refs(repo: Path) -> int:
+    """Experiments in the repository (git refs under refs/exps/<baseline>/)."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], repo)[1].stdout.split()
+    return sum(1 for ref in refs if EXPERIMENT_REF.match(ref))
+
+
+def finished(status: str) -> tuple[int, int]:
+    """Tasks that succeeded and that failed, in `dvc queue status`."""
+    return status.count("Success"), status.count("Failed")
+
+
+def queued_grid(repo: Path, values: list[float], log: Path) -> tuple[float, float, int, int]:
+    """Queue the grid in one command, run it with `dvc queue start -j JOBS`; seconds to queue, total seconds, and how
+    many of its experiments succeeded and failed."""
+    finished_before = finished(queue_status(repo))  # the queue's status lists earlier rounds' tasks too
+    refs_before = experiment_refs(repo)
     started = time.perf_counter()
     queue_seconds, _ = run(["dvc", "exp", "run", "--queue", "-S", f"{PARAM}={','.join(map(str, values))}"], repo)
     progress(f"queued {len(values)} experiments in {queue_seconds:.1f} s; starting {JOBS} workers (log: {log})")
     with log.open("w") as out:  # a file, not a pipe: with a pipe `dvc queue start` blocks until the workers exit
         start = ["dvc", "queue", "start", "-j", str(JOBS)]
         subprocess.run(start, cwd=repo, env=environment(), stdout=out, stderr=subprocess.STDOUT, check=True)
+    # Each experiment that ends adds its ref: counting refs is a git call of milliseconds, where `dvc queue status` is a
+    # DVC process of a second of CPU that would slow the workers it watches. The status is read now and then, in case
+    # an experiment fails (no ref).
     deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
-    status = queue_status(repo)
+    next_status = time.monotonic() + STATUS_SECONDS
     reported = -1
-    while queue_busy(status):
+    while (done := experiment_refs(repo) - refs_before) < len(values):
         if time.monotonic() > deadline:
-            sys.exit(f"queue still busy after {QUEUE_TIMEOUT_SECONDS:.0f} s:\n{status}")
-        done = status.count("Success") + status.count("Failed")
+            sys.exit(f"queue still busy after {QUEUE_TIMEOUT_SECONDS:.0f} s:\n{queue_status(repo)}")
         if done != reported:
             progress(f"  queue: {done} of {len(values)} finished")
             reported = done
+        if time.monotonic() > next_status:
+            if not queue_busy(queue_status(repo)):
+                break
+            next_status = time.monotonic() + STATUS_SECONDS
         time.sleep(POLL_SECONDS)
-        status = queue_status(repo)
     total = time.perf_counter() - started
+    status = queue_status(repo)
     # Let the idle workers exit (about 12 s) before anything else runs; not timed.
     deadline = time.monotonic() + WORKER_EXIT_TIMEOUT_SECONDS
     while workers_alive(queue_status(repo)) and time.monotonic() < deadline:
-        time.sleep(POLL_SECONDS)
-    return queue_seconds, total, status
+        time.sleep(STATUS_SECONDS / 5)
+    succeeded, failed = (after - before for after, before in zip(finished(status), finished_before, strict=True))
+    return queue_seconds, total, succeeded, failed
 
 
 def sequential_grid(repo: Path, values: list[float]) -> float:
@@ -352,12 +375,12 @@ def main() -> None:
                 chunk = grid_values[2 * round_ * args.points : 2 * (round_ + 1) * args.points]
                 queued_values, sequential_values = chunk[0::2], chunk[1::2]
                 reset_workspace(repo)
-                queue_seconds, queued, status = queued_grid(repo, queued_values, workdir / f"queue-start-{round_ + 1}.log")
+                queue_seconds, queued, succeeded, failed = queued_grid(repo, queued_values, workdir / f"queue-start-{round_ + 1}.log")
                 progress(f"round {round_ + 1}: queued grid done in {queued:.1f} s")
                 landed = landed_runs(repo, queued_values)
                 sequential = sequential_grid(repo, sequential_values)
                 progress(f"round {round_ + 1}: in a row done in {sequential:.1f} s")
-                grids.append(Grid(queue_seconds, queued, sequential, status.count("Success"), status.count("Failed"), landed))
+                grids.append(Grid(queue_seconds, queued, sequential, succeeded, failed, landed))
 
         report_variations(variations, single_machine)
         report_grids(grids, args.points, grid_machine)
