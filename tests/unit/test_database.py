@@ -84,3 +84,18 @@ def test_other_databases_are_read_through_sqlalchemy(store: str) -> None:
         assert sorted(database.active_runs(read, experiment))[0] == ("b", "run-b", "FINISHED", 1000)
         assert database.params_of(read, ["b"], "train.") == [("b", "train.model", "model-b")]
         assert math.isnan(dict((r, v) for r, _, v in database.latest_metrics(read, experiment, ["test.rmse"]))["c"])
+
+
+@pytest.mark.parametrize(("content", "reason"), [(b"not a database at all\n", "file is not a database"), (None, "no such table")])
+def test_a_file_that_is_no_mlflow_store_is_one_error_naming_it(tmp_path: Path, content: bytes | None, reason: str) -> None:
+    path = tmp_path / "mlflow.db"
+    if content is None:  # a SQLite database, but not MLflow's
+        import sqlite3
+
+        sqlite3.connect(path).execute("CREATE TABLE other (a)").connection.close()
+    else:
+        path.write_bytes(content)
+    uri = f"sqlite:///{path}"
+    with pytest.raises(BtsError) as caught, database.reading(uri) as read:
+        database.experiment_id(read, "bts-next-reading", uri)
+    assert str(caught.value).startswith(f"cannot read the MLflow store {uri}: ") and reason in str(caught.value)

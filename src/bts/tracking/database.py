@@ -37,10 +37,16 @@ def reading(uri: str) -> Iterator[Reader]:
     if uri.startswith(SQLITE_PREFIX):
         import sqlite3
 
+        def read(sql: str, values: dict[str, Any]) -> list[tuple]:
+            try:
+                return connection.execute(sql, values).fetchall()
+            except sqlite3.DatabaseError as exc:  # not a database, or not an MLflow store
+                raise BtsError(f"cannot read the MLflow store {uri}: {exc}") from None
+
         # Read-only: a missing file is an error, not a new empty store.
         connection = sqlite3.connect(f"{Path(sqlite_path(uri)).resolve().as_uri()}?mode=ro", uri=True)
         try:
-            yield lambda sql, values: connection.execute(sql, values).fetchall()
+            yield read
         finally:
             connection.close()
         return
