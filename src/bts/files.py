@@ -7,7 +7,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pandas as pd
@@ -43,19 +45,25 @@ def normal_permissions(path: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Run write(tmp) on a temporary file beside path, then move it into place (or remove it on failure)."""
-    path = Path(path)
+def temporary_beside(path: Path) -> Path:
+    """A new empty temporary file beside path (its folder made if need be), stale ones of path removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Run write(tmp) on a temporary file beside path, then move it into place (or remove it on failure)."""
+    path = Path(path)
+    tmp = temporary_beside(path)
     try:
-        write(Path(tmp))
-        normal_permissions(Path(tmp))
+        write(tmp)
+        normal_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -88,9 +96,59 @@ def write_json(path: str | Path, document: Any) -> None:
     write_text(path, json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+def _parquet_file(path: Path, frame: pd.DataFrame) -> None:
     """Parquet with a fixed layout, so the same frame gives the same bytes."""
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd", row_group_size=1_000_000))
+    frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd", row_group_size=1_000_000)
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: _parquet_file(tmp, frame))
+
+
+class BackgroundWrites:
+    """Outputs encoded on a second thread while the stage goes on computing, moved into place together at the end.
+
+    Arrow encodes and compresses Parquet, and hashlib hashes, without holding Python's lock, so on a second core
+    they overlap the pandas work of the rest of the stage. Each file is written to a temporary beside its path;
+    only when the `with` block ends without an error, and every write succeeded, do they all replace their paths.
+    Otherwise the temporaries are removed and the last good outputs stay as they were. Frames handed over must
+    not be modified afterwards (pandas' copy-on-write keeps reads from both threads safe).
+
+        with BackgroundWrites() as background:
+            background.parquet(args.out, frame)
+            digest = background.submit(dvc_md5, args.raw)
+            ...  # the rest of the stage's work
+        # here args.out is in place; digest.result() is ready
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bts-writes")
+        self._files: list[tuple[Path, Path, Future]] = []
+
+    def parquet(self, path: str | Path, frame: pd.DataFrame) -> None:
+        path = Path(path)
+        tmp = temporary_beside(path)
+        self._files.append((path, tmp, self._pool.submit(_parquet_file, tmp, frame)))
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        """Run function(*args) on the background thread, after the writes handed over before it."""
+        return self._pool.submit(function, *args)
+
+    def __enter__(self) -> BackgroundWrites:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True)  # also on an error: no thread may still be writing a temporary being removed
+        try:
+            if kind is None:
+                for _, _, written in self._files:
+                    written.result()  # the first failed write raises here, before any file is moved
+                for path, tmp, _ in self._files:
+                    normal_permissions(tmp)
+                    os.replace(tmp, path)
+        finally:
+            for _, tmp, _ in self._files:
+                tmp.unlink(missing_ok=True)
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:

@@ -7,9 +7,10 @@ import os
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from bts.files import atomic_folder, atomic_write, write_json
+from bts.files import BackgroundWrites, atomic_folder, atomic_write, write_json, write_parquet
 
 
 @pytest.fixture
@@ -149,3 +150,38 @@ def test_stale_temporaries_of_a_sibling_whose_name_extends_the_target_are_not_to
     sibling_temporary.write_bytes(b"being written by the writer of plots.png")
     atomic_folder(tmp_path / "plots", write_package({"forecast.csv": "new"}))
     assert entries(tmp_path) == [".plots.png.k9x2.tmp", "plots"]
+
+
+def test_background_writes_put_every_file_in_place_at_the_end_with_the_bytes_of_a_plain_write(tmp_path, umask_022):
+    frame = pd.DataFrame({"id": [3, 1, 2], "value": [0.5, None, 2.0], "label": ["a", "b", None]})
+    write_parquet(tmp_path / "plain.parquet", frame)
+    with BackgroundWrites() as background:
+        background.parquet(tmp_path / "out" / "a.parquet", frame)
+        background.parquet(tmp_path / "out" / "b.parquet", frame.iloc[:1])
+        size = background.submit(len, "four")
+        assert not (tmp_path / "out" / "a.parquet").exists()  # nothing is in place before the block ends
+    assert size.result() == 4
+    assert entries(tmp_path / "out") == ["a.parquet", "b.parquet"]
+    assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "b.parquet"), frame.iloc[:1])
+    assert mode(tmp_path / "out" / "a.parquet") == 0o644
+
+
+def test_an_error_in_the_block_leaves_the_last_good_files_and_no_temporary(tmp_path):
+    (tmp_path / "a.parquet").write_text("last good")
+    with pytest.raises(Boom, match="validation failed"), BackgroundWrites() as background:
+        background.parquet(tmp_path / "a.parquet", pd.DataFrame({"x": [1]}))
+        background.parquet(tmp_path / "b.parquet", pd.DataFrame({"x": [2]}))
+        raise Boom("validation failed")
+    assert entries(tmp_path) == ["a.parquet"]
+    assert (tmp_path / "a.parquet").read_text() == "last good"
+
+
+def test_a_failed_write_moves_no_file_not_even_those_written_well(tmp_path):
+    (tmp_path / "b.parquet").write_text("last good")
+    unwritable = pd.DataFrame({"x": [1, "text", 2.5]}, dtype=object)  # Arrow cannot type a column of mixed objects
+    with pytest.raises(Exception, match="x"), BackgroundWrites() as background:
+        background.parquet(tmp_path / "a.parquet", pd.DataFrame({"x": [1]}))
+        background.parquet(tmp_path / "b.parquet", unwritable)
+    assert entries(tmp_path) == ["b.parquet"]
+    assert (tmp_path / "b.parquet").read_text() == "last good"

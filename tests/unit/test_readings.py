@@ -39,6 +39,17 @@ def test_rows_out_of_order_are_sorted_as_pandas_sorts_them(rows):
     pd.testing.assert_frame_equal(sorted_by(frame, ORDER), frame.sort_values(ORDER, kind="stable").reset_index(drop=True))
 
 
+@pytest.mark.parametrize("text_key", [False, True])
+def test_many_tied_rows_in_any_order_are_sorted_as_pandas_sorts_them(text_key):
+    """numpy's lexsort (integer and time keys) and pandas (a text key) both give pandas' stable order."""
+    rng = np.random.default_rng(7)
+    rows = [(int(s), int(p), int(t), int(i)) for s, p, t, i in rng.integers(0, [3, 2, 4, 5], size=(300, 4))]
+    frame = readings(rows, index=list(rng.permutation(300)))
+    if text_key:
+        frame = frame.assign(station_id=frame["station_id"].map({0: "b", 1: "a", 2: "c"}).astype("str"))
+    pd.testing.assert_frame_equal(sorted_by(frame, ORDER), frame.sort_values(ORDER, kind="stable").reset_index(drop=True))
+
+
 def test_duplicate_keys_keep_their_order_and_missing_keys_go_last_as_in_pandas():
     frame = pd.DataFrame({"a": [2.0, np.nan, 1.0, 2.0, 1.0], "b": [0, 1, 2, 3, 4]})
     pd.testing.assert_frame_equal(sorted_by(frame, ["a"]), frame.sort_values(["a"], kind="stable").reset_index(drop=True))

@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, repeated, sorted_by
+from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, repeated, sort_order
 from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
 
@@ -141,14 +141,22 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     frame = raw.assign(reading_time=normalized)
     reason = quarantine_reasons(frame, catalogue)
     kept = reason.isna()
-    times = parse_reading_time(normalized)[kept]  # parsed before the rows are picked: no copy of the strings
+    # The keys of the kept rows tell which came late and the clean order; all columns are then taken once, in that order.
+    rows = np.flatnonzero(kept.to_numpy())
+    keys = frame[["station_id", "parameter_id", "id"]].take(rows).astype("int64")
+    keys = keys.assign(reading_time=parse_reading_time(normalized).to_numpy()[rows])  # parsed before the strings are copied
+    delivered_late = ~arrived_in_order(keys, SERIES_KEYS)
+    order = sort_order(keys, CLEAN_ORDER)
+    times = keys["reading_time"].to_numpy()
+    if order is not None:
+        rows, times = rows[order], times[order]
     clean = (
-        frame.drop(columns="reading_time")[kept]
+        frame.drop(columns="reading_time")
+        .take(rows)
         .assign(reading_time=times)
         .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[list(schema.columns)]
+        .reset_index(drop=True)
     )
-    delivered_late = ~arrived_in_order(clean, SERIES_KEYS)
-    clean = sorted_by(clean, CLEAN_ORDER)
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
     accounting = {
         "rows_in": len(raw),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow as pyarrow
+import pyarrow
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 

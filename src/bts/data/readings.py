@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pyarrow
+import pyarrow
 
 SERIES_KEYS = ["station_id", "parameter_id"]
 CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
 
 
-def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """frame.sort_values(order, kind="stable").reset_index(drop=True), without a copy when frame is already sorted.
+def sort_order(frame: pd.DataFrame, order: list[str]) -> np.ndarray | None:
+    """The row positions of frame.sort_values(order, kind="stable"), or None when the rows are already in that order.
 
-    Whether the rows are already in order is checked in one vectorized pass over the keys (sorting, pandas first
-    factorizes every key and then copies every column).
+    Whether they are is checked in one vectorized pass over the keys. Integer and time keys are ordered by numpy's
+    stable lexsort on their arrays (pandas would first factorize each key); keys with missing values or of other
+    types go to pandas.
     """
-    if any(frame[c].hasnans for c in order):  # numpy cannot compare missing values
-        return frame.sort_values(order, kind="stable").reset_index(drop=True)
-    keys = [frame[c].to_numpy() for c in order]
-    if in_order(keys):
-        return frame.reset_index(drop=True)
-    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+    keys = [frame[c] for c in order]
+    if any(k.dtype.kind not in "iumM" or k.hasnans for k in keys):
+        positions = frame.reset_index(drop=True).sort_values(order, kind="stable").index.to_numpy()
+        return None if bool((positions == np.arange(len(positions))).all()) else positions
+    arrays = [k.to_numpy() for k in keys]
+    return None if in_order(arrays) else np.lexsort(arrays[::-1])  # lexsort takes its primary key last
+
+
+def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """frame.sort_values(order, kind="stable").reset_index(drop=True), without a copy when frame is already sorted."""
+    positions = sort_order(frame, order)
+    return (frame if positions is None else frame.take(positions)).reset_index(drop=True)
 
 
 def in_order(keys: list[np.ndarray]) -> bool:

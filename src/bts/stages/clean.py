@@ -10,7 +10,7 @@ from bts.data.catalogue import load_catalogue
 from bts.data.cleaning import clean_readings
 from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
 from bts.data.schemas import clean_schema
-from bts.files import write_json, write_parquet, write_text
+from bts.files import BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -30,26 +30,30 @@ def main() -> None:
     catalogue = load_catalogue(args.sensors)
     schema = clean_schema(catalogue)
     result = clean_readings(pd.read_parquet(args.raw), catalogue, schema)
-    write_text(args.schema, schema.to_yaml())
-    write_parquet(args.out, result.clean)
-    write_parquet(args.quarantine, result.quarantine)
     accounting = result.accounting
+    with BackgroundWrites() as background:
+        background.parquet(args.out, result.clean)
+        background.parquet(args.quarantine, result.quarantine)
+        raw_md5 = background.submit(dvc_md5, args.raw)
+        coverage_fields = coverage(result.clean, catalogue, result.clean["reading_time"])
+        gaps = series_gaps(result.clean, params.gap_threshold_minutes)
+    write_text(args.schema, schema.to_yaml())
     document = dataset_document(
         dataset_id="bts-clean",
         name="BTS clean readings",
         description="Readings that pass every cleaning rule, typed, deduplicated and sorted by station, parameter and time.",
         path=args.out,
         rows=len(result.clean),
-        coverage_fields=coverage(result.clean, catalogue, result.clean["reading_time"]),
+        coverage_fields=coverage_fields,
         quality={
             "completeness": 1.0,
             "validity": 1.0,
             "uniqueness": 1.0,
             "label_ratio": 1.0,
             "kept_ratio": round(accounting["rows_out"] / max(accounting["rows_in"], 1), 6),
-            "gaps": series_gaps(result.clean, params.gap_threshold_minutes),
+            "gaps": gaps,
         },
-        dependencies=[{"dataset_id": "bts-raw", "path": args.raw, "md5": dvc_md5(args.raw), "relationship": "input"}],
+        dependencies=[{"dataset_id": "bts-raw", "path": args.raw, "md5": raw_md5.result(), "relationship": "input"}],
         stage="clean",
         params={"clean": params.model_dump()},
         schema_path=args.schema,

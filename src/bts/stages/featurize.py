@@ -9,7 +9,7 @@ import pandas as pd
 from bts.data.catalogue import load_catalogue
 from bts.data.features import INPUT_COLUMNS, FeatureSpec, build_features
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
-from bts.files import write_json, write_parquet, write_text
+from bts.files import BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -26,15 +26,16 @@ def main() -> None:
     params = load_params().featurize
     spec = FeatureSpec.from_params(params)
     features, accounting = build_features(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
-    write_parquet(args.out, features)
-    splits = {
-        split: {
-            "first_target": iso_time(group["target_time"].min()),
-            "last_target": iso_time(group["target_time"].max()),
-            "examples": len(group),
+    with BackgroundWrites() as background:
+        background.parquet(args.out, features)
+        input_md5 = background.submit(dvc_md5, args.clean)
+        targets = features.groupby("split", sort=True)["target_time"].agg(["min", "max", "size"])
+        splits = {
+            split: {"first_target": iso_time(first), "last_target": iso_time(last), "examples": int(examples)}
+            for split, first, last, examples in targets.itertuples(name=None)
         }
-        for split, group in features.groupby("split", sort=True)
-    }
+        coverage_fields = coverage(features, catalogue=load_catalogue(args.sensors), times=features["reading_time"])
+        completeness = round(float(features[spec.feature_columns].notna().to_numpy().mean()), 6)
     document = dataset_document(
         dataset_id="bts-features",
         name="BTS features",
@@ -44,14 +45,14 @@ def main() -> None:
         f"held-out stations ({', '.join(map(str, spec.holdout_stations)) or 'none'}) in split holdout.",
         path=args.out,
         rows=len(features),
-        coverage_fields=coverage(features, catalogue=load_catalogue(args.sensors), times=features["reading_time"]),
+        coverage_fields=coverage_fields,
         quality={
-            "completeness": round(float(features[spec.feature_columns].notna().to_numpy().mean()), 6),
+            "completeness": completeness,
             "validity": 1.0,
             "uniqueness": 1.0,
             "label_ratio": round(accounting["examples_out"] / max(accounting["readings_in"], 1), 6),
         },
-        dependencies=[{"dataset_id": "bts-clean", "path": args.clean, "md5": dvc_md5(args.clean), "relationship": "input"}],
+        dependencies=[{"dataset_id": "bts-clean", "path": args.clean, "md5": input_md5.result(), "relationship": "input"}],
         stage="featurize",
         params={"featurize": params.model_dump()},
         extra={"feature_columns": spec.feature_columns, "target": "target", "splits": splits, "row_accounting": accounting},

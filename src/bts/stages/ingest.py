@@ -10,7 +10,7 @@ from bts.data.ingest import SIMULATED, failure_report, read_exports, resolve_sou
 from bts.data.metadata import coverage, dataset_document, render_datasheet
 from bts.data.readings import distinct_count
 from bts.data.schemas import parse_reading_time, raw_schema
-from bts.files import write_json, write_parquet, write_text
+from bts.files import BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -34,9 +34,19 @@ def main() -> None:
     print(f"ingest: reading {len(files)} file(s)")
     raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written
     schema = raw_schema(catalogue)
-    report = failure_report(raw, schema)
+    with BackgroundWrites() as background:
+        background.parquet(args.out, raw)
+        source_md5 = {source: background.submit(dvc_md5, path) for source, path in source_paths.items()}
+        report = failure_report(raw, schema)
+        coverage_fields = coverage(raw, catalogue, parse_reading_time(raw["reading_time"]))
+        quality = {
+            "completeness": round(float(raw[["id", "value", "station_id", "parameter_id"]].notna().to_numpy().mean()), 6),
+            "validity": round(1 - report["failing_rows"] / len(raw), 6),
+            "uniqueness": round(float(distinct_count(raw["id"]) / len(raw)), 6),
+            "label_ratio": round(float(raw["value"].notna().mean()), 6),
+            "failing_rows": report["failing_rows"],
+        }
     write_text(args.schema, schema.to_yaml())
-    write_parquet(args.out, raw)
     write_json(args.failures, report)
     document = dataset_document(
         dataset_id="bts-raw",
@@ -44,16 +54,10 @@ def main() -> None:
         description="Every reading of the listed exports, typed but otherwise as delivered (dirt included).",
         path=args.out,
         rows=len(raw),
-        coverage_fields=coverage(raw, catalogue, parse_reading_time(raw["reading_time"])),
-        quality={
-            "completeness": round(float(raw[["id", "value", "station_id", "parameter_id"]].notna().to_numpy().mean()), 6),
-            "validity": round(1 - report["failing_rows"] / len(raw), 6),
-            "uniqueness": round(float(distinct_count(raw["id"]) / len(raw)), 6),
-            "label_ratio": round(float(raw["value"].notna().mean()), 6),
-            "failing_rows": report["failing_rows"],
-        },
+        coverage_fields=coverage_fields,
+        quality=quality,
         dependencies=[
-            {"dataset_id": f"source:{source}", "path": path, "md5": dvc_md5(path), "relationship": "input"}
+            {"dataset_id": f"source:{source}", "path": path, "md5": source_md5[source].result(), "relationship": "input"}
             for source, path in source_paths.items()
         ],
         stage="ingest",
