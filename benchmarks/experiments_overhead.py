@@ -13,7 +13,10 @@ alternating what it compares:
    not timed, `dvc commit` of each stage's outputs, since the next stage
    verifies the model against dvc.lock). Each starts from the baseline
    workspace (git reset + dvc checkout, not timed).
-   Overhead = exp run seconds - direct seconds.
+   Overhead = exp run seconds - direct seconds. A `python` placed first on PATH
+   for both times every stage process, so the benchmark also prints DVC's share
+   inside the same run: exp run seconds - the seconds of the stage processes it
+   started. That one does not depend on the stages taking the same time twice.
 2. Grid. A --points grid queued with `dvc exp run --queue -S 'param=v1,...'`
    and run by `dvc queue start -j 2` (watching the experiments' git refs appear), against as
    many other values run one after another with `dvc exp run -S`. It counts
@@ -64,8 +67,18 @@ STATUS_SECONDS = 20.0
 EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/")
 QUEUE_TIMEOUT_SECONDS = 1800.0
 WORKER_EXIT_TIMEOUT_SECONDS = 60.0
-STAGE_RUN = re.compile(r"Running stage '([^']+)'")
-STAGE_DONE = re.compile(r"^(\w+): done in ([0-9.]+) s$", re.MULTILINE)
+STAGE_MODULE = "bts.stages."
+# A `python` first on PATH that times each process it starts: a stage's cmd (`python -m bts.stages.<name> ...`) finds it,
+# under dvc exp run as when run directly, and it appends "<start> <end> <module>" to $BTS_STAGE_TIMES (the dvc command
+# itself starts its interpreter by absolute path, so it is not counted).
+CLOCK = """#!/bin/sh
+start=$(date +%s.%N)
+"{python}" "$@"
+status=$?
+[ -n "$BTS_STAGE_TIMES" ] && echo "$start $(date +%s.%N) $2" >> "$BTS_STAGE_TIMES"
+exit $status
+"""
+CLOCK_DIR: Path | None = None  # the folder of the timing `python`, set once the work folder exists
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ class Variation:
     exp_seconds: float
     direct_seconds: float
     stages: list[str]
-    inside_seconds: dict[str, float]  # each stage's own "done in" figure, under dvc exp run
+    inside_seconds: dict[str, float]  # each stage process's wall seconds, under dvc exp run
     exp_cpu: float  # CPU seconds of all the processes: what load on the machine does not change
     direct_cpu: float
 
@@ -83,21 +96,53 @@ class Variation:
         return self.exp_seconds - self.direct_seconds
 
     @property
+    def dvc_share(self) -> float:
+        """What DVC adds inside the same run: its wall seconds minus those of the stage processes it started."""
+        return self.exp_seconds - sum(self.inside_seconds.values())
+
+    @property
     def cpu_overhead(self) -> float:
         return self.exp_cpu - self.direct_cpu
 
 
-def environment() -> dict[str, str]:
-    """The user's environment with the virtual environment first on PATH and no inherited DVC/MLflow redirection."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+def environment(stage_times: Path | None = None) -> dict[str, str]:
+    """The user's environment with the virtual environment first on PATH and no inherited DVC/MLflow redirection.
+
+    With stage_times, the timing `python` comes before it and appends each stage process's times to that file.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "BTS_STAGE_TIMES"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if stage_times is not None and CLOCK_DIR is not None:
+        env["PATH"] = f"{CLOCK_DIR}{os.pathsep}{env['PATH']}"
+        env["BTS_STAGE_TIMES"] = str(stage_times)
     return env
 
 
-def run(args: list[str] | str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def install_clock(workdir: Path) -> None:
+    global CLOCK_DIR
+    CLOCK_DIR = workdir / "clock"
+    CLOCK_DIR.mkdir()
+    (CLOCK_DIR / "python").write_text(CLOCK.format(python=BIN / "python"))
+    (CLOCK_DIR / "python").chmod(0o755)
+
+
+def stage_walls(stage_times: Path) -> dict[str, float]:
+    """Wall seconds of each stage process the timing `python` saw, by stage name, in the order they ran."""
+    walls: dict[str, float] = {}
+    for line in stage_times.read_text().splitlines() if stage_times.exists() else []:
+        start, end, module = line.split()
+        if module.startswith(STAGE_MODULE):
+            name = module.removeprefix(STAGE_MODULE)
+            walls[name] = walls.get(name, 0.0) + float(end) - float(start)
+    stage_times.unlink(missing_ok=True)
+    return walls
+
+
+def run(args: list[str] | str, cwd: Path, stage_times: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """Run a command (a string runs in the shell, as DVC runs a stage's cmd); return its wall seconds. Exit 1 if it fails."""
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=environment(), shell=isinstance(args, str), capture_output=True, text=True)
+    env = environment(stage_times)
+    result = subprocess.run(args, cwd=cwd, env=env, shell=isinstance(args, str), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         shown = args if isinstance(args, str) else " ".join(args)
@@ -157,20 +202,20 @@ def set_param(repo: Path, dotted: str, value: object) -> None:
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def exp_run(repo: Path, value: float) -> tuple[float, str]:
-    """`dvc exp run -S <PARAM>=<value>` in the workspace; its seconds and combined output."""
-    seconds, result = run(["dvc", "exp", "run", "-S", f"{PARAM}={value}"], repo)
-    return seconds, result.stdout + result.stderr
+def exp_run(repo: Path, value: float, stage_times: Path | None = None) -> float:
+    """`dvc exp run -S <PARAM>=<value>` in the workspace; its seconds."""
+    return run(["dvc", "exp", "run", "-S", f"{PARAM}={value}"], repo, stage_times)[0]
 
 
 def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Variation:
     """One experiment from the baseline through DVC, then the same stages' commands run directly."""
     reset_workspace(repo)
     cpu = children_cpu()
-    exp_seconds, output = exp_run(repo, value)
+    stage_times = repo.parent / "stage-times.txt"
+    exp_seconds = exp_run(repo, value, stage_times)
     exp_cpu = children_cpu() - cpu
-    stages = STAGE_RUN.findall(output) or ["train", "evaluate"]
-    inside = {name: float(seconds) for name, seconds in STAGE_DONE.findall(output)}
+    inside = stage_walls(stage_times)
+    stages = list(inside)
 
     reset_workspace(repo)
     original = (repo / "params.yaml").read_text()
@@ -179,12 +224,13 @@ def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Vari
     try:
         for name in stages:
             cpu = children_cpu()
-            direct += run(commands[name], repo)[0]
+            direct += run(commands[name], repo, stage_times)[0]
             direct_cpu += children_cpu() - cpu
             # Not timed: record the stage's outputs in dvc.lock, where the next stage verifies the model it loads.
             run(["dvc", "commit", "--force", "--quiet", name], repo)
     finally:
         (repo / "params.yaml").write_text(original)
+        stage_times.unlink(missing_ok=True)
     return Variation(value, exp_seconds, direct, stages, inside, exp_cpu, direct_cpu)
 
 
@@ -256,7 +302,7 @@ def sequential_grid(repo: Path, values: list[float]) -> float:
     reset_workspace(repo)
     started = time.perf_counter()
     for i, value in enumerate(values, 1):
-        seconds, _ = exp_run(repo, value)
+        seconds = exp_run(repo, value)
         progress(f"  sequential {i}/{len(values)}: {PARAM}={value} in {seconds:.1f} s")
     return time.perf_counter() - started
 
@@ -305,17 +351,19 @@ def fresh_values(count: int, offset: int) -> list[float]:
 
 def report_variations(variations: list[Variation], machine: Machine) -> None:
     print(f"\nsingle variation ({PARAM}): dvc exp run vs the re-executed stages' commands run directly, alternating")
-    print(f"{'value':>8} {'exp run s':>10} {'direct s':>9} {'overhead s':>11}   stages (their own 'done in' under exp run)")
+    print(f"{'value':>8} {'exp run s':>10} {'direct s':>9} {'overhead s':>11} {'DVC share s':>12}   stage processes under exp run")
     for v in variations:
-        inside = ", ".join(f"{name} {v.inside_seconds.get(name, float('nan')):.1f} s" for name in v.stages)
-        print(f"{v.value:>8} {v.exp_seconds:>10.2f} {v.direct_seconds:>9.2f} {v.overhead:>11.2f}   {inside}")
-    overheads = [v.overhead for v in variations]
+        inside = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in v.inside_seconds.items())
+        print(f"{v.value:>8} {v.exp_seconds:>10.2f} {v.direct_seconds:>9.2f} {v.overhead:>11.2f} {v.dvc_share:>12.2f}   {inside}")
+    overheads, shares = [v.overhead for v in variations], [v.dvc_share for v in variations]
     print(f"dvc exp run: {summary([v.exp_seconds for v in variations])}")
     print(f"direct:      {summary([v.direct_seconds for v in variations])}")
-    print(f"overhead:    {summary(overheads)}")
+    print(f"overhead:    {summary(overheads)} (exp run - direct: two runs, so the stages' own variation counts too)")
+    print(f"DVC share:   {summary(shares)} (exp run - its own stage processes: what DVC adds in the same run)")
     print(f"CPU overhead: {summary([v.cpu_overhead for v in variations], 's of CPU')} (what DVC itself computes)")
-    verdict = "met" if median(overheads) <= TARGET_OVERHEAD_SECONDS else "MISSED"
-    print(f"target: overhead <= {TARGET_OVERHEAD_SECONDS} s per experiment: {verdict} ({median(overheads):.2f} s median)")
+    worst = max(median(overheads), median(shares))
+    verdict = "met" if worst <= TARGET_OVERHEAD_SECONDS else "MISSED"
+    print(f"target: overhead <= {TARGET_OVERHEAD_SECONDS} s per experiment, by both measures: {verdict} ({worst:.2f} s, the larger median)")
     print(machine.describe())
 
 
@@ -350,6 +398,7 @@ def main() -> None:
     repo = workdir / "repo"
     try:
         repo.mkdir(parents=True)
+        install_clock(workdir)
         progress(f"copying the project into {repo}")
         copy_project(repo)
         progress("dvc repro: building the baseline")
