@@ -168,7 +168,7 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     if accounting["rows_in"] != accounting["rows_out"] + accounting["rows_quarantined"]:
         raise DataContractError(f"row accounting broken: {accounting['rows_in']} in != {len(clean)} out + {len(quarantine)} quarantined")
     try:
-        schema.validate(clean, lazy=True)
+        schema.validate(clean, lazy=True, inplace=True)  # nothing is coerced: spare pandera's copy of the frame
     except pa.errors.SchemaErrors as exc:
         first = exc.failure_cases.iloc[0]
         raise DataContractError(
