@@ -110,9 +110,9 @@ class BackgroundWrites:
 
     Arrow encodes and compresses Parquet, and hashlib hashes, without holding Python's lock, so on a second core
     they overlap the pandas work of the rest of the stage. Each file is written to a temporary beside its path;
-    only when the `with` block ends without an error, and every write succeeded, do they all replace their paths.
-    Otherwise the temporaries are removed and the last good outputs stay as they were. Frames handed over must
-    not be modified afterwards (pandas' copy-on-write keeps reads from both threads safe).
+    only when the `with` block ends without an error, and every task handed over succeeded, do they all replace
+    their paths. Otherwise the tasks not yet started are dropped, the temporaries removed, and the last good
+    outputs stay as they were. Both threads read the frames handed over; pandas' copy-on-write keeps that safe.
 
         with BackgroundWrites() as background:
             background.parquet(args.out, frame)
@@ -123,32 +123,48 @@ class BackgroundWrites:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bts-writes")
-        self._files: list[tuple[Path, Path, Future]] = []
+        self._files: list[tuple[Path, Path]] = []
+        self._tasks: list[Future] = []
 
     def parquet(self, path: str | Path, frame: pd.DataFrame) -> None:
         path = Path(path)
         tmp = temporary_beside(path)
-        self._files.append((path, tmp, self._pool.submit(_parquet_file, tmp, frame)))
+        self._files.append((path, tmp))
+        self.submit(_parquet_file, tmp, frame)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
-        """Run function(*args) on the background thread, after the writes handed over before it."""
-        return self._pool.submit(function, *args)
+        """Run function(*args) on the background thread, after the tasks handed over before it."""
+        task = self._pool.submit(function, *args)
+        self._tasks.append(task)
+        return task
 
     def __enter__(self) -> BackgroundWrites:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self._pool.shutdown(wait=True)  # also on an error: no thread may still be writing a temporary being removed
         try:
             if kind is None:
-                for _, _, written in self._files:
-                    written.result()  # the first failed write raises here, before any file is moved
-                for path, tmp, _ in self._files:
+                self._pool.shutdown(wait=True)
+                for task in self._tasks:
+                    task.result()  # the first failed task raises here, before any file is moved
+                for path, tmp in self._files:
                     normal_permissions(tmp)
                     os.replace(tmp, path)
         finally:
-            for _, tmp, _ in self._files:
-                tmp.unlink(missing_ok=True)
+            for task in self._tasks:
+                task.cancel()  # on an error, or an interrupt while waiting: what has not started never runs
+            self._finish_running_task()
+            for _, tmp in self._files:
+                tmp.unlink(missing_ok=True)  # after a success there is none left
+
+    def _finish_running_task(self) -> None:
+        """Wait for the task under way, through further interrupts: a temporary goes only once nothing writes it."""
+        while True:
+            try:
+                self._pool.shutdown(wait=True)
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:

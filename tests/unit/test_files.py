@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -185,3 +187,30 @@ def test_a_failed_write_moves_no_file_not_even_those_written_well(tmp_path):
         background.parquet(tmp_path / "b.parquet", unwritable)
     assert entries(tmp_path) == ["b.parquet"]
     assert (tmp_path / "b.parquet").read_text() == "last good"
+
+
+def test_a_failed_task_moves_no_file(tmp_path):
+    def unreadable() -> None:
+        raise Boom("input vanished")
+
+    with pytest.raises(Boom, match="input vanished"), BackgroundWrites() as background:
+        background.parquet(tmp_path / "a.parquet", pd.DataFrame({"x": [1]}))
+        background.submit(unreadable)
+    assert entries(tmp_path) == []
+
+
+def test_an_interrupt_drops_the_writes_not_started_and_waits_for_the_running_task(tmp_path):
+    started, finished = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.3)
+        finished.set()
+
+    with pytest.raises(KeyboardInterrupt), BackgroundWrites() as background:
+        background.submit(slow)
+        background.parquet(tmp_path / "a.parquet", pd.DataFrame({"x": [1]}))
+        started.wait(5)
+        raise KeyboardInterrupt
+    assert finished.is_set()  # the block did not end while the task was still running
+    assert entries(tmp_path) == []  # the write queued behind it never ran, and its temporary is gone
