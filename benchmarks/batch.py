@@ -15,7 +15,9 @@ sampled every 0.1 s: on a machine others load, CPU seconds per wall second
 show how many cores a run got. The engines
 take turns (the order rotates each repetition) so that a change in the
 machine's load hits them alike; it prints the median and the spread (min-max)
-of each, the load average around the runs, and the figures against the targets
+of each, the load average around the runs, the CPU that other processes used
+while it measured (flagged as disturbed above a quarter of a core,
+benchmarks/measure.py), and the figures against the targets
 (pandas: 5 million readings in under 60 s; Spark local[2] at least 1.5x local[1]).
 It reports figures only: the exit code is 0 whether or not the targets are met.
 
@@ -46,11 +48,13 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing the package
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bts.data.catalogue import load_catalogue  # noqa: E402
 from bts.data.simulate import PROFILES, simulate_exports  # noqa: E402
 from bts.files import write_csv  # noqa: E402
 from bts.params import PARAMS_FILE, load_params  # noqa: E402
+from measure import Machine  # noqa: E402
 
 SIZES = [1_000_000, 5_000_000]
 ENGINES = {"pandas": ("pandas", None), "spark local[1]": ("spark", "local[1]"), "spark local[2]": ("spark", "local[2]")}
@@ -205,8 +209,8 @@ def report(runs: list[Run]) -> None:
             )
     memory = psutil.virtual_memory().total / 2**30
     print(
-        f"\nmachine: {os.cpu_count()} cores, {memory:.1f} GB; CPU s: user + system seconds of the run's processes; cores: CPU s / wall s; "
-        "load: the 1-minute load average before and after each run"
+        f"\nCPU s: user + system seconds of the run's processes; cores: CPU s / wall s; "
+        f"load: the 1-minute load average before and after each run; {memory:.1f} GB of memory"
     )
     for rows in sorted({r.rows for r in runs}):
         if (rows, "pandas") in walls and rows >= SIZES[-1]:
@@ -249,33 +253,40 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bts-batch-bench-"))
     runs: list[Run] = []
     try:
-        for target in args.rows or SIZES:
-            exports = workdir / f"exports-{target}"
-            rows = generate(exports, target)
-            for repeat in range(args.repeats):
-                turn = args.engines[repeat % len(args.engines) :] + args.engines[: repeat % len(args.engines)]
-                for engine in turn:
-                    output = workdir / "scores"
-                    load_before = os.getloadavg()[0]
-                    wall, peak, cpu = measure(args.project.resolve(), engine, exports, output, workdir / "run.log")
-                    manifest = json.loads(output.with_name(output.name + ".manifest.json").read_text())
-                    seconds = manifest["seconds"]
-                    scoring = seconds["total"] - seconds.get("load_model", 0) - seconds.get("start_spark", 0)
-                    load_after = os.getloadavg()[0]
-                    run = Run(rows, engine, repeat, wall, scoring, peak, cpu, load_before, load_after, manifest["rows"]["predicted"])
-                    runs.append(run)
-                    print(
-                        f"{rows} rows, {engine:<15} run {repeat + 1}: wall {wall:6.1f} s, scoring {scoring:6.1f} s "
-                        f"({run.rows_per_second:,.0f} rows/s), peak {peak:,.0f} MB, CPU {cpu:.0f} s, "
-                        f"load {load_before:.1f}->{load_after:.1f}",
-                        flush=True,
-                    )
+        with Machine() as machine:  # the runs are this process's children: their CPU is not counted as others'
+            measure_all(args, workdir, runs)
         report(runs)
+        print(machine.describe())
         if args.json:
             args.json.write_text(json.dumps([{**asdict(r), "rows_per_second": r.rows_per_second} for r in runs], indent=2) + "\n")
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, runs: list[Run]) -> None:
+    """Every engine on every size, args.repeats times, the engines' order rotating each repetition."""
+    for target in args.rows or SIZES:
+        exports = workdir / f"exports-{target}"
+        rows = generate(exports, target)
+        for repeat in range(args.repeats):
+            turn = args.engines[repeat % len(args.engines) :] + args.engines[: repeat % len(args.engines)]
+            for engine in turn:
+                output = workdir / "scores"
+                load_before = os.getloadavg()[0]
+                wall, peak, cpu = measure(args.project.resolve(), engine, exports, output, workdir / "run.log")
+                manifest = json.loads(output.with_name(output.name + ".manifest.json").read_text())
+                seconds = manifest["seconds"]
+                scoring = seconds["total"] - seconds.get("load_model", 0) - seconds.get("start_spark", 0)
+                load_after = os.getloadavg()[0]
+                run = Run(rows, engine, repeat, wall, scoring, peak, cpu, load_before, load_after, manifest["rows"]["predicted"])
+                runs.append(run)
+                print(
+                    f"{rows} rows, {engine:<15} run {repeat + 1}: wall {wall:6.1f} s, scoring {scoring:6.1f} s "
+                    f"({run.rows_per_second:,.0f} rows/s), peak {peak:,.0f} MB, CPU {cpu:.0f} s, "
+                    f"load {load_before:.1f}->{load_after:.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

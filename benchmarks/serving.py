@@ -9,9 +9,10 @@ predictions, then measures, for each in turn (alternating, 3 repetitions,
 the median printed): single-row requests at concurrency 1 and 8 (requests/s,
 p50 and p99 latency) and 1,000-row requests at concurrency 1 (rows/s). The
 client is a lean asyncio loop over keep-alive connections, the same for all
-three. Every measurement is bounded in time and in requests. It prints the
-machine's load before and after: figures taken on a busy machine are lower
-for all three alike. It checks nothing.
+three. Every measurement is bounded in time and in requests. It prints each
+figure's median with its spread, and the machine's load while measuring
+(benchmarks/measure.py): figures taken while other processes used more than a
+quarter of a core are flagged as disturbed. It checks nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,9 @@ WARMUP_SECONDS = 0.5
 MAX_REQUESTS_PER_MEASUREMENT = 200_000
 START_TIMEOUT_SECONDS = 120
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import MIN_ROUNDS, Machine, median  # noqa: E402
 
 
 def free_port() -> int:
@@ -119,16 +122,13 @@ def predictions(port: int, body: bytes) -> list[float]:
         return json.loads(response.read())["predictions"]
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", default="models/package", help="package folder (default: models/package)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement (default: 3)")
-    parser.add_argument("--repetitions", type=int, default=3, help="alternating repetitions; the median is printed (default: 3)")
+    parser.add_argument(
+        "--repetitions", type=int, default=MIN_ROUNDS, help=f"alternating repetitions; the median is printed (default: {MIN_ROUNDS})"
+    )
     args = parser.parse_args()
     root = Path.cwd()
     package = Path(args.package)
@@ -138,7 +138,6 @@ def main() -> None:
     thousand = payload((rows * (1000 // len(rows) + 1))[:1000], columns)
     scenarios = [("1 row, concurrency 1", single, 1), ("1 row, concurrency 8", single, 8), ("1000 rows, concurrency 1", thousand, 1)]
 
-    print(f"before: {load()}", flush=True)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bts-serve-bench-") as scratch:
         ports = {name: free_port() for name in ("mlflow models serve", "bts serve", "bts serve --no-log")}
         commands = {
@@ -153,29 +152,33 @@ def main() -> None:
         print(f"servers up; predictions of the 1000-row request identical across the three: {agree}", flush=True)
 
         results: dict[tuple[str, str], list[dict]] = {}
-        for repetition in range(args.repetitions):
-            for scenario, body, concurrency in scenarios:
-                order = list(ports) if repetition % 2 == 0 else list(reversed(ports))
-                for name in order:
-                    results.setdefault((scenario, name), []).append(measure(ports[name], body, concurrency, args.seconds))
-            print(f"repetition {repetition + 1}/{args.repetitions} done; {load()}", flush=True)
+        with Machine() as machine:  # the servers are this process's children: their CPU is not counted as others'
+            for repetition in range(args.repetitions):
+                for scenario, body, concurrency in scenarios:
+                    order = list(ports) if repetition % 2 == 0 else list(reversed(ports))
+                    for name in order:
+                        results.setdefault((scenario, name), []).append(measure(ports[name], body, concurrency, args.seconds))
+                print(f"repetition {repetition + 1}/{args.repetitions} done", flush=True)
 
     print(f"\nmedian of {args.repetitions} alternating repetitions, {args.seconds:g} s each, on {HOST}:")
-    print(f"{'scenario':<26} {'server':<20} {'req/s':>8} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs mlflow':>9} {'failed':>6}")
+    print(
+        f"{'scenario':<26} {'server':<20} {'req/s':>8} {'(min to max)':>17} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs mlflow':>9} {'failed':>6}"
+    )
     for scenario, body, _ in scenarios:
         rows_per_request = 1000 if body is thousand else 1
-        baseline = statistics.median(r["requests_per_s"] for r in results[(scenario, "mlflow models serve")])
+        baseline = median([r["requests_per_s"] for r in results[(scenario, "mlflow models serve")]])
         for name in ports:
             runs = results[(scenario, name)]
-            rate = statistics.median(r["requests_per_s"] for r in runs)
-            p50 = statistics.median(r["p50_ms"] for r in runs)
-            p99 = statistics.median(r["p99_ms"] for r in runs)
+            rates = [r["requests_per_s"] for r in runs]
+            rate, p50, p99 = median(rates), median([r["p50_ms"] for r in runs]), median([r["p99_ms"] for r in runs])
             failed = sum(r["failures"] for r in runs)
+            spread = f"({min(rates):.1f} to {max(rates):.1f})"
             print(
-                f"{scenario:<26} {name:<20} {rate:>8.1f} {rate * rows_per_request:>9.0f} {p50:>8.2f} {p99:>8.2f} "
+                f"{scenario:<26} {name:<20} {rate:>8.1f} {spread:>17} {rate * rows_per_request:>9.0f} {p50:>8.2f} {p99:>8.2f} "
                 f"{rate / baseline:>8.2f}x {failed:>6}"
             )
-    print(f"after: {load()}")
+    print(machine.describe())
 
 
 if __name__ == "__main__":
