@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -352,3 +353,30 @@ def test_committed_documents_render_with_every_measure_defined(name):
     assert UNDEFINED not in sheet
     assert "```" not in sheet and "{" not in sheet
     assert sheet == render_datasheet(json.loads(json.dumps(document)))  # same document, same bytes
+
+
+def _gaps_by_grouping(frame: pd.DataFrame, threshold: float) -> dict:
+    gap = frame.groupby(["station_id", "parameter_id"], sort=False)["reading_time"].diff().dt.total_seconds() / 60
+    longest = gap.max()
+    return {
+        "threshold_minutes": threshold,
+        "gaps_over_threshold": int((gap > threshold).sum()),
+        "longest_gap_minutes": None if pd.isna(longest) else round(float(longest), 2),
+    }
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_series_gaps_equal_pandas_grouping_whether_rows_come_series_by_series_or_not(shuffled):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "station_id": rng.integers(1, 4, 400),
+            "parameter_id": rng.integers(121, 123, 400),
+            "reading_time": pd.Timestamp("2017-04-18") + pd.to_timedelta(rng.integers(0, 86_400_000_000, 400), unit="us"),
+        }
+    ).astype({"reading_time": "datetime64[us]"})
+    frame = frame.sort_values(["station_id", "parameter_id", "reading_time"]).reset_index(drop=True)
+    if shuffled:
+        frame = frame.sample(frac=1, random_state=5).reset_index(drop=True)
+    assert series_gaps(frame, 20.0) == _gaps_by_grouping(frame, 20.0)
+    assert series_gaps(frame.iloc[:1], 20.0) == _gaps_by_grouping(frame.iloc[:1], 20.0)

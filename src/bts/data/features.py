@@ -177,10 +177,11 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
     no_history = np.isnan(columns[f"lag_{spec.n_lags}"])
     no_target = np.isnan(columns["target"]) & ~no_history
     example = ~(no_history | no_target)
-    keys = {c: clean[c].to_numpy()[example] for c in [*SERIES_KEYS, "reading_time"]}
-    keys["reading_id"] = clean["id"].to_numpy()[example]  # the example's latest reading
+    rows = np.flatnonzero(example)  # once: a boolean mask would be searched again for every column
+    keys = {c: clean[c].to_numpy().take(rows) for c in [*SERIES_KEYS, "reading_time"]}
+    keys["reading_id"] = clean["id"].to_numpy().take(rows)  # the example's latest reading
     # column by column, each kept as its own array: no full-size frame, no consolidated copy of the examples
-    frame = pd.DataFrame({**keys, **{name: values[example] for name, values in columns.items()}}, copy=False)
+    frame = pd.DataFrame({**keys, **{name: values.take(rows) for name, values in columns.items()}}, copy=False)
     if frame.empty:
         raise ConfigError(
             f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "

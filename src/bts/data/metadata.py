@@ -14,9 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bts.data.catalogue import Sensor
+from bts.data.readings import SERIES_KEYS, in_order
 from bts.hashing import dvc_md5, file_md5
 
 PROVIDER = "BTS monitoring system parameter exports (simulated and/or real, see sources)"
@@ -48,8 +50,18 @@ def coverage(frame: pd.DataFrame, catalogue: dict[int, Sensor], times: pd.Series
 
 
 def series_gaps(clean: pd.DataFrame, threshold_minutes: float) -> dict:
-    """Silences in the clean series: how many exceed the threshold, and the longest."""
-    gap = clean.groupby(["station_id", "parameter_id"], sort=False)["reading_time"].diff().dt.total_seconds() / 60
+    """Silences in the clean series: how many exceed the threshold, and the longest.
+
+    Each reading's gap is the time since the row before it in its series. When the rows come series by series (the
+    clean order), that row is the one just above whenever the keys match, and no grouping is needed.
+    """
+    keys = [clean[c] for c in SERIES_KEYS]
+    if all(k.dtype.kind in "iu" for k in keys) and in_order([k.to_numpy() for k in keys]):
+        same = np.logical_and.reduce([k.to_numpy()[1:] == k.to_numpy()[:-1] for k in keys])
+        times = clean["reading_time"].to_numpy()
+        gap = pd.Series((times[1:] - times[:-1])[same]).dt.total_seconds() / 60
+    else:
+        gap = clean.groupby(SERIES_KEYS, sort=False)["reading_time"].diff().dt.total_seconds() / 60
     longest = gap.max()
     return {
         "threshold_minutes": threshold_minutes,
