@@ -75,6 +75,8 @@ def test_the_process_is_sampled_when_it_starts_and_at_each_write(tmp_path: Path)
         time.sleep(0.02)
     assert log.written["requests"] == 0 and log.written["process"] == 1
     log.add(entry(time.time_ns()))
+    while log.written["requests"] < 1 and time.monotonic() < deadline:  # the writer's own write, not the one at close
+        time.sleep(0.02)
     log.close()
     process = pd.read_parquet(tmp_path / "process").sort_values("time")
     assert len(process) == 3  # start, the request's write, the stop
