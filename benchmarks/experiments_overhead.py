@@ -17,6 +17,10 @@ alternating what it compares:
    for both times every stage process, so the benchmark also prints DVC's share
    inside the same run: exp run seconds - the seconds of the stage processes it
    started. That one does not depend on the stages taking the same time twice.
+   In the same rounds it times DVC's own floor on this machine: `dvc exp run
+   -S` in a bare DVC project whose as many stages (each with a cached output)
+   do nothing but copy a line. No project can go below that figure, so the
+   benchmark also prints the project's DVC share above it.
 2. Grid. A --points grid queued with `dvc exp run --queue -S 'param=v1,...'`
    and run by `dvc queue start -j 2` (watching the experiments' git refs appear), against as
    many other values run one after another with `dvc exp run -S`. It counts
@@ -60,6 +64,7 @@ BIN = Path(sys.executable).parent  # the virtual environment running the benchma
 TARGET_OVERHEAD_SECONDS = 1.5
 TARGET_GRID_SPEEDUP = 1.5
 PARAM = "train.hist_gradient_boosting.learning_rate"
+FLOOR_PARAM = "value"  # the bare project's one param
 BASELINE_VALUE = 0.1  # params.yaml's, which the baseline is built with: no value below equals it
 JOBS = 2
 POLL_SECONDS = 0.5
@@ -86,10 +91,14 @@ class Variation:
     value: float
     exp_seconds: float
     direct_seconds: float
-    stages: list[str]
-    inside_seconds: dict[str, float]  # each stage process's wall seconds, under dvc exp run
+    inside_seconds: dict[str, float]  # each stage process's wall seconds, under dvc exp run, in the order they ran
     exp_cpu: float  # CPU seconds of all the processes: what load on the machine does not change
     direct_cpu: float
+    floor_seconds: float  # `dvc exp run` of the bare project with as many stages, in the same round
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.inside_seconds)
 
     @property
     def overhead(self) -> float:
@@ -202,9 +211,9 @@ def set_param(repo: Path, dotted: str, value: object) -> None:
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def exp_run(repo: Path, value: float, stage_times: Path | None = None) -> float:
-    """`dvc exp run -S <PARAM>=<value>` in the workspace; its seconds."""
-    return run(["dvc", "exp", "run", "-S", f"{PARAM}={value}"], repo, stage_times)[0]
+def exp_run(repo: Path, value: float, stage_times: Path | None = None, param: str = PARAM) -> float:
+    """`dvc exp run -S <param>=<value>` in the workspace; its seconds."""
+    return run(["dvc", "exp", "run", "-S", f"{param}={value}"], repo, stage_times)[0]
 
 
 def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Variation:
@@ -215,14 +224,13 @@ def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Vari
     exp_seconds = exp_run(repo, value, stage_times)
     exp_cpu = children_cpu() - cpu
     inside = stage_walls(stage_times)
-    stages = list(inside)
 
     reset_workspace(repo)
     original = (repo / "params.yaml").read_text()
     set_param(repo, PARAM, value)
     direct = direct_cpu = 0.0
     try:
-        for name in stages:
+        for name in inside:
             cpu = children_cpu()
             direct += run(commands[name], repo, stage_times)[0]
             direct_cpu += children_cpu() - cpu
@@ -231,7 +239,28 @@ def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Vari
     finally:
         (repo / "params.yaml").write_text(original)
         stage_times.unlink(missing_ok=True)
-    return Variation(value, exp_seconds, direct, stages, inside, exp_cpu, direct_cpu)
+    floor = repo.parent / "floor"
+    if not floor.exists():
+        bare_project(floor, len(inside))
+    return Variation(value, exp_seconds, direct, inside, exp_cpu, direct_cpu, exp_run(floor, value, param=FLOOR_PARAM))
+
+
+def bare_project(folder: Path, stages: int) -> None:
+    """A DVC project of `stages` chained stages that cost nothing: the first writes the param, each next copies the line."""
+    folder.mkdir()
+    (folder / "params.yaml").write_text(f"{FLOOR_PARAM}: {BASELINE_VALUE}\n")
+    pipeline: dict[str, dict] = {"s1": {"cmd": f"echo ${{{FLOOR_PARAM}}} > s1.txt", "params": [FLOOR_PARAM], "outs": ["s1.txt"]}}
+    for i in range(2, stages + 1):
+        pipeline[f"s{i}"] = {"cmd": f"cp s{i - 1}.txt s{i}.txt", "deps": [f"s{i - 1}.txt"], "outs": [f"s{i}.txt"]}
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": pipeline}, sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], folder)
+    run(["git", "config", "user.email", "benchmark@example.com"], folder)
+    run(["git", "config", "user.name", "Benchmark"], folder)
+    run(["dvc", "init", "-q"], folder)
+    for option in ("core.analytics", "core.check_update"):  # as the project's .dvc/config
+        run(["dvc", "config", option, "false"], folder)
+    run(["dvc", "repro", "--quiet"], folder)
+    commit(folder, "bare project")
 
 
 def queue_status(repo: Path) -> str:
@@ -351,19 +380,31 @@ def fresh_values(count: int, offset: int) -> list[float]:
 
 def report_variations(variations: list[Variation], machine: Machine) -> None:
     print(f"\nsingle variation ({PARAM}): dvc exp run vs the re-executed stages' commands run directly, alternating")
-    print(f"{'value':>8} {'exp run s':>10} {'direct s':>9} {'overhead s':>11} {'DVC share s':>12}   stage processes under exp run")
+    print(
+        f"{'value':>8} {'exp run s':>10} {'direct s':>9} {'overhead s':>11} {'DVC share s':>12} {'DVC floor s':>12}   "
+        "stage processes under exp run"
+    )
     for v in variations:
         inside = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in v.inside_seconds.items())
-        print(f"{v.value:>8} {v.exp_seconds:>10.2f} {v.direct_seconds:>9.2f} {v.overhead:>11.2f} {v.dvc_share:>12.2f}   {inside}")
+        print(
+            f"{v.value:>8} {v.exp_seconds:>10.2f} {v.direct_seconds:>9.2f} {v.overhead:>11.2f} {v.dvc_share:>12.2f} "
+            f"{v.floor_seconds:>12.2f}   {inside}"
+        )
     overheads, shares = [v.overhead for v in variations], [v.dvc_share for v in variations]
     print(f"dvc exp run: {summary([v.exp_seconds for v in variations])}")
     print(f"direct:      {summary([v.direct_seconds for v in variations])}")
     print(f"overhead:    {summary(overheads)} (exp run - direct: two runs, so the stages' own variation counts too)")
     print(f"DVC share:   {summary(shares)} (exp run - its own stage processes: what DVC adds in the same run)")
     print(f"CPU overhead: {summary([v.cpu_overhead for v in variations], 's of CPU')} (what DVC itself computes)")
+    stages = len(variations[0].stages)
+    print(f"DVC floor:   {summary([v.floor_seconds for v in variations])} (dvc exp run of a bare project, {stages} stages that do nothing)")
+    print(f"above floor: {summary([v.dvc_share - v.floor_seconds for v in variations])} (DVC share - floor: what this project's size adds)")
     worst = max(median(overheads), median(shares))
     verdict = "met" if worst <= TARGET_OVERHEAD_SECONDS else "MISSED"
     print(f"target: overhead <= {TARGET_OVERHEAD_SECONDS} s per experiment, by both measures: {verdict} ({worst:.2f} s, the larger median)")
+    floor = median([v.floor_seconds for v in variations])
+    if floor > TARGET_OVERHEAD_SECONDS:
+        print(f"  DVC's own floor here ({floor:.2f} s) is above the target: no project reaches it with this DVC on this machine")
     print(machine.describe())
 
 
