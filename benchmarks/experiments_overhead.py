@@ -20,7 +20,10 @@ alternating what it compares:
    In the same rounds it times DVC's own floor on this machine: `dvc exp run
    -S` in a bare DVC project whose as many stages (each with a cached output)
    do nothing but copy a line. No project can go below that figure, so the
-   benchmark also prints the project's DVC share above it.
+   benchmark also prints the project's DVC share above it. And it times what
+   each re-executed stage process spends importing its modules (a `python`
+   that imports the stage's module and exits), the part of the stages' own
+   time that is Python starting up rather than computing.
 2. Grid. A --points grid queued with `dvc exp run --queue -S 'param=v1,...'`
    and run by `dvc queue start -j 2` (watching the experiments' git refs appear), against as
    many other values run one after another with `dvc exp run -S`. It counts
@@ -95,6 +98,7 @@ class Variation:
     exp_cpu: float  # CPU seconds of all the processes: what load on the machine does not change
     direct_cpu: float
     floor_seconds: float  # `dvc exp run` of the bare project with as many stages, in the same round
+    import_seconds: dict[str, float]  # a process importing each stage's module, and nothing else
 
     @property
     def stages(self) -> list[str]:
@@ -242,7 +246,9 @@ def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Vari
     floor = repo.parent / "floor"
     if not floor.exists():
         bare_project(floor, len(inside))
-    return Variation(value, exp_seconds, direct, inside, exp_cpu, direct_cpu, exp_run(floor, value, param=FLOOR_PARAM))
+    floor_seconds = exp_run(floor, value, param=FLOOR_PARAM)
+    imports = {name: run(f"PYTHONPATH=src python -c 'import {STAGE_MODULE}{name}'", repo)[0] for name in inside}
+    return Variation(value, exp_seconds, direct, inside, exp_cpu, direct_cpu, floor_seconds, imports)
 
 
 def bare_project(folder: Path, stages: int) -> None:
@@ -399,6 +405,10 @@ def report_variations(variations: list[Variation], machine: Machine) -> None:
     stages = len(variations[0].stages)
     print(f"DVC floor:   {summary([v.floor_seconds for v in variations])} (dvc exp run of a bare project, {stages} stages that do nothing)")
     print(f"above floor: {summary([v.dvc_share - v.floor_seconds for v in variations])} (DVC share - floor: what this project's size adds)")
+    imported = [sum(v.import_seconds.values()) for v in variations]
+    each = ", ".join(f"{name} {median([v.import_seconds[name] for v in variations]):.1f} s" for name in variations[0].stages)
+    stage_seconds = median([sum(v.inside_seconds.values()) for v in variations])
+    print(f"imports:     {summary(imported)} of the stage processes' {stage_seconds:.2f} s ({each})")
     worst = max(median(overheads), median(shares))
     verdict = "met" if worst <= TARGET_OVERHEAD_SECONDS else "MISSED"
     print(f"target: overhead <= {TARGET_OVERHEAD_SECONDS} s per experiment, by both measures: {verdict} ({worst:.2f} s, the larger median)")
