@@ -181,10 +181,14 @@ def copy_project(repo: Path) -> None:
             target = repo / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target)
+    init_git(repo)
+    commit(repo, "project")
+
+
+def init_git(repo: Path) -> None:
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "benchmark@example.com"], repo)
     run(["git", "config", "user.name", "Benchmark"], repo)
-    commit(repo, "project")
 
 
 def commit(repo: Path, message: str) -> None:
@@ -259,9 +263,7 @@ def bare_project(folder: Path, stages: int) -> None:
     for i in range(2, stages + 1):
         pipeline[f"s{i}"] = {"cmd": f"cp s{i - 1}.txt s{i}.txt", "deps": [f"s{i - 1}.txt"], "outs": [f"s{i}.txt"]}
     (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": pipeline}, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], folder)
-    run(["git", "config", "user.email", "benchmark@example.com"], folder)
-    run(["git", "config", "user.name", "Benchmark"], folder)
+    init_git(folder)
     run(["dvc", "init", "-q"], folder)
     for option in ("core.analytics", "core.check_update"):  # as the project's .dvc/config
         run(["dvc", "config", option, "false"], folder)

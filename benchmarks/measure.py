@@ -3,9 +3,12 @@
 A figure taken once on a shared 2-core machine says little. Each benchmark runs
 what it compares in turns (A, B, A, B, ...; at least 3 rounds), prints the
 median with the spread (min and max) of each, and watches the machine while it
-measures: the load average, and the CPU seconds that processes other than the
-benchmark's own used meanwhile. When those exceed a quarter of a core, the
-figures are flagged as disturbed.
+measures: the load average, the CPU seconds that processes other than the
+benchmark's own used meanwhile, and those the hypervisor gave to other
+machines (the "steal" of /proc/stat). When those together exceed a quarter
+of a core, the figures are flagged as disturbed. A host that merely runs
+slower (its neighbours sharing caches and memory bandwidth) shows in none of
+them: comparisons are made in the same rounds for that reason.
 
     from measure import Machine, alternate, summary
     with Machine() as machine:
@@ -64,6 +67,8 @@ class Machine:
     def __init__(self, own_folders: list[Path] | None = None) -> None:
         self.own_folders = [str(Path(f).resolve()) for f in own_folders or []]
         self.other_cpu = 0.0
+        self.stolen_cpu = 0.0
+        self._steal_before = 0.0
         self.seconds = 0.0
         self.load_before = os.getloadavg()[0]
         self.load_peak = self.load_before
@@ -84,6 +89,15 @@ class Machine:
                     continue
                 found[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
         return found
+
+    @staticmethod
+    def _steal() -> float:
+        """CPU seconds the hypervisor has given to others since boot, over all cores (0 where /proc/stat has no steal)."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        except OSError:
+            return 0.0
+        return int(fields[8]) / TICKS if len(fields) > 8 else 0.0
 
     def _ours(self, pid: int, processes: dict[int, tuple[int, float]]) -> bool:
         if self.own_folders:
@@ -118,6 +132,7 @@ class Machine:
         self._started = time.perf_counter()
         self.load_before = self.load_peak = os.getloadavg()[0]
         self._sample(first=True)
+        self._steal_before = self._steal()
         self._thread.start()
         return self
 
@@ -125,6 +140,7 @@ class Machine:
         self._stop.set()
         self._thread.join()
         self._sample()
+        self.stolen_cpu = self._steal() - self._steal_before
         self.seconds = time.perf_counter() - self._started
 
     @property
@@ -133,12 +149,18 @@ class Machine:
         return self.other_cpu / self.seconds if self.seconds else 0.0
 
     @property
+    def stolen_share(self) -> float:
+        """CPU the hypervisor gave to other machines, in cores, averaged over the measurement."""
+        return self.stolen_cpu / self.seconds if self.seconds else 0.0
+
+    @property
     def disturbed(self) -> bool:
-        return self.other_share > DISTURBED_SHARE
+        return self.other_share + self.stolen_share > DISTURBED_SHARE
 
     def describe(self) -> str:
         verdict = "DISTURBED: re-measure on a quiet machine" if self.disturbed else "quiet"
         return (
             f"machine: {os.cpu_count()} cores, load average {self.load_before:.1f} at the start, {self.load_peak:.1f} at the peak; "
-            f"other processes used {self.other_cpu:.0f} CPU-s ({self.other_share:.0%} of a core) over {self.seconds:.0f} s: {verdict}"
+            f"other processes used {self.other_cpu:.0f} CPU-s ({self.other_share:.0%} of a core) and the hypervisor took "
+            f"{self.stolen_cpu:.1f} CPU-s ({self.stolen_share:.0%} of a core) over {self.seconds:.0f} s: {verdict}"
         )
