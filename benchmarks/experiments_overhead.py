@@ -404,19 +404,18 @@ def report_variations(variations: list[Variation], machine: Machine) -> None:
     print(f"overhead:    {summary(overheads)} (exp run - direct: two runs, so the stages' own variation counts too)")
     print(f"DVC share:   {summary(shares)} (exp run - its own stage processes: what DVC adds in the same run)")
     print(f"CPU overhead: {summary([v.cpu_overhead for v in variations], 's of CPU')} (what DVC itself computes)")
-    stages = len(variations[0].stages)
-    print(f"DVC floor:   {summary([v.floor_seconds for v in variations])} (dvc exp run of a bare project, {stages} stages that do nothing)")
+    stages, floors = variations[0].stages, [v.floor_seconds for v in variations]
+    print(f"DVC floor:   {summary(floors)} (dvc exp run of a bare project, {len(stages)} stages that do nothing)")
     print(f"above floor: {summary([v.dvc_share - v.floor_seconds for v in variations])} (DVC share - floor: what this project's size adds)")
     imported = [sum(v.import_seconds.values()) for v in variations]
-    each = ", ".join(f"{name} {median([v.import_seconds[name] for v in variations]):.1f} s" for name in variations[0].stages)
+    each = ", ".join(f"{name} {median([v.import_seconds[name] for v in variations]):.1f} s" for name in stages)
     stage_seconds = median([sum(v.inside_seconds.values()) for v in variations])
     print(f"imports:     {summary(imported)} of the stage processes' {stage_seconds:.2f} s ({each})")
     worst = max(median(overheads), median(shares))
     verdict = "met" if worst <= TARGET_OVERHEAD_SECONDS else "MISSED"
     print(f"target: overhead <= {TARGET_OVERHEAD_SECONDS} s per experiment, by both measures: {verdict} ({worst:.2f} s, the larger median)")
-    floor = median([v.floor_seconds for v in variations])
-    if floor > TARGET_OVERHEAD_SECONDS:
-        print(f"  DVC's own floor here ({floor:.2f} s) is above the target: no project reaches it with this DVC on this machine")
+    if median(floors) > TARGET_OVERHEAD_SECONDS:
+        print(f"  DVC's own floor here ({median(floors):.2f} s) is above the target: no project reaches it with this DVC on this machine")
     print(machine.describe())
 
 
