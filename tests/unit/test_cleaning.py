@@ -294,3 +294,33 @@ def test_arrival_order_is_judged_per_series_sorted_or_not(sort):
     late = ~arrived_in_order(frame, ["station_id", "parameter_id"])
     expected = {0: False, 1: False, 2: False, 3: not sort, 4: not sort}  # unsorted, rows 3 and 4 are older than their series' previous
     assert late.to_dict() == expected
+
+
+@pytest.mark.parametrize("dtype", ["int64", "Int64", "float64"])
+@pytest.mark.parametrize("report_duplicates", ["all", "exclude_first", "exclude_last"])
+def test_uniqueness_by_sorting_fails_the_rows_pandera_itself_fails(dtype, report_duplicates):
+    import pandera.pandas as pa
+    from pandera.backends.pandas.components import ColumnBackend
+
+    from bts.data.schemas import SortingColumnBackend
+
+    ids = pd.Series([7, 3, 7, 1, 3, 3, 9], dtype=dtype, index=[6, 5, 4, 3, 2, 1, 0])
+    frame = pd.DataFrame({"id": ids})
+    schema = pa.DataFrameSchema({"id": pa.Column(dtype, unique=True, report_duplicates=report_duplicates)})
+
+    def failures(backend: type) -> tuple[pd.DataFrame, str]:
+        pa.Column.register_backend(pd.DataFrame, backend, force=True)
+        with pytest.raises(pa.errors.SchemaErrors) as raised:
+            schema.validate(frame, lazy=True)
+        return raised.value.failure_cases, str(raised.value)
+
+    try:
+        assert isinstance(schema.columns["id"].get_backend(frame), SortingColumnBackend)  # the one the schemas use
+        sorted_cases, sorted_message = failures(SortingColumnBackend)
+        hashed_cases, hashed_message = failures(ColumnBackend)
+    finally:
+        pa.Column.register_backend(pd.DataFrame, SortingColumnBackend, force=True)
+    pd.testing.assert_frame_equal(sorted_cases, hashed_cases)
+    assert sorted_message == hashed_message
+    assert set(sorted_cases["index"]) <= {6, 5, 4, 2, 1}  # only rows whose id comes again
+    schema.validate(frame.drop_duplicates("id"), lazy=True)  # and unique ids pass

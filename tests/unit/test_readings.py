@@ -72,8 +72,9 @@ def test_in_order_compares_the_next_key_only_on_a_tie():
         pd.Series([], dtype="Int64"),
     ],
 )
-def test_repeated_and_distinct_count_are_pandas_duplicated_and_nunique(values):
-    pd.testing.assert_series_equal(repeated(values), values.duplicated(keep="first"))
+@pytest.mark.parametrize("keep", ["first", "last", False])
+def test_repeated_and_distinct_count_are_pandas_duplicated_and_nunique(values, keep):
+    pd.testing.assert_series_equal(repeated(values, keep=keep), values.duplicated(keep=keep))
     assert distinct_count(values) == values.nunique()
 
 

@@ -6,6 +6,8 @@ such as the features, imports neither.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import pyarrow
@@ -60,18 +62,23 @@ def labels(codes: np.ndarray, names: list[str], index: pd.Index | None = None) -
     return column
 
 
-def repeated(values: pd.Series) -> pd.Series:
-    """values.duplicated(keep="first"): True where an earlier row holds the same value.
+def repeated(values: pd.Series, keep: Literal["first", "last", False] = "first") -> pd.Series:
+    """values.duplicated(keep=keep): True where another row holds the same value (all but the first of them, all
+    but the last, or all of them for keep=False).
 
     Integers are compared after numpy's stable sort, which takes nearly sorted input (ids grow as readings are
     delivered) in about one pass where pandas hashes every value; other values, or missing ones, go to pandas.
     """
     if values.dtype.kind not in "iu" or values.hasnans:
-        return values.duplicated(keep="first")
+        return values.duplicated(keep=keep)
     array = values.to_numpy()
     order = np.argsort(array, kind="stable")  # equal values keep their row order: the first one comes first
+    same = array[order[1:]] == array[order[:-1]]  # each row in value order against the one before it
     result = np.zeros(len(array), dtype=bool)
-    result[order[1:]] = array[order[1:]] == array[order[:-1]]
+    if keep != "last":
+        result[order[1:]] = same  # a row equal to the one before it is not the first of its value
+    if keep != "first":
+        result[order[:-1]] |= same  # a row equal to the one after it is not the last of its value
     return pd.Series(result, index=values.index, name=values.name)
 
 

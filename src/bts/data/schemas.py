@@ -12,9 +12,14 @@ import numpy as np
 import pandas as pd
 import pandera.extensions as extensions
 import pandera.pandas as pa
+from pandera.backends.base import CoreCheckResult
+from pandera.backends.pandas.components import ColumnBackend
+from pandera.backends.pandas.error_formatters import reshape_failure_cases
+from pandera.backends.utils import convert_uniquesettings
+from pandera.errors import SchemaErrorReason
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import in_order
+from bts.data.readings import in_order, repeated
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -83,6 +88,32 @@ def arrived_in_order(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
 def in_time_order(frame: pd.DataFrame, *, keys: list) -> pd.Series:
     """Readings of each group arrive in time order."""
     return arrived_in_order(frame, keys)
+
+
+class SortingColumnBackend(ColumnBackend):
+    """pandera's pandas column backend, with `unique=True` judged by a sort instead of pandas' hashing.
+
+    On millions of integer ids pandera's check (Series.is_unique, then Series.duplicated) costs about a second a
+    column; `repeated` finds the same rows in a few tenths. The result (rows, message, failure cases) is
+    pandera's own; any column other than integers without missing values goes to pandera's check unchanged.
+    """
+
+    def check_unique(self, check_obj: pd.Series, schema) -> CoreCheckResult:
+        if not schema.unique or check_obj.dtype.kind not in "iu" or check_obj.hasnans:
+            return super().check_unique(check_obj, schema)
+        duplicates = repeated(check_obj, keep=convert_uniquesettings(schema.report_duplicates))
+        failed = check_obj[duplicates] if duplicates.any() else None
+        return CoreCheckResult(
+            passed=failed is None,
+            check="field_uniqueness",
+            reason_code=SchemaErrorReason.SERIES_CONTAINS_DUPLICATES,
+            message=None if failed is None else f"series '{check_obj.name}' contains duplicate values:\n{failed}",
+            failure_cases=None if failed is None else reshape_failure_cases(failed),
+        )
+
+
+# Registered before pandera registers its own backends (on the first validation), which then leave this one in place.
+pa.Column.register_backend(pd.DataFrame, SortingColumnBackend, force=True)
 
 
 def raw_schema(catalogue: dict[int, Sensor]) -> pa.DataFrameSchema:
