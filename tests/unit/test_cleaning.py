@@ -324,3 +324,35 @@ def test_uniqueness_by_sorting_fails_the_rows_pandera_itself_fails(dtype, report
     assert sorted_message == hashed_message
     assert set(sorted_cases["index"]) <= {6, 5, 4, 2, 1}  # only rows whose id comes again
     schema.validate(frame.drop_duplicates("id"), lazy=True)  # and unique ids pass
+
+
+def test_the_clean_stage_checks_its_output_while_writing_it_and_keeps_the_last_good_outputs(tmp_path, monkeypatch, catalogue):
+    """The stage hands the clean rows to the writer before the schema check; a failed check moves nothing into place."""
+    import shutil
+    import sys
+
+    from bts.stages import clean as stage
+    from tests.conftest import PROJECT, SENSORS
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(PROJECT / "params.yaml", "params.yaml")
+    raw_frame(GOOD).to_parquet("raw.parquet")
+    outputs = {name: f"last good {name}" for name in ["clean.parquet", "quarantine.parquet", "clean.yaml", "clean.json", "clean.md"]}
+    for name, text in outputs.items():
+        (tmp_path / name).write_text(text)
+    argv = ["clean", "--raw", "raw.parquet", "--sensors", str(SENSORS), "--out", "clean.parquet", "--quarantine", "quarantine.parquet"]
+    argv += ["--schema", "clean.yaml", "--document", "clean.json", "--datasheet", "clean.md"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(stage, "clean_schema", lambda _: clean_schema({LOAD: catalogue[LOAD]}))  # one the rows cannot pass
+
+    with pytest.raises(DataContractError, match="clean output fails schema bts_clean_readings: column parameter_id"):
+        stage.main()
+    assert {name: (tmp_path / name).read_text() for name in outputs} == outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*outputs, "params.yaml", "raw.parquet"])  # no temporary left
+
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", argv)
+    stage.main()  # with the project's schema the same rows pass, and every output is replaced
+    assert all((tmp_path / name).read_bytes() != text.encode() for name, text in outputs.items())
+    assert len(pd.read_parquet("clean.parquet")) == len(GOOD)

@@ -136,6 +136,14 @@ def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.
 
 def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.DataFrameSchema) -> CleaningResult:
     """Split raw readings into clean rows (typed, sorted, schema-valid) and quarantined rows with reasons."""
+    result = split_readings(raw, catalogue, list(schema.columns))
+    check_clean(result.clean, schema)
+    return result
+
+
+def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: list[str]) -> CleaningResult:
+    """clean_readings without the final check against the clean schema: clean rows (typed, sorted, in the given
+    columns) and quarantined rows with reasons. Whoever uses the clean rows checks them (check_clean) first."""
     normalized = normalize_reading_time(raw["reading_time"])
     time_fixed = int((normalized != raw["reading_time"].str.strip()).sum())
     frame = raw.assign(reading_time=normalized)
@@ -154,7 +162,7 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
         frame.drop(columns="reading_time")
         .take(rows)
         .assign(reading_time=times)
-        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[list(schema.columns)]
+        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[columns]
         .reset_index(drop=True)
     )
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
@@ -167,6 +175,11 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     }
     if accounting["rows_in"] != accounting["rows_out"] + accounting["rows_quarantined"]:
         raise DataContractError(f"row accounting broken: {accounting['rows_in']} in != {len(clean)} out + {len(quarantine)} quarantined")
+    return CleaningResult(clean, quarantine, accounting)
+
+
+def check_clean(clean: pd.DataFrame, schema: pa.DataFrameSchema) -> None:
+    """The clean rows pass the clean schema, or DataContractError names the first failure."""
     try:
         schema.validate(clean, lazy=True, inplace=True)  # nothing is coerced: spare pandera's copy of the frame
     except pa.errors.SchemaErrors as exc:
@@ -175,4 +188,3 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
             f"clean output fails schema {schema.name}: column {first['column']}, check {first['check']}, "
             f"{len(exc.failure_cases)} failure(s), e.g. {first['failure_case']!r}"
         ) from exc
-    return CleaningResult(clean, quarantine, accounting)

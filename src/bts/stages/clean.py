@@ -7,7 +7,7 @@ import argparse
 import pandas as pd
 
 from bts.data.catalogue import load_catalogue
-from bts.data.cleaning import clean_readings
+from bts.data.cleaning import check_clean, split_readings
 from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
 from bts.data.schemas import clean_schema
 from bts.files import BackgroundWrites, write_json, write_text
@@ -29,14 +29,15 @@ def main() -> None:
     params = load_params().clean
     catalogue = load_catalogue(args.sensors)
     schema = clean_schema(catalogue)
-    result = clean_readings(pd.read_parquet(args.raw), catalogue, schema)
-    accounting = result.accounting
     with BackgroundWrites() as background:
+        raw_md5 = background.submit(dvc_md5, args.raw)  # hashed while the rows are split
+        result = split_readings(pd.read_parquet(args.raw), catalogue, list(schema.columns))
         background.parquet(args.out, result.clean)
         background.parquet(args.quarantine, result.quarantine)
-        raw_md5 = background.submit(dvc_md5, args.raw)
+        check_clean(result.clean, schema)  # while they are written: a failure leaves the last good outputs in place
         coverage_fields = coverage(result.clean, catalogue, result.clean["reading_time"])
         gaps = series_gaps(result.clean, params.gap_threshold_minutes)
+    accounting = result.accounting
     write_text(args.schema, schema.to_yaml())
     document = dataset_document(
         dataset_id="bts-clean",

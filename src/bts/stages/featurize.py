@@ -25,10 +25,10 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params().featurize
     spec = FeatureSpec.from_params(params)
-    features, accounting = build_features(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
     with BackgroundWrites() as background:
+        input_md5 = background.submit(dvc_md5, args.clean)  # hashed while the features are built
+        features, accounting = build_features(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
         background.parquet(args.out, features)
-        input_md5 = background.submit(dvc_md5, args.clean)
         targets = features.groupby("split", sort=True)["target_time"].agg(["min", "max", "size"])
         splits = {
             split: {"first_target": iso_time(first), "last_target": iso_time(last), "examples": int(examples)}

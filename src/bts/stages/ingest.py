@@ -32,11 +32,11 @@ def main() -> None:
     files = resolve_sources(sources, Path(args.simulated), [Path(d) for d in args.inputs], root=Path.cwd())
     source_paths = {source: args.simulated if source == SIMULATED else source for source in sources}
     print(f"ingest: reading {len(files)} file(s)")
-    raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written
     schema = raw_schema(catalogue)
     with BackgroundWrites() as background:
+        source_md5 = {source: background.submit(dvc_md5, path) for source, path in source_paths.items()}  # while reading
+        raw = read_exports(files, root=Path.cwd())  # every file is checked before anything is written
         background.parquet(args.out, raw)
-        source_md5 = {source: background.submit(dvc_md5, path) for source, path in source_paths.items()}
         report = failure_report(raw, schema)
         coverage_fields = coverage(raw, catalogue, parse_reading_time(raw["reading_time"]))
         quality = {
