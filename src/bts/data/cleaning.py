@@ -16,7 +16,7 @@ import pandera.pandas as pa
 
 from bts.data.catalogue import Sensor, plausible_ranges
 from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, repeated, sort_order
-from bts.data.schemas import SENTINEL, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
+from bts.data.schemas import SENTINEL, TIME_DTYPE, TIMESTAMP_FORMAT, arrived_in_order, parse_reading_time, value_in_range
 from bts.errors import DataContractError
 
 Rule = Callable[[pd.DataFrame, dict[int, Sensor]], pd.Series]
@@ -61,9 +61,27 @@ def invalid_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
     return (keys.isna() | keys.lt(0).fillna(False)).any(axis=1).astype(bool)
 
 
+def normalized_times(text: pd.Series) -> tuple[pd.Series, int]:
+    """The reading times normalized and parsed (NaT where unparseable), and the count of rows normalizing changed.
+
+    A day's readings share some tens of thousands of times, so each distinct text is normalized and parsed once
+    and the results are spread back over the rows.
+    """
+    codes, distinct = pd.factorize(text, use_na_sentinel=False)  # a missing text is one of the distinct ones
+    distinct = pd.Series(distinct, dtype=text.dtype)
+    normalized = normalize_reading_time(distinct)
+    changed = (normalized != distinct.str.strip()).to_numpy(dtype=bool)
+    parsed = parse_reading_time(normalized).to_numpy()
+    return pd.Series(parsed[codes], index=text.index, name=text.name), int(np.count_nonzero(changed[codes]))
+
+
 def unparseable_time(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """reading_time is not a valid 'YYYY-MM-DD HH:MM:SS' timestamp, even after normalizing (ISO forms, UTC offsets)."""
-    return parse_reading_time(normalize_reading_time(frame["reading_time"])).isna()
+    """reading_time is not a valid 'YYYY-MM-DD HH:MM:SS' timestamp, even after normalizing (ISO forms, UTC offsets).
+
+    Times already parsed (as normalized_times gives them) are unparseable where they are missing.
+    """
+    times = frame["reading_time"]
+    return times.isna() if times.dtype == TIME_DTYPE else normalized_times(times)[0].isna()
 
 
 def missing_value(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
@@ -144,15 +162,14 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
 def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: list[str]) -> CleaningResult:
     """clean_readings without the final check against the clean schema: clean rows (typed, sorted, in the given
     columns) and quarantined rows with reasons. Whoever uses the clean rows checks them (check_clean) first."""
-    normalized = normalize_reading_time(raw["reading_time"])
-    time_fixed = int((normalized != raw["reading_time"].str.strip()).sum())
-    frame = raw.assign(reading_time=normalized)
+    parsed, time_fixed = normalized_times(raw["reading_time"])
+    frame = raw.assign(reading_time=parsed)
     reason = quarantine_reasons(frame, catalogue)
     kept = reason.isna()
     # The keys of the kept rows tell which came late and the clean order; all columns are then taken once, in that order.
     rows = np.flatnonzero(kept.to_numpy())
     keys = frame[["station_id", "parameter_id", "id"]].take(rows).astype("int64")
-    keys = keys.assign(reading_time=parse_reading_time(normalized).to_numpy()[rows])  # parsed before the strings are copied
+    keys = keys.assign(reading_time=parsed.to_numpy()[rows])
     delivered_late = ~arrived_in_order(keys, SERIES_KEYS)
     order = sort_order(keys, CLEAN_ORDER)
     times = keys["reading_time"].to_numpy()
