@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ from types import TracebackType
 from typing import Any
 
 import pandas as pd
+import pyarrow
+import pyarrow.parquet as pq
 
 
 def _umask() -> int:
@@ -96,9 +99,36 @@ def write_json(path: str | Path, document: Any) -> None:
     write_text(path, json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+PARQUET_COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 1_000_000
+
+
 def _parquet_file(path: Path, frame: pd.DataFrame) -> None:
     """Parquet with a fixed layout, so the same frame gives the same bytes."""
-    frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd", row_group_size=1_000_000)
+    frame.to_parquet(path, index=False, engine="pyarrow", compression=PARQUET_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+
+
+class ParquetParts:
+    """A Parquet file written a part (a frame of its next rows) at a time, in _parquet_file's layout.
+
+    Parts of ROW_GROUP_ROWS rows each (the last one shorter) give the bytes _parquet_file gives the whole frame:
+    a row group is encoded on its own, and pandas' to_parquet is pyarrow's writer given the frame's Arrow table.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pyarrow.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._path, table.schema, compression=PARQUET_COMPRESSION)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise ValueError(f"{self._path}: no part was written (a Parquet file needs one to know its columns)")
+        self._writer.close()
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
@@ -124,13 +154,33 @@ class BackgroundWrites:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bts-writes")
         self._files: list[tuple[Path, Path]] = []
+        self._parts: list[ParquetParts] = []
         self._tasks: list[Future] = []
 
     def parquet(self, path: str | Path, frame: pd.DataFrame) -> None:
+        self.submit(_parquet_file, self._temporary(path), frame)
+
+    def parquet_parts(self, path: str | Path) -> Callable[[pd.DataFrame], None]:
+        """A function that hands over the next part of a Parquet file (ParquetParts); the file is closed at the end.
+
+        A part waits for the one before it to be written, so at most one is kept waiting while the next is built.
+        """
+        parts = ParquetParts(self._temporary(path))
+        self._parts.append(parts)
+        written: list[Future] = []
+
+        def add(frame: pd.DataFrame) -> None:
+            if written:
+                written.pop().result()
+            written.append(self.submit(parts.write, frame))
+
+        return add
+
+    def _temporary(self, path: str | Path) -> Path:
         path = Path(path)
         tmp = temporary_beside(path)
         self._files.append((path, tmp))
-        self.submit(_parquet_file, tmp, frame)
+        return tmp
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
         """Run function(*args) on the background thread, after the tasks handed over before it."""
@@ -144,6 +194,8 @@ class BackgroundWrites:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         try:
             if kind is None:
+                for parts in self._parts:
+                    self.submit(parts.close)
                 self._pool.shutdown(wait=True)
                 for task in self._tasks:
                     task.result()  # the first failed task raises here, before any file is moved
@@ -154,6 +206,9 @@ class BackgroundWrites:
             for task in self._tasks:
                 task.cancel()  # on an error, or an interrupt while waiting: what has not started never runs
             self._finish_running_task()
+            for parts in self._parts:
+                with contextlib.suppress(Exception):
+                    parts.close()  # after a failure: the file is removed below, its writer is only let go
             for _, tmp in self._files:
                 tmp.unlink(missing_ok=True)  # after a success there is none left
 

@@ -353,3 +353,18 @@ def test_features_of_unsorted_input_equal_those_of_sorted_input(clean):
     shuffled, _ = build_features(clean.sample(frac=1, random_state=3), spec)
     ordered, _ = build_features(clean.sort_values(["station_id", "parameter_id", "reading_time", "id"]), spec)
     pd.testing.assert_frame_equal(shuffled, ordered)
+
+
+@pytest.mark.parametrize("spec", [FeatureSpec(n_lags=3, scale_window=4), FeatureSpec(n_lags=2, horizon=2, scale_window=9, calendar=True)])
+def test_any_slice_of_the_feature_table_holds_those_rows_of_the_whole_table(spec):
+    from bts.data.features import FeatureTable
+
+    table = FeatureTable(clean_frame(stations=(1, 2, 3), readings=25), spec)
+    whole, accounting = build_features(clean_frame(stations=(1, 2, 3), readings=25), spec)
+    assert table.accounting == accounting
+    pd.testing.assert_frame_equal(table.rows(0, len(table)), whole, check_exact=True)
+    for size in (1, 5, 17):  # slices that start inside a series, past its first windows
+        parts = pd.concat([table.rows(start, start + size) for start in range(0, len(table), size)])
+        pd.testing.assert_frame_equal(parts, whole, check_exact=True)
+    pd.testing.assert_frame_equal(table.targets, whole[["split", "target_time"]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(table.keys, whole[["station_id", "parameter_id", "reading_time", "reading_id"]])

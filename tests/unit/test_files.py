@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
+from bts import files
 from bts.files import BackgroundWrites, atomic_folder, atomic_write, write_json, write_parquet
 
 
@@ -167,6 +169,46 @@ def test_background_writes_put_every_file_in_place_at_the_end_with_the_bytes_of_
     assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "b.parquet"), frame.iloc[:1])
     assert mode(tmp_path / "out" / "a.parquet") == 0o644
+
+
+@pytest.mark.parametrize("sizes", [[4, 4, 3], [4, 4], [2]], ids=["last-part-shorter", "whole-row-groups", "one-part"])
+def test_a_parquet_file_written_in_parts_of_a_row_group_has_the_bytes_of_the_whole_frame(tmp_path, monkeypatch, sizes):
+    monkeypatch.setattr(files, "ROW_GROUP_ROWS", 4)  # several row groups from a few rows
+    rows = sum(sizes)
+    frame = pd.DataFrame(
+        {
+            "id": range(rows),
+            "value": [None if i % 3 == 0 else i / 7 for i in range(rows)],
+            "time": pd.date_range("2017-04-18", periods=rows, freq="37s").astype("datetime64[us]"),
+            "label": pd.array(["a", None, "ccc"] * rows, dtype="str")[:rows],
+        }
+    )
+    write_parquet(tmp_path / "whole.parquet", frame)
+    with BackgroundWrites() as background:
+        add = background.parquet_parts(tmp_path / "parts.parquet")
+        start = 0
+        for size in sizes:
+            add(frame.iloc[start : start + size])
+            start += size
+        assert not (tmp_path / "parts.parquet").exists()  # in place only once the block ends
+    assert pq.ParquetFile(tmp_path / "whole.parquet").num_row_groups == len(sizes)
+    assert (tmp_path / "parts.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+
+def test_a_parquet_file_in_parts_is_not_moved_into_place_when_the_block_fails_after_some_parts(tmp_path):
+    (tmp_path / "a.parquet").write_text("last good")
+    with pytest.raises(Boom, match="second part failed"), BackgroundWrites() as background:
+        add = background.parquet_parts(tmp_path / "a.parquet")
+        add(pd.DataFrame({"x": [1, 2]}))
+        raise Boom("second part failed")
+    assert entries(tmp_path) == ["a.parquet"]
+    assert (tmp_path / "a.parquet").read_text() == "last good"
+
+
+def test_a_parquet_file_given_no_part_is_an_error_not_an_empty_file(tmp_path):
+    with pytest.raises(ValueError, match="no part was written"), BackgroundWrites() as background:
+        background.parquet_parts(tmp_path / "a.parquet")
+    assert entries(tmp_path) == []
 
 
 def test_an_error_in_the_block_leaves_the_last_good_files_and_no_temporary(tmp_path):

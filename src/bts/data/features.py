@@ -154,57 +154,102 @@ def shift_within(values: np.ndarray, position: np.ndarray, left: np.ndarray, k: 
     return shifted
 
 
+class FeatureTable:
+    """The examples of clean readings (feature rows with target and split), built a slice of rows at a time.
+
+    What spans the whole table is settled once, here: each reading's place in its series, which readings make
+    examples, their targets and splits. `rows(start, stop)` then computes the features of examples start..stop-1
+    only, from their readings and the few before them that a lag or a window reaches. Any slice holds exactly
+    those rows of the whole table, to the last bit, so a writer can encode one slice while the next is built.
+    """
+
+    def __init__(self, clean: pd.DataFrame, spec: FeatureSpec) -> None:
+        self.spec = spec
+        clean = sorted_by(clean, CLEAN_ORDER)  # series by series in time order; the clean stage writes them so
+        self._position, self._left = series_positions(clean[SERIES_KEYS])
+        self._value = clean["value"].to_numpy(dtype="float64")
+        self._time = clean["reading_time"]
+        oldest = shift_within(self._value, self._position, self._left, spec.n_lags - 1)
+        target = shift_within(self._value, self._position, self._left, -spec.horizon)
+        no_history = np.isnan(oldest)
+        no_target = np.isnan(target) & ~no_history
+        self._rows = np.flatnonzero(~(no_history | no_target))  # the readings that are an example's latest one
+        if not len(self._rows):
+            raise ConfigError(
+                f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
+                "lower featurize.n_lags or featurize.horizon, or add data"
+            )
+        self.keys = pd.DataFrame({c: clean[c].to_numpy().take(self._rows) for c in [*SERIES_KEYS, "reading_time"]}, copy=False)
+        self.keys["reading_id"] = clean["id"].to_numpy().take(self._rows)
+        self._target = target.take(self._rows)
+        self._target_time = shift_within(self._time.to_numpy(), self._position, self._left, -spec.horizon).take(self._rows)
+        self._split = split_codes(self.keys["station_id"], pd.Series(self._target_time), spec)
+        counts = np.bincount(self._split, minlength=len(SPLITS))
+        self.accounting = {
+            "readings_in": len(clean),
+            "examples_out": len(self._rows),
+            "readings_without_full_history": int(no_history.sum()),
+            "readings_without_target": int(no_target.sum()),
+            "examples_by_split": {split: int(count) for split, count in zip(SPLITS, counts, strict=True)},
+        }
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def targets(self) -> pd.DataFrame:
+        """split and target_time of every example."""
+        return pd.DataFrame({"split": labels(self._split, SPLITS), "target_time": self._target_time})
+
+    def rows(self, start: int, stop: int) -> pd.DataFrame:
+        """Examples start..stop-1 (index start..stop-1), every column."""
+        spec, rows = self.spec, self._rows[start:stop]
+        reach = max(spec.n_lags, spec.scale_window) + 1  # the readings before an example's latest one its features read
+        low = max(int(rows[0]) - reach, 0) if len(rows) else 0
+        span = slice(low, int(rows[-1]) + 1 if len(rows) else 0)
+        value, position, left, time = self._value[span], self._position[span], self._left[span], self._time.iloc[span]
+        at = rows - low
+        columns: dict[str, np.ndarray] = {}
+        for k in range(1, spec.n_lags + 1):
+            columns[f"lag_{k}"] = shift_within(value, position, left, k - 1)
+        seconds = (time - pd.Timestamp(0)).dt.total_seconds().to_numpy()
+        shifted = {k: shift_within(seconds, position, left, k) for k in range(spec.n_lags)}
+        for k in range(1, spec.n_lags):
+            columns[f"gap_{k}_seconds"] = shifted[k - 1] - shifted[k]
+        columns.update(window_features(pd.Series(value), pd.Series(np.maximum(position, 0)), spec.scale_window))
+        if spec.calendar:
+            hour = time.dt.hour + time.dt.minute / 60.0
+            columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0).to_numpy()
+            columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0).to_numpy()
+            columns["day_of_week"] = time.dt.day_of_week.astype("float64").to_numpy()
+        keys = {c: self.keys[c].to_numpy()[start:stop] for c in self.keys.columns}
+        # column by column, each kept as its own array: no full-size frame, no consolidated copy of the examples
+        return pd.DataFrame(
+            {
+                **keys,
+                "split": labels(self._split[start:stop], SPLITS).array,
+                **{name: values.take(at) for name, values in columns.items()},
+                "target": self._target[start:stop],
+                "target_time": self._target_time[start:stop],
+            },
+            index=pd.RangeIndex(start, start + len(rows)),
+            copy=False,
+        )
+
+
 def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, dict]:
     """Feature rows with target and split, plus the count of readings that could not become examples."""
-    clean = sorted_by(clean, CLEAN_ORDER)  # series by series in time order; the clean stage writes them so
-    position, left = series_positions(clean[SERIES_KEYS])
-    value = clean["value"].to_numpy(dtype="float64")
-    columns: dict[str, np.ndarray] = {}
-    for k in range(1, spec.n_lags + 1):
-        columns[f"lag_{k}"] = shift_within(value, position, left, k - 1)
-    seconds = (clean["reading_time"] - pd.Timestamp(0)).dt.total_seconds().to_numpy()
-    shifted = {k: shift_within(seconds, position, left, k) for k in range(spec.n_lags)}
-    for k in range(1, spec.n_lags):
-        columns[f"gap_{k}_seconds"] = shifted[k - 1] - shifted[k]
-    columns.update(window_features(clean["value"], pd.Series(np.maximum(position, 0)), spec.scale_window))
-    if spec.calendar:
-        hour = clean["reading_time"].dt.hour + clean["reading_time"].dt.minute / 60.0
-        columns["hour_sin"] = np.sin(2 * np.pi * hour / 24.0).to_numpy()
-        columns["hour_cos"] = np.cos(2 * np.pi * hour / 24.0).to_numpy()
-        columns["day_of_week"] = clean["reading_time"].dt.day_of_week.astype("float64").to_numpy()
-    columns["target"] = shift_within(value, position, left, -spec.horizon)
-    columns["target_time"] = shift_within(clean["reading_time"].to_numpy(), position, left, -spec.horizon)
-    no_history = np.isnan(columns[f"lag_{spec.n_lags}"])
-    no_target = np.isnan(columns["target"]) & ~no_history
-    example = ~(no_history | no_target)
-    rows = np.flatnonzero(example)  # once: a boolean mask would be searched again for every column
-    keys = {c: clean[c].to_numpy().take(rows) for c in [*SERIES_KEYS, "reading_time"]}
-    keys["reading_id"] = clean["id"].to_numpy().take(rows)  # the example's latest reading
-    # column by column, each kept as its own array: no full-size frame, no consolidated copy of the examples
-    frame = pd.DataFrame({**keys, **{name: values.take(rows) for name, values in columns.items()}}, copy=False)
-    if frame.empty:
-        raise ConfigError(
-            f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
-            "lower featurize.n_lags or featurize.horizon, or add data"
-        )
-    frame.insert(4, "split", assign_splits(frame, spec))
-    accounting = {
-        "readings_in": len(clean),
-        "examples_out": len(frame),
-        "readings_without_full_history": int(no_history.sum()),
-        "readings_without_target": int(no_target.sum()),
-        "examples_by_split": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-    }
-    return frame, accounting
+    table = FeatureTable(clean, spec)
+    return table.rows(0, len(table)), table.accounting
 
 
-def assign_splits(frame: pd.DataFrame, spec: FeatureSpec) -> pd.Series:
-    """train / valid / test by target time (global cut points); held-out stations apart."""
-    holdout = frame["station_id"].isin(list(spec.holdout_stations))
-    in_time = frame.loc[~holdout, "target_time"]
+def split_codes(station: pd.Series, target_time: pd.Series, spec: FeatureSpec) -> np.ndarray:
+    """Each example's index in SPLITS: train / valid / test by target time (global cut points); held-out stations apart."""
+    holdout = station.isin(list(spec.holdout_stations)).to_numpy()
+    in_time = target_time[~holdout]
     if in_time.empty:
         raise ConfigError("featurize.holdout_stations: every station is held out; nothing is left to train on")
     train_end = in_time.quantile(1 - spec.valid_fraction - spec.test_fraction, interpolation="lower")
     valid_end = in_time.quantile(1 - spec.test_fraction, interpolation="lower")
-    split = np.where(frame["target_time"] <= train_end, 0, np.where(frame["target_time"] <= valid_end, 1, 2))  # index in SPLITS
-    return labels(np.where(holdout, SPLITS.index("holdout"), split), SPLITS, frame.index)
+    split = np.where(target_time <= train_end, 0, np.where(target_time <= valid_end, 1, 2))
+    return np.where(holdout, SPLITS.index("holdout"), split)

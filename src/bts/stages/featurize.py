@@ -7,9 +7,9 @@ import argparse
 import pandas as pd
 
 from bts.data.catalogue import load_catalogue
-from bts.data.features import INPUT_COLUMNS, FeatureSpec, build_features
+from bts.data.features import INPUT_COLUMNS, FeatureSpec, FeatureTable
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
-from bts.files import BackgroundWrites, write_json, write_text
+from bts.files import ROW_GROUP_ROWS, BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -27,15 +27,21 @@ def main() -> None:
     spec = FeatureSpec.from_params(params)
     with BackgroundWrites() as background:
         input_md5 = background.submit(dvc_md5, args.clean)  # hashed while the features are built
-        features, accounting = build_features(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
-        background.parquet(args.out, features)
-        targets = features.groupby("split", sort=True)["target_time"].agg(["min", "max", "size"])
+        features = FeatureTable(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
+        write = background.parquet_parts(args.out)
+        filled = 0  # feature cells that hold a value
+        for start in range(0, len(features), ROW_GROUP_ROWS):  # one row group is encoded while the next is built
+            part = features.rows(start, start + ROW_GROUP_ROWS)
+            write(part)
+            filled += int(part[spec.feature_columns].notna().to_numpy().sum())
+        accounting = features.accounting
+        targets = features.targets.groupby("split", sort=True)["target_time"].agg(["min", "max", "size"])
         splits = {
             split: {"first_target": iso_time(first), "last_target": iso_time(last), "examples": int(examples)}
             for split, first, last, examples in targets.itertuples(name=None)
         }
-        coverage_fields = coverage(features, catalogue=load_catalogue(args.sensors), times=features["reading_time"])
-        completeness = round(float(features[spec.feature_columns].notna().to_numpy().mean()), 6)
+        coverage_fields = coverage(features.keys, catalogue=load_catalogue(args.sensors), times=features.keys["reading_time"])
+        completeness = round(filled / (len(features) * len(spec.feature_columns)), 6)
     document = dataset_document(
         dataset_id="bts-features",
         name="BTS features",
