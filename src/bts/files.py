@@ -103,16 +103,12 @@ PARQUET_COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 1_000_000
 
 
-def _parquet_file(path: Path, frame: pd.DataFrame) -> None:
-    """Parquet with a fixed layout, so the same frame gives the same bytes."""
-    frame.to_parquet(path, index=False, engine="pyarrow", compression=PARQUET_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
-
-
 class ParquetParts:
-    """A Parquet file written a part (a frame of its next rows) at a time, in _parquet_file's layout.
+    """A Parquet file with a fixed layout (so the same frame gives the same bytes), written a part at a time.
 
-    Parts of ROW_GROUP_ROWS rows each (the last one shorter) give the bytes _parquet_file gives the whole frame:
-    a row group is encoded on its own, and pandas' to_parquet is pyarrow's writer given the frame's Arrow table.
+    Each part is a frame of the file's next rows. A row group is encoded on its own, so parts of ROW_GROUP_ROWS
+    rows each (the last one shorter) give the bytes of the whole frame written as one part. The bytes are those
+    of pandas' to_parquet(index=False, engine="pyarrow") too: that is pyarrow's writer given the same table.
     """
 
     def __init__(self, path: Path) -> None:
@@ -131,8 +127,15 @@ class ParquetParts:
         self._writer.close()
 
 
+def parquet_file(path: Path, frame: pd.DataFrame) -> None:
+    """frame as one Parquet file at path, in the fixed layout of ParquetParts (written in place: see write_parquet)."""
+    parts = ParquetParts(path)
+    parts.write(frame)
+    parts.close()
+
+
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: _parquet_file(tmp, frame))
+    atomic_write(path, lambda tmp: parquet_file(tmp, frame))
 
 
 class BackgroundWrites:
@@ -143,6 +146,8 @@ class BackgroundWrites:
     only when the `with` block ends without an error, and every task handed over succeeded, do they all replace
     their paths. Otherwise the tasks not yet started are dropped, the temporaries removed, and the last good
     outputs stay as they were. Both threads read the frames handed over; pandas' copy-on-write keeps that safe.
+    A Parquet file too large to build whole first can be handed over in parts (parquet_parts), each encoded while
+    the next is built.
 
         with BackgroundWrites() as background:
             background.parquet(args.out, frame)
@@ -158,7 +163,7 @@ class BackgroundWrites:
         self._tasks: list[Future] = []
 
     def parquet(self, path: str | Path, frame: pd.DataFrame) -> None:
-        self.submit(_parquet_file, self._temporary(path), frame)
+        self.submit(parquet_file, self._temporary(path), frame)
 
     def parquet_parts(self, path: str | Path) -> Callable[[pd.DataFrame], None]:
         """A function that hands over the next part of a Parquet file (ParquetParts); the file is closed at the end.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bts.errors import ConfigError
-from bts.files import normal_permissions, remove_stale_temporaries, temporary_prefix
+from bts.files import normal_permissions, parquet_file, remove_stale_temporaries, temporary_prefix
 
 QUARANTINE_SUFFIX = ".quarantine.parquet"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -32,7 +32,6 @@ QUARANTINE = "quarantine.parquet"
 MANIFEST = "manifest.json"
 PREVIOUS = "previous"
 PART_FILE = "part-00000.parquet"  # the pandas engine's one file of predictions (Spark writes one per task)
-ROW_GROUP_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +103,6 @@ def publish(staging: Path, paths: OutputPaths) -> None:
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """A frame as one zstd Parquet file (the layout bts.files.write_parquet uses), into a staging folder."""
+    """A frame as one Parquet file (the layout bts.files.write_parquet uses), into a staging folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    parquet_file(path, frame)
