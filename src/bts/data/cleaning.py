@@ -58,6 +58,9 @@ def normalize_reading_time(text: pd.Series) -> pd.Series:
 def invalid_key(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
     """id, station_id or parameter_id is missing, not an integer, or negative."""
     keys = frame[["id", "station_id", "parameter_id"]]
+    if all(dtype.kind in "iu" for dtype in keys.dtypes):  # integers, missing ones or not: one pass a column
+        invalid = [keys[c].to_numpy(dtype="int64", na_value=-1) < 0 for c in keys.columns]
+        return pd.Series(np.logical_or.reduce(invalid), index=frame.index)
     return (keys.isna() | keys.lt(0).fillna(False)).any(axis=1).astype(bool)
 
 
