@@ -50,6 +50,24 @@ def test_many_tied_rows_in_any_order_are_sorted_as_pandas_sorts_them(text_key):
     pd.testing.assert_frame_equal(sorted_by(frame, ORDER), frame.sort_values(ORDER, kind="stable").reset_index(drop=True))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_keys_of_any_range_are_sorted_as_pandas_sorts_them(seed):
+    """Narrow keys are folded into one before lexsort; keys too wide for that (all of int64, uint64) stay keys."""
+    rng = np.random.default_rng(seed)
+    int64, n = np.iinfo(np.int64), 400
+    frame = pd.DataFrame(
+        {
+            "narrow": rng.integers(-3, 3, n),
+            "wide": rng.integers(int64.min, int64.max, n, endpoint=True) if seed % 2 else rng.integers(0, 2**40, n),
+            "unsigned": rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True) if seed % 3 == 0 else rng.integers(0, 4, n),
+            "time": pd.to_datetime(rng.integers(0, 10**9, n), unit="s").astype("datetime64[us]"),
+            "tie": rng.integers(0, 2, n),
+        }
+    )
+    for order in (["narrow", "wide", "time", "tie"], ["unsigned", "narrow", "tie"], ["narrow", "tie", "unsigned", "time"]):
+        pd.testing.assert_frame_equal(sorted_by(frame, order), frame.sort_values(order, kind="stable").reset_index(drop=True))
+
+
 def test_duplicate_keys_keep_their_order_and_missing_keys_go_last_as_in_pandas():
     frame = pd.DataFrame({"a": [2.0, np.nan, 1.0, 2.0, 1.0], "b": [0, 1, 2, 3, 4]})
     pd.testing.assert_frame_equal(sorted_by(frame, ["a"]), frame.sort_values(["a"], kind="stable").reset_index(drop=True))

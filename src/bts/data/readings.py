@@ -20,15 +20,42 @@ def sort_order(frame: pd.DataFrame, order: list[str]) -> np.ndarray | None:
     """The row positions of frame.sort_values(order, kind="stable"), or None when the rows are already in that order.
 
     Whether they are is checked in one vectorized pass over the keys. Integer and time keys are ordered by numpy's
-    stable lexsort on their arrays (pandas would first factorize each key); keys with missing values or of other
-    types go to pandas.
+    stable lexsort on their arrays, narrow keys folded into one first (pandas would factorize each key); keys with
+    missing values or of other types go to pandas.
     """
     keys = [frame[c] for c in order]
     if any(k.dtype.kind not in "iumM" or k.hasnans for k in keys):
         positions = frame.reset_index(drop=True).sort_values(order, kind="stable").index.to_numpy()
         return None if bool((positions == np.arange(len(positions))).all()) else positions
     arrays = [k.to_numpy() for k in keys]
-    return None if in_order(arrays) else np.lexsort(arrays[::-1])  # lexsort takes its primary key last
+    if in_order(arrays):
+        return None
+    folded = _folded(arrays)
+    return np.argsort(folded[0], kind="stable") if len(folded) == 1 else np.lexsort(folded[::-1])  # primary key last
+
+
+def _folded(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The same order with fewer keys: each key folded into the one before it while their ranges multiply below 2**62.
+
+    (a, b) orders as (a - min a) * (range of b) + (b - min b) does, and lexsort makes one pass a key.
+    """
+    folded: list[np.ndarray] = []
+    span = 0  # the range of the last key in folded
+    for array in arrays:
+        if array.dtype.kind == "u" and array.dtype.itemsize == 8:  # beyond int64: left as it is
+            folded.append(array)
+            span = 2**62
+            continue
+        values = array.view("int64") if array.dtype.kind == "M" else array.astype("int64", copy=False)
+        low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+        width = high - low + 1
+        if folded and span * width < 2**62:
+            folded[-1] = folded[-1] * width + (values - low)
+            span *= width
+        else:
+            folded.append(values - low if width < 2**62 else values)  # a range this wide is folded into nothing
+            span = width
+    return folded
 
 
 def sorted_by(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
