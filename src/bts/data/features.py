@@ -180,7 +180,7 @@ class FeatureTable:
                 "lower featurize.n_lags or featurize.horizon, or add data"
             )
         self.keys = pd.DataFrame({c: clean[c].to_numpy().take(self._rows) for c in [*SERIES_KEYS, "reading_time"]}, copy=False)
-        self.keys["reading_id"] = clean["id"].to_numpy().take(self._rows)
+        self.keys["reading_id"] = clean["id"].to_numpy().take(self._rows)  # the example's latest reading
         self._target = target.take(self._rows)
         self._target_time = shift_within(self._time.to_numpy(), self._position, self._left, -spec.horizon).take(self._rows)
         self._split = split_codes(self.keys["station_id"], pd.Series(self._target_time), spec)
