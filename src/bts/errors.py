@@ -21,7 +21,7 @@ class BtsError(Exception):
 
 
 class InputFileError(BtsError):
-    """A raw input file that is not a readable BTS parameter export."""
+    """An input file that cannot be read as what it should hold (a BTS parameter export, a Parquet table, ...)."""
 
     def __init__(self, path: object, reason: str) -> None:
         super().__init__(f"{path}: {reason}")

@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
+from bts.errors import InputFileError, first_line, quoted
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -136,6 +138,21 @@ def parquet_file(path: Path, frame: pd.DataFrame) -> None:
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: parquet_file(tmp, frame))
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file's rows (only `columns`, when given); a missing or unreadable file, or a missing column, is one
+    InputFileError naming the file."""
+    try:
+        names = pq.read_schema(path).names
+        missing = [column for column in columns or [] if column not in names]
+        if missing:
+            raise InputFileError(path, f"no column {missing[0]!r} (it has {quoted(str(names))})")
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise InputFileError(path, "no such file") from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputFileError(path, f"not a readable Parquet file ({first_line(exc)})") from None
 
 
 class BackgroundWrites:

@@ -356,3 +356,32 @@ def test_the_clean_stage_checks_its_output_while_writing_it_and_keeps_the_last_g
     stage.main()  # with the project's schema the same rows pass, and every output is replaced
     assert all((tmp_path / name).read_bytes() != text.encode() for name, text in outputs.items())
     assert len(pd.read_parquet("clean.parquet")) == len(GOOD)
+
+
+@pytest.mark.parametrize("raw", ["garbage", "no id column"])
+def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the_last_good_outputs(tmp_path, raw):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT, SENSORS
+
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    if raw == "garbage":
+        (tmp_path / "raw.parquet").write_bytes(b"PAR1" + b"\0" * 64)
+    else:
+        raw_frame(GOOD).drop(columns="id").to_parquet(tmp_path / "raw.parquet")
+    outputs = {name: f"last good {name}" for name in ["clean.parquet", "quarantine.parquet", "clean.yaml", "clean.json", "clean.md"]}
+    for name, text in outputs.items():
+        (tmp_path / name).write_text(text)
+    argv = ["--raw", "raw.parquet", "--sensors", str(SENSORS), "--out", "clean.parquet", "--quarantine", "quarantine.parquet"]
+    argv += ["--schema", "clean.yaml", "--document", "clean.json", "--datasheet", "clean.md"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+    done = subprocess.run([sys.executable, "-m", "bts.stages.clean", *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    assert done.returncode == 1
+    reason = "not a readable Parquet file" if raw == "garbage" else "no column 'id'"
+    assert done.stderr.startswith(f"clean: error: raw.parquet: {reason}")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert {name: (tmp_path / name).read_text() for name in outputs} == outputs

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bts import files
-from bts.files import BackgroundWrites, atomic_folder, atomic_write, write_json, write_parquet
+from bts.errors import InputFileError
+from bts.files import BackgroundWrites, atomic_folder, atomic_write, read_parquet, write_json, write_parquet
 
 
 @pytest.fixture
@@ -256,3 +257,40 @@ def test_an_interrupt_drops_the_writes_not_started_and_waits_for_the_running_tas
         raise KeyboardInterrupt
     assert finished.is_set()  # the block did not end while the task was still running
     assert entries(tmp_path) == []  # the write queued behind it never ran, and its temporary is gone
+
+
+def test_read_parquet_gives_the_rows_or_only_the_columns_asked_for(tmp_path):
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    write_parquet(tmp_path / "t.parquet", frame)
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "t.parquet"), frame)
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "t.parquet", ["b"]), frame[["b"]])
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "no such file"),
+        (b"", "not a readable Parquet file"),
+        (b"PAR1 not really", "not a readable Parquet file"),
+        ("truncated", "not a readable Parquet file"),
+        ("folder", "not a readable Parquet file"),
+        ("no column", "no column 'c' (it has ['a', 'b'])"),
+    ],
+)
+def test_read_parquet_names_the_file_and_the_reason_when_it_cannot_give_the_rows(tmp_path, content, reason):
+    path = tmp_path / "t.parquet"
+    whole = tmp_path / "whole.parquet"
+    write_parquet(whole, pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
+    if content == "truncated":
+        path.write_bytes(whole.read_bytes()[:-20])
+    elif content == "folder":
+        path.mkdir()
+        (path / "part.txt").write_text("not Parquet")
+    elif content == "no column":
+        path = whole
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputFileError) as raised:
+        read_parquet(path, ["a", "c"] if content == "no column" else None)
+    assert str(raised.value).startswith(f"{path}: {reason}")
+    assert "\n" not in str(raised.value)

@@ -17,7 +17,8 @@ import pandera.pandas as pa
 
 from bts.data.ingest import failure_report, read_export
 from bts.data.simulate import EXPORT_COLUMNS
-from bts.errors import InputFileError, first_line, quoted
+from bts.errors import InputFileError, quoted
+from bts.files import read_parquet
 from bts.hashing import file_md5
 from bts.monitoring.readings import PARQUET
 
@@ -97,10 +98,7 @@ def read_raw_parquet(file: InputFile) -> pd.DataFrame:
 
     An export's rows get the file's label as source_file and the line they would have in a CSV as source_row.
     """
-    try:
-        frame = pd.read_parquet(file.path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputFileError(file.path, f"not a readable Parquet file ({first_line(exc)})") from None
+    frame = read_parquet(file.path)
     columns = list(frame.columns)
     if columns == EXPORT_COLUMNS:
         frame = frame.assign(source_file=file.label, source_row=range(FIRST_DATA_LINE, FIRST_DATA_LINE + len(frame)))

@@ -20,6 +20,7 @@ from bts.data.features import FeatureSpec, build_features
 from bts.data.ingest import read_exports
 from bts.data.schemas import clean_schema
 from bts.errors import BtsError, InputFileError, first_line, quoted
+from bts.files import read_parquet
 from bts.serving.payload import KEY_COLUMNS
 
 PARQUET = ".parquet"
@@ -45,10 +46,7 @@ def read_readings(path: Path, root: Path, catalogue_path: str | Path) -> pd.Data
 
 def _clean_parquet(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     """A Parquet file of clean readings, checked against the clean schema."""
-    try:
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputFileError(path, f"not a readable Parquet file ({first_line(exc)})") from None
+    frame = read_parquet(path)
     expected = list(schema.columns)
     if list(frame.columns) != expected:
         raise InputFileError(path, f"not clean readings: columns {quoted(str(list(frame.columns)))}; expected {expected}")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from bts.data.catalogue import load_catalogue
 from bts.data.cleaning import check_clean, split_readings
 from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
-from bts.data.schemas import clean_schema
-from bts.files import BackgroundWrites, write_json, write_text
+from bts.data.schemas import clean_schema, raw_schema
+from bts.files import BackgroundWrites, read_parquet, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -31,7 +29,8 @@ def main() -> None:
     schema = clean_schema(catalogue)
     with BackgroundWrites() as background:
         raw_md5 = background.submit(dvc_md5, args.raw)  # hashed while the rows are split
-        result = split_readings(pd.read_parquet(args.raw), catalogue, list(schema.columns))
+        raw = read_parquet(args.raw, list(raw_schema(catalogue).columns))
+        result = split_readings(raw, catalogue, list(schema.columns))
         background.parquet(args.out, result.clean)
         background.parquet(args.quarantine, result.quarantine)
         check_clean(result.clean, schema)  # while they are written: a failure leaves the last good outputs in place

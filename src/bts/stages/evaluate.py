@@ -7,10 +7,9 @@ import argparse
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
 from bts.data.catalogue import load_catalogue
-from bts.files import write_csv, write_json, write_parquet
+from bts.files import read_parquet, write_csv, write_json, write_parquet
 from bts.model.evaluation import BY_PARAMETER, BY_STATION, dvc_metrics, evaluate, worst
 from bts.model.package import load_workspace_model
 from bts.params import flatten, load_params
@@ -42,7 +41,7 @@ def main() -> None:
     params = load_params()
     use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it writes anything
     columns = feature_columns(Path(args.datasets))
-    features = pd.read_parquet(args.features)
+    features = read_parquet(args.features)
     scored = features[features["split"].isin(SPLITS)].copy()
     model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
     scored["predicted"] = model.predict(scored[columns])

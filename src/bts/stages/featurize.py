@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from bts.data.catalogue import load_catalogue
 from bts.data.features import INPUT_COLUMNS, FeatureSpec, FeatureTable
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
-from bts.files import ROW_GROUP_ROWS, BackgroundWrites, write_json, write_text
+from bts.files import ROW_GROUP_ROWS, BackgroundWrites, read_parquet, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -27,7 +25,7 @@ def main() -> None:
     spec = FeatureSpec.from_params(params)
     with BackgroundWrites() as background:
         input_md5 = background.submit(dvc_md5, args.clean)  # hashed while the features are built
-        features = FeatureTable(pd.read_parquet(args.clean, columns=INPUT_COLUMNS), spec)
+        features = FeatureTable(read_parquet(args.clean, INPUT_COLUMNS), spec)
         write = background.parquet_parts(args.out)
         filled = 0  # feature cells that hold a value
         for start in range(0, len(features), ROW_GROUP_ROWS):  # one row group is encoded while the next is built

@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
-from bts.files import atomic_folder
+from bts.files import atomic_folder, read_parquet
 from bts.model.forecasters import skops_trusted_types
 from bts.model.package import PACKAGE_ARTIFACT, PACKAGE_REQUIREMENTS, build_package, library_path, load_workspace_model
 from bts.params import load_params
@@ -34,7 +33,7 @@ def main() -> None:
     use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it writes anything
     columns = feature_columns(Path(args.datasets))
     model = load_workspace_model(Path(args.model))
-    features = pd.read_parquet(args.features, columns=[*columns, "split"])
+    features = read_parquet(args.features, [*columns, "split"])
     example = features[features["split"] == "train"][columns].head(5).reset_index(drop=True)
     lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
     built: dict[str, str] = {}

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import joblib
 import mlflow
-import pandas as pd
 
-from bts.files import atomic_write
+from bts.files import atomic_write, read_parquet
 from bts.model.forecasters import build_model
 from bts.monitoring.profile import PROFILE_ARTIFACT, feature_profile
 from bts.params import PARAMS_FILE, load_params
@@ -31,7 +30,7 @@ def main() -> None:
     params = load_params()
     use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it fits or writes
     columns = feature_columns(Path(args.datasets))
-    features = pd.read_parquet(args.features)
+    features = read_parquet(args.features)
     train_rows = features[features["split"] == "train"]
     model = build_model(params.train)
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
+from bts.files import read_parquet
 from bts.hashing import dvc_md5
 from bts.model.package import PACKAGE_ARTIFACT, load_package, tampered_files
 from bts.tracking.store import kill_point
@@ -166,7 +166,7 @@ def rescored(client: MlflowClient, versions: list[ModelVersion], gate: Gate, fea
     from bts.model.evaluation import score
 
     split, _, metric = gate.metric.partition(".")
-    frame = pd.read_parquet(features)
+    frame = read_parquet(features)
     rows = frame[frame["split"] == split]
     if rows.empty:
         raise BtsError(f"{features}: no '{split}' rows to score {gate.metric} on")
