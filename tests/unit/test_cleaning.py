@@ -263,6 +263,27 @@ def test_parse_times_is_pandas_to_datetime_on_every_row(text):
     pd.testing.assert_series_equal(parse_times(series), want)
 
 
+def test_parse_times_parses_an_arrow_column_once_and_each_caller_gets_its_own_copy():
+    from bts.data import schemas
+    from bts.data.schemas import parse_times
+
+    text = pd.Series(["2024-01-01 00:00:00", "2024-01-01 00:10:00", "nonsense"], dtype="str", name="reading_time")
+    first = parse_times(text)
+    first.iloc[0] = pd.NaT  # what one caller does to its result reaches no other
+    again = parse_times(text.copy())  # a copy shares the immutable Arrow array: the times kept are given again
+    assert again.notna().tolist() == [True, True, False]
+    assert schemas._last_parse.get(text.array.__arrow_array__(), schemas.TIMESTAMP_FORMAT) is not None
+    assert parse_times(text, "%Y-%m-%d").isna().all()  # another format is parsed anew
+    other = pd.Series(["2030-06-01 12:00:00"] * 3, dtype="str")
+    assert parse_times(other).dt.year.tolist() == [2030] * 3  # another array with other text, its own times
+
+    del text, first, again, other  # once its array is gone, what was kept for it goes too
+    import gc
+
+    gc.collect()
+    assert schemas._last_parse._times is None
+
+
 def test_value_in_range_judges_by_the_sensor_and_lets_the_unjudgeable_pass(catalogue):
     from bts.data.catalogue import plausible_ranges
     from bts.data.schemas import value_in_range
@@ -294,6 +315,39 @@ def test_arrival_order_is_judged_per_series_sorted_or_not(sort):
     late = ~arrived_in_order(frame, ["station_id", "parameter_id"])
     expected = {0: False, 1: False, 2: False, 3: not sort, 4: not sort}  # unsorted, rows 3 and 4 are older than their series' previous
     assert late.to_dict() == expected
+
+
+@pytest.mark.parametrize("shape", ["text key", "text key sorted", "missing key", "uint64 key", "missing time"])
+def test_arrival_order_is_pandas_groupby_shift_whatever_the_keys(shape):
+    import numpy as np
+
+    from bts.data.schemas import arrived_in_order
+
+    rng = np.random.default_rng(7)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "source_file": pd.Series(rng.choice(["b.csv", "a.csv", "c/d.csv"], n), dtype="str"),
+            "station_id": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+            "parameter_id": pd.array(rng.integers(0, 3, n), dtype="Int64"),
+            "reading_time": pd.to_datetime(rng.integers(0, 50, n), unit="s").astype("datetime64[us]"),
+        }
+    )
+    keys = ["source_file", "station_id", "parameter_id"]
+    if shape == "text key sorted":
+        frame = frame.sort_values([*keys, "reading_time"], kind="stable")
+    elif shape == "missing key":
+        frame.loc[rng.choice(n, 50), "station_id"] = pd.NA
+    elif shape == "uint64 key":
+        frame["station_id"] = frame["station_id"].to_numpy("int64").astype("uint64") + np.uint64(2**63)
+    elif shape == "missing time":
+        frame.loc[rng.choice(n, 50), "reading_time"] = pd.NaT
+    times = frame["reading_time"]
+    previous = times.groupby([frame[k] for k in keys], sort=False, dropna=False).shift()
+    want = (times.isna() | previous.isna() | (times >= previous)).astype(bool)
+    got = arrived_in_order(frame, keys)
+    pd.testing.assert_series_equal(got, want, check_names=False)
+    assert got.all() == (shape == "text key sorted")
 
 
 @pytest.mark.parametrize("dtype", ["int64", "Int64", "float64"])

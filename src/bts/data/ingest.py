@@ -305,8 +305,9 @@ def failure_report(frame: pd.DataFrame, schema: pa.DataFrameSchema, samples: int
         cases = exc.failure_cases
     cases = cases[cases["index"].notna()].astype({"index": "int64"})
     row_level = cases["schema_context"] == "DataFrameSchema"  # a whole-row check lists every column; count it once
+    names = cases["check"].astype(str)
     cases = cases.assign(
-        check=cases["check"].astype(str).str.replace(r"\(.*", "", regex=True),
+        check=names.map({name: name.partition("(")[0] for name in names.unique()}),  # a check's name, without its arguments
         column=cases["column"].where(~row_level, "(row)"),
     ).drop_duplicates(["column", "check", "index"])
     checks = []

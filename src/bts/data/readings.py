@@ -30,11 +30,11 @@ def sort_order(frame: pd.DataFrame, order: list[str]) -> np.ndarray | None:
     arrays = [k.to_numpy() for k in keys]
     if in_order(arrays):
         return None
-    folded = _folded(arrays)
+    folded = folded_keys(arrays)
     return np.argsort(folded[0], kind="stable") if len(folded) == 1 else np.lexsort(folded[::-1])  # primary key last
 
 
-def _folded(arrays: list[np.ndarray]) -> list[np.ndarray]:
+def folded_keys(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """The same order with fewer keys: each key folded into the one before it while their ranges multiply below 2**62.
 
     (a, b) orders as (a - min a) * (range of b) + (b - min b) does, and lexsort makes one pass a key.

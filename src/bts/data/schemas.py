@@ -8,10 +8,13 @@ Custom checks are registered so that both schemas serialize to YAML.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pandas as pd
 import pandera.extensions as extensions
 import pandera.pandas as pa
+from pandas.arrays import ArrowStringArray
 from pandera.backends.base import CoreCheckResult
 from pandera.backends.pandas.components import ColumnBackend
 from pandera.backends.pandas.error_formatters import reshape_failure_cases
@@ -19,7 +22,7 @@ from pandera.backends.utils import convert_uniquesettings
 from pandera.errors import SchemaErrorReason
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import in_order, repeated
+from bts.data.readings import folded_keys, in_order, repeated
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -31,12 +34,40 @@ def parse_times(text: pd.Series, time_format: str = TIMESTAMP_FORMAT) -> pd.Seri
     """pandas' to_datetime(text, format=time_format, errors="coerce") as datetime64[us], each distinct string parsed once.
 
     The readings of a day share a few thousand times, so parsing those and spreading them back over the rows
-    gives pandas' own result at a fraction of the cost.
+    gives pandas' own result at a fraction of the cost. Text held in an Arrow array (immutable) is parsed once
+    while that array lives: ingest's time checks and its coverage all read the same column of millions of rows.
     """
-    codes, distinct = pd.factorize(text)  # a missing string gets code -1
-    parsed = pd.to_datetime(distinct, format=time_format, errors="coerce").astype(TIME_DTYPE).to_numpy()
-    times = np.append(parsed, np.datetime64("NaT"))[codes]  # code -1 takes the NaT at the end
-    return pd.Series(times, index=text.index, name=text.name)
+    source = text.array.__arrow_array__() if isinstance(text.array, ArrowStringArray) else None
+    times = _last_parse.get(source, time_format)
+    if times is None:
+        codes, distinct = pd.factorize(text)  # a missing string gets code -1
+        parsed = pd.to_datetime(distinct, format=time_format, errors="coerce").astype(TIME_DTYPE).to_numpy()
+        times = np.append(parsed, np.datetime64("NaT"))[codes]  # code -1 takes the NaT at the end
+        _last_parse.keep(source, time_format, times)
+    return pd.Series(times, index=text.index, name=text.name, copy=True)
+
+
+class _LastParse:
+    """The times parsed from one Arrow array, forgotten when the array is (the array is the key, not its text)."""
+
+    def __init__(self) -> None:
+        self._source: weakref.ref | None = None
+        self._format = ""
+        self._times: np.ndarray | None = None
+
+    def get(self, source: object, time_format: str) -> np.ndarray | None:
+        same = source is not None and self._source is not None and self._source() is source
+        return self._times if same and self._format == time_format else None
+
+    def keep(self, source: object, time_format: str, times: np.ndarray) -> None:
+        if source is not None:
+            self._source, self._format, self._times = weakref.ref(source, self._forget), time_format, times
+
+    def _forget(self, _: weakref.ref) -> None:
+        self._source = self._times = None
+
+
+_last_parse = _LastParse()
 
 
 def parse_reading_time(text: pd.Series) -> pd.Series:
@@ -77,10 +108,15 @@ def arrived_in_order(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     if times.dtype != TIME_DTYPE:
         times = parse_reading_time(times)
     groups = [frame[k] for k in keys]
-    plain = not times.hasnans and all(g.dtype.kind in "iu" and not g.hasnans for g in groups)
-    if plain and in_order([*(g.to_numpy() for g in groups), times.to_numpy()]):  # sorted by group, then time: none came late
+    if any(g.hasnans for g in groups):
+        previous = times.groupby(groups, sort=False, dropna=False).shift()
+        return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
+    # Integer keys as they are, others by their codes (text: a file's name), folded into one integer key.
+    codes = [g.to_numpy() if g.dtype.kind in "iu" else pd.factorize(g)[0] for g in groups]
+    if not times.hasnans and in_order([*codes, times.to_numpy()]):  # sorted by group, then time: none came late
         return pd.Series(True, index=frame.index, name=times.name)
-    previous = times.groupby([frame[k] for k in keys], sort=False, dropna=False).shift()
+    folded = folded_keys(codes)
+    previous = times.groupby(folded[0] if len(folded) == 1 else folded, sort=False).shift()
     return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
 
 
