@@ -412,8 +412,16 @@ def test_the_clean_stage_checks_its_output_while_writing_it_and_keeps_the_last_g
     assert len(pd.read_parquet("clean.parquet")) == len(GOOD)
 
 
-@pytest.mark.parametrize("raw", ["garbage", "no id column"])
-def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the_last_good_outputs(tmp_path, raw):
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("garbage", "not a readable Parquet file"),
+        ("no id column", "no column 'id'"),
+        ("station_id as text", "types do not match schema bts_raw_readings: expected series 'station_id' to have type Int64, got str"),
+        ("reading_time as times", "types do not match schema bts_raw_readings: expected series 'reading_time'"),
+    ],
+)
+def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the_last_good_outputs(tmp_path, raw, reason):
     import os
     import shutil
     import subprocess
@@ -422,10 +430,15 @@ def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the
     from tests.conftest import PROJECT, SENSORS
 
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    frame = raw_frame(GOOD)
     if raw == "garbage":
         (tmp_path / "raw.parquet").write_bytes(b"PAR1" + b"\0" * 64)
+    elif raw == "no id column":
+        frame.drop(columns="id").to_parquet(tmp_path / "raw.parquet")
+    elif raw == "station_id as text":
+        frame.assign(station_id=frame["station_id"].astype(str)).to_parquet(tmp_path / "raw.parquet")
     else:
-        raw_frame(GOOD).drop(columns="id").to_parquet(tmp_path / "raw.parquet")
+        frame.assign(reading_time=pd.to_datetime(frame["reading_time"], errors="coerce")).to_parquet(tmp_path / "raw.parquet")
     outputs = {name: f"last good {name}" for name in ["clean.parquet", "quarantine.parquet", "clean.yaml", "clean.json", "clean.md"]}
     for name, text in outputs.items():
         (tmp_path / name).write_text(text)
@@ -435,7 +448,27 @@ def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the
     done = subprocess.run([sys.executable, "-m", "bts.stages.clean", *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
 
     assert done.returncode == 1
-    reason = "not a readable Parquet file" if raw == "garbage" else "no column 'id'"
     assert done.stderr.startswith(f"clean: error: raw.parquet: {reason}")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert {name: (tmp_path / name).read_text() for name in outputs} == outputs
+
+
+def test_read_table_gives_the_schema_columns_of_a_table_whose_types_match_and_names_the_first_that_does_not(tmp_path, catalogue):
+    from bts.data.schemas import read_table
+    from bts.errors import InputFileError
+
+    result = clean_readings(raw_frame(GOOD), catalogue, clean_schema(catalogue)).clean
+    result.assign(extra=1).to_parquet(tmp_path / "clean.parquet")
+    schema = clean_schema(catalogue)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "clean.parquet", schema), result)  # the schema's columns only
+    subset = read_table(tmp_path / "clean.parquet", schema, ["value", "id"])
+    assert list(subset.columns) == ["value", "id"]
+
+    result.assign(value=result["value"].astype("float32")).to_parquet(tmp_path / "narrow.parquet")
+    with pytest.raises(InputFileError) as raised:
+        read_table(tmp_path / "narrow.parquet", schema, ["id", "value"])
+    assert str(raised.value) == (
+        f"{tmp_path / 'narrow.parquet'}: types do not match schema bts_clean_readings: "
+        "expected series 'value' to have type float64, got float32"
+    )
+    read_table(tmp_path / "narrow.parquet", schema, ["id"])  # a column not asked for is not judged

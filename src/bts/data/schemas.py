@@ -9,6 +9,7 @@ Custom checks are registered so that both schemas serialize to YAML.
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,8 @@ from pandera.errors import SchemaErrorReason
 
 from bts.data.catalogue import Sensor, plausible_ranges
 from bts.data.readings import folded_keys, in_order, repeated
+from bts.errors import InputFileError, first_line
+from bts.files import read_parquet
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -196,3 +199,19 @@ def clean_schema(catalogue: dict[int, Sensor]) -> pa.DataFrameSchema:
         strict=True,
         ordered=True,
     )
+
+
+def read_table(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None) -> pd.DataFrame:
+    """The Parquet table at path, its columns (by default all of the schema's, in its order) of the schema's types.
+
+    Only the types are checked here (pandera on none of the rows): the values are judged by whoever reads them.
+    A missing or unreadable file, a missing column or a column of another type is one InputFileError naming it.
+    """
+    names = columns if columns is not None else list(schema.columns)
+    frame = read_parquet(path, names)
+    types = pa.DataFrameSchema({name: pa.Column(schema.dtypes[name]) for name in names}, name=schema.name)
+    try:
+        types.validate(frame.head(0))
+    except pa.errors.SchemaError as exc:
+        raise InputFileError(path, f"types do not match schema {schema.name}: {first_line(exc)}") from None
+    return frame

@@ -7,8 +7,8 @@ import argparse
 from bts.data.catalogue import load_catalogue
 from bts.data.cleaning import check_clean, split_readings
 from bts.data.metadata import coverage, dataset_document, render_datasheet, series_gaps
-from bts.data.schemas import clean_schema, raw_schema
-from bts.files import BackgroundWrites, read_parquet, write_json, write_text
+from bts.data.schemas import clean_schema, raw_schema, read_table
+from bts.files import BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -29,7 +29,7 @@ def main() -> None:
     schema = clean_schema(catalogue)
     with BackgroundWrites() as background:
         raw_md5 = background.submit(dvc_md5, args.raw)  # hashed while the rows are split
-        raw = read_parquet(args.raw, list(raw_schema(catalogue).columns))
+        raw = read_table(args.raw, raw_schema(catalogue))
         result = split_readings(raw, catalogue, list(schema.columns))
         background.parquet(args.out, result.clean)
         background.parquet(args.quarantine, result.quarantine)

@@ -7,7 +7,8 @@ import argparse
 from bts.data.catalogue import load_catalogue
 from bts.data.features import INPUT_COLUMNS, FeatureSpec, FeatureTable
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
-from bts.files import ROW_GROUP_ROWS, BackgroundWrites, read_parquet, write_json, write_text
+from bts.data.schemas import clean_schema, read_table
+from bts.files import ROW_GROUP_ROWS, BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
 from bts.stages import run_stage
@@ -23,9 +24,10 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params().featurize
     spec = FeatureSpec.from_params(params)
+    catalogue = load_catalogue(args.sensors)
     with BackgroundWrites() as background:
         input_md5 = background.submit(dvc_md5, args.clean)  # hashed while the features are built
-        features = FeatureTable(read_parquet(args.clean, INPUT_COLUMNS), spec)
+        features = FeatureTable(read_table(args.clean, clean_schema(catalogue), INPUT_COLUMNS), spec)
         write = background.parquet_parts(args.out)
         filled = 0  # feature cells that hold a value
         for start in range(0, len(features), ROW_GROUP_ROWS):  # one row group is encoded while the next is built
@@ -38,7 +40,7 @@ def main() -> None:
             split: {"first_target": iso_time(first), "last_target": iso_time(last), "examples": int(examples)}
             for split, first, last, examples in targets.itertuples(name=None)
         }
-        coverage_fields = coverage(features.keys, catalogue=load_catalogue(args.sensors), times=features.keys["reading_time"])
+        coverage_fields = coverage(features.keys, catalogue=catalogue, times=features.keys["reading_time"])
         completeness = round(filled / (len(features) * len(spec.feature_columns)), 6)
     document = dataset_document(
         dataset_id="bts-features",
