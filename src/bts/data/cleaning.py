@@ -162,6 +162,17 @@ def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.D
     return result
 
 
+def _taken(column: pd.Series, rows: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """column.take(rows) without its index: numpy's indexing for a numpy column, and text (a file's name: few
+    distinct values) through its codes, a few times faster than taking millions of strings."""
+    if isinstance(column.dtype, np.dtype):
+        return column.to_numpy()[rows]
+    if column.dtype == "str":
+        codes, names = pd.factorize(column)
+        return labels(codes[rows], list(names)).array
+    return column.array.take(rows)
+
+
 def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: list[str]) -> CleaningResult:
     """clean_readings without the final check against the clean schema: clean rows (typed, sorted, in the given
     columns) and quarantined rows with reasons. Whoever uses the clean rows checks them (check_clean) first."""
@@ -175,16 +186,10 @@ def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: lis
     keys = keys.assign(reading_time=parsed.to_numpy()[rows])
     delivered_late = ~arrived_in_order(keys, SERIES_KEYS)
     order = sort_order(keys, CLEAN_ORDER)
-    times = keys["reading_time"].to_numpy()
+    taken = {column: keys[column].to_numpy() for column in keys.columns}  # int64 and times: the clean types
     if order is not None:
-        rows, times = rows[order], times[order]
-    clean = (
-        frame.drop(columns="reading_time")
-        .take(rows)
-        .assign(reading_time=times)
-        .astype({"id": "int64", "station_id": "int64", "parameter_id": "int64", "value": "float64"})[columns]
-        .reset_index(drop=True)
-    )
+        rows, taken = rows[order], {column: values[order] for column, values in taken.items()}
+    clean = pd.DataFrame({column: taken[column] if column in taken else _taken(frame[column], rows) for column in columns})
     quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
     accounting = {
         "rows_in": len(raw),
