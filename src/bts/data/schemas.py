@@ -110,16 +110,14 @@ def arrived_in_order(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     times = frame["reading_time"]
     if times.dtype != TIME_DTYPE:
         times = parse_reading_time(times)
-    groups = [frame[k] for k in keys]
-    if any(g.hasnans for g in groups):
-        previous = times.groupby(groups, sort=False, dropna=False).shift()
-        return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
-    # Integer keys as they are, others by their codes (text: a file's name), folded into one integer key.
-    codes = [g.to_numpy() if g.dtype.kind in "iu" else pd.factorize(g)[0] for g in groups]
-    if not times.hasnans and in_order([*codes, times.to_numpy()]):  # sorted by group, then time: none came late
-        return pd.Series(True, index=frame.index, name=times.name)
-    folded = folded_keys(codes)
-    previous = times.groupby(folded[0] if len(folded) == 1 else folded, sort=False).shift()
+    by: list = [frame[k] for k in keys]
+    if not any(g.hasnans for g in by):
+        # Integer keys as they are, others by their codes (text: a file's name), folded into one integer key.
+        codes = [g.to_numpy() if g.dtype.kind in "iu" else pd.factorize(g)[0] for g in by]
+        if not times.hasnans and in_order([*codes, times.to_numpy()]):  # sorted by group, then time: none came late
+            return pd.Series(True, index=frame.index, name=times.name)
+        by = folded_keys(codes)
+    previous = times.groupby(by[0] if len(by) == 1 else by, sort=False, dropna=False).shift()
     return (times.isna() | previous.isna() | (times >= previous)).astype(bool)
 
 
