@@ -8,7 +8,10 @@ benchmark's own used meanwhile, and those the hypervisor gave to other
 machines (the "steal" of /proc/stat). When those together exceed a quarter
 of a core, the figures are flagged as disturbed. A host that merely runs
 slower (its neighbours sharing caches and memory bandwidth) shows in none of
-them: comparisons are made in the same rounds for that reason.
+them: comparisons are made in the same rounds for that reason, and the
+machine's line also gives its CPU model and a yardstick, the seconds a fixed
+piece of work (hashing and sorting on one core) takes before and after the
+measurement. Figures from two days or two hosts compare in proportion to it.
 
     from measure import Machine, alternate, summary
     with Machine() as machine:
@@ -20,7 +23,10 @@ them: comparisons are made in the same rounds for that reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import random
 import statistics
 import threading
 import time
@@ -31,6 +37,12 @@ MIN_ROUNDS = 3
 DISTURBED_SHARE = 0.25  # of one core used by other processes while measuring
 SAMPLE_SECONDS = 1.0
 TICKS = os.sysconf("SC_CLK_TCK")
+YARDSTICK_TRIES = 3
+# 1 MiB hashed over and over, not one large buffer: a process this one forks later inherits its peak memory figure.
+YARDSTICK_CHUNK = bytes(range(256)) * 4096
+YARDSTICK_CHUNKS = 192
+YARDSTICK_NUMBERS = 300_000
+YARDSTICK_SORTS = 3
 
 
 def alternate(
@@ -56,8 +68,37 @@ def summary(values: list[float], unit: str = "s", digits: int = 2) -> str:
     return f"{median(values):.{digits}f} {unit} median ({low:.{digits}f} to {high:.{digits}f} over {len(values)})"
 
 
+def yardstick() -> float:
+    """The host's speed: the fastest of a few runs of a fixed piece of work on one core (MD5 of 192 MiB, then sorting
+    300,000 random numbers in Python three times), in seconds. The same work everywhere: lower is faster."""
+    generator = random.Random(0)
+    numbers = [generator.random() for _ in range(YARDSTICK_NUMBERS)]
+    best = float("inf")
+    for _ in range(YARDSTICK_TRIES):
+        started = time.perf_counter()
+        digest = hashlib.md5()
+        for _ in range(YARDSTICK_CHUNKS):
+            digest.update(YARDSTICK_CHUNK)
+        for _ in range(YARDSTICK_SORTS):
+            sorted(numbers)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (the platform's processor name elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 class Machine:
-    """The load while a benchmark measures: load average, and CPU seconds used by processes that are not its own.
+    """The load while a benchmark measures: load average, and CPU seconds used by processes that are not its own;
+    and the host's speed (its yardstick) before and after.
 
     A process is the benchmark's own if it descends from this one or its working directory is under one of
     `own_folders` (DVC's queue workers are not our children). /proc is sampled every second, so a short-lived
@@ -70,6 +111,7 @@ class Machine:
         self.stolen_cpu = 0.0
         self._steal_before = 0.0
         self.seconds = 0.0
+        self.yardstick_before = self.yardstick_after = 0.0
         self.load_before = os.getloadavg()[0]
         self.load_peak = self.load_before
         self._started = 0.0
@@ -129,6 +171,7 @@ class Machine:
             self._sample()
 
     def __enter__(self) -> Machine:
+        self.yardstick_before = yardstick()
         self._started = time.perf_counter()
         self.load_before = self.load_peak = os.getloadavg()[0]
         self._sample(first=True)
@@ -142,6 +185,7 @@ class Machine:
         self._sample()
         self.stolen_cpu = self._steal() - self._steal_before
         self.seconds = time.perf_counter() - self._started
+        self.yardstick_after = yardstick()
 
     @property
     def other_share(self) -> float:
@@ -160,7 +204,9 @@ class Machine:
     def describe(self) -> str:
         verdict = "DISTURBED: re-measure on a quiet machine" if self.disturbed else "quiet"
         return (
-            f"machine: {os.cpu_count()} cores, load average {self.load_before:.1f} at the start, {self.load_peak:.1f} at the peak; "
+            f"machine: {os.cpu_count()} cores ({cpu_model()}), yardstick {self.yardstick_before:.2f} s at the start and "
+            f"{self.yardstick_after:.2f} s at the end (fixed work on one core: lower is faster); "
+            f"load average {self.load_before:.1f} at the start, {self.load_peak:.1f} at the peak; "
             f"other processes used {self.other_cpu:.0f} CPU-s ({self.other_share:.0%} of a core) and the hypervisor took "
             f"{self.stolen_cpu:.1f} CPU-s ({self.stolen_share:.0%} of a core) over {self.seconds:.0f} s: {verdict}"
         )
