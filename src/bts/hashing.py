@@ -8,6 +8,9 @@ from pathlib import Path
 
 import yaml
 
+# libyaml's loader where PyYAML has it: a dvc.lock parses in a tenth of the time, and `bts lineage` reads one per commit.
+LOCK_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def file_md5(path: str | Path) -> str:
     digest = hashlib.md5()
@@ -38,5 +41,5 @@ def dvc_md5(path: str | Path) -> str:
 
 def lock_md5s(lock_text: str | bytes) -> dict[str, str]:
     """{output path: md5} for every stage output a dvc.lock text records."""
-    lock = yaml.safe_load(lock_text) or {}
+    lock = yaml.load(lock_text, Loader=LOCK_LOADER) or {}
     return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}

@@ -40,6 +40,26 @@ def test_reserved_and_malformed_aliases_are_refused(alias: str) -> None:
         check_alias(alias)
 
 
+def test_commits_holding_matches_output_md5s_only_not_the_same_text_elsewhere(tmp_path: Path) -> None:
+    """A lock whose text holds the md5 as a dependency's, or in a comment, is no match: outputs only count."""
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.com")
+    git(tmp_path, "config", "user.name", "T")
+    md5 = "d" * 32
+    locks = [
+        f"# {md5}\nschema: '2.0'\nstages:\n  train:\n    deps:\n    - path: data/f.parquet\n      md5: {md5}\n",
+        f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: models/m.joblib\n      md5: {md5}\n",
+    ]
+    shas = []
+    for lock in locks:
+        (tmp_path / "dvc.lock").write_text(lock)
+        git(tmp_path, "add", "dvc.lock")
+        git(tmp_path, "commit", "-q", "-m", "lock")
+        shas.append(git(tmp_path, "rev-parse", "HEAD"))
+    assert [c["commit"] for c in commits_holding(tmp_path, [md5])] == [shas[1]]
+    assert commits_holding(tmp_path, [md5, "e" * 32]) == []
+
+
 def test_split_batch_reads_bodies_by_byte_size_whatever_their_characters() -> None:
     first = "path: data/external/trạm-Vĩnh-Long.csv\n".encode()
     second = b"md5: abc\n"

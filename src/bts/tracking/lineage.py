@@ -137,8 +137,10 @@ def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     request = "".join(f"{sha}:dvc.lock\n" for sha, _ in commits).encode()
     result = git(root, "cat-file", "--batch", input_bytes=request)
     matches = []
+    wanted = [md5.encode() for md5 in md5s]
     for (sha, timestamp), lock in zip(commits, split_batch(result or b""), strict=True):
-        if lock is not None and set(md5s) <= set(lock_md5s(lock).values()):
+        # Parsed only when every md5 is somewhere in its text: one experiment's dvc.lock after another is skipped unread.
+        if lock is not None and all(md5 in lock for md5 in wanted) and set(md5s) <= set(lock_md5s(lock).values()):
             matches.append({"commit": sha, "time": int(timestamp)})
     return sorted(matches, key=lambda m: m["time"])
 
