@@ -11,7 +11,8 @@ slower (its neighbours sharing caches and memory bandwidth) shows in none of
 them: comparisons are made in the same rounds for that reason, and the
 machine's line also gives its CPU model and a yardstick, the seconds a fixed
 piece of work (hashing and sorting on one core) takes before and after the
-measurement. Figures from two days or two hosts compare in proportion to it.
+measurement. It tells hosts of different CPU speed apart; memory traffic,
+which the data stages live on, it does not time.
 
     from measure import Machine, alternate, summary
     with Machine() as machine:

@@ -139,7 +139,7 @@ def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     matches = []
     wanted = [md5.encode() for md5 in md5s]
     for (sha, timestamp), lock in zip(commits, split_batch(result or b""), strict=True):
-        # Parsed only when every md5 is somewhere in its text: one experiment's dvc.lock after another is skipped unread.
+        # Parsed only when its text holds every md5: the versions of other models' experiments are skipped unparsed.
         if lock is not None and all(md5 in lock for md5 in wanted) and set(md5s) <= set(lock_md5s(lock).values()):
             matches.append({"commit": sha, "time": int(timestamp)})
     return sorted(matches, key=lambda m: m["time"])
