@@ -58,6 +58,7 @@ def test_commits_holding_matches_output_md5s_only_not_the_same_text_elsewhere(tm
         shas.append(git(tmp_path, "rev-parse", "HEAD"))
     assert [c["commit"] for c in commits_holding(tmp_path, [md5])] == [shas[1]]
     assert commits_holding(tmp_path, [md5, "e" * 32]) == []
+    assert commits_holding(tmp_path, [md5, 12345]) == []  # a tampered package's lineage: no match, no crash
 
 
 def test_split_batch_reads_bodies_by_byte_size_whatever_their_characters() -> None:

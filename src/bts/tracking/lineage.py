@@ -137,7 +137,7 @@ def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     request = "".join(f"{sha}:dvc.lock\n" for sha, _ in commits).encode()
     result = git(root, "cat-file", "--batch", input_bytes=request)
     matches = []
-    wanted = [md5.encode() for md5 in md5s]
+    wanted = [str(md5).encode() for md5 in md5s]  # a tampered package's lineage may hold other types: then no match
     for (sha, timestamp), lock in zip(commits, split_batch(result or b""), strict=True):
         # Parsed only when its text holds every md5: the versions of other models' experiments are skipped unparsed.
         if lock is not None and all(md5 in lock for md5 in wanted) and set(md5s) <= set(lock_md5s(lock).values()):
