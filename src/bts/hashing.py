@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from bts.errors import BtsError, first_line
+
 # libyaml's loader where PyYAML has it: a dvc.lock parses in a tenth of the time, and `bts lineage` reads one per commit.
 LOCK_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -40,6 +42,12 @@ def dvc_md5(path: str | Path) -> str:
 
 
 def lock_md5s(lock_text: str | bytes) -> dict[str, str]:
-    """{output path: md5} for every stage output a dvc.lock text records."""
-    lock = yaml.load(lock_text, Loader=LOCK_LOADER) or {}
+    """{output path: md5} for every stage output a dvc.lock text records; BtsError when the text is no dvc.lock
+    (a merge conflict left in it, say)."""
+    try:
+        lock = yaml.load(lock_text, Loader=LOCK_LOADER) or {}
+    except yaml.YAMLError as exc:
+        raise BtsError(f"dvc.lock is not valid YAML: {first_line(exc)}") from None
+    if not isinstance(lock, dict) or not isinstance(lock.get("stages", {}), dict):
+        raise BtsError("dvc.lock holds no mapping of stages")
     return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
 from bts.tracking.store import find_root, pipeline_argument
 from bts.tracking.tags import DATASETS, dataset_document_path
@@ -66,4 +68,7 @@ def sensor_table(by_parameter_path: Path, split: str = "test") -> list[str]:
 
 
 if __name__ == "__main__":
-    print(summarize(find_root()))
+    try:
+        print(summarize(find_root()))
+    except BtsError as exc:
+        sys.exit(f"summary: error: {exc}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bts.errors import BtsError
 from bts.hashing import dir_manifest, dvc_md5, file_md5, lock_md5s, manifest_md5
 
 BIN = Path(sys.executable).parent  # the virtual environment running the tests, with its `dvc`
@@ -113,4 +114,19 @@ def test_lock_md5s_reads_every_stage_output(as_bytes):
 
 def test_lock_md5s_of_an_empty_lock():
     assert lock_md5s("") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (LOCK.replace("  simulate:", "<<<<<<< HEAD\n  simulate:"), "dvc.lock is not valid YAML: "),
+        ("- one\n- two\n", "dvc.lock holds no mapping of stages"),
+        ("stages: [train]\n", "dvc.lock holds no mapping of stages"),
+    ],
+    ids=["merge-conflict", "a-list", "stages-a-list"],
+)
+def test_lock_md5s_of_a_text_that_is_no_dvc_lock_is_one_error(text, message):
+    with pytest.raises(BtsError) as raised:
+        lock_md5s(text)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
     assert lock_md5s(b"schema: '2.0'\nstages: {}\n") == {}

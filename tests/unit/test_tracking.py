@@ -59,6 +59,10 @@ def test_commits_holding_matches_output_md5s_only_not_the_same_text_elsewhere(tm
     assert [c["commit"] for c in commits_holding(tmp_path, [md5])] == [shas[1]]
     assert commits_holding(tmp_path, [md5, "e" * 32]) == []
     assert commits_holding(tmp_path, [md5, 12345]) == []  # a tampered package's lineage: no match, no crash
+    conflicted = f"<<<<<<< HEAD\n{locks[1]}=======\n{locks[1]}>>>>>>> other\n"  # every md5 in it, yet no dvc.lock
+    (tmp_path / "dvc.lock").write_text(conflicted)
+    git(tmp_path, "commit", "-q", "-am", "conflict committed")
+    assert [c["commit"] for c in commits_holding(tmp_path, [md5])] == [shas[1]]
 
 
 def test_split_batch_reads_bodies_by_byte_size_whatever_their_characters() -> None:

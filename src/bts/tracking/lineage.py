@@ -140,9 +140,18 @@ def commits_holding(root: Path, md5s: list[str]) -> list[dict]:
     wanted = [str(md5).encode() for md5 in md5s]  # a tampered package's lineage may hold other types: then no match
     for (sha, timestamp), lock in zip(commits, split_batch(result or b""), strict=True):
         # Parsed only when its text holds every md5: the versions of other models' experiments are skipped unparsed.
-        if lock is not None and all(md5 in lock for md5 in wanted) and set(md5s) <= set(lock_md5s(lock).values()):
+        if lock is not None and all(md5 in lock for md5 in wanted) and set(md5s) <= recorded_md5s(lock):
             matches.append({"commit": sha, "time": int(timestamp)})
     return sorted(matches, key=lambda m: m["time"])
+
+
+def recorded_md5s(lock: bytes) -> set[str]:
+    """The output md5s a committed dvc.lock records; none when that version cannot be parsed (a merge conflict
+    committed in it, say): it cannot vouch for any output."""
+    try:
+        return set(lock_md5s(lock).values())
+    except BtsError:
+        return set()
 
 
 def split_batch(output: bytes) -> list[bytes | None]:
