@@ -46,8 +46,8 @@ def lock_md5s(lock_text: str | bytes) -> dict[str, str]:
     (a merge conflict left in it, say)."""
     try:
         lock = yaml.load(lock_text, Loader=LOCK_LOADER) or {}
+        return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
     except yaml.YAMLError as exc:
         raise BtsError(f"dvc.lock is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(lock, dict) or not isinstance(lock.get("stages", {}), dict):
-        raise BtsError("dvc.lock holds no mapping of stages")
-    return {out["path"]: out.get("md5", "") for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
+    except (AttributeError, KeyError, TypeError):  # any level of it shaped otherwise than stages -> outs -> path, md5
+        raise BtsError("dvc.lock holds no mapping of stages with their outputs") from None
