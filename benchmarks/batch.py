@@ -174,7 +174,8 @@ def child(kind: str, exports: Path, output: Path, master: str | None) -> None:
     from mlflow.tracking import MlflowClient
 
     from bts.batch.command import BatchRequest, run_batch
-    from bts.tracking.store import pipeline_argument, use_store
+    from bts.project import pipeline_argument
+    from bts.tracking.store import use_store
 
     use_store(REPO)
     package = REPO / pipeline_argument(REPO, "serve", "--package")

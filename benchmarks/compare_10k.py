@@ -221,7 +221,7 @@ def time_in_process(uri: str) -> float:
 
 def time_search(uri: str) -> float:
     """Wall seconds of reading the compared columns of every run from the store (what `bts compare` waits on)."""
-    from bts.tracking.compare import DEFAULT_METRICS, fetch_runs, parse_metrics
+    from bts.lifecycle.compare import DEFAULT_METRICS, fetch_runs, parse_metrics
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     started = time.perf_counter()

@@ -75,15 +75,15 @@ STATUS_SECONDS = 20.0
 EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/")
 QUEUE_TIMEOUT_SECONDS = 1800.0
 WORKER_EXIT_TIMEOUT_SECONDS = 60.0
-STAGE_MODULE = "bts.stages."
-# A `python` first on PATH that times each process it starts: a stage's cmd (`python -m bts.stages.<name> ...`) finds it,
-# under dvc exp run as when run directly, and it appends "<start> <end> <module>" to $BTS_STAGE_TIMES (the dvc command
+STAGE_SCRIPT = re.compile(r"src/stages/(\w+)\.py$")
+# A `python` first on PATH that times each process it starts: a stage's cmd (`python src/stages/<name>.py ...`) finds it,
+# under dvc exp run as when run directly, and it appends "<start> <end> <script>" to $BTS_STAGE_TIMES (the dvc command
 # itself starts its interpreter by absolute path, so it is not counted).
 CLOCK = """#!/bin/sh
 start=$(date +%s.%N)
 "{python}" "$@"
 status=$?
-[ -n "$BTS_STAGE_TIMES" ] && echo "$start $(date +%s.%N) $2" >> "$BTS_STAGE_TIMES"
+[ -n "$BTS_STAGE_TIMES" ] && echo "$start $(date +%s.%N) $1" >> "$BTS_STAGE_TIMES"
 exit $status
 """
 CLOCK_DIR: Path | None = None  # the folder of the timing `python`, set once the work folder exists
@@ -143,9 +143,9 @@ def stage_walls(stage_times: Path) -> dict[str, float]:
     """Wall seconds of each stage process the timing `python` saw, by stage name, in the order they ran."""
     walls: dict[str, float] = {}
     for line in stage_times.read_text().splitlines() if stage_times.exists() else []:
-        start, end, module = line.split()
-        if module.startswith(STAGE_MODULE):
-            name = module.removeprefix(STAGE_MODULE)
+        start, end, script = line.split()
+        if match := STAGE_SCRIPT.search(script):
+            name = match.group(1)
             walls[name] = walls.get(name, 0.0) + float(end) - float(start)
     stage_times.unlink(missing_ok=True)
     return walls
@@ -251,7 +251,7 @@ def single_variation(repo: Path, value: float, commands: dict[str, str]) -> Vari
     if not floor.exists():
         bare_project(floor, len(inside))
     floor_seconds = exp_run(floor, value, param=FLOOR_PARAM)
-    imports = {name: run(f"PYTHONPATH=src python -c 'import {STAGE_MODULE}{name}'", repo)[0] for name in inside}
+    imports = {name: run(f"PYTHONPATH=src python src/stages/{name}.py --help", repo)[0] for name in inside}  # imports, then argparse
     return Variation(value, exp_seconds, direct, inside, exp_cpu, direct_cpu, floor_seconds, imports)
 
 

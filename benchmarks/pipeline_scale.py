@@ -8,7 +8,8 @@ The reference revision (--reference, by default the commit this performance
 work started from) is checked out with `git worktree add --detach` into a
 temporary folder. Then, round after round (at least 3), each implementation
 runs the three stages in turn, each stage as its own process exactly as DVC
-runs it (`python -m bts.stages.<name> ...`, cwd = that implementation's own
+runs it (`python src/stages/<name>.py ...`, or `python -m bts.stages.<name>` in a
+revision of the earlier layout; cwd = that implementation's own
 output folder, PYTHONPATH = its src), and the child's peak resident memory
 comes from os.wait4. The two implementations alternate within each round, so
 a change of load on the machine touches both alike (benchmarks/measure.py).
@@ -196,7 +197,9 @@ def run_stage(name: str, project: Path, src: Path) -> StageRun:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, "-m", f"bts.stages.{name}", *STAGES[name]], cwd=project, env=env, stdout=out, stderr=err)
+        script = src / "stages" / f"{name}.py"
+        entry = [str(script)] if script.is_file() else ["-m", f"bts.stages.{name}"]  # the earlier layout ran stages as modules
+        child = subprocess.Popen([sys.executable, *entry, *STAGES[name]], cwd=project, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +14,14 @@ from bts.data.catalogue import Sensor, load_catalogue
 PROJECT = Path(__file__).resolve().parents[1]
 SENSORS = PROJECT / "metadata" / "sensors.yaml"
 EXPORT_HEADER = "id,value,station_id,parameter_id,reading_time"
+
+
+def stage_module(name: str) -> ModuleType:
+    """A stage's entry point, src/stages/<name>.py, imported as a module (DVC runs it as a script)."""
+    spec = importlib.util.spec_from_file_location(f"stages.{name}", PROJECT / "src" / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

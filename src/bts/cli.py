@@ -33,7 +33,8 @@ def _project() -> Project:
     from mlflow.tracking import MlflowClient
 
     from bts.params import PARAMS_FILE, load_params
-    from bts.tracking.store import find_root, use_store
+    from bts.project import find_root
+    from bts.tracking.store import use_store
 
     root = find_root()
     params = load_params(root / PARAMS_FILE)
@@ -42,7 +43,7 @@ def _project() -> Project:
 
 
 def _runs_check(args: argparse.Namespace) -> int:
-    from bts.tracking.reconcile import format_reconciliation, mark_failed, problems_found, reconcile
+    from bts.lifecycle.reconcile import format_reconciliation, mark_failed, problems_found, reconcile
 
     project = _project()
     report = reconcile(project.client, project.root, args.experiment or project.params.train.experiment, project.params.registry.model_name)
@@ -55,7 +56,7 @@ def _runs_check(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bts.tracking.compare import run_compare
+    from bts.lifecycle.compare import run_compare
 
     return run_compare(args)
 
@@ -63,7 +64,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
-    from bts.tracking.lineage import format_trace, trace
+    from bts.lifecycle.lineage import format_trace, trace
 
     project = _project()
     chain = trace(project.client, args.ref, project.root)
@@ -72,7 +73,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bts.tracking.reproduce import format_verdict, reproduce
+    from bts.lifecycle.reproduce import format_verdict, reproduce
 
     project = _project()
     verdict = reproduce(project.client, args.ref, project.root, keep=args.keep)
@@ -82,9 +83,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _publish_card(project: Project, version: object) -> Path:
     from bts.data.catalogue import load_catalogue
-    from bts.tracking.model_card import publish_card
-    from bts.tracking.registry import download_version
-    from bts.tracking.store import pipeline_argument
+    from bts.lifecycle.model_card import publish_card
+    from bts.lifecycle.registry import download_version
+    from bts.project import pipeline_argument
 
     catalogue = load_catalogue(project.root / pipeline_argument(project.root, "simulate", "--sensors"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -94,10 +95,10 @@ def _publish_card(project: Project, version: object) -> Path:
 
 def _register(args: argparse.Namespace) -> int:
     from bts.hashing import dvc_md5
+    from bts.lifecycle.lineage import RUN_ID, resolve_reference
+    from bts.lifecycle.registry import register
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
-    from bts.tracking.lineage import RUN_ID, resolve_reference
-    from bts.tracking.registry import register
-    from bts.tracking.store import pipeline_argument
+    from bts.project import pipeline_argument
 
     project = _project()
     name = project.params.registry.model_name
@@ -133,7 +134,7 @@ def _describe(run: object) -> str:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from bts.tracking.registry import Gate, promote
+    from bts.lifecycle.registry import Gate, promote
 
     project = _project()
     registry = project.params.registry
@@ -150,7 +151,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from bts.tracking.registry import history
+    from bts.lifecycle.registry import history
 
     project = _project()
     name = args.name or project.params.registry.model_name
@@ -186,7 +187,7 @@ def _batch_predict(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from bts.monitoring.replay import replay_command
-    from bts.tracking.store import find_root
+    from bts.project import find_root
 
     return replay_command(find_root(), args)
 
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(handler=_batch_predict)
 
     compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
-    from bts.tracking.compare import add_compare_arguments
+    from bts.lifecycle.compare import add_compare_arguments
 
     add_compare_arguments(compare)
     compare.set_defaults(handler=_compare)

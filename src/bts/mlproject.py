@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bts.errors import BtsError, ConfigError
 from bts.params import PARAMS_FILE, flatten, load_params
-from bts.tracking.store import find_root, store_lock
+from bts.project import find_root
+from bts.tracking.store import store_lock
 
 COMMANDS = {"main": ["dvc", "repro"], "train": ["dvc", "exp", "run", "--force"]}
 CLOSE = "close"  # internal: `python -m bts.mlproject close RUN_ID COMMAND`, run detached by an entry point

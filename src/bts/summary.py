@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
-from bts.tracking.store import find_root, pipeline_argument
+from bts.project import find_root, pipeline_argument
 from bts.tracking.tags import DATASETS, dataset_document_path
 
 

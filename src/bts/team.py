@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bts.errors import BtsError
-from bts.tracking.store import BULK_READ_DATABASE, find_root
+from bts.project import find_root
+from bts.tracking.store import BULK_READ_DATABASE
 
 TEAM_DIR = ".team"  # at the repository root, git-ignored
 STATE_FILE = "team.json"

@@ -254,7 +254,7 @@ def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path, monkeypatc
 
 def test_database_read_matches_the_search_api(tracking: str) -> None:
     """The column-only database read and MLflow's search give the same rows (a deleted run is left out by both)."""
-    from bts.tracking.compare import fetch_runs
+    from bts.lifecycle.compare import fetch_runs
 
     client = MlflowClient(tracking_uri=tracking)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
@@ -334,7 +334,7 @@ def test_piped_into_head_prints_the_first_lines_and_nothing_else(tracking: str) 
 
 def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     """An evaluation-only run (the evaluate stage's run for a model no run trained) logs metrics but no params."""
-    from bts.tracking.compare import fetch_runs
+    from bts.lifecycle.compare import fetch_runs
 
     client = MlflowClient(tracking_uri=tracking)
     experiment_id = client.create_experiment("with-evaluation-run")
@@ -393,7 +393,7 @@ def test_help_imports_neither_mlflow_nor_pandas_nor_sqlalchemy(tracking: str) ->
 
 def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     """MLflow keeps a NaN metric as 0 with an is_nan flag: the database read must not take it for 0."""
-    from bts.tracking.compare import fetch_runs
+    from bts.lifecycle.compare import fetch_runs
 
     client = MlflowClient(tracking_uri=tracking)
     experiment_id = client.create_experiment("with-nan-metric")

@@ -232,7 +232,7 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
     code_a = lineage_json(repo, f"models:/{NAME}/1")["code_md5"]
 
     # B changes the training code and the model: the workspace's (and installed) code is no longer A's.
-    with open(repo / "src/bts/stages/train.py", "a") as handle:
+    with open(repo / "src/stages/train.py", "a") as handle:
         handle.write("# B's training code\n")
     set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)

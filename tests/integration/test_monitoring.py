@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from bts.data.features import FeatureSpec, build_features
-from bts.monitoring.readings import read_readings
+from bts.monitoring.field_readings import read_readings
 from bts.tracking.tags import MONITOR_REPORT, MONITORED_NAME, MONITORED_RUN, MONITORED_VERSION, PACKAGE_MD5, data_md5_tag
 from tests.integration.test_bts_serve import bts_server, environment
 from tests.integration.workspace import run, store

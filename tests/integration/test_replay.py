@@ -14,7 +14,7 @@ import pytest
 
 from bts.data.features import FeatureSpec
 from bts.model.package import load_package
-from bts.monitoring.readings import read_readings, serving_rows
+from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.params import load_params
 from tests.integration.test_bts_serve import bts_server, environment
 from tests.integration.workspace import lock_outs, run

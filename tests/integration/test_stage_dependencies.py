@@ -2,9 +2,11 @@
 
 In a copy of the project, placeholder outputs let `dvc commit -f` record the
 current code, data and params in dvc.lock, so `dvc status` starts clean. Then
-each module under src/bts in turn gets a comment appended, and `dvc status`
+each module under src/ in turn gets a comment appended, and `dvc status`
 must report exactly the deps of dvc.yaml that hold it as modified, and among
-them one for every stage whose import closure contains the module.
+them one for every stage whose import closure contains the module. A module
+only `bts` commands use leaves every stage up to date; one that reruns train
+reruns evaluate and serve too (they find the training run by its code md5).
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ import pytest
 
 from tests.integration.conftest import make_project_repo
 from tests.integration.workspace import run
-from tests.unit.test_stage_dependencies import covers, import_closure, load_stages, stage_modules, stage_outs
+from tests.unit.test_stage_dependencies import (
+    FOLLOWS_TRAINING,
+    TRAINING_STAGE,
+    covers,
+    load_stages,
+    script_closure,
+    stage_outs,
+    stage_scripts,
+)
 
 pytestmark = pytest.mark.integration
 
-NOT_STAGE_CODE = ("src/bts/cli.py", "src/bts/summary.py")  # the command line and `make repro`'s summary: no stage runs them
-NOT_STAGE_FOLDERS = ("src/bts/serving", "src/bts/batch")
+# What only `bts` commands use: editing it must leave every stage up to date and dvc.lock unchanged.
+COMMAND_CODE = ("src/bts/cli.py", "src/bts/summary.py", "src/bts/team.py", "src/bts/mlproject.py")
+COMMAND_FOLDERS = ("src/bts/lifecycle", "src/bts/serving", "src/bts/monitoring", "src/bts/batch")
 ENV = {"DVC_NO_ANALYTICS": "1"}
 
 
@@ -53,9 +64,12 @@ def module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def stage_code(repo: Path) -> list[str]:
-    files = sorted(p.relative_to(repo).as_posix() for p in (repo / "src" / "bts").rglob("*.py"))
-    return [f for f in files if f not in NOT_STAGE_CODE and not any(covers(folder, f) for folder in NOT_STAGE_FOLDERS)]
+def sources(repo: Path) -> list[str]:
+    return sorted(p.relative_to(repo).as_posix() for p in (repo / "src").rglob("*.py"))
+
+
+def is_command_code(relpath: str) -> bool:
+    return relpath in COMMAND_CODE or any(covers(folder, relpath) for folder in COMMAND_FOLDERS)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +101,9 @@ def test_compiled_python_in_a_code_folder_changes_nothing(committed_repo):
 def test_touching_a_module_changes_exactly_the_deps_that_hold_it(committed_repo):
     repo = committed_repo
     stages = load_stages(repo)
-    closures = {stage: import_closure(module, repo / "src") for stage, module in stage_modules(stages).items()}
-    files = stage_code(repo)
-    assert "src/bts/stages/__init__.py" in files and "src/bts/data/ingest.py" in files
+    closures = {stage: script_closure(repo / script, repo / "src") for stage, script in stage_scripts(stages).items()}
+    files = sources(repo)
+    assert {"src/stages/train.py", "src/bts/data/ingest.py", "src/bts/cli.py", "src/bts/lifecycle/lineage.py"} <= set(files)
     problems = []
     for relpath in files:
         path = repo / relpath
@@ -111,11 +125,23 @@ def test_touching_a_module_changes_exactly_the_deps_that_hold_it(committed_repo)
                 problems.append(f"{relpath}: stage {stage!r} imports {module} (via {chain}) but dvc status reports no change")
         if status != expected:
             problems.append(f"{relpath}: dvc status reports {status}, dvc.yaml's deps predict {expected}")
+        if is_command_code(relpath) and status:
+            problems.append(f"{relpath}: only commands use it, yet dvc status reports {sorted(status)} changed")
+        if TRAINING_STAGE in status and not set(FOLLOWS_TRAINING) <= set(status):
+            problems.append(f"{relpath}: reruns {TRAINING_STAGE} but not all of {FOLLOWS_TRAINING} (status: {sorted(status)})")
     assert not problems, "\n".join(problems)
     assert dvc_status(repo) == {}  # every file is back as it was
 
 
+def test_the_command_code_is_every_module_no_stage_depends_on(committed_repo):
+    """The list above names what commands use: every other module is some stage's dependency, and no command module is."""
+    deps = [dep for stage in load_stages(committed_repo).values() for dep in stage.get("deps", [])]
+    undeclared = [f for f in sources(committed_repo) if not any(covers(dep, f) for dep in deps) and not is_command_code(f)]
+    assert not undeclared, f"modules no stage depends on, missing from COMMAND_CODE/COMMAND_FOLDERS: {undeclared}"
+
+
 def test_module_name():
+    assert module_name("src/stages/train.py") == "stages.train"
     assert module_name("src/bts/__init__.py") == "bts"
     assert module_name("src/bts/data/__init__.py") == "bts.data"
     assert module_name("src/bts/model/forecasters.py") == "bts.model.forecasters"

@@ -303,8 +303,7 @@ def write_params(cwd: Path, sources: list[str]) -> None:
 def run_ingest_stage(cwd: Path) -> subprocess.CompletedProcess:
     command = [
         str(PROJECT / ".venv" / "bin" / "python"),
-        "-m",
-        "bts.stages.ingest",
+        str(PROJECT / "src" / "stages" / "ingest.py"),
         "--simulated",
         "simulated",
         "--inputs",

@@ -52,7 +52,7 @@ from bts.data.ingest import read_export
 from bts.data.schemas import clean_schema, raw_schema
 from bts.errors import BtsError, ConfigError, DataContractError, InputFileError
 from bts.hashing import file_md5
-from bts.monitoring.readings import serving_rows
+from bts.monitoring.field_readings import serving_rows
 from tests.unit.test_features import clean_frame
 
 SPEC = FeatureSpec(n_lags=3)

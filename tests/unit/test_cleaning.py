@@ -385,8 +385,9 @@ def test_the_clean_stage_checks_its_output_while_writing_it_and_keeps_the_last_g
     import shutil
     import sys
 
-    from bts.stages import clean as stage
-    from tests.conftest import PROJECT, SENSORS
+    from tests.conftest import PROJECT, SENSORS, stage_module
+
+    stage = stage_module("clean")
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(PROJECT / "params.yaml", "params.yaml")
@@ -445,7 +446,9 @@ def test_the_clean_stage_names_an_unreadable_raw_table_in_one_line_and_keeps_the
     argv = ["--raw", "raw.parquet", "--sensors", str(SENSORS), "--out", "clean.parquet", "--quarantine", "quarantine.parquet"]
     argv += ["--schema", "clean.yaml", "--document", "clean.json", "--datasheet", "clean.md"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
-    done = subprocess.run([sys.executable, "-m", "bts.stages.clean", *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "src" / "stages" / "clean.py"), *argv], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
 
     assert done.returncode == 1
     assert done.stderr.startswith(f"clean: error: raw.parquet: {reason}")

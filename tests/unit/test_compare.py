@@ -11,7 +11,7 @@ import pytest
 
 from bts.cli import build_parser, main
 from bts.errors import ConfigError
-from bts.tracking.compare import (
+from bts.lifecycle.compare import (
     DEFAULT_METRICS,
     Comparison,
     axis_label,

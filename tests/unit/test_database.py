@@ -10,7 +10,7 @@ from mlflow.store.tracking.dbmodels import models
 from sqlalchemy import create_engine, insert
 
 from bts.errors import BtsError
-from bts.tracking import database
+from bts.lifecycle import database
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ LOCK = """\
 schema: '2.0'
 stages:
   ingest:
-    cmd: python -m bts.stages.ingest
+    cmd: python src/stages/ingest.py
     deps:
     - path: src/bts/data
       md5: 1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a.dir
@@ -89,7 +89,7 @@ stages:
       hash: md5
       md5: 2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b
   simulate:
-    cmd: python -m bts.stages.simulate
+    cmd: python src/stages/simulate.py
     outs:
     - path: data/raw/simulated
       hash: md5

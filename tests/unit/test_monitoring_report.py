@@ -10,10 +10,10 @@ import pytest
 
 from bts.data.catalogue import Sensor
 from bts.errors import BtsError, ConfigError
-from bts.monitoring.profile import drift, feature_profile, psi
+from bts.model.profile import drift, feature_profile, psi
+from bts.monitoring.page import render
 from bts.monitoring.report import alerts, build_report, live_accuracy, parse_time, service
 from bts.params import MonitorParams
-from bts.reports.monitoring import render
 
 PARAMS = MonitorParams(psi_threshold=0.25, ks_p_value=0.01, min_rows=50, ignore_features=["hour_sin"], skill_threshold=0.0)
 CATALOGUE = {122: Sensor(122, "Load of power grid", "A", 0, 100)}

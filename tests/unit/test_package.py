@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -17,10 +18,8 @@ from bts.hashing import dvc_md5, file_md5
 from bts.model.forecasters import build_model, skops_trusted_types
 from bts.model.package import (
     PACKAGE_REQUIREMENTS,
-    TRAINING_CODE,
     IntegrityError,
     build_package,
-    code_md5,
     library_path,
     load_package,
     load_workspace_model,
@@ -126,8 +125,17 @@ def test_a_workspace_model_is_unpickled_only_when_dvc_lock_records_its_md5(model
         load_workspace_model(path, lock)
 
 
-def test_training_code_is_what_the_train_stage_depends_on() -> None:
-    deps = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
-    assert sorted(d.removeprefix("src/bts/") for d in deps if d.startswith("src/bts/")) == sorted(TRAINING_CODE)
-    assert code_md5(library_path()) == code_md5(PROJECT / "src" / "bts")
-    assert code_md5(library_path(), ["model"]) != code_md5(library_path())
+def test_code_md5_follows_the_training_code_dvc_yaml_lists_and_nothing_else(tmp_path: Path) -> None:
+    from bts.project import code_deps, code_md5
+
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copytree(PROJECT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    assert "src/stages/train.py" in code_deps(tmp_path) and "src/bts/model" in code_deps(tmp_path)
+    recorded = code_md5(tmp_path)
+    assert recorded == code_md5(PROJECT) == code_md5(library_path().parents[1])
+    with open(tmp_path / "src" / "bts" / "cli.py", "a") as handle:  # a command's module: not training code
+        handle.write("# edited\n")
+    assert code_md5(tmp_path) == recorded
+    with open(tmp_path / "src" / "bts" / "model" / "profile.py", "a") as handle:
+        handle.write("# edited\n")
+    assert code_md5(tmp_path) != recorded

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bts.model.evaluation import residual_histogram
-from bts.reports.evaluation import evaluation_figure, plot_evaluation, plot_tables, residual_bins, sensor_label
+from bts.model.plots import evaluation_figure, plot_evaluation, plot_tables, residual_bins, sensor_label
 from tests.conftest import PROJECT
 
 SCORES = {

@@ -23,7 +23,7 @@ from bts.data.ingest import read_exports
 from bts.data.schemas import clean_schema
 from bts.errors import BtsError, ConfigError
 from bts.files import write_parquet
-from bts.monitoring.readings import read_readings, serving_rows
+from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.monitoring.replay import add_arguments, encode, replay, shifted, wire_rows
 from bts.serving.payload import KEY_COLUMNS, PayloadParser
 from tests.unit.test_features import clean_frame

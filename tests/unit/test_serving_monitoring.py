@@ -13,7 +13,7 @@ from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from bts.serving.metrics import PredictionHistogram, ServingMetrics
-from bts.serving.monitoring import Entry, MonitoringLog
+from bts.serving.request_log import Entry, MonitoringLog
 
 FEATURES = ["lag_1", "lag_2"]
 TAGS = {"package_md5": "abc.dir", "model_name": "m", "model_version": "3", "run_id": "r" * 32, "data_features_md5": "f" * 32}

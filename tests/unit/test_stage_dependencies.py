@@ -21,7 +21,7 @@ import yaml
 from tests.conftest import PROJECT
 
 PACKAGE = "bts"
-STAGE_MODULE = re.compile(r"\bpython -m (bts\.stages\.\w+)")
+STAGE_SCRIPT = re.compile(r"\bpython (src/stages/(\w+)\.py)\b")
 INPUT_FLAGS = {"--features", "--datasets", "--raw", "--clean", "--sensors", "--model", "--simulated", "--inputs"}
 OUTPUT_FLAGS = {
     "--out",
@@ -43,11 +43,11 @@ def load_stages(root: Path = PROJECT) -> dict[str, dict]:
     return yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
 
-def stage_modules(stages: dict[str, dict]) -> dict[str, str]:
-    """{stage: module} for every stage whose cmd runs `python -m bts.stages.<name>`."""
+def stage_scripts(stages: dict[str, dict]) -> dict[str, str]:
+    """{stage: script} for every stage whose cmd runs `python src/stages/<name>.py`."""
     found = {}
     for name, stage in stages.items():
-        match = STAGE_MODULE.search(" ".join(stage["cmd"]) if isinstance(stage["cmd"], list) else stage["cmd"])
+        match = STAGE_SCRIPT.search(" ".join(stage["cmd"]) if isinstance(stage["cmd"], list) else stage["cmd"])
         if match:
             found[name] = match.group(1)
     return found
@@ -110,6 +110,16 @@ def import_closure(module: str, src: Path) -> dict[str, list[str]]:
     return chains
 
 
+def script_closure(script: Path, src: Path) -> dict[str, list[str]]:
+    """import_closure of everything a script (not itself a `bts` module) imports, chains starting at the script."""
+    chains: dict[str, list[str]] = {}
+    for module in sorted(imported_modules(script, script.stem, src)):
+        for name, chain in import_closure(module, src).items():
+            if name not in chains or len(chain) + 1 < len(chains[name]):
+                chains[name] = [script.name, *chain]
+    return chains
+
+
 def covers(dep: str, path: str) -> bool:
     """A dep covers a path equal to it or inside it (a folder dep)."""
     dep_path, target = PurePosixPath(dep), PurePosixPath(path)
@@ -143,18 +153,42 @@ def cmd_flags(stage: dict) -> dict[str, str]:
 
 
 STAGES = load_stages()
-MODULES = stage_modules(STAGES)
+SCRIPTS = stage_scripts(STAGES)
+TRAINING_STAGE = "train"
+# Stages that identify the model by the md5 of the training code (its code_md5): an edit that retrains reruns them.
+FOLLOWS_TRAINING = ["evaluate", "serve"]
 
 
-def test_every_python_stage_is_found():
-    assert set(MODULES) == {name for name, stage in STAGES.items() if "bts.stages." in str(stage["cmd"])}
-    assert {"simulate", "ingest", "clean", "featurize", "train"} <= set(MODULES)
+def code_deps(stage: str) -> list[str]:
+    return [dep for dep in STAGES[stage].get("deps", []) if dep.startswith("src/")]
 
 
-@pytest.mark.parametrize("stage", sorted(MODULES))
+def test_every_stage_runs_its_own_script_under_src_stages_and_depends_on_it():
+    assert sorted(SCRIPTS) == sorted(STAGES)
+    for stage, script in SCRIPTS.items():
+        assert script == f"src/stages/{stage}.py"
+        assert script in STAGES[stage]["deps"], f"stage {stage!r} does not depend on {script}"
+    assert sorted(p.name for p in (PROJECT / "src" / "stages").glob("*.py")) == sorted(f"{stage}.py" for stage in STAGES)
+
+
+@pytest.mark.parametrize("stage", FOLLOWS_TRAINING)
+def test_a_stage_that_follows_training_depends_on_all_the_training_code(stage):
+    """Any module whose edit reruns train reruns this stage too: it finds the training run by that code's md5."""
+    missing = [dep for dep in code_deps(TRAINING_STAGE) if not covering_deps(code_deps(stage), dep)]
+    assert not missing, f"stage {stage!r} would not rerun after an edit that retrains: add {missing} to its deps"
+
+
+def test_the_model_code_md5_covers_exactly_the_training_code():
+    from bts.project import code_md5
+
+    assert code_md5(PROJECT).endswith(".dir")
+    assert code_md5(PROJECT, "serve") != code_md5(PROJECT)  # a stage's own code list, not the whole of src/
+
+
+@pytest.mark.parametrize("stage", sorted(SCRIPTS))
 def test_stage_depends_on_every_module_it_imports(stage):
     src, deps = PROJECT / "src", STAGES[stage].get("deps", [])
-    closure = import_closure(MODULES[stage], src)
+    closure = script_closure(PROJECT / SCRIPTS[stage], src)
     missing = {name: chain for name, chain in closure.items() if module_file(name, src) is None}
     assert not missing, f"stage {stage!r} imports modules with no file under src/:\n  " + "\n  ".join(
         f"{name} (via {' -> '.join(chain)})" for name, chain in sorted(missing.items())
@@ -167,7 +201,7 @@ def test_stage_depends_on_every_module_it_imports(stage):
     assert not uncovered, f"stage {stage!r} in dvc.yaml does not depend on:\n  " + "\n  ".join(uncovered)
 
 
-@pytest.mark.parametrize("stage", sorted(MODULES))
+@pytest.mark.parametrize("stage", sorted(SCRIPTS))
 def test_stage_depends_on_every_input_it_is_given(stage):
     deps, outs = STAGES[stage].get("deps", []), stage_outs(STAGES[stage])
     uncovered = []
@@ -181,7 +215,7 @@ def test_stage_depends_on_every_input_it_is_given(stage):
     assert not uncovered, f"stage {stage!r} in dvc.yaml does not depend on its input(s): " + "; ".join(uncovered)
 
 
-@pytest.mark.parametrize("stage", sorted(MODULES))
+@pytest.mark.parametrize("stage", sorted(SCRIPTS))
 def test_every_argument_of_a_stage_is_known_as_input_or_output(stage):
     """A new input argument must be classified here, so that it is checked as a dependency."""
     unknown = sorted(set(cmd_flags(STAGES[stage])) - INPUT_FLAGS - OUTPUT_FLAGS)
@@ -203,8 +237,8 @@ def fake_src(tmp_path: Path) -> Path:
         "bts/lib/deep/__init__.py": "",
         "bts/lib/deep/leaf.py": "def f():\n    from bts.late import g\n",  # an import inside a function counts
         "bts/late.py": "",
-        "bts/stages/__init__.py": "",
-        "bts/stages/job.py": "import pandas\nfrom bts.lib.deep.leaf import f\nfrom bts.stages import run_stage\n",
+        "bts/stage.py": "",
+        "stages/job.py": "import pandas\nfrom bts.lib.deep.leaf import f\nfrom bts.stage import run_stage\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -213,11 +247,10 @@ def fake_src(tmp_path: Path) -> Path:
 
 
 def test_import_closure_follows_every_form_of_import(fake_src):
-    closure = import_closure("bts.stages.job", fake_src)
+    closure = script_closure(fake_src / "stages" / "job.py", fake_src)
     assert set(closure) == {
-        "bts.stages.job",
         "bts",
-        "bts.stages",
+        "bts.stage",
         "bts.lib",
         "bts.lib.deep",
         "bts.lib.deep.leaf",
@@ -226,13 +259,13 @@ def test_import_closure_follows_every_form_of_import(fake_src):
         "bts.core",
         "bts.errors",
     }
-    assert closure["bts.errors"] == ["bts.stages.job", "bts.lib.deep.leaf", "bts.lib", "bts.lib.helpers", "bts.core", "bts.errors"]
-    assert closure["bts.stages"] == ["bts.stages.job", "bts.stages"]
+    assert closure["bts.errors"] == ["job.py", "bts.lib.deep.leaf", "bts.lib", "bts.lib.helpers", "bts.core", "bts.errors"]
+    assert closure["bts.stage"] == ["job.py", "bts.stage"]
 
 
 def test_import_closure_reports_a_module_without_a_file(fake_src):
     (fake_src / "bts" / "late.py").write_text("import bts.gone\n")
-    closure = import_closure("bts.stages.job", fake_src)
+    closure = script_closure(fake_src / "stages" / "job.py", fake_src)
     assert "bts.gone" in closure
     assert module_file("bts.gone", fake_src) is None
 
@@ -244,7 +277,7 @@ def test_import_closure_reports_a_module_without_a_file(fake_src):
         ("src/bts/data", "src/bts/data", True),
         ("src/bts/data", "src/bts/database.py", False),  # a prefix of the name is not a parent folder
         ("src/bts/files.py", "src/bts/files.py", True),
-        ("src/bts/stages/train.py", "src/bts/stages/evaluate.py", False),
+        ("src/stages/train.py", "src/stages/evaluate.py", False),
     ],
 )
 def test_covers(dep, path, expected):
@@ -257,5 +290,5 @@ def test_stage_outs_reads_plain_and_optioned_entries():
 
 
 def test_cmd_flags_reads_both_argument_forms():
-    stage = {"cmd": "PYTHONPATH=src python -m bts.stages.x --raw data/interim/raw.parquet --out=data/o.parquet --flag"}
+    stage = {"cmd": "PYTHONPATH=src python src/stages/x.py --raw data/interim/raw.parquet --out=data/o.parquet --flag"}
     assert cmd_flags(stage) == {"--raw": "data/interim/raw.parquet", "--out": "data/o.parquet", "--flag": ""}

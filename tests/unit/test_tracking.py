@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from bts.errors import BtsError, ConfigError
-from bts.tracking.lineage import commits_holding, describe_ref, experiment_refs, split_batch
-from bts.tracking.reconcile import format_reconciliation, problems_found
-from bts.tracking.registry import Gate, check_alias
+from bts.lifecycle.lineage import commits_holding, describe_ref, experiment_refs, split_batch
+from bts.lifecycle.reconcile import format_reconciliation, problems_found
+from bts.lifecycle.registry import Gate, check_alias
+from bts.project import find_root, pipeline_argument
 from bts.tracking.runs import content_tags, model_lineage, params_md5, table_schema
-from bts.tracking.store import find_root, pipeline_argument
 from bts.tracking.tags import data_tags, dataset_document_path
 
 

@@ -114,8 +114,8 @@ def run_batch(
     from bts.data.catalogue import load_catalogue
     from bts.files import write_json
     from bts.params import PARAMS_FILE, load_params
+    from bts.project import pipeline_argument
     from bts.serving.model import load_served
-    from bts.tracking.store import pipeline_argument
 
     started = time.perf_counter()
 

@@ -20,7 +20,7 @@ from bts.data.simulate import EXPORT_COLUMNS
 from bts.errors import InputFileError, quoted
 from bts.files import read_parquet
 from bts.hashing import file_md5
-from bts.monitoring.readings import PARQUET
+from bts.monitoring.field_readings import PARQUET
 
 CSV = ".csv"
 # The typed raw readings the ingest stage writes (and read_export returns), with their dtypes.

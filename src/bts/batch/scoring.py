@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from bts.data.cleaning import RULES, SERIES_KEYS
 from bts.data.features import FeatureSpec
 from bts.errors import BtsError, DataContractError
-from bts.monitoring.readings import serving_rows
+from bts.monitoring.field_readings import serving_rows
 from bts.params import FeaturizeParams
 from bts.tracking.tags import DATASETS, MODEL_MD5
 

@@ -123,7 +123,7 @@ HEADLINE = {
     "last_modified_time": "time of the last reading in the data (not when the file was written)",
 }
 
-# What each quality measure means, per producing stage (the stages in src/bts/stages/ compute them).
+# What each quality measure means, per producing stage (the stages in src/stages/ compute them).
 QUALITY_MEANINGS: dict[str, dict[str, str]] = {
     "ingest": {
         "completeness": "share of the cells of id, value, station_id and parameter_id that hold a value "

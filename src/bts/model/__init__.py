@@ -1,1 +1,2 @@
-"""The forecaster, its scoring against persistence, and its packaging as a verified MLflow model."""
+"""The forecaster, its scoring against persistence and evaluation plots, its training-feature profile, and its
+packaging as a verified MLflow model."""

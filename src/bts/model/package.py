@@ -44,24 +44,9 @@ class IntegrityError(BtsError):
     """A file whose bytes do not match the md5 recorded for it: it is not loaded."""
 
 
-# The code that builds a model, as the train stage's deps in dvc.yaml list it (relative to src/bts): its md5 is the
-# model's code_md5, so a package names exactly the code it came from, and a reproduction can prove which code ran.
-TRAINING_CODE = [
-    "__init__.py", "errors.py", "files.py", "hashing.py", "params.py", "stages/__init__.py", "stages/train.py", "model", "tracking",
-    "monitoring/__init__.py", "monitoring/profile.py",
-]  # fmt: skip
-
-
 def library_path() -> Path:
     """The folder of the `bts` package this process really imported (the workspace's, through PYTHONPATH=src)."""
     return Path(__file__).resolve().parents[1]
-
-
-def code_md5(library: Path, parts: list[str] = TRAINING_CODE) -> str:
-    """md5 (as a DVC folder md5) of the Python sources of these files and folders of the library a process imported."""
-    sources = {path: md5 for path, md5 in dir_manifest(library).items() if path.endswith(".py")}
-    chosen = {path: md5 for path, md5 in sources.items() if any(path == part or path.startswith(f"{part}/") for part in parts)}
-    return manifest_md5(chosen)
 
 
 def normalize_skops(data: bytes) -> bytes:

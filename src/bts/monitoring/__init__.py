@@ -1,1 +1,2 @@
-"""Watching a served model from the field's side: readings turned into scoring requests and replayed to a running server."""
+"""Watching a served model: field readings replayed to a running server (`bts replay`), and the report on what it served
+(`bts monitor`): `report` computes it from the request log, `page` renders it as HTML."""

@@ -22,15 +22,16 @@ from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
 from bts.files import shown_path, write_json, write_text
 from bts.hashing import dvc_md5
-from bts.monitoring.profile import PROFILE_ARTIFACT
-from bts.monitoring.readings import read_readings
+from bts.lifecycle.lineage import lock_record, resolve_reference
+from bts.model.profile import PROFILE_ARTIFACT
+from bts.monitoring.field_readings import read_readings
+from bts.monitoring.page import render
 from bts.monitoring.report import build_report, parse_time, read_log
 from bts.params import PARAMS_FILE, load_params
-from bts.reports.monitoring import render
+from bts.project import pipeline_argument
 from bts.serving import DEFAULT_LOG_DIR
-from bts.tracking.lineage import lock_record, resolve_reference
 from bts.tracking.runs import experiment_id
-from bts.tracking.store import pipeline_argument, store_lock
+from bts.tracking.store import store_lock
 from bts.tracking.tags import (
     DATASETS,
     GIT_COMMIT,

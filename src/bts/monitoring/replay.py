@@ -127,9 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def replay_command(root: Path, args: argparse.Namespace) -> int:
     """`bts replay`: 0 if every request succeeded, 1 otherwise."""
     from bts.data.features import FeatureSpec  # imported here: `bts --help` imports this module to build its parser
-    from bts.monitoring.readings import read_readings, serving_rows
+    from bts.monitoring.field_readings import read_readings, serving_rows
     from bts.params import PARAMS_FILE, load_params
-    from bts.tracking.store import pipeline_argument
+    from bts.project import pipeline_argument
 
     featurize = load_params(root / PARAMS_FILE).featurize
     spec = FeatureSpec.from_params(featurize)

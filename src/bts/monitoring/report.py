@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bts.errors import BtsError, ConfigError
-from bts.monitoring.profile import drift
+from bts.model.profile import drift
 from bts.params import MonitorParams
-from bts.serving.monitoring import PREDICTIONS, PROCESS, REQUESTS
 from bts.serving.payload import KEY_COLUMNS, READING_ID, SERIES_COLUMNS, TIME_COLUMN
+from bts.serving.request_log import PREDICTIONS, PROCESS, REQUESTS
 
 SERIES = list(SERIES_COLUMNS)
 RELATIVE = re.compile(r"^(\d+)([mhd])$")

@@ -3,7 +3,7 @@
 `payload` turns a request body into a float matrix of the model's feature
 columns (plus the optional key columns) or a short client error; `model`
 resolves a reference (registry or package folder), verifies and loads the
-package; `monitoring` appends every request and prediction to a local
+package; `request_log` appends every request and prediction to a local
 Parquet log off the request path; `metrics` keeps the Prometheus metrics;
 `app` is the Starlette application; `server` runs it under one uvicorn worker.
 

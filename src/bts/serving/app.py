@@ -33,8 +33,8 @@ from starlette.routing import Route
 import bts
 from bts.serving.metrics import ServingMetrics
 from bts.serving.model import ServedModel
-from bts.serving.monitoring import Entry, MonitoringLog
 from bts.serving.payload import PayloadParser, RequestError
+from bts.serving.request_log import Entry, MonitoringLog
 
 JSON_TYPE = "application/json"
 REQUEST_ID_HEADER = "x-request-id"

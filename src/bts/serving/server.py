@@ -63,8 +63,8 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
     from bts.serving.app import create_app
     from bts.serving.metrics import ServingMetrics
     from bts.serving.model import load_served
-    from bts.serving.monitoring import MonitoringLog
     from bts.serving.payload import PayloadParser
+    from bts.serving.request_log import MonitoringLog
 
     check_arguments(args)
     # The payload parser has refused every NaN and infinity: scikit-learn need not look again (same predictions).

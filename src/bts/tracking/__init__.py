@@ -1,1 +1,1 @@
-"""MLflow and git: runs, registry, lineage, reproduction, reconciliation and comparison."""
+"""What a stage logs to MLflow with: the store, the tag names, and finding or opening the training run."""

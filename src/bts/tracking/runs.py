@@ -142,7 +142,10 @@ def workspace_lineage(model_path: Path, datasets_dir: Path, run_params: dict, ta
     """The content lineage of the workspace's model: data and schema md5s, params md5, weights md5, and the md5 of
     the training code this process imported."""
     from bts.hashing import file_md5
-    from bts.model.package import code_md5, library_path
+    from bts.model.package import library_path
+    from bts.project import code_md5
     from bts.tracking.tags import data_tags
 
-    return model_lineage(tags or data_tags(datasets_dir), run_params, file_md5(model_path), code_md5(library_path()))
+    return model_lineage(
+        tags or data_tags(datasets_dir), run_params, file_md5(model_path), code_md5(library_path().parents[1])
+    )  # the workspace whose code this process runs

@@ -1,4 +1,4 @@
-"""Where the project is, where its runs are tracked, and git as the tracking code calls it.
+"""Where the project's runs are tracked: the local SQLite store and artifact folder, or a team's tracking server.
 
 The default store is a SQLite database and an artifact folder at the root of
 the user's repository. DVC runs queued and `--temp` experiments in copies
@@ -13,8 +13,6 @@ with one line, not after minutes of MLflow's HTTP retries.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +20,11 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from bts.errors import BtsError
+from bts.project import find_root
 
 STORE_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 LOCK_FILE = ".mlflow.lock"
-PIPELINE_FILE = "dvc.yaml"
 LOCK_TIMEOUT_SECONDS = 600
 REMOTE_SCHEMES = ("http", "postgresql", "mysql", "mssql", "databricks")
 HTTP_SCHEMES = ("http://", "https://")
@@ -43,39 +41,6 @@ HTTP_CLIENT_DEFAULTS = {
 }
 PROBE_TIMEOUT_SECONDS = 5
 PROXIED_ARTIFACTS = "mlflow-artifacts:"  # a tracking server's own artifact store, reached through the server
-# Where a test may stop a process with a real SIGKILL (registration, a training mid-logging), to prove that what
-# a killed process leaves behind is reported and completed by the next call.
-KILL_POINT_VARIABLE = "BTS_TEST_KILL_AT"
-
-
-def kill_point(name: str) -> None:
-    if os.environ.get(KILL_POINT_VARIABLE) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def find_root(cwd: str | Path | None = None) -> Path:
-    """The project's main repository: DVC_ROOT under DVC (also in experiment copies), else the nearest folder up with dvc.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    start = Path(cwd or Path.cwd()).resolve()
-    for folder in [start, *start.parents]:
-        if (folder / PIPELINE_FILE).is_file():
-            return folder
-    raise BtsError(f"not inside a BTS project: no {PIPELINE_FILE} in {start} or any folder above it (cd into the repository)")
-
-
-def pipeline_argument(root: Path, stage: str, option: str) -> str:
-    """The value a stage's command in dvc.yaml gives an option (`--package models/package`): dvc.yaml is the one home of paths."""
-    import shlex
-
-    import yaml
-
-    try:
-        command = yaml.safe_load((root / PIPELINE_FILE).read_text())["stages"][stage]["cmd"]
-        words = shlex.split(command)
-        return words[words.index(option) + 1]
-    except (OSError, KeyError, TypeError, ValueError, IndexError, yaml.YAMLError):
-        raise BtsError(f"{root / PIPELINE_FILE}: stage '{stage}' has no {option} argument") from None
 
 
 def tracking_uri(root: Path) -> str:
@@ -245,18 +210,3 @@ def store_is_idle(root: Path) -> bool | None:
         return False
     lock.release()
     return True
-
-
-def git(root: Path, *args: str, check: bool = True, input_bytes: bytes | None = None) -> bytes | None:
-    """git's raw output (bytes: paths and file contents need not be ASCII); None on failure unless check."""
-    result = subprocess.run(["git", *args], cwd=root, input=input_bytes, capture_output=True)
-    if result.returncode != 0:
-        if check:
-            raise BtsError(f"git {' '.join(args)}: {result.stderr.decode(errors='replace').strip()}")
-        return None
-    return result.stdout
-
-
-def git_text(root: Path, *args: str, check: bool = True) -> str | None:
-    output = git(root, *args, check=check)
-    return None if output is None else output.decode("utf-8", errors="replace").strip()

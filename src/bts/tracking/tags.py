@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from bts.tracking.store import PIPELINE_FILE, git_text, pipeline_argument
+from bts.project import PIPELINE_FILE, git_text, pipeline_argument
 
 DATASETS = ["raw", "clean", "features"]
 DATASET_STAGES = {"raw": "ingest", "clean": "clean", "features": "featurize"}  # the stage whose --document describes it

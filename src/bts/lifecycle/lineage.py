@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
 from bts.hashing import dvc_md5, lock_md5s
+from bts.lifecycle.registry import version_integrity
 from bts.model.package import package_metadata, tampered_files
-from bts.tracking.registry import version_integrity
+from bts.project import git, git_text
 from bts.tracking.runs import find_training_run
-from bts.tracking.store import git, git_text
 from bts.tracking.tags import (
     CODE_MD5,
     DATASETS,

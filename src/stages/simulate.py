@@ -10,7 +10,7 @@ from bts.data.catalogue import load_catalogue
 from bts.data.simulate import simulate_exports
 from bts.files import write_csv
 from bts.params import load_params
-from bts.stages import run_stage
+from bts.stage import run_stage
 
 
 def main() -> None:

@@ -29,14 +29,13 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
-from bts.model.package import code_md5, package_metadata
-from bts.tracking.lineage import trace
-from bts.tracking.store import pipeline_argument
+from bts.lifecycle.lineage import trace
+from bts.model.package import package_metadata
+from bts.project import TRAINING_STAGE, code_md5, pipeline_argument
 from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag, dataset_document_path
 
 COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
 STAGE_PREFIXES = ("simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")
-TRAINING_STAGE = "train"  # with the data restored and verified, the rebuild starts here
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) -> None:
@@ -48,15 +47,6 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], echo: bool = False) ->
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()
         raise BtsError(f"{' '.join(args)} failed in the reproduction worktree; its last lines:\n" + "\n".join(output[-15:]))
-
-
-def _training_code(tree: Path) -> list[str] | None:
-    """The code the commit's train stage depends on (its src/bts deps in dvc.yaml), relative to src/bts."""
-    try:
-        deps = yaml.safe_load((tree / "dvc.yaml").read_text())["stages"]["train"]["deps"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    return [dep.removeprefix("src/bts/") for dep in deps if isinstance(dep, str) and dep.startswith("src/bts/")]
 
 
 def _upstream_stages(lock: dict, stage: str) -> set[str]:
@@ -155,8 +145,10 @@ def _compare(chain: dict, tree: Path, recorded_metrics: dict) -> list[dict]:
     if chain["package"]:
         checks.append({"what": "package_md5", "recorded": chain["package"]["md5"], "reproduced": md5s.get(package_path)})
     built_code = package_metadata(tree / package_path)["lineage"].get(CODE_MD5) if package_path else None
-    parts = _training_code(tree)
-    worktree_code = code_md5(tree / "src" / "bts", parts) if parts else None
+    try:
+        worktree_code = code_md5(tree)
+    except BtsError:  # a commit whose dvc.yaml names no train stage: nothing to prove the ran code against
+        worktree_code = None
     checks.append({"what": "code_md5 (ran)", "recorded": worktree_code, "reproduced": built_code})
     checks.append({"what": "code_md5", "recorded": chain["code_md5"], "reproduced": built_code})
     metrics = json.loads((tree / pipeline_argument(tree, "evaluate", "--metrics")).read_text())

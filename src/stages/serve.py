@@ -16,7 +16,7 @@ from bts.files import atomic_folder, read_parquet
 from bts.model.forecasters import skops_trusted_types
 from bts.model.package import PACKAGE_ARTIFACT, PACKAGE_REQUIREMENTS, build_package, library_path, load_workspace_model
 from bts.params import load_params
-from bts.stages import run_stage
+from bts.stage import run_stage
 from bts.tracking.runs import find_training_run, resumed_run, workspace_lineage
 from bts.tracking.store import use_store
 from bts.tracking.tags import feature_columns

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from bts.errors import BtsError, ConfigError
 from bts.files import read_parquet
 from bts.hashing import dvc_md5
+from bts.kill_points import kill_point
 from bts.model.package import PACKAGE_ARTIFACT, load_package, tampered_files
-from bts.tracking.store import kill_point
 from bts.tracking.tags import PACKAGE_MD5, REGISTRATION_COMPLETE, TRANSITION_PREFIX, data_md5_tag
 
 CANDIDATE = "candidate"

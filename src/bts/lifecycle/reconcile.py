@@ -17,8 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
-from bts.tracking.lineage import experiment_refs
-from bts.tracking.registry import version_integrity
+from bts.lifecycle.lineage import experiment_refs
+from bts.lifecycle.registry import version_integrity
 from bts.tracking.store import bulk_read_database, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
 
@@ -68,7 +68,7 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
 
 
 def _records_from_database(uri: str, experiment: str) -> list[dict]:
-    from bts.tracking import database
+    from bts.lifecycle import database
 
     with database.reading(uri) as read:
         experiment_id = database.experiment_id(read, experiment, uri)
@@ -93,7 +93,7 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     found = {record["run_id"]: record["params"] for record in records if "params" in record}
     missing = [record["run_id"] for record in records if "params" not in record]
     if missing:
-        from bts.tracking import database
+        from bts.lifecycle import database
 
         found.update({run_id: {} for run_id in missing})
         with database.reading(bulk_read_database(client.tracking_uri)) as read:

@@ -12,9 +12,9 @@ from bts.data.catalogue import load_catalogue
 from bts.files import read_parquet, write_csv, write_json, write_parquet
 from bts.model.evaluation import BY_PARAMETER, BY_STATION, dvc_metrics, evaluate, worst
 from bts.model.package import load_workspace_model
+from bts.model.plots import name_sensors, plot_evaluation, plot_tables
 from bts.params import flatten, load_params
-from bts.reports.evaluation import name_sensors, plot_evaluation, plot_tables
-from bts.stages import run_stage
+from bts.stage import run_stage
 from bts.tracking.runs import find_training_run, resumed_run, training_run, workspace_lineage
 from bts.tracking.store import use_store
 from bts.tracking.tags import MODEL_MD5, data_tags, dvc_tags, feature_columns, git_tags

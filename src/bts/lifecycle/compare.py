@@ -212,8 +212,9 @@ def _collector_paused() -> Iterator[None]:
 def _store_uri() -> str:
     """The tracking URI (MLFLOW_TRACKING_URI, else the project's store), without importing MLflow; a BtsError if it names
     a SQLite database that is not there (opening it would create an empty one)."""
-    from bts.tracking.database import SQLITE_PREFIX, sqlite_path
-    from bts.tracking.store import find_root, tracking_uri
+    from bts.lifecycle.database import SQLITE_PREFIX, sqlite_path
+    from bts.project import find_root
+    from bts.tracking.store import tracking_uri
 
     # A store named outright needs no project around it.
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri(find_root())
@@ -229,7 +230,7 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     unfiltered comparison of a database store reads just the latest values of the compared metrics, the dvc
     experiment names, and the runs' params, whose values are kept only for the params that differ between the runs.
     """
-    from bts.tracking import database
+    from bts.lifecycle import database
 
     with database.reading(uri) as read:
         experiment_id = database.experiment_id(read, experiment, uri)
@@ -580,6 +581,6 @@ def write_output(text: str) -> None:
 
 def _default_experiment() -> str:
     from bts.params import PARAMS_FILE, load_params
-    from bts.tracking.store import find_root
+    from bts.project import find_root
 
     return load_params(find_root() / PARAMS_FILE).train.experiment

@@ -13,7 +13,7 @@ from bts.data.schemas import parse_reading_time, raw_schema
 from bts.files import BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
-from bts.stages import run_stage
+from bts.stage import run_stage
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from bts.data.schemas import clean_schema, read_table
 from bts.files import ROW_GROUP_ROWS, BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
-from bts.stages import run_stage
+from bts.stage import run_stage
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ import joblib
 import mlflow
 
 from bts.files import atomic_write, read_parquet
+from bts.kill_points import kill_point
 from bts.model.forecasters import build_model
-from bts.monitoring.profile import PROFILE_ARTIFACT, feature_profile
+from bts.model.profile import PROFILE_ARTIFACT, feature_profile
 from bts.params import PARAMS_FILE, load_params
-from bts.stages import run_stage
+from bts.stage import run_stage
 from bts.tracking.runs import datasets_to_log, training_run, workspace_lineage
-from bts.tracking.store import kill_point, use_store
+from bts.tracking.store import use_store
 from bts.tracking.tags import GIT_COMMIT, data_tags, dvc_tags, feature_columns, git_tags, machine_tags
 
 
