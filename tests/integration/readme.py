@@ -1,6 +1,7 @@
-"""The README as a script: its sections, the shell commands its code blocks show, and the output they promise.
+"""The README and the docs pages as a script: their sections, the shell commands their code blocks show, and the
+output they promise.
 
-Conventions, so that the README stays the one source of what a user types and sees:
+Conventions, so that the pages stay the one source of what a user types and sees:
 
 - A code block is a run of lines indented by 4 spaces (Markdown's indented code block); blank lines split it
   into paragraphs.
@@ -15,10 +16,11 @@ Conventions, so that the README stays the one source of what a user types and se
   or, in a block without commands, what the last commands of the same section print. The output paragraphs of a
   code block are found in that order, each as consecutive lines, where a line `...` stands for any number of lines.
 - Expected output is compared exactly, except the tokens SHAPES names by their context (run ids, commits,
-  DVC experiment names, wall-clock times, durations and rates, the machine, and the md5s of the code, which
-  change with any edit of the library): those match by shape, and the same token in the README must be the same
-  value wherever it appears in one walk (two different README tokens cannot be one value). In a paragraph with
-  such a token, runs of spaces and of dashes match any length, since columns widen with the values.
+  DVC experiment names, wall-clock times, durations and rates, the machine, and the md5s of the training code and
+  of the package, which holds library modules: both change with an edit of the library): those match by shape,
+  and the same token must be the same value wherever it appears in one walk, across pages (two different tokens
+  of the pages cannot be one value). In a paragraph with such a token, runs of spaces and of dashes match any
+  length, since columns widen with the values. The data md5s stay exact: they are the committed data versions.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ class Section:
     title: str
     level: int
     blocks: list[list[Paragraph]]  # its code blocks, each a list of paragraphs, in order
+    file: str = "README.md"  # the page it is on, relative to the project's root
+
+    @property
+    def name(self) -> str:
+        """The section as messages name it: `docs/walkthrough.md: Experiments`."""
+        return f"{self.file}: {self.title}"
 
 
 def strip_comments(text: str) -> tuple[str, bool]:
@@ -163,8 +171,8 @@ def code_blocks(lines: list[str]) -> list[list[Paragraph]]:
     return blocks
 
 
-def sections(text: str) -> list[Section]:
-    """Every heading of the README with the code blocks below it (up to the next heading of any level)."""
+def sections(text: str, file: str = "README.md") -> list[Section]:
+    """Every heading of a page (`file`) with the code blocks below it (up to the next heading of any level)."""
     found: list[tuple[str, int, list[str]]] = []
     body: list[str] = []
     title, level = "", 0
@@ -176,13 +184,13 @@ def sections(text: str) -> list[Section]:
         else:
             body.append(line)
     found.append((title, level, body))
-    return [Section(title, level, code_blocks(lines)) for title, level, lines in found if title]
+    return [Section(title, level, code_blocks(lines), file) for title, level, lines in found if title]
 
 
-def find_section(all_sections: list[Section], title: str) -> Section:
-    """The section with this heading, or the one whose heading starts with it (`Monitoring` for `Monitoring: ...`)."""
+def find_section(all_sections: list[Section], title: str, file: str = "README.md") -> Section:
+    """The section of one page with this heading, or the one whose heading starts with it (`Monitoring` for `Monitoring: ...`)."""
     matches = [s for s in all_sections if s.title == title] or [s for s in all_sections if s.title.startswith(title)]
-    assert len(matches) == 1, f"README.md has {len(matches)} sections headed {title!r}: {[s.title for s in all_sections]}"
+    assert len(matches) == 1, f"{file} has {len(matches)} sections headed {title!r}: {[s.title for s in all_sections]}"
     return matches[0]
 
 

@@ -1,13 +1,16 @@
-"""The README followed on a fresh copy of the project, section by section, command by command.
+"""The README and the docs pages followed on a fresh copy of the project, section by section, command by command.
 
-Each command of a walked section runs in bash from the repository's root with its .venv first on PATH, as a
-user would after `source .venv/bin/activate`, and what it prints (stdout and stderr, as a terminal shows them)
-must hold the output the README shows; tests/integration/readme.py says how commands and outputs are told apart
-and which tokens match by shape. Quick start runs `make repro` on a fresh repository. Real exports, and
-Experiments then MLproject (in the background: the queued grid is the longest part), each go on from a copy of
-what Quick start left; Registry, Serving (stock MLflow, `bts serve`, monitoring) and Lineage go on, one after the
-other, from another copy: the README's outputs there assume the workspace and the store as Quick start left them
-(one registered version, a lineage `in: branch main`).
+The walks name their sections by page and title (the lists below), in the order a user meets them. Each command
+of a walked section runs in bash from the repository's root with its .venv first on PATH, as a user would after
+`source .venv/bin/activate`, and what it prints (stdout and stderr, as a terminal shows them) must hold the output
+the page shows; tests/integration/readme.py says how commands and outputs are told apart and which tokens match
+by shape. The README's Quick start runs `make repro` on a fresh repository. The walkthrough's Real exports, and
+its Experiments then MLproject (in the background: the queued grid is the longest part), each go on from a copy
+of what Quick start left; Registry (the walkthrough's packaging and registry, and the verification of
+docs/reproducibility-and-security.md), Serving (docs/serving-and-monitoring.md: stock MLflow, `bts serve`,
+monitoring) and the walkthrough's Lineage go on, one after the other, from another copy: the outputs there
+assume the workspace and the store as Quick start left them (one registered version, a lineage `in: branch
+main`). The README's other sections are short: the commands they show are the docs pages' own (a test checks it).
 
 Servers (`mlflow models serve`, `bts serve`) start in the background on free ports (the README's ports are
 rewritten, in commands and in outputs); a server runs while the commands address its port, and is stopped with
@@ -46,6 +49,7 @@ from tests.integration.readme import (
     Command,
     Commands,
     FileEdit,
+    Match,
     Output,
     Paragraph,
     Section,
@@ -59,6 +63,18 @@ from tests.integration.workspace import BIN, PROJECT
 pytestmark = pytest.mark.integration
 
 README = PROJECT / "README.md"
+DOCS = PROJECT / "docs"
+WALKTHROUGH = "docs/walkthrough.md"
+SERVING_PAGE = "docs/serving-and-monitoring.md"
+SECURITY_PAGE = "docs/reproducibility-and-security.md"
+Place = tuple[str, str]  # (page, section title): where a walk finds a section
+QUICK_START: list[Place] = [("README.md", "Quick start")]
+REAL_EXPORTS_WALK: list[Place] = [(WALKTHROUGH, "Real exports")]
+EXPERIMENTS_WALK: list[Place] = [(WALKTHROUGH, "Experiments"), (WALKTHROUGH, "MLproject")]
+REGISTRY_WALK: list[Place] = [(WALKTHROUGH, "Packaging, registry and model card"), (SECURITY_PAGE, "Nothing is loaded unverified")]
+SERVING_WALK: list[Place] = [(SERVING_PAGE, "Serving"), (SERVING_PAGE, "Serving with `bts serve`"), (SERVING_PAGE, "Monitoring")]
+LINEAGE_WALK: list[Place] = [(WALKTHROUGH, "Lineage and reproduction")]
+WALKS = [QUICK_START, REAL_EXPORTS_WALK, EXPERIMENTS_WALK, REGISTRY_WALK, SERVING_WALK, LINEAGE_WALK]
 REAL_EXPORTS = PROJECT.parent / "shared" / "data" / "bts"  # CI has it: the test fails without it, it does not skip
 COMMAND_TIMEOUT_SECONDS = 1800
 SERVER_START_SECONDS = 180
@@ -71,9 +87,10 @@ SERVERS = ("mlflow models serve", "mlflow server", "mlflow ui", "bts serve")
 # Commands that reach a server on a default port unless told otherwise: (README port, the option that says so)
 DEFAULT_PORTS = {"bts serve": (5002, "--port {}"), "bts replay": (5002, "--url http://127.0.0.1:{}"), "mlflow ui": (5000, "--port {}")}
 PORT_IN_TEXT = re.compile(r"((?:localhost|127\.0\.0\.1):|(?:-p|--port)[ =])(\d{4,5})\b")
-# Commands the walk does not run, with why (each must still be in the README, or this list is stale).
+# Commands the walk does not run, with why (each must still be on a page, or this list is stale).
 NOT_RUN = {
     "make test": "the whole suite, this module included; CI runs it",
+    "make test-fast": "the unit tests: make test runs them",
     "bts promote 3 --to champion --evaluate-on data/processed/features.parquet": "a variant: the walk registers one version",
     'bts promote 2 --to champion --force --reason "field test on station 42"': "a variant: the walk registers one version",
 }
@@ -190,7 +207,7 @@ class Walk:
         self.ports: dict[int, int] = {}  # README port -> free port here
         self.servers: dict[int, Server] = {}  # README port -> running server
         self.server_commands: dict[int, Command] = {}  # README port -> the command that serves it
-        self.walked: dict[str, list[str]] = {}  # section title -> problems found
+        self.walked: dict[str, list[str]] = {}  # section name (`<page>: <title>`) -> problems found
         self.group: tuple[str, list[Entry]] | None = None  # (section, entries) of the last commands run
         self.timings: list[tuple[str, float]] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -296,11 +313,11 @@ class Walk:
 
     def section(self, section: Section) -> list[str]:
         """Walk a section once: every command run, every output it shows checked. Returns the mismatches."""
-        if section.title in self.walked:
-            return self.walked[section.title]
-        problems = self.walked[section.title] = []
+        if section.name in self.walked:
+            return self.walked[section.name]
+        problems = self.walked[section.name] = []
         for block in section.blocks:
-            self.block(section.title, block, problems)
+            self.block(section.name, block, problems)
         return problems
 
     def block(self, title: str, paragraphs: list[Paragraph], problems: list[str]) -> None:
@@ -395,7 +412,7 @@ class Walk:
             if isinstance(found, str):
                 commands = "; ".join(f"`{c.words[:80]}`" for c, _ in entries)
                 nearest = "\n".join(closest(expected, actual, self.bindings))
-                problems.append(f"{title}: the output of {commands}: {found}; nearest (- README, + printed):\n{nearest}")
+                problems.append(f"{title}: the output of {commands}: {found}; nearest (- page, + printed):\n{nearest}")
                 continue
             self.bindings.update(found.bound)
             position = found.end
@@ -456,18 +473,40 @@ NOT_WALKED = {
 # --- the walk ---------------------------------------------------------------------------------------------------------
 
 
+def page_files() -> list[Path]:
+    """The pages the walk reads: the README and every page of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
 @pytest.fixture(scope="module")
-def readme() -> list[Section]:
-    return sections(README.read_text())
+def pages() -> dict[str, list[Section]]:
+    """Each page's sections, by its path relative to the project's root."""
+    found = {}
+    for path in page_files():
+        name = path.relative_to(PROJECT).as_posix()
+        found[name] = sections(path.read_text(), name)
+    return found
 
 
-def walk_sections(walk: Walk, readme: list[Section], *titles: str) -> list[str]:
+def place_section(pages: dict[str, list[Section]], place: Place) -> Section:
+    page, title = place
+    assert page in pages, f"no page {page} (pages: {sorted(pages)})"
+    return find_section(pages[page], title, page)
+
+
+def walk_sections(walk: Walk, pages: dict[str, list[Section]], *places: Place) -> list[str]:
     problems = []
-    for title in titles:
+    for place in places:
         started = time.monotonic()
-        problems += walk.section(find_section(readme, title))
-        print(f"{title}: {time.monotonic() - started:.0f} s")
+        section = place_section(pages, place)
+        problems += walk.section(section)
+        print(f"{section.name}: {time.monotonic() - started:.0f} s")
     return problems
+
+
+def walked(walk: Walk, pages: dict[str, list[Section]], places: list[Place]) -> list[str]:
+    """The problems the walk found in these sections (each must have been walked)."""
+    return [problem for place in places for problem in walk.walked[place_section(pages, place).name]]
 
 
 def print_timings(walk: Walk) -> None:
@@ -487,10 +526,10 @@ class Experiments:
 
 
 @pytest.fixture(scope="module")
-def after_quick_start(tmp_path_factory: pytest.TempPathFactory, readme: list[Section]) -> Iterator[Walk]:
+def after_quick_start(tmp_path_factory: pytest.TempPathFactory, pages: dict[str, list[Section]]) -> Iterator[Walk]:
     """Quick start on a fresh repository; what `make repro` changed is committed, so later sections have a commit."""
     walk = Walk(fresh_repo(tmp_path_factory.mktemp("readme") / "quick-start"))
-    walk_sections(walk, readme, "Quick start")
+    walk_sections(walk, pages, *QUICK_START)
     changed = walk.shell("git status --porcelain").stdout
     if changed:
         warnings.warn(f"make repro changed tracked files (the project's dvc.lock is not current), committed:\n{changed}", stacklevel=1)
@@ -501,14 +540,16 @@ def after_quick_start(tmp_path_factory: pytest.TempPathFactory, readme: list[Sec
 
 
 @pytest.fixture(scope="module")
-def experiments(after_quick_start: Walk, tmp_path_factory: pytest.TempPathFactory, readme: list[Section]) -> Iterator[Experiments]:
+def experiments(
+    after_quick_start: Walk, tmp_path_factory: pytest.TempPathFactory, pages: dict[str, list[Section]]
+) -> Iterator[Experiments]:
     """Experiments then MLproject on their own copy, in the background while the other sections are walked.
 
     They take the longest (the queued grid), and mostly in DVC's queue workers: the other walks use the time.
     """
     walk = after_quick_start.fork(tmp_path_factory.mktemp("readme") / "experiments")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        yield Experiments(walk, pool.submit(walk_sections, walk, readme, "Experiments", "MLproject"))
+        yield Experiments(walk, pool.submit(walk_sections, walk, pages, *EXPERIMENTS_WALK))
     walk.close()
     print_timings(walk)
 
@@ -521,12 +562,32 @@ def registry(after_quick_start: Walk, tmp_path_factory: pytest.TempPathFactory) 
     print_timings(walk)
 
 
-def test_readme_lists_what_the_walk_leaves_out(readme: list[Section]) -> None:
-    shown = {c.words for s in readme for b in s.blocks for p in b if isinstance(p, Commands) for c in p.commands}
-    assert set(NOT_RUN) <= shown, f"no longer in README.md, remove from NOT_RUN: {set(NOT_RUN) - shown}"
-    outputs = [p.lines[0] for s in readme for b in s.blocks for p in b if isinstance(p, Output)]
+def shown_commands(all_sections: list[Section]) -> list[Command]:
+    return [c for s in all_sections for b in s.blocks for p in b if isinstance(p, Commands) for c in p.commands]
+
+
+def test_readme_lists_what_the_walk_leaves_out(pages: dict[str, list[Section]]) -> None:
+    everywhere = [s for page in pages.values() for s in page]
+    shown = {c.words for c in shown_commands(everywhere)}
+    assert set(NOT_RUN) <= shown, f"no longer on any page, remove from NOT_RUN: {set(NOT_RUN) - shown}"
+    outputs = [p.lines[0] for s in everywhere for b in s.blocks for p in b if isinstance(p, Output)]
     for pattern in NOT_WALKED:
-        assert any(re.search(pattern, line) for line in outputs), f"no longer in README.md, remove from NOT_WALKED: {pattern}"
+        assert any(re.search(pattern, line) for line in outputs), f"no longer on any page, remove from NOT_WALKED: {pattern}"
+
+
+def test_walked_sections_are_on_their_pages(pages: dict[str, list[Section]]) -> None:
+    """Each walked section is found, once, on its page, and shows commands or outputs: a renamed heading fails here, fast."""
+    for place in (place for walk in WALKS for place in walk):
+        assert place_section(pages, place).blocks, f"{place}: no code block to walk"
+
+
+def test_readme_commands_are_the_docs_own(pages: dict[str, list[Section]]) -> None:
+    """The README's short sections show commands of the docs pages, where the walk checks them (or says why not)."""
+    walked_here = {title for page, title in (place for walk in WALKS for place in walk) if page == "README.md"}
+    readme = [s for s in pages["README.md"] if not any(s.title.startswith(title) for title in walked_here)]
+    docs = {c.words for page, found in pages.items() if page != "README.md" for c in shown_commands(found)}
+    missing = [c.words for c in shown_commands(readme) if c.words not in docs]
+    assert not missing, f"README.md shows commands no docs page shows: {missing}"
 
 
 def test_commands_and_outputs_are_told_apart() -> None:
@@ -544,7 +605,8 @@ def test_commands_and_outputs_are_told_apart() -> None:
             "    mlproject: error: -P alpha=0.5: no key",
         ]
     )
-    (section,) = sections(text)
+    (section,) = sections(text, "docs/demo.md")
+    assert section.name == "docs/demo.md: Demo"
     (block,) = section.blocks
     serve, started, calls = block
     assert [c.shell for c in serve.commands] == ["bts serve models/package"]
@@ -571,15 +633,32 @@ def test_varying_tokens_match_by_shape_and_name_one_value() -> None:
     assert find_lines(["a", "...", "c"], ["a", "b", "b", "c"], 0, {}).end == 4
 
 
-def test_quick_start(after_quick_start: Walk, experiments: Experiments) -> None:  # and the Experiments walk starts
-    assert not after_quick_start.walked["Quick start"], report(after_quick_start.walked["Quick start"])
+def test_summary_matches_the_package_md5_by_shape_and_the_data_md5s_exactly(pages: dict[str, list[Section]]) -> None:
+    """An edit of the library changes the package's md5, not the committed data's: the README's summary says which is which."""
+    summary = next(
+        p.lines
+        for b in place_section(pages, QUICK_START[0]).blocks
+        for p in b
+        if isinstance(p, Output) and p.lines[0] == "Pipeline outputs:"
+    )
+    package = next(line for line in summary if line.startswith("Package: "))
+    shown = re.search(r"md5 ([0-9a-f]{32}\.dir)", package).group(1)
+    assert isinstance(find_lines(summary, [line.replace(shown, "f" * 32 + ".dir") for line in summary], 0, {}), Match)
+    raw = next(line for line in summary if line.lstrip().startswith("raw "))
+    data_md5 = re.search(r"md5 ([0-9a-f]{12}) ", raw).group(1)
+    assert find_lines(summary, [line.replace(data_md5, "0" * 12) for line in summary], 0, {}) == "not found"
 
 
-def test_real_exports(after_quick_start: Walk, readme: list[Section], tmp_path: Path) -> None:
+def test_quick_start(after_quick_start: Walk, pages: dict[str, list[Section]], experiments: Experiments) -> None:
+    problems = walked(after_quick_start, pages, QUICK_START)  # and the Experiments walk starts
+    assert not problems, report(problems)
+
+
+def test_real_exports(after_quick_start: Walk, pages: dict[str, list[Section]], tmp_path: Path) -> None:
     assert REAL_EXPORTS.is_dir(), f"{REAL_EXPORTS} is missing: the real BTS exports CI runs on"
     walk = after_quick_start.fork(tmp_path / "real-exports")
     try:
-        problems = walk_sections(walk, readme, "Real exports")
+        problems = walk_sections(walk, pages, *REAL_EXPORTS_WALK)
     finally:
         walk.close()
         print_timings(walk)
@@ -593,30 +672,32 @@ def test_real_exports(after_quick_start: Walk, readme: list[Section], tmp_path: 
         assert stations <= set(document["stations"]), f"{name}.json: {document['stations']}"
 
 
-def test_registry(registry: Walk, readme: list[Section]) -> None:
-    problems = walk_sections(registry, readme, "Packaging, registry and model card", "Nothing is loaded unverified")
+def test_registry(registry: Walk, pages: dict[str, list[Section]]) -> None:
+    problems = walk_sections(registry, pages, *REGISTRY_WALK)
     assert not problems, report(problems)
 
 
-def test_serving(registry: Walk, readme: list[Section]) -> None:
-    walk_sections(registry, readme, "Packaging, registry and model card")  # as the README goes (walked once)
-    problems = walk_sections(registry, readme, "Serving", "Serving with `bts serve`", "Monitoring")
+def test_serving(registry: Walk, pages: dict[str, list[Section]]) -> None:
+    walk_sections(registry, pages, *REGISTRY_WALK)  # as a user goes (each section is walked once)
+    problems = walk_sections(registry, pages, *SERVING_WALK)
     registry.close()
     assert not problems, report(problems)
 
 
-def test_lineage(registry: Walk, readme: list[Section]) -> None:
-    walk_sections(registry, readme, "Packaging, registry and model card", "Serving", "Serving with `bts serve`", "Monitoring")
+def test_lineage(registry: Walk, pages: dict[str, list[Section]]) -> None:
+    walk_sections(registry, pages, *REGISTRY_WALK, *SERVING_WALK)
     registry.close()
-    problems = walk_sections(registry, readme, "Lineage and reproduction")
+    problems = walk_sections(registry, pages, *LINEAGE_WALK)
     assert not problems, report(problems)
 
 
-def test_experiments(experiments: Experiments) -> None:
+def test_experiments(experiments: Experiments, pages: dict[str, list[Section]]) -> None:
     experiments.done.result()
-    assert not experiments.walk.walked["Experiments"], report(experiments.walk.walked["Experiments"])
+    problems = walked(experiments.walk, pages, EXPERIMENTS_WALK[:1])
+    assert not problems, report(problems)
 
 
-def test_mlproject(experiments: Experiments) -> None:
+def test_mlproject(experiments: Experiments, pages: dict[str, list[Section]]) -> None:
     experiments.done.result()
-    assert not experiments.walk.walked["MLproject"], report(experiments.walk.walked["MLproject"])
+    problems = walked(experiments.walk, pages, EXPERIMENTS_WALK[1:])
+    assert not problems, report(problems)
