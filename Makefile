@@ -5,15 +5,26 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser postgres java team-up team-down repro test lint format summary clean-venv
+.PHONY: help setup browser postgres java team-up team-down repro test test-fast lint format summary clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# uv (from PyPI, pinned) installs requirements.lock in seconds from a warm cache and says what it does as it goes;
+# pip is the fallback where uv cannot be had.
+UV_VERSION := 0.13.9
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
 $(VENV)/.installed: requirements.lock pyproject.toml
+	@echo "setup: $(VENV) with the pinned dependencies of requirements.lock"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@if $(PIP) install -q uv==$(UV_VERSION); then \
+	  $(BIN)/uv pip install --python $(BIN)/python -r requirements.lock && \
+	  $(BIN)/uv pip install --python $(BIN)/python --no-deps --no-build-isolation -e .; \
+	else \
+	  echo "setup: uv $(UV_VERSION) unavailable: installing with pip (a few minutes)"; \
+	  $(PIP) install --progress-bar on -r requirements.lock && $(PIP) install -q --no-deps --no-build-isolation -e .; \
+	fi
 	@touch $@
 
 setup: $(VENV)/.installed ## create .venv with the pinned dependencies (requirements.lock)
@@ -62,6 +73,9 @@ java: setup ## check for the Java runtime Spark needs (JAVA_HOME's, else PATH's)
 
 test: lint browser postgres java ## lint, then the whole test suite (unit and integration)
 	$(BIN)/python -m pytest
+
+test-fast: lint ## lint, then the unit tests alone: no pipeline, server or service (about a minute)
+	$(BIN)/python -m pytest tests/unit
 
 lint: setup ## ruff check and format check
 	$(BIN)/ruff check src tests benchmarks

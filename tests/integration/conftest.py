@@ -1,4 +1,8 @@
-"""Fixtures: a copy of the project committed in a fresh git repository, fresh or with the pipeline already run."""
+"""Fixtures: a copy of the project committed in a fresh git repository, fresh or with the pipeline already run.
+
+The pipeline is built from scratch once per test session (`pipeline_build`, shared by every xdist worker through a
+file lock); a test module that needs a built repository gets its own copy of it (`built_repo`), store included.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
-from tests.integration.workspace import PROJECT, project_files, project_uses_defaults, run, set_params
+from tests.integration.workspace import PROJECT, copy_workspace, project_files, project_uses_defaults, run, set_params
 
 
 def make_project_repo(repo: Path) -> Path:
@@ -31,11 +36,43 @@ def project_repo(tmp_path: Path) -> Path:
     return make_project_repo(tmp_path / "repo")
 
 
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every xdist worker of this test session sees (the parent of the workers' own base folders)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if base.name.startswith("popen-gw") else base
+
+
+@pytest.fixture(scope="session")
+def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's pipeline run from nothing (`dvc repro` in a fresh repository, results committed), once per session.
+
+    Read it through `built_repo`, never in place: tests that only read a built pipeline share this one build.
+    """
+    folder = session_folder(tmp_path_factory) / "pipeline-build"
+    folder.mkdir(exist_ok=True)
+    repo, done = folder / "repo", folder / "built"
+    with FileLock(folder / ".lock"):
+        if not done.exists():
+            shutil.rmtree(repo, ignore_errors=True)
+            make_project_repo(repo)
+            run(["dvc", "repro"], repo)
+            run(["git", "add", "-A"], repo)
+            run(["git", "commit", "-q", "--allow-empty", "-m", "pipeline results"], repo)  # empty when dvc.lock was up to date
+            done.touch()
+    return repo
+
+
 @pytest.fixture(scope="module")
-def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project repository where `dvc repro` has run and its results are committed (shared by a module's tests)."""
-    repo = make_project_repo(tmp_path_factory.mktemp("built") / "repo")
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "pipeline results"], repo)  # empty when dvc.lock was up to date
+def built_repo(pipeline_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository where `dvc repro` has run and its results are committed: this module's own copy of the session's build."""
+    repo = tmp_path_factory.mktemp("built") / "repo"
+    copy_workspace(pipeline_build, repo)
+    return repo
+
+
+@pytest.fixture
+def own_built_repo(pipeline_build: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the session's build, for a test that changes it (experiments, edits, registrations)."""
+    repo = tmp_path / "repo"
+    copy_workspace(pipeline_build, repo)
     return repo

@@ -31,8 +31,8 @@ def real_export(tmp_path: Path) -> Path:
     return path
 
 
-def test_repro_from_nothing_reproduces_committed_data_versions(project_repo: Path) -> None:
-    run(["dvc", "repro"], project_repo)
+def test_repro_from_nothing_reproduces_committed_data_versions(built_repo: Path) -> None:
+    project_repo = built_repo  # the session's one build from nothing, copied
     assert "up to date" in run(["dvc", "status"], project_repo).stdout
     # Same code and params give the data versions the committed dvc.lock holds, and the same metadata bytes.
     committed = lock_outs(PROJECT / "dvc.lock", DATA_STAGES)

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from bts.hashing import file_md5
-from tests.integration.conftest import make_project_repo
 from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
 from tests.integration.workspace import lock_outs, run, set_params, store, training_run
 
@@ -37,12 +36,10 @@ def registered_file(repo: Path, version: str, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(built_repo: Path) -> Path:
     """The pipeline built and committed (commit A) in a fresh repository; the tests of this module build on it in order."""
-    built = make_project_repo(tmp_path_factory.mktemp("registry") / "repo")
-    run(["dvc", "repro"], built)
-    commit_all(built, "A: default params")
-    return built
+    assert run(["git", "rev-list", "--count", "HEAD"], built_repo).stdout.strip() == "2"  # the project, then A: its results
+    return built_repo
 
 
 def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Path) -> None:

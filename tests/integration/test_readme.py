@@ -26,10 +26,8 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -58,7 +56,7 @@ from tests.integration.readme import (
     find_section,
     sections,
 )
-from tests.integration.workspace import BIN, PROJECT
+from tests.integration.workspace import BIN, PROJECT, copy_workspace
 
 pytestmark = pytest.mark.integration
 
@@ -134,19 +132,6 @@ def fresh_repo(repo: Path) -> Path:
             (venv / name).symlink_to(BIN.parent / name)
     (venv / ".installed").touch()  # newer than requirements.lock and pyproject.toml: `make` installs nothing
     return repo
-
-
-def copy_workspace(source: Path, target: Path) -> None:
-    """A copy of a user's workspace: files, git, DVC cache, and the MLflow store pointed at the copy's artifacts."""
-    shutil.copytree(source, target, symlinks=True)
-    with sqlite3.connect(target / "mlflow.db") as db:
-        for (table,) in db.execute("select name from sqlite_master where type = 'table'").fetchall():
-            for _, column, kind, *_ in db.execute(f"pragma table_info({table})").fetchall():
-                if kind.upper().startswith(("VARCHAR", "TEXT")):
-                    db.execute(
-                        f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
-                        (str(source), str(target), f"%{source}%"),
-                    )
 
 
 class Server:

@@ -37,7 +37,12 @@ ENV = {"DVC_NO_ANALYTICS": "1"}
 
 
 def dvc_status(repo: Path) -> dict:
-    return json.loads(run(["dvc", "status", "--json"], repo, env=ENV).stdout or "{}")
+    """What `dvc status --json` prints, from DVC's own API in this process (the loop below asks it once per module)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        status = json.loads(json.dumps(dvc.status()))
+    return {key.rpartition(":")[2]: changes for key, changes in status.items()}  # `<path>/dvc.yaml:train` -> `train`
 
 
 def make_placeholders(repo: Path, stages: dict[str, dict]) -> list[str]:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.model.package import load_workspace_model
 from bts.params import flatten
-from tests.integration.workspace import DATASETS, PROJECT, lock_outs, project_uses_defaults, run, set_params, store, training_run
+from tests.integration.workspace import DATASETS, PROJECT, lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,13 @@ def assert_run_traces_data(client: MlflowClient, run_id: str, md5s: dict[str, st
     assert logged.data.tags["schema.raw_md5"] and logged.data.tags["schema.clean_md5"]
 
 
-def test_repro_from_a_fresh_copy_gives_the_committed_bytes_and_one_complete_run(project_repo: Path) -> None:
-    run(["dvc", "repro"], project_repo)
-    # Every tracked output (dvc.lock, metadata, metrics, plots) comes out byte for byte as committed: no run id, no timing.
-    if project_uses_defaults():
-        assert run(["git", "status", "--porcelain"], project_repo).stdout == ""
-        assert lock_outs(project_repo / "dvc.lock") == lock_outs(PROJECT / "dvc.lock")
+def test_repro_from_a_fresh_copy_gives_the_committed_bytes_and_one_complete_run(pipeline_build: Path, built_repo: Path) -> None:
+    """The session's one build from nothing (pipeline_build: `dvc repro` in a fresh repository of the project's files)."""
+    project_repo = built_repo
+    # Every tracked output (dvc.lock, metadata, metrics, plots) came out byte for byte as committed: no run id, no timing.
+    assert run(["git", "log", "--format=%s", "-1"], pipeline_build).stdout.strip() == "pipeline results"
+    assert run(["git", "show", "--stat", "--format=", "HEAD"], pipeline_build).stdout == ""  # nothing to commit after repro
+    assert lock_outs(project_repo / "dvc.lock") == lock_outs(PROJECT / "dvc.lock")
     md5s = lock_outs(project_repo / "dvc.lock")
     client = store(project_repo)
     logged = training_run(project_repo)
@@ -87,10 +88,8 @@ def wait_for_queue(repo: Path, timeout: float = 900) -> str:
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_queued_grid_lands_every_run_in_the_main_store_and_registers_nothing(project_repo: Path) -> None:
-    run(["dvc", "repro"], project_repo)
-    run(["git", "add", "-A"], project_repo)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "baseline"], project_repo)
+def test_queued_grid_lands_every_run_in_the_main_store_and_registers_nothing(own_built_repo: Path) -> None:
+    project_repo = own_built_repo
     md5s = lock_outs(project_repo / "dvc.lock")
     before = {r.info.run_id for r in experiment_runs(project_repo)}
 
@@ -166,3 +165,17 @@ def test_a_rerun_removes_what_a_killed_writer_left_and_writes_with_normal_permis
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
     for folder in [built_repo / "models/package", built_repo / "models/package/code"]:
         assert folder.stat().st_mode & 0o777 == 0o777 & ~mask, folder
+
+
+def test_an_edit_that_retrains_reruns_evaluate_and_serve_and_leaves_no_run_without_metrics(own_built_repo: Path) -> None:
+    """The training-feature profile is training code: its edit retrains, and the new run gets its metrics and package."""
+    repo = own_built_repo
+    before = training_run(repo).data.tags["code_md5"]
+    with open(repo / "src/bts/model/profile.py", "a") as handle:
+        handle.write("# x\n")
+    rerun = run(["dvc", "repro"], repo).stdout
+    assert all(f"Running stage '{stage}'" in rerun for stage in ("train", "evaluate", "serve")), rerun
+    check = run(["bts", "runs", "check"], repo)
+    assert "nothing lost" in check.stdout and "without evaluation metrics" not in check.stdout
+    newest = training_run(repo)  # the same weights: the newest run that trained them
+    assert newest.data.tags["code_md5"] != before and "test.rmse" in newest.data.metrics

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,16 @@ def set_params(repo: Path, section: str, key: str, value: object) -> None:
 def store(repo: Path) -> MlflowClient:
     """A client on the repository's own MLflow store, where its stages log."""
     return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def copy_workspace(source: Path, target: Path) -> None:
+    """A copy of a user's workspace: files, git, DVC cache, and the MLflow store pointed at the copy's artifacts."""
+    shutil.copytree(source, target, symlinks=True)
+    with sqlite3.connect(target / "mlflow.db") as db:
+        for (table,) in db.execute("select name from sqlite_master where type = 'table'").fetchall():
+            for _, column, kind, *_ in db.execute(f"pragma table_info({table})").fetchall():
+                if kind.upper().startswith(("VARCHAR", "TEXT")):
+                    db.execute(
+                        f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
+                        (str(source), str(target), f"%{source}%"),
+                    )
