@@ -58,10 +58,12 @@ class CleanParams(Section):
 
 
 class FeaturizeParams(Section):
-    n_lags: Annotated[int, Field(ge=1, le=100)]
-    horizon: Annotated[int, Field(ge=1, le=100)]
-    valid_fraction: OpenFraction
-    test_fraction: OpenFraction
+    """The featurize section; bts.data.features.FeatureSpec is these fields, defaults and checks, plus the columns they give."""
+
+    n_lags: Annotated[int, Field(ge=1, le=100)] = 6
+    horizon: Annotated[int, Field(ge=1, le=100)] = 1
+    valid_fraction: OpenFraction = 0.15
+    test_fraction: OpenFraction = 0.15
     holdout_stations: list[Identifier] = []
     scale_window: Annotated[int, Field(ge=2, le=10_000)] = 30
     calendar: bool = False
@@ -138,12 +140,21 @@ class Params(Section):
         return flatten({"train": self.train.model_params(), "featurize": self.featurize.model_dump()})
 
 
-def _describe(error: dict) -> str:
-    """One pydantic error as 'key: what is wrong (what is allowed)'."""
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".") or "(top level)"
+def describe_problems(exc: ValidationError, model: type[BaseModel] = Params, section: str = "") -> str:
+    """A ValidationError of model (params.yaml's `section` when given) as one line: the first wrong key, what is wrong
+    with it, and how many other problems there are."""
+    errors = exc.errors()
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{_describe(errors[0], model, section)}{more}"
+
+
+def _describe(error: dict, model: type[BaseModel], section: str) -> str:
+    """One pydantic error as 'key: what is wrong (what is allowed)', the key as params.yaml names it."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    key = f"{section}{path}".lstrip(".") or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent = Params
+        parent = model
         for part in error["loc"][:-1]:
             annotation = parent.model_fields[str(part)].annotation if isinstance(part, str) else None
             parent = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -182,9 +193,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{path}: {_describe(errors[0])}{more}") from None
+        raise ConfigError(f"{path}: {describe_problems(exc)}") from None
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, object]:

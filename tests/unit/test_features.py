@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+import ast
+import inspect
+import pickle
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from bts.data.features import CALENDAR_COLUMNS, SPLITS, WINDOW_COLUMNS, FeatureSpec, build_features, window_features
 from bts.errors import ConfigError
@@ -258,25 +262,34 @@ def test_window_features_over_windows_longer_than_the_series_use_what_there_is()
     np.testing.assert_allclose(frame["range_position"], [0.5, 1.0, 0.5])
 
 
-LAGS_MESSAGE = "featurize.n_lags and featurize.horizon must be at least 1"
-FRACTIONS_MESSAGE = "featurize.valid_fraction and test_fraction must be positive and sum below 1"
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"n_lags": 0}, LAGS_MESSAGE),
-        ({"horizon": 0}, LAGS_MESSAGE),
-        ({"valid_fraction": 0.0}, FRACTIONS_MESSAGE),
-        ({"test_fraction": -0.1}, FRACTIONS_MESSAGE),
-        ({"valid_fraction": 0.5, "test_fraction": 0.5}, FRACTIONS_MESSAGE),
-        ({"scale_window": 1}, "featurize.scale_window must be at least 2 (readings, so at least one change)"),
+        ({"n_lags": 0}, "featurize.n_lags: Input should be greater than or equal to 1, got 0"),
+        ({"horizon": 0}, "featurize.horizon: Input should be greater than or equal to 1, got 0"),
+        ({"valid_fraction": 0.0}, "featurize.valid_fraction: Input should be greater than 0, got 0.0"),
+        ({"test_fraction": -0.1}, "featurize.test_fraction: Input should be greater than 0, got -0.1"),
+        ({"valid_fraction": 0.5, "test_fraction": 0.5}, "featurize: valid_fraction + test_fraction must be below 1"),
+        ({"scale_window": 1}, "featurize.scale_window: Input should be greater than or equal to 2, got 1"),
+        ({"holdout_stations": [3, -1]}, "featurize.holdout_stations[1]: Input should be greater than or equal to 0, got -1"),
+        ({"n_lag": 3}, "featurize.n_lag: unknown key (allowed: " + ", ".join(FeaturizeParams.model_fields) + ")"),
+        ({"n_lags": 0, "horizon": 0}, "featurize.n_lags: Input should be greater than or equal to 1, got 0 (and 1 more problem(s))"),
     ],
 )
-def test_unusable_feature_spec_is_a_config_error(kwargs, message):
+def test_unusable_feature_spec_is_one_config_error_line_naming_the_key(kwargs, message):
     with pytest.raises(ConfigError) as raised:
         FeatureSpec(**kwargs)
     assert str(raised.value) == message
+
+
+def test_the_spec_is_the_featurize_params_with_no_field_repeated() -> None:
+    assert list(FeatureSpec.model_fields) == list(FeaturizeParams.model_fields)
+    for name, field in FeatureSpec.model_fields.items():  # same type, default and constraints (pydantic copies each field)
+        assert repr(field) == repr(FeaturizeParams.model_fields[name]), name
+    body = ast.parse(inspect.getsource(FeatureSpec)).body[0]
+    assert isinstance(body, ast.ClassDef) and [base.id for base in body.bases] == ["FeaturizeParams"]
+    assert not [node for node in body.body if isinstance(node, ast.AnnAssign)]  # no field (re)defined here
+    assert FeatureSpec().model_dump() == FeaturizeParams().model_dump()  # the defaults live in one place
 
 
 def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
@@ -284,10 +297,30 @@ def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
         n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=[7, 3], scale_window=12, calendar=True
     )
     spec = FeatureSpec.from_params(params)
+    assert isinstance(spec, FeatureSpec) and spec.model_dump() == params.model_dump()  # every param reaches the spec
     assert spec == FeatureSpec(
         n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=(7, 3), scale_window=12, calendar=True
     )
-    assert {field.name for field in fields(FeatureSpec)} == set(FeaturizeParams.model_fields)  # every param reaches the spec
+    assert spec.feature_columns == [*spec.lag_columns, *spec.gap_columns, *WINDOW_COLUMNS, *CALENDAR_COLUMNS]
+
+
+def test_a_spec_derived_with_dataclasses_replace_is_validated_as_any_spec() -> None:
+    """serving_rows and the benchmarks derive specs with dataclasses.replace, as when the spec was a dataclass."""
+    spec = FeatureSpec(n_lags=4, holdout_stations=[2])
+    derived = replace(spec, horizon=3, holdout_stations=())
+    assert isinstance(derived, FeatureSpec) and derived == FeatureSpec(n_lags=4, horizon=3)
+    assert spec.horizon == 1 and spec.holdout_stations == [2]  # the original is left as it was
+    with pytest.raises(ConfigError, match=r"^featurize\.n_lags: Input should be greater than or equal to 1, got 0$"):
+        replace(spec, n_lags=0)
+    with pytest.raises(ValidationError):  # frozen, as params are
+        spec.n_lags = 5  # type: ignore[misc]
+
+
+def test_a_spec_crosses_to_other_processes_intact() -> None:
+    """The Spark engine pickles the spec to its Python workers."""
+    spec = FeatureSpec(n_lags=3, holdout_stations=[5], calendar=True)
+    copy = pickle.loads(pickle.dumps(spec))
+    assert type(copy) is FeatureSpec and copy == spec and copy.feature_columns == spec.feature_columns
 
 
 def _naive_trailing(values, position, window, reduce):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bts.data.features import FeatureSpec
 from bts.errors import ConfigError
-from bts.params import MODEL_KINDS, Params, TrainParams, flatten, load_params
+from bts.params import MODEL_KINDS, FeaturizeParams, Params, TrainParams, flatten, load_params
 from tests.conftest import PROJECT
 
 PROJECT_PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
@@ -157,6 +158,35 @@ def test_a_missing_file(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_params(missing)
     assert str(raised.value) == f"{missing}: cannot read params (No such file or directory)"
+
+
+FEATURIZE_MISTAKES = {
+    "no lags": {"n_lags": 0},
+    "fractions leave no training data": {"valid_fraction": 0.5, "test_fraction": 0.5},
+    "misspelled key": {"scale_windw": 30},
+    "a station id that is text": {"holdout_stations": [1, "two"]},
+    "two mistakes": {"horizon": 0, "calendar": "sometimes"},
+}
+
+
+@pytest.mark.parametrize("mistake", list(FEATURIZE_MISTAKES))
+def test_a_feature_spec_names_a_mistake_as_params_yaml_does(mistake, params_path):
+    """The spec is the featurize section, checked by the same model: the same line, without the file."""
+    changes = FEATURIZE_MISTAKES[mistake]
+    write_params(params_path, lambda params: params["featurize"].update(changes))
+    with pytest.raises(ConfigError) as from_file:
+        load_params(params_path)
+    with pytest.raises(ConfigError) as from_spec:
+        FeatureSpec(**{**PROJECT_PARAMS["featurize"], **changes})
+    assert str(from_file.value) == f"{params_path}: {from_spec.value}"
+    assert str(from_spec.value).startswith("featurize")
+
+
+def test_a_featurize_key_left_out_takes_its_one_default(params_path):
+    write_params(params_path, lambda params: params.update(featurize={"n_lags": 3}))
+    featurize = load_params(params_path).featurize
+    assert featurize == FeaturizeParams(n_lags=3)
+    assert featurize.model_dump() == {**FeatureSpec().model_dump(), "n_lags": 3}
 
 
 def test_flatten_joins_nested_keys_with_dots():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from bts.data.schemas import clean_schema
 from bts.errors import BtsError, ConfigError
 from bts.files import write_parquet
 from bts.monitoring.field_readings import read_readings, serving_rows
-from bts.monitoring.replay import add_arguments, encode, replay, shifted, wire_rows
+from bts.monitoring.replay import add_arguments, encode, replay, served_model, shifted, wire_rows
 from bts.serving.payload import KEY_COLUMNS, PayloadParser
 from tests.unit.test_features import clean_frame
 
@@ -256,3 +257,76 @@ def test_nothing_listening_is_one_error_line(rows):
     assert str(caught.value) == f"{url}: connection refused (is `bts serve` running there?); 0 of {len(rows)} rows sent"
     with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
         replay(rows, SPEC.feature_columns, "localhost:5002")
+
+
+class Describes(BaseHTTPRequestHandler):
+    """Answers GET with `answer` (status, body); remembers the paths asked."""
+
+    answer: ClassVar[tuple[int, bytes]] = (200, b"{}")
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        status, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def describing_server(status: int, body: bytes) -> Iterator[str]:
+    Describes.answer, Describes.paths = (status, body), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Describes)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_served_model_is_asked_for_at_the_servers_model_endpoint() -> None:
+    described = {"run_id": "a" * 32, "feature_columns": SPEC.feature_columns, "name": None}
+    with describing_server(200, json.dumps(described).encode()) as url:
+        assert served_model(url) == described
+        assert served_model(f"{url}/invocations") == described  # --url may name the scoring endpoint
+        assert served_model(f"{url}/") == described
+    assert Describes.paths == ["/model"] * 3
+    no_run = {**described, "run_id": None}  # a server that found no training run of its model
+    with describing_server(200, json.dumps(no_run).encode()) as url:
+        assert served_model(url)["run_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "shown"),
+    [
+        (404, b'{"error_code": "NOT_FOUND"}', 'HTTP 404: {"error_code": "NOT_FOUND"}'),
+        (200, b"<html>\n<p>hello</p>\n</html>", "HTTP 200: <html> <p>hello</p> </html>"),
+        (200, b"", "HTTP 200: (empty)"),
+        (200, b'{"run_id": null}', 'HTTP 200: {"run_id": null}'),
+        (200, b'{"run_id": 7, "feature_columns": ["lag_1"]}', 'HTTP 200: {"run_id": 7, "feature_columns": ["lag_1"]}'),
+        (200, b'{"run_id": null, "feature_columns": []}', 'HTTP 200: {"run_id": null, "feature_columns": []}'),
+        (200, b'["lag_1"]', 'HTTP 200: ["lag_1"]'),
+        (200, b"\xff\xfe", "HTTP 200: \ufffd\ufffd"),
+    ],
+    ids=["not found", "html", "empty", "no columns", "run id a number", "columns empty", "a list", "not utf-8"],
+)
+def test_a_server_that_does_not_describe_its_model_is_one_error_line(status, body, shown) -> None:
+    with describing_server(status, body) as url, pytest.raises(BtsError) as caught:
+        served_model(url)
+    assert str(caught.value) == f"{url}: GET /model answered {shown}; not what `bts serve` answers (is it running there?)"
+
+
+def test_a_model_description_from_nothing_listening_is_one_error_line() -> None:
+    with describing_server(200, b"{}") as url:
+        pass  # the port is free again
+    with pytest.raises(BtsError) as caught:
+        served_model(url)
+    assert str(caught.value) == f"{url}: connection refused (is `bts serve` running there?)"
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        served_model("localhost:5002")

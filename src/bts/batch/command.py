@@ -110,10 +110,9 @@ def run_batch(
     """
     from bts.batch.inputs import input_files
     from bts.batch.output import MANIFEST, OutputPaths, check_output, staged_output
-    from bts.batch.scoring import feature_spec, lineage_values, row_counts, training_featurize
+    from bts.batch.scoring import FROM_TRAINING_RUN, lineage_values, model_features, row_counts
     from bts.data.catalogue import load_catalogue
     from bts.files import write_json
-    from bts.params import PARAMS_FILE, load_params
     from bts.project import pipeline_argument
     from bts.serving.model import load_served
 
@@ -139,13 +138,13 @@ def run_batch(
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bts-batch-") as scratch:
         model = load_served(client, request.ref, root, Path(scratch))
-    featurize = training_featurize(client.get_run(model.run_id).data.params) if model.run_id else {}
-    features_from = "the training run" if featurize else PARAMS_FILE  # a package whose run is not in this store
-    featurize = featurize or load_params(root / PARAMS_FILE).featurize.model_dump()
-    spec = feature_spec(model.feature_columns, featurize)
+    features = model_features(client, model.run_id, model.feature_columns, root)
+    spec = features.spec
     lineage = lineage_values(model)
     seconds["load_model"] = time.perf_counter() - clock
     say(f"model {describe_model(model)}, package md5 {model.package_md5} (verified against {model.verified_against})")
+    if features.source != FROM_TRAINING_RUN:
+        say(f"featurize params from {features.source}")
     say(f"scoring {len(files)} file(s) with {request.engine}")
 
     with staged_output(paths) as staging:
@@ -167,8 +166,8 @@ def run_batch(
         rows = row_counts(sum(record["rows"] for record in result.files), result.accounting, result.predicted, result.series)
         seconds.update(result.seconds)
         seconds["total"] = time.perf_counter() - started
-        features = {"params": featurize, "from": features_from}
-        manifest = build_manifest(request, model, features, result, rows, paths, {k: round(v, 3) for k, v in seconds.items()})
+        featurize = {"params": features.featurize, "from": features.source}
+        manifest = build_manifest(request, model, featurize, result, rows, paths, {k: round(v, 3) for k, v in seconds.items()})
         write_json(staging / MANIFEST, manifest)
     return manifest
 

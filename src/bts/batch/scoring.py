@@ -11,21 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import ValidationError
 
 from bts.data.cleaning import RULES, SERIES_KEYS
 from bts.data.features import FeatureSpec
-from bts.errors import BtsError, DataContractError
+from bts.errors import BtsError, ConfigError, DataContractError
 from bts.monitoring.field_readings import serving_rows
-from bts.params import FeaturizeParams
+from bts.params import PARAMS_FILE, FeaturizeParams, load_params
 from bts.tracking.tags import DATASETS, MODEL_MD5
 
-if TYPE_CHECKING:  # its module imports MLflow, which Spark's Python workers need not load
+if TYPE_CHECKING:  # their modules import MLflow, which Spark's Python workers need not load
+    from mlflow.tracking import MlflowClient
+
     from bts.serving.model import ServedModel
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -53,6 +55,7 @@ SCORED_READING_DTYPES = {
 }
 SCORED_READING_COLUMNS = list(SCORED_READING_DTYPES)
 FEATURIZE = "featurize."  # the prefix of the featurize params in a training run
+FROM_TRAINING_RUN = "the training run"  # where a model's featurize params come from, unless from params.yaml (and why)
 
 
 @dataclass
@@ -77,11 +80,9 @@ def feature_spec(feature_columns: list[str], featurize: Mapping[str, object]) ->
     model's inputs, in order. Keys this library does not know are left to that check."""
     known = {key: value for key, value in featurize.items() if key in FeaturizeParams.model_fields}
     try:
-        spec = FeatureSpec.from_params(FeaturizeParams.model_validate(known))
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise BtsError(f"the model's featurize params are not usable: featurize.{where}: {problem['msg']}") from None
+        spec = FeatureSpec(**known)
+    except ConfigError as exc:
+        raise BtsError(f"the model's featurize params are not usable: {exc}") from None
     if spec.feature_columns != list(feature_columns):
         settings = ", ".join(f"{key}={value}" for key, value in sorted(known.items()) if key != "holdout_stations")
         raise BtsError(
@@ -89,6 +90,40 @@ def feature_spec(feature_columns: list[str], featurize: Mapping[str, object]) ->
             f"({settings}): {_shown(spec.feature_columns)}; it cannot score raw readings"
         )
     return spec
+
+
+class ModelFeatures(NamedTuple):
+    """How a model's inputs are built from readings: the spec, the featurize params it was made of, and where they came from
+    (FROM_TRAINING_RUN, or params.yaml and why)."""
+
+    spec: FeatureSpec
+    featurize: dict[str, object]
+    source: str
+
+
+def model_features(client: MlflowClient, run_id: str | None, feature_columns: list[str], root: Path) -> ModelFeatures:
+    """The features of the model trained in run_id whose inputs are feature_columns: built with the featurize params that
+    run logged, or with the workspace's params.yaml when the run is not in the tracking store (or logged none), and
+    checked against the model's inputs either way. The one way batch-predict and replay build a served model's features."""
+    from mlflow.exceptions import MlflowException
+
+    featurize: dict[str, object] = {}
+    why = "the model's training run is not in the tracking store"
+    if run_id:
+        try:
+            featurize = training_featurize(client.get_run(run_id).data.params)
+            why = f"the model's training run {run_id} logged no featurize params"
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            why = f"the model's training run {run_id} is not in the tracking store"
+    source = FROM_TRAINING_RUN if featurize else f"{PARAMS_FILE} ({why})"
+    featurize = featurize or load_params(root / PARAMS_FILE).featurize.model_dump()
+    try:
+        spec = feature_spec(feature_columns, featurize)
+    except BtsError as exc:
+        raise BtsError(f"{exc}; featurize params from {source}") from None
+    return ModelFeatures(spec, featurize, source)
 
 
 def _shown(columns: list[str], count: int = 16) -> str:

@@ -17,17 +17,16 @@ pipeline and is fitted on train only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import make_dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ModelWrapValidatorHandler, ValidationError, model_validator
 
 from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.errors import ConfigError
-
-if TYPE_CHECKING:
-    from bts.params import FeaturizeParams
+from bts.params import FeaturizeParams, describe_problems
 
 SPLITS = ["train", "valid", "test", "holdout"]
 INPUT_COLUMNS = [*SERIES_KEYS, "reading_time", "id", "value"]  # what build_features reads of the clean readings
@@ -36,29 +35,26 @@ WINDOW_COLUMNS = [SCALE_COLUMN, "offset_in_steps", "range_position"]
 CALENDAR_COLUMNS = ["hour_sin", "hour_cos", "day_of_week"]
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    n_lags: int = 6
-    horizon: int = 1
-    valid_fraction: float = 0.15
-    test_fraction: float = 0.15
-    holdout_stations: tuple[int, ...] = ()
-    scale_window: int = 30
-    calendar: bool = False
+class FeatureSpec(FeaturizeParams):
+    """params.yaml's featurize section (FeaturizeParams: its fields, defaults and checks, none repeated here) and the
+    feature columns it gives. A value it cannot use is a ConfigError naming the key, as load_params names it."""
 
-    def __post_init__(self) -> None:
-        if self.n_lags < 1 or self.horizon < 1:
-            raise ConfigError("featurize.n_lags and featurize.horizon must be at least 1")
-        if self.scale_window < 2:
-            raise ConfigError("featurize.scale_window must be at least 2 (readings, so at least one change)")
-        if not (self.valid_fraction > 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
-            raise ConfigError("featurize.valid_fraction and test_fraction must be positive and sum below 1")
+    # What lets dataclasses.replace(spec, horizon=1, ...) derive a spec, as serving_rows and the benchmarks do: it reads
+    # the field names here and builds FeatureSpec(**every field), validated as any spec. The fields are FeaturizeParams'.
+    __dataclass_fields__ = make_dataclass("FeatureSpec", list(FeaturizeParams.model_fields)).__dataclass_fields__
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_error_line(cls, values: Any, handler: ModelWrapValidatorHandler[FeatureSpec]) -> FeatureSpec:
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise ConfigError(describe_problems(exc, FeaturizeParams, "featurize")) from None
 
     @classmethod
     def from_params(cls, params: FeaturizeParams) -> FeatureSpec:
         """The spec of params.yaml's featurize section: the one way the stage, replay and batch scoring build it."""
-        values = params.model_dump()
-        return cls(**{**values, "holdout_stations": tuple(values["holdout_stations"])})
+        return cls(**params.model_dump())
 
     @property
     def lag_columns(self) -> list[str]:

@@ -1,10 +1,14 @@
 """`bts replay`: send an export to a running scoring server reading by reading, in time order, as the field would.
 
-Each request carries the key columns (station_id, parameter_id, reading_time)
-and the features of serving_rows over one keep-alive connection (standard
-library only). A 4xx or 5xx answer is counted, not fatal; a server that cannot
-be reached stops the replay with one line. --speed paces the requests by the
-readings' own times, --shift adds drift to a feature.
+The server is asked first what it serves (GET /model): the features are
+built as for the model's training run, with the featurize params that run
+logged (the workspace's params.yaml only when the run is not in the tracking
+store; stderr says which). Each request carries the key columns (station_id,
+parameter_id, reading_time) and the features of serving_rows over one
+keep-alive connection (standard library only). A 4xx or 5xx answer is
+counted, not fatal; a server that cannot be reached stops the replay with one
+line. --speed paces the requests by the readings' own times, --shift adds
+drift to a feature.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
-from bts.errors import BtsError, ConfigError
+from bts.errors import BtsError, ConfigError, quoted
 from bts.serving import DEFAULT_HOST, DEFAULT_PORT
 
 if TYPE_CHECKING:
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 FORMATS = ("json", "csv")  # the request bodies bts.serving.payload reads
 ENDPOINT = "/invocations"
+MODEL_ENDPOINT = "/model"  # what the server serves: its run_id and feature_columns among the rest (ServedModel.describe)
 TIMEOUT_SECONDS = 60.0
 PROGRESS_SECONDS = 1.0
 ERROR_BODY_SHOWN = 300  # characters of the first error answer printed
@@ -126,13 +131,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def replay_command(root: Path, args: argparse.Namespace) -> int:
     """`bts replay`: 0 if every request succeeded, 1 otherwise."""
-    from bts.data.features import FeatureSpec  # imported here: `bts --help` imports this module to build its parser
-    from bts.monitoring.field_readings import read_readings, serving_rows
-    from bts.params import PARAMS_FILE, load_params
-    from bts.project import pipeline_argument
+    from mlflow.tracking import MlflowClient  # imported here: `bts --help` imports this module to build its parser
 
-    featurize = load_params(root / PARAMS_FILE).featurize
-    spec = FeatureSpec.from_params(featurize)
+    from bts.batch.scoring import FROM_TRAINING_RUN, model_features
+    from bts.monitoring.field_readings import read_readings, serving_rows
+    from bts.project import pipeline_argument
+    from bts.tracking.store import use_store
+
+    served = served_model(args.url)
+    use_store(root)
+    features = model_features(MlflowClient(), served["run_id"], served["feature_columns"], root)
+    run = f" {served['run_id']}" if features.source == FROM_TRAINING_RUN else ""
+    print(f"replay: featurize params from {features.source}{run}", file=sys.stderr, flush=True)
+    spec = features.spec
     clean = read_readings(args.export, root, root / pipeline_argument(root, "clean", "--sensors"))
     rows = shifted(serving_rows(clean, spec).iloc[: args.limit], args.shift, spec.feature_columns)
     result = replay(rows, spec.feature_columns, args.url, args.rows_per_request, args.speed, args.format)
@@ -176,8 +187,40 @@ def encode(columns: list[str], data: list[list], format_name: str) -> bytes:
     return text.getvalue().encode()
 
 
-def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
-    """A connection to the server of url (opened by the first request) and the path to POST to."""
+def served_model(url: str) -> dict:
+    """What the server at url serves (GET /model): its run_id (None when it found no training run) and feature_columns
+    among the rest; a BtsError (one line) when it cannot be reached or does not answer as `bts serve` does."""
+    connection, path = _connection(url, MODEL_ENDPOINT)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        status, answer = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BtsError(f"{url}: {_unreachable(exc)}") from None
+    finally:
+        connection.close()
+    try:
+        described = json.loads(answer)
+    except ValueError:
+        described = None
+    if status == 200 and isinstance(described, dict):
+        columns, run_id = described.get("feature_columns"), described.get("run_id")
+        if isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns) and isinstance(run_id, str | None):
+            return described
+    shown = quoted(answer.decode("utf-8", "replace").replace("\n", " ").strip() or "(empty)")
+    raise BtsError(f"{url}: GET {MODEL_ENDPOINT} answered HTTP {status}: {shown}; not what `bts serve` answers (is it running there?)")
+
+
+def _unreachable(exc: Exception) -> str:
+    """Why a request did not reach the server."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is `bts serve` running there?)"
+    return str(exc) or type(exc).__name__
+
+
+def _connection(url: str, endpoint: str = ENDPOINT) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the server of url (opened by the first request) and the path of endpoint there (url may end with
+    /invocations, the path of the scoring endpoint)."""
     try:
         parts = urlsplit(url)
         port = parts.port  # a port that is no number raises here
@@ -186,8 +229,8 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--url {url}: expected http://HOST:PORT, e.g. {DEFAULT_URL}")
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    path = parts.path.rstrip("/")
-    return kind(parts.hostname, port, timeout=TIMEOUT_SECONDS), path if path.endswith(ENDPOINT) else path + ENDPOINT
+    path = parts.path.rstrip("/").removesuffix(ENDPOINT)
+    return kind(parts.hostname, port, timeout=TIMEOUT_SECONDS), path + endpoint
 
 
 def _post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
@@ -231,9 +274,7 @@ def replay(
             try:
                 status, answer = _post(connection, path, encode(columns, batch, format_name), {"json": JSON, "csv": CSV}[format_name])
             except (OSError, http.client.HTTPException) as exc:
-                refused = isinstance(exc, ConnectionRefusedError)
-                reason = "connection refused (is `bts serve` running there?)" if refused else str(exc) or type(exc).__name__
-                raise BtsError(f"{url}: {reason}; {result.rows} of {len(data)} rows sent") from None
+                raise BtsError(f"{url}: {_unreachable(exc)}; {result.rows} of {len(data)} rows sent") from None
             if status >= 400 and not result.failed:
                 shown = answer.decode("utf-8", "replace").replace("\n", " ")[:ERROR_BODY_SHOWN]
                 print(f"replay: first failure: HTTP {status}: {shown}", file=progress)
