@@ -34,7 +34,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,7 @@ def with_overrides(params: Params, overrides: list[str]) -> Params:
 
 def feature_spec(params: Params) -> FeatureSpec:
     """featurize as params.yaml has it, no station held out (the benchmark chooses which)."""
-    return replace(FeatureSpec.from_params(params.featurize), holdout_stations=())
+    return FeatureSpec.from_params(params.featurize).but(holdout_stations=[])
 
 
 def forecast(features: pd.DataFrame, columns: list[str], params: Params, kind: str, *splits: str) -> list[tuple[pd.DataFrame, np.ndarray]]:
@@ -134,9 +133,9 @@ def benchmark(readings: pd.DataFrame, params: Params, kinds: list[str], real_sta
     spec = feature_spec(params)
     columns = spec.feature_columns
     pooled = build_features(readings, spec)[0]
-    left_out = {station: build_features(readings, replace(spec, holdout_stations=(station,)))[0] for station in stations}
+    left_out = {station: build_features(readings, spec.but(holdout_stations=[station]))[0] for station in stations}
     simulated = tuple(s for s in stations if s not in real_stations)
-    from_real = build_features(readings, replace(spec, holdout_stations=simulated))[0] if real_stations and simulated else None
+    from_real = build_features(readings, spec.but(holdout_stations=list(simulated)))[0] if real_stations and simulated else None
     real_sensors = set(readings.loc[readings["station_id"].isin(real_stations), "parameter_id"])
     results = {}
     for kind in kinds:

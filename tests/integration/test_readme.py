@@ -124,7 +124,11 @@ def starts_with(command: str, prefix: str) -> bool:
 
 def fresh_repo(repo: Path) -> Path:
     """A fresh copy of the project in a new git repository, with a .venv that is the test's (already set up)."""
-    make_project_repo(repo)
+    return with_test_venv(make_project_repo(repo))
+
+
+def with_test_venv(repo: Path) -> Path:
+    """repo with a .venv that is the test's (already set up): `make` installs nothing."""
     venv = repo / ".venv"
     venv.mkdir()
     for name in ("bin", "lib", "lib64", "include", "pyvenv.cfg"):
@@ -511,9 +515,12 @@ class Experiments:
 
 
 @pytest.fixture(scope="module")
-def after_quick_start(tmp_path_factory: pytest.TempPathFactory, pages: dict[str, list[Section]]) -> Iterator[Walk]:
-    """Quick start on a fresh repository; what `make repro` changed is committed, so later sections have a commit."""
-    walk = Walk(fresh_repo(tmp_path_factory.mktemp("readme") / "quick-start"))
+def after_quick_start(pipeline_build: Path, tmp_path_factory: pytest.TempPathFactory, pages: dict[str, list[Section]]) -> Iterator[Walk]:
+    """Quick start on a copy of the session's build from nothing (`make repro` then has nothing to run and prints its
+    summary; CI runs it from nothing on a clean clone); what it changed is committed, so later sections have a commit."""
+    repo = tmp_path_factory.mktemp("readme") / "quick-start"
+    copy_workspace(pipeline_build, repo)
+    walk = Walk(with_test_venv(repo))
     walk_sections(walk, pages, *QUICK_START)
     changed = walk.shell("git status --porcelain").stdout
     if changed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import inspect
 import pickle
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -170,7 +169,7 @@ def test_a_held_out_station_from_another_export_leaves_the_others_splits_as_they
     )
     spec = FeatureSpec(n_lags=3)
     alone, _ = build_features(simulated, spec)
-    both, accounting = build_features(pd.concat([simulated, real], ignore_index=True), replace(spec, holdout_stations=(1161114004,)))
+    both, accounting = build_features(pd.concat([simulated, real], ignore_index=True), spec.but(holdout_stations=[1161114004]))
     assert (both.loc[both["station_id"] == 1161114004, "split"] == "holdout").all()
     assert accounting["examples_by_split"]["holdout"] == 20 - spec.n_lags
     kept = both[both["station_id"] != 1161114004].reset_index(drop=True)
@@ -304,14 +303,14 @@ def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
     assert spec.feature_columns == [*spec.lag_columns, *spec.gap_columns, *WINDOW_COLUMNS, *CALENDAR_COLUMNS]
 
 
-def test_a_spec_derived_with_dataclasses_replace_is_validated_as_any_spec() -> None:
-    """serving_rows and the benchmarks derive specs with dataclasses.replace, as when the spec was a dataclass."""
+def test_a_derived_spec_is_validated_as_any_spec() -> None:
+    """serving_rows and the benchmarks derive specs from another with some params changed."""
     spec = FeatureSpec(n_lags=4, holdout_stations=[2])
-    derived = replace(spec, horizon=3, holdout_stations=())
+    derived = spec.but(horizon=3, holdout_stations=[])
     assert isinstance(derived, FeatureSpec) and derived == FeatureSpec(n_lags=4, horizon=3)
     assert spec.horizon == 1 and spec.holdout_stations == [2]  # the original is left as it was
     with pytest.raises(ConfigError, match=r"^featurize\.n_lags: Input should be greater than or equal to 1, got 0$"):
-        replace(spec, n_lags=0)
+        spec.but(n_lags=0)
     with pytest.raises(ValidationError):  # frozen, as params are
         spec.n_lags = 5  # type: ignore[misc]
 

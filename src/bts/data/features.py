@@ -17,7 +17,6 @@ pipeline and is fitted on train only.
 
 from __future__ import annotations
 
-from dataclasses import make_dataclass
 from typing import Any
 
 import numpy as np
@@ -39,10 +38,6 @@ class FeatureSpec(FeaturizeParams):
     """params.yaml's featurize section (FeaturizeParams: its fields, defaults and checks, none repeated here) and the
     feature columns it gives. A value it cannot use is a ConfigError naming the key, as load_params names it."""
 
-    # What lets dataclasses.replace(spec, horizon=1, ...) derive a spec, as serving_rows and the benchmarks do: it reads
-    # the field names here and builds FeatureSpec(**every field), validated as any spec. The fields are FeaturizeParams'.
-    __dataclass_fields__ = make_dataclass("FeatureSpec", list(FeaturizeParams.model_fields)).__dataclass_fields__
-
     @model_validator(mode="wrap")
     @classmethod
     def _one_error_line(cls, values: Any, handler: ModelWrapValidatorHandler[FeatureSpec]) -> FeatureSpec:
@@ -55,6 +50,10 @@ class FeatureSpec(FeaturizeParams):
     def from_params(cls, params: FeaturizeParams) -> FeatureSpec:
         """The spec of params.yaml's featurize section: the one way the stage, replay and batch scoring build it."""
         return cls(**params.model_dump())
+
+    def but(self, **changes: Any) -> FeatureSpec:
+        """This spec with some params changed, checked as any spec (pydantic's model_copy would not check them)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     @property
     def lag_columns(self) -> list[str]:
