@@ -31,6 +31,7 @@ setup: $(VENV)/.installed ## create .venv with the pinned dependencies (requirem
 
 repro: setup ## run the whole pipeline (dvc repro) and summarize what it produced
 	@test -d .dvc || { echo "not a DVC repository: run 'dvc init' first" >&2; exit 1; }
+	@$(BIN)/bts params >/dev/null  # params.yaml whole, first: an unknown section or a YAML error is one line naming it
 	dvc repro --quiet  # each stage says what it did; without DVC's git add / dvc push hints
 	@$(BIN)/python -m bts.summary
 

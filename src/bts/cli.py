@@ -185,6 +185,16 @@ def _batch_predict(args: argparse.Namespace) -> int:
     return batch_command(project.client, project.root, args)
 
 
+def _params(args: argparse.Namespace) -> int:
+    """Check params.yaml whole, as every stage and command reads it, before DVC reads it its own way."""
+    from bts.params import PARAMS_FILE, load_params
+    from bts.project import find_root
+
+    params = load_params(find_root() / PARAMS_FILE)
+    print(f"{PARAMS_FILE}: valid ({', '.join(type(params).model_fields)})")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from bts.monitoring.replay import replay_command
     from bts.project import find_root
@@ -208,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--experiment", default=None, help="MLflow experiment name (default: train.experiment in params.yaml)")
     check.add_argument("--mark-failed", action="store_true", help="mark runs left RUNNING by a dead training as FAILED")
     check.set_defaults(handler=_runs_check)
+
+    params = commands.add_parser(
+        "params",
+        help="check params.yaml",
+        description="Check params.yaml whole (every section, every key) as the stages and commands read it; exit 1 with "
+        "one line naming the first wrong key or YAML line otherwise.",
+    )
+    params.set_defaults(handler=_params)
 
     lineage = commands.add_parser(
         "lineage", help="where a model came from", description="Where a model came from: package, run, data versions, commits."

@@ -242,3 +242,27 @@ def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
         "train.ridge.alpha": PROJECT_PARAMS["train"]["ridge"]["alpha"],
         **{f"featurize.{key}": value for key, value in featurize.items()},
     }
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        ("trainn: {alpha: 1}\n", "params.yaml: trainn: unknown key (allowed: data, simulate, clean, featurize, train, registry, monitor)"),
+        ("train: [\n", "params.yaml: not valid YAML (line "),
+    ],
+    ids=["unknown section", "yaml error"],
+)
+def test_bts_params_checks_the_whole_file_in_one_line_before_dvc_reads_it(tmp_path, monkeypatch, capsys, addition, message) -> None:
+    """`make repro` runs `bts params` first: DVC reruns no stage for a section no stage reads, and words YAML errors its own way."""
+    from bts.cli import main
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert main(["params"]) == 0
+    assert capsys.readouterr().out == "params.yaml: valid (data, simulate, clean, featurize, train, registry, monitor)\n"
+    with open(tmp_path / "params.yaml", "a") as handle:
+        handle.write(addition)
+    assert main(["params"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"bts: error: {tmp_path}/{message}") and error.count("\n") == 1
