@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from bts.errors import InputFileError, first_line, quoted
+from bts.errors import ConfigError, InputFileError, first_line, quoted
 
 
 def _umask() -> int:
@@ -246,6 +246,19 @@ class BackgroundWrites:
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
+
+
+# Git's and DVC's own folders: a command's output there could corrupt a repository or a cache.
+PROTECTED_FOLDERS = (".git", ".dvc")
+
+
+def output_place(path: str | Path, option: str) -> Path:
+    """path as a place a command may write to (absolute, links followed); never inside .git or .dvc, however spelled."""
+    resolved = Path(path).resolve()
+    protected = next((part for part in resolved.parts if part in PROTECTED_FOLDERS), None)
+    if protected:
+        raise ConfigError(f"{option} {path}: inside a {protected} folder, whose files git or DVC own; choose another place")
+    return resolved
 
 
 def shown_path(path: Path) -> str:

@@ -270,3 +270,18 @@ def test_an_existing_folder_that_no_batch_wrote_is_left_alone(repo) -> None:
     result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", "data"], repo, check=False)
     assert "was not written by `bts batch-predict`" in one_error_line(result)
     assert (repo / SIMULATED).is_file()
+
+
+@pytest.mark.parametrize("output", [".git/scores", "models/../.git/hooks/scores", "link-to-git/scores", ".dvc/cache/scores"])
+def test_an_output_inside_git_or_dvc_is_refused_before_anything_is_written(repo, output) -> None:
+    (repo / "link-to-git").unlink(missing_ok=True)
+    (repo / "link-to-git").symlink_to(repo / ".git")
+    before = sorted(p.relative_to(repo).as_posix() for folder in (".git", ".dvc") for p in (repo / folder).rglob("*"))
+    result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", output], repo, check=False)
+    (repo / "link-to-git").unlink()
+    protected = ".dvc" if ".dvc" in output else ".git"
+    assert (
+        one_error_line(result)
+        == f"bts: error: --output {output}: inside a {protected} folder, whose files git or DVC own; choose another place"
+    )
+    assert sorted(p.relative_to(repo).as_posix() for folder in (".git", ".dvc") for p in (repo / folder).rglob("*")) == before

@@ -143,3 +143,15 @@ def test_the_html_report_renders_in_a_headless_browser(served: dict, tmp_path: P
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50  # text, tables and plots drawn: not a blank or error page
     assert os.path.getsize(shot) > 50_000
+
+
+def test_a_report_inside_git_is_refused_before_anything_is_read(served: dict) -> None:
+    repo = served["repo"]
+    result = run(
+        ["bts", "monitor", f"models:/{MODEL}@candidate", "--log-dir", str(served["log_dir"]), "--out", ".git/objects/evil"],
+        repo,
+        check=False,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == "bts: error: --out .git/objects/evil: inside a .git folder, whose files git or DVC own; choose another place\n"
+    assert not (repo / ".git/objects/evil").exists()

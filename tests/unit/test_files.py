@@ -294,3 +294,23 @@ def test_read_parquet_names_the_file_and_the_reason_when_it_cannot_give_the_rows
         read_parquet(path, ["a", "c"] if content == "no column" else None)
     assert str(raised.value).startswith(f"{path}: {reason}")
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("given", [".git", ".git/objects/evil", "a/../.git/x", "link/x", ".dvc/cache", "repo/.git/y"])
+def test_an_output_place_inside_git_or_dvc_is_refused_however_spelled(tmp_path, monkeypatch, given) -> None:
+    from bts.errors import ConfigError
+    from bts.files import output_place
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / ".git")
+    with pytest.raises(ConfigError, match=r"inside a \.(git|dvc) folder, whose files git or DVC own; choose another place$"):
+        output_place(given, "--out")
+
+
+@pytest.mark.parametrize("given", ["scores", "reports/2026", "a.git/x", "gitlab/.gitignore-like"])
+def test_an_ordinary_output_place_is_given_back_absolute(tmp_path, monkeypatch, given) -> None:
+    from bts.files import output_place
+
+    monkeypatch.chdir(tmp_path)
+    assert output_place(given, "--out") == tmp_path / given

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bts.errors import ConfigError
-from bts.files import normal_permissions, parquet_file, remove_stale_temporaries, temporary_prefix
+from bts.files import normal_permissions, output_place, parquet_file, remove_stale_temporaries, temporary_prefix
 
 QUARANTINE_SUFFIX = ".quarantine.parquet"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -57,8 +57,10 @@ def is_batch_output(paths: OutputPaths) -> bool:
 
 
 def check_output(paths: OutputPaths) -> None:
-    """Refuse an --output that would replace something no batch wrote (a typo must not delete a data folder)."""
+    """Refuse an --output inside .git or .dvc, or one that would replace something no batch wrote (a typo must not
+    delete a data folder)."""
     output = paths.predictions
+    output_place(output, "--output")
     if output.parent.exists() and not output.parent.is_dir():
         raise ConfigError(f"--output {output}: {output.parent} is not a folder")
     if output.exists() or output.is_symlink():

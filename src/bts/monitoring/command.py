@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
-from bts.files import shown_path, write_json, write_text
+from bts.files import output_place, shown_path, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.lifecycle.lineage import lock_record, resolve_reference
 from bts.model.profile import PROFILE_ARTIFACT
@@ -133,6 +133,8 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     now = datetime.now(UTC)
     since, until = parse_time(args.since, "--since", now), parse_time(args.until, "--until", now)
     log_dir = Path(args.log_dir) if args.log_dir else root / DEFAULT_LOG_DIR
+    out = Path(args.out) if args.out else log_dir / REPORTS_DIR / f"{now:%Y%m%dT%H%M%SZ}-{model['package_md5'][:8]}"
+    output_place(out, "--out" if args.out else "--log-dir")  # before any work
     log = read_log(log_dir, model["package_md5"], since, until)
     run = client.get_run(model["run_id"]) if model["run_id"] else None
     catalogue = load_catalogue(root / pipeline_argument(root, "ingest", "--sensors"))
@@ -148,7 +150,6 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     profile = training_profile(client, model["run_id"])
     metrics = run.data.metrics if run else {}
     report = build_report(model, log, profile, metrics, actuals, horizon, catalogue, params.monitor, window)
-    out = Path(args.out) if args.out else log_dir / REPORTS_DIR / f"{now:%Y%m%dT%H%M%SZ}-{model['package_md5'][:8]}"
     write_json(out / "report.json", report)
     write_text(out / "report.html", render(report))
     experiment = (client.get_experiment(run.info.experiment_id).name if run else params.train.experiment) + MONITORING_SUFFIX

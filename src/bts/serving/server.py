@@ -18,7 +18,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
-from bts.files import shown_path
+from bts.files import output_place, shown_path
 from bts.serving import DEFAULT_LOG_DIR
 
 UVICORN_BACKLOG = 2048
@@ -77,7 +77,7 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
     parser = PayloadParser(served.feature_columns, args.max_rows)
     log = None
     if not args.no_log:
-        folder = Path(args.log_dir) if args.log_dir else root / DEFAULT_LOG_DIR
+        folder = output_place(args.log_dir, "--log-dir") if args.log_dir else root / DEFAULT_LOG_DIR
         log = MonitoringLog(folder, served.tags(), served.feature_columns, int(args.log_max_mb * 1024 * 1024))
     sock = listen(args.host, args.port)
     url = url_of(sock)
