@@ -155,3 +155,16 @@ def test_a_report_inside_git_is_refused_before_anything_is_read(served: dict) ->
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr == "bts: error: --out .git/objects/evil: inside a .git folder, whose files git or DVC own; choose another place\n"
     assert not (repo / ".git/objects/evil").exists()
+
+
+def test_a_corrupt_log_file_is_named_left_out_and_the_report_still_written(served: dict, tmp_path: Path) -> None:
+    repo, log_dir = served["repo"], tmp_path / "log"
+    shutil.copytree(served["log_dir"], log_dir)
+    day = next((log_dir / "predictions").glob("date=*"))
+    (day / "000000000000-1-1.parquet").write_bytes(b"PAR1 not really")
+    result = run(["bts", "monitor", f"models:/{MODEL}@candidate", "--log-dir", str(log_dir), "--out", str(tmp_path / "out")], repo)
+    assert f"monitor: warning: predictions/{day.name}/000000000000-1-1.parquet: " in result.stderr and "Traceback" not in result.stderr
+    assert "  log: 1 unreadable file(s) left out (named above)" in result.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["window"]["skipped_files"] == [f"predictions/{day.name}/000000000000-1-1.parquet"]
+    assert report["service"]["requests"] > 0

@@ -176,3 +176,25 @@ def test_times_are_iso_or_back_from_now() -> None:
     assert parse_time(None, "--since", now) is None
     with pytest.raises(ConfigError, match="--since 'yesterday': not a time"):
         parse_time("yesterday", "--since", now)
+
+
+def test_an_unreadable_log_file_is_named_once_and_left_out_and_the_rest_is_read(tmp_path) -> None:
+    import pandas as pd
+
+    from bts.monitoring.report import read_log
+
+    day = tmp_path / "requests" / "date=2026-12-07"
+    day.mkdir(parents=True)
+    good = pd.DataFrame({"time": pd.to_datetime(["2026-12-07T00:00:01Z", "2026-12-07T00:00:02Z"]), "package_md5": ["abc", "other"]})
+    good.to_parquet(day / "a.parquet")
+    (day / "b.parquet").write_bytes(b"garbage")
+    (day / "c.parquet").write_bytes((day / "a.parquet").read_bytes()[:-20])  # cut short
+    pd.DataFrame({"x": [1]}).to_parquet(day / "d.parquet")  # another table's shape
+    pd.DataFrame({"time": ["now"], "package_md5": ["abc"]}).to_parquet(day / "e.parquet")  # times as text
+    warnings = []
+    tables, skipped = read_log(tmp_path, "abc", None, None, warnings.append)
+    assert tables["requests"]["time"].tolist() == [pd.Timestamp("2026-12-07T00:00:01Z")]  # the good file, this package's row
+    assert skipped == [f"requests/date=2026-12-07/{name}.parquet" for name in "bcde"]
+    assert [line.split(":")[0] for line in warnings] == skipped and all(line.endswith("; left out of the report") for line in warnings)
+    assert not any(str(tmp_path) in line for line in warnings)
+    assert tables["predictions"].empty and tables["process"].empty

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +136,9 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     log_dir = Path(args.log_dir) if args.log_dir else root / DEFAULT_LOG_DIR
     out = Path(args.out) if args.out else log_dir / REPORTS_DIR / f"{now:%Y%m%dT%H%M%SZ}-{model['package_md5'][:8]}"
     output_place(out, "--out" if args.out else "--log-dir")  # before any work
-    log = read_log(log_dir, model["package_md5"], since, until)
+    log, skipped = read_log(
+        log_dir, model["package_md5"], since, until, warn=lambda line: print(f"monitor: warning: {line}", file=sys.stderr)
+    )
     run = client.get_run(model["run_id"]) if model["run_id"] else None
     catalogue = load_catalogue(root / pipeline_argument(root, "ingest", "--sensors"))
     actuals = read_readings(Path(args.actuals), root, root / pipeline_argument(root, "ingest", "--sensors")) if args.actuals else None
@@ -145,6 +148,7 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
         "until": until.isoformat() if until is not None else None,
         "generated": now.isoformat(timespec="seconds"),
         "log": str(log_dir),
+        "skipped_files": skipped,
         "actuals": args.actuals,
     }
     profile = training_profile(client, model["run_id"])
@@ -180,5 +184,7 @@ def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
         )
     for alert in report["alerts"]:
         lines.append(f"  ALERT: {alert}")
+    if report["window"]["skipped_files"]:
+        lines.append(f"  log: {len(report['window']['skipped_files'])} unreadable file(s) left out (named above)")
     lines.append(f"  report: {shown_path(out / 'report.html')}; MLflow run {run_id} in {experiment}")
     return "\n".join(lines)

@@ -13,13 +13,16 @@ later in that series, the target the model was trained for. Persistence
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from bts.errors import BtsError, ConfigError
+from bts.errors import BtsError, ConfigError, first_line
 from bts.model.profile import drift
 from bts.params import MonitorParams
 from bts.serving.payload import KEY_COLUMNS, READING_ID, SERIES_COLUMNS, TIME_COLUMN
@@ -45,16 +48,26 @@ def parse_time(text: str | None, option: str, now: datetime) -> pd.Timestamp | N
     return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
 
 
-def read_log(folder: Path, package_md5: str, since: pd.Timestamp | None, until: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
-    """The log's requests, predictions and process samples of this package, in [since, until)."""
-    tables = {}
+def read_log(
+    folder: Path, package_md5: str, since: pd.Timestamp | None, until: pd.Timestamp | None, warn: Callable[[str], None] | None = None
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The log's requests, predictions and process samples of this package, in [since, until), and the files left out.
+
+    Each file is read on its own: one that is not Parquet, is cut short, or lacks the package_md5 and time columns
+    every log file has is named to warn (once) and left out, and the report says how many were; the rest is read.
+    """
+    tables, skipped = {}, []
     for table in (REQUESTS, PREDICTIONS, PROCESS):
-        path = folder / table
-        if not path.is_dir() or not any(path.glob("date=*/*.parquet")):
-            tables[table] = pd.DataFrame()
-            continue
-        frame = pd.read_parquet(path, filters=[("package_md5", "==", package_md5)])
-        frame = frame.drop(columns=["date"], errors="ignore")
+        frames = []
+        for path in sorted((folder / table).glob("date=*/*.parquet")):
+            try:
+                frames.append(_log_file(path, package_md5))
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                name = path.relative_to(folder).as_posix()
+                skipped.append(name)
+                if warn is not None:
+                    warn(f"{name}: {first_line(exc)}; left out of the report")
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if not frame.empty:
             keep = np.ones(len(frame), dtype=bool)
             if since is not None:
@@ -63,7 +76,15 @@ def read_log(folder: Path, package_md5: str, since: pd.Timestamp | None, until: 
                 keep &= (frame["time"] < until).to_numpy()
             frame = frame[keep].sort_values("time", kind="stable").reset_index(drop=True)
         tables[table] = frame
-    return tables
+    return tables, skipped
+
+
+def _log_file(path: Path, package_md5: str) -> pd.DataFrame:
+    """One log file's rows of this package; a ValueError when it lacks what every log file holds."""
+    schema = pq.read_schema(path)
+    if "package_md5" not in schema.names or "time" not in schema.names or not pa.types.is_timestamp(schema.field("time").type):
+        raise ValueError("lacks the package_md5 and time (timestamp) columns of a log file")
+    return pq.read_table(path, filters=[("package_md5", "==", package_md5)]).to_pandas()
 
 
 def percentile(values: pd.Series, q: float) -> float | None:
