@@ -28,6 +28,7 @@ import contextlib
 import csv
 import io
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -78,14 +79,30 @@ class Batch:
 
 
 def shown(name: object) -> str:
-    """A column name or value as a message may show it: quoted, and cut to a few dozen characters."""
+    """One of the model's own column names as a message shows it: quoted, and cut to a few dozen characters."""
     text = name if isinstance(name, str) else type(name).__name__
     return repr(text if len(text) <= MAX_NAME_CHARS else text[:MAX_NAME_CHARS] + "...")
 
 
-def shown_names(names: list) -> str:
-    listed = ", ".join(shown(name) for name in names[:MAX_NAMES_SHOWN])
-    return listed + (f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else "")
+def shown_names(names: list, known: Collection[str]) -> str:
+    """Names a reply may show: the known ones (the model's columns, the protocol's fields) quoted, any other counted.
+
+    A reply never carries a client's text back (a CSV formula, markup): what it did not expect is told by count and
+    position, never echoed.
+    """
+    ours = [name for name in names if name in known]
+    listed = [shown(name) for name in ours[:MAX_NAMES_SHOWN]]
+    if len(ours) > MAX_NAMES_SHOWN:
+        listed.append(f"{len(ours) - MAX_NAMES_SHOWN} more")
+    if len(names) > len(ours):
+        listed.append(f"{len(names) - len(ours)} unknown")
+    return ", ".join(listed)
+
+
+def positions(names: list, chosen: list) -> str:
+    """1-based positions of the chosen names among those sent: how a reply points at a name it must not echo."""
+    found = [str(i + 1) for i, name in enumerate(names) if name in chosen]
+    return ", ".join(found[:MAX_NAMES_SHOWN]) + (f" and {len(found) - MAX_NAMES_SHOWN} more" if len(found) > MAX_NAMES_SHOWN else "")
 
 
 def json_kind(value: object) -> str:
@@ -114,11 +131,11 @@ def media_type(content_type: str | None) -> str:
     mime, *parameters = (part.strip() for part in content_type.split(";"))
     mime = mime.lower()
     if mime not in (JSON, CSV):
-        raise RequestError(415, "UNSUPPORTED_CONTENT_TYPE", f"Content-Type {shown(mime)} is not supported: send {JSON} or {CSV}")
+        raise RequestError(415, "UNSUPPORTED_CONTENT_TYPE", f"this Content-Type is not supported: send {JSON} or {CSV}")
     for parameter in parameters:
         key, _, value = parameter.partition("=")
         if key.strip().lower() != "charset":
-            raise RequestError(415, "UNSUPPORTED_CONTENT_TYPE", f"Content-Type parameter {shown(key.strip())} is not supported")
+            raise RequestError(415, "UNSUPPORTED_CONTENT_TYPE", "a Content-Type parameter other than charset is not supported")
         if value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             raise RequestError(415, "UNSUPPORTED_CONTENT_TYPE", "only the UTF-8 charset is supported")
     return mime
@@ -165,11 +182,11 @@ class PayloadParser:
             raise bad_payload(f"the body must be a JSON object with one of {', '.join(FORMATS)}; got a {json_kind(payload)}")
         unknown = [key for key in payload if key not in FORMATS and key != PARAMS_KEY]
         if unknown:
-            message = f"unknown payload key(s) {shown_names(unknown)}; use one of {', '.join(FORMATS)}"
+            message = f"{len(unknown)} unknown payload key(s); use one of {', '.join(FORMATS)}"
             raise RequestError(400, "UNKNOWN_PAYLOAD_KEY", message)
         given = [key for key in payload if key in FORMATS]
         if len(given) != 1:
-            raise bad_payload(f"use exactly one of {', '.join(FORMATS)}; got {shown_names(given) if given else 'none'}")
+            raise bad_payload(f"use exactly one of {', '.join(FORMATS)}; got {shown_names(given, FORMATS) if given else 'none'}")
         params = payload.get(PARAMS_KEY)
         if params is not None and not isinstance(params, dict):
             raise bad_payload(f"'params' must be an object; got a {json_kind(params)}")
@@ -195,13 +212,14 @@ class PayloadParser:
         missing = [column for column in self.feature_columns if column not in present]
         extra = [name for name in names if name not in self.known]
         if missing:
-            also = f"; unknown column(s) {shown_names(extra)}" if extra else ""
-            raise RequestError(400, "MISSING_COLUMNS", f"missing column(s) {shown_names(missing)}{also}")
+            also = f"; {len(extra)} unknown column(s) at position(s) {positions(names, extra)}" if extra else ""
+            raise RequestError(400, "MISSING_COLUMNS", f"missing column(s) {shown_names(missing, self.feature_columns)}{also}")
         if extra:
             raise RequestError(
                 400,
                 "EXTRA_COLUMNS",
-                f"unknown column(s) {shown_names(extra)}: the model takes {len(self.feature_columns)} feature columns "
+                f"{len(extra)} unknown column(s) at position(s) {positions(names, extra)}: the model takes "
+                f"{len(self.feature_columns)} feature columns "
                 f"and the optional keys {', '.join(KEY_COLUMNS)}",
             )
 
@@ -210,7 +228,7 @@ class PayloadParser:
             raise bad_payload(f"dataframe_split must be an object with 'columns' and 'data'; got a {json_kind(value)}")
         unknown = [key for key in value if key not in ("columns", "data", "index")]
         if unknown:
-            raise bad_payload(f"dataframe_split: unknown field(s) {shown_names(unknown)} (allowed: columns, data, index)")
+            raise bad_payload(f"dataframe_split: {len(unknown)} unknown field(s) (allowed: columns, data, index)")
         names, data = value.get("columns"), value.get("data")
         if names is None:
             raise bad_payload("dataframe_split needs 'columns': the model takes named columns")
@@ -219,7 +237,7 @@ class PayloadParser:
         if not isinstance(data, list):
             raise bad_payload(f"dataframe_split: 'data' must be a list of rows; got a {json_kind(data)}")
         if len(set(names)) != len(names):
-            raise bad_payload(f"dataframe_split: duplicate column(s) {shown_names(duplicates(names))}")
+            raise bad_payload(f"dataframe_split: duplicate column(s) {shown_names(duplicates(names), self.known)}")
         self.check_columns(names)
         self.check_row_count(len(data))
         index = value.get("index")
@@ -296,7 +314,7 @@ class PayloadParser:
             if not header:
                 raise RequestError(400, "EMPTY_BODY", "the CSV body has no header line naming the columns")
             if len(set(header)) != len(header):
-                raise bad_payload(f"CSV: duplicate column(s) {shown_names(duplicates(header))}")
+                raise bad_payload(f"CSV: duplicate column(s) {shown_names(duplicates(header), self.known)}")
             self.check_columns(header)
             width, rows = len(header), []
             for row in reader:
@@ -363,7 +381,7 @@ def csv_numbers(column: str, values: tuple) -> np.ndarray:
             array = np.array(values, dtype=np.float64)
     if array is None:
         row = next((i for i, v in enumerate(values) if not set(v) <= NUMBER_CHARS or not _is_float(v)), 0)
-        raise RequestError(400, "WRONG_TYPE", f"column {shown(column)}: expected a number, got {shown(values[row])} in row {row}")
+        raise RequestError(400, "WRONG_TYPE", f"column {shown(column)}: expected a number in row {row}")
     if not np.isfinite(array).all():
         raise non_finite(column, array)
     return array
@@ -415,7 +433,7 @@ def times(values: list | tuple, normalize) -> list[datetime | None]:
             try:
                 moment = datetime.fromisoformat(value)
             except ValueError:
-                message = f"column {shown(TIME_COLUMN)}: {shown(value)} in row {row} is not an ISO 8601 time (e.g. 2017-04-18 10:00:00)"
+                message = f"column {shown(TIME_COLUMN)}: row {row} is not an ISO 8601 time (e.g. 2017-04-18 10:00:00)"
                 raise RequestError(400, "WRONG_TYPE", message) from None
             moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
             parsed[value] = moment
