@@ -185,6 +185,30 @@ def _batch_predict(args: argparse.Namespace) -> int:
     return batch_command(project.client, project.root, args)
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Check a registered version or a package folder file by file against its recorded md5s, loading nothing."""
+    from bts.errors import ConfigError
+    from bts.lifecycle.lineage import lock_record, resolve_reference
+    from bts.tracking.tags import PACKAGE_MD5
+
+    project = _project()
+    resolved = resolve_reference(project.client, args.ref, project.root)
+    package = resolved["package"]
+    if package is None:
+        raise ConfigError(f"{args.ref}: a run id names no package; verify models:/name/<version>, models:/name@alias or a package folder")
+    if package["problems"]:
+        print(f"{args.ref}: TAMPERED: {', '.join(package['problems'])}; do not serve or load it")
+        return 1
+    if resolved["version"] is not None:
+        against = f"the version's {PACKAGE_MD5} tag"
+    elif lock_record(project.root, Path(args.ref)):
+        against = "dvc.lock"
+    else:
+        against = "its own manifest only (not a pipeline output recorded in dvc.lock: its MLmodel file is not covered)"
+    print(f"{args.ref}: verified: package md5 {package['md5']}; every file matches {against}")
+    return 0
+
+
 def _params(args: argparse.Namespace) -> int:
     """Check params.yaml whole, as every stage and command reads it, before DVC reads it its own way."""
     from bts.params import PARAMS_FILE, load_params
@@ -218,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--experiment", default=None, help="MLflow experiment name (default: train.experiment in params.yaml)")
     check.add_argument("--mark-failed", action="store_true", help="mark runs left RUNNING by a dead training as FAILED")
     check.set_defaults(handler=_runs_check)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a model's package against its recorded md5s",
+        description="Check a registered version (downloaded) or a package folder file by file against its recorded md5s "
+        "(the version's package.md5 tag, dvc.lock) without loading it; exit 1 and name the files when it was tampered with. "
+        "Run it before serving a version with stock `mlflow models serve`, which loads whatever it is given.",
+    )
+    verify.add_argument("ref", help="models:/name@alias, models:/name/<version>, or a package folder (the serve stage's --package)")
+    verify.set_defaults(handler=_verify)
 
     params = commands.add_parser(
         "params",

@@ -85,7 +85,18 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr and "nothing was reproduced" in refused.stderr
     refused = run(["bts", "promote", "1", "--to", "production"], repo, check=False)
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr
+    verdict = run(["bts", "verify", f"models:/{NAME}@champion"], repo, check=False)  # what to run before stock serving
+    assert verdict.returncode == 1 and verdict.stdout.startswith(f"models:/{NAME}@champion: TAMPERED: model.skops (md5 ")
+    # The stored MLmodel turned to cloudpickle, which stock `mlflow models serve` would load and run: refused too.
+    mlmodel = registered_file(repo, "1", "MLmodel")
+    saved_mlmodel = mlmodel.read_bytes()
+    mlmodel.write_text(saved_mlmodel.decode().replace("skops", "cloudpickle"))
     skops.write_bytes(original)
+    verdict = run(["bts", "verify", f"models:/{NAME}/1"], repo, check=False)
+    assert verdict.returncode == 1 and "TAMPERED: MLmodel" in verdict.stdout, verdict.stdout
+    mlmodel.write_bytes(saved_mlmodel)
+    verdict = run(["bts", "verify", f"models:/{NAME}/1"], repo)
+    assert verdict.stdout.startswith(f"models:/{NAME}/1: verified: package md5 ") and "the version's package.md5 tag" in verdict.stdout
 
     # (c) a line of code appended to the package's copy of the library: it would run on load.
     code = repo / "models/package/code/bts/model/forecasters.py"
@@ -94,6 +105,8 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
         handle.write("raise SystemExit('code from a tampered package ran')\n")
     lineage = run(["bts", "lineage", "models/package"], repo, check=False)
     assert lineage.returncode == 1 and "TAMPERED: code/bts/model/forecasters.py (md5 " in lineage.stdout
+    verdict = run(["bts", "verify", "models/package"], repo, check=False)
+    assert verdict.returncode == 1 and "TAMPERED: code/bts/model/forecasters.py (md5 " in verdict.stdout
     refused = run(["bts", "register", "models/package"], repo, check=False)
     assert refused.returncode == 1 and "not registered" in refused.stderr and "tampered package ran" not in refused.stderr
     run(["dvc", "checkout", "--force", "models/package"], repo)
