@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from bts.data.catalogue import load_catalogue
 from bts.data.simulate import simulate_exports
-from bts.files import write_csv
+from bts.files import atomic_folder, write_csv
 from bts.params import load_params
 from bts.stage import run_stage
 
@@ -29,9 +28,12 @@ def main() -> None:
         catalogue=load_catalogue(args.sensors),
     )
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    for name, export in exports.items():
-        write_csv(out / name, export)
+
+    def write_exports(folder: Path) -> None:
+        for name, export in exports.items():
+            write_csv(folder / name, export)
+
+    atomic_folder(out, write_exports)  # the last good exports stay until the new ones are whole
     rows = sum(len(e) for e in exports.values())
     print(f"simulate: {len(exports)} export(s), {rows} rows -> {out}")
 

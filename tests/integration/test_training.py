@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from bts.model.package import load_workspace_model
@@ -179,3 +180,48 @@ def test_an_edit_that_retrains_reruns_evaluate_and_serve_and_leaves_no_run_witho
     assert "nothing lost" in check.stdout and "without evaluation metrics" not in check.stdout
     newest = training_run(repo)  # the same weights: the newest run that trained them
     assert newest.data.tags["code_md5"] != before and "test.rmse" in newest.data.metrics
+
+
+def outputs_md5(repo: Path) -> dict[str, str]:
+    """md5 of every output file of the pipeline, cached or in git, as it is in the workspace now."""
+    from bts.hashing import dvc_md5
+
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = [
+        next(iter(out)) if isinstance(out, dict) else out
+        for stage in stages.values()
+        for out in [*stage.get("outs", []), *stage.get("metrics", [])]
+    ]
+    return {path: dvc_md5(repo / path) for path in paths}
+
+
+def test_a_stage_that_refuses_its_input_leaves_every_last_good_output_in_place(own_built_repo: Path) -> None:
+    """DVC deletes a stage's outputs before running it; persisted, they stay when the stage stops with an error."""
+    repo = own_built_repo
+    good = outputs_md5(repo)
+    (repo / "data/external/empty.csv").write_text("")
+    breakages = {
+        "simulate": lambda: set_params(repo, "simulate", "days", 0),
+        "ingest": lambda: set_params(repo, "data", "sources", ["simulated", "data/external/empty.csv"]),
+        "clean": lambda: set_params(repo, "clean", "gap_threshold_minutes", -1),
+        "featurize": lambda: set_params(repo, "featurize", "n_lags", 0),
+        "train": lambda: set_params(repo, "train", "model", "xgboost"),
+        "evaluate": lambda: set_params(repo, "train", "model", "xgboost"),
+        "serve": lambda: (repo / "models/model.joblib").write_bytes((repo / "models/model.joblib").read_bytes() + b"\0"),
+    }
+    problems = []
+    for stage, breakage in breakages.items():
+        saved = (repo / "models/model.joblib").read_bytes()
+        breakage()
+        result = run(["dvc", "repro", "--force", "--single-item", stage], repo, check=False)
+        (repo / "models/model.joblib").write_bytes(saved)
+        run(["git", "checkout", "--", "params.yaml"], repo)
+        if result.returncode == 0:
+            problems.append(f"{stage}: ran although its input was broken")
+        elif f"{stage}: error: " not in result.stderr or "Traceback" in result.stderr:
+            problems.append(f"{stage}: did not stop with one error line:\n{result.stderr[-1500:]}")
+        changed = {path for path, md5 in outputs_md5(repo).items() if md5 != good[path]}
+        if changed:
+            problems.append(f"{stage}: the last good outputs changed: {sorted(changed)}")
+    assert not problems, "\n".join(problems)
+    assert run(["git", "status", "--porcelain", "--", "metadata", "metrics", "plots", "dvc.lock"], repo).stdout == ""
