@@ -18,7 +18,6 @@ import bts
 from bts.errors import BtsError
 
 MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id, or a package folder (the serve stage's --package)"
-CARDS_DIR = "models/cards"
 
 
 @dataclass
@@ -46,7 +45,8 @@ def _runs_check(args: argparse.Namespace) -> int:
     from bts.lifecycle.reconcile import format_reconciliation, mark_failed, problems_found, reconcile
 
     project = _project()
-    report = reconcile(project.client, project.root, args.experiment or project.params.train.experiment, project.params.registry.model_name)
+    experiment = args.experiment or project.params.train.experiment
+    report = reconcile(project.client, project.root, experiment, project.params.registry.model_name)
     if args.mark_failed and report["runs_left_running"]:
         mark_failed(project.client, [run["run_id"] for run in report["runs_left_running"]])
         print(f"marked {len(report['runs_left_running'])} run(s) FAILED")
@@ -82,15 +82,26 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _publish_card(project: Project, version: object) -> Path:
+    """Write the card of this version, then of every other version whose card the registry no longer agrees with (the
+    holder an alias left, or what a killed promotion did not finish): registry changes leave every card current."""
     from bts.data.catalogue import load_catalogue
-    from bts.lifecycle.model_card import publish_card
+    from bts.lifecycle.model_card import CARDS_DIR, publish_card, stale_cards
     from bts.lifecycle.registry import download_version
     from bts.project import pipeline_argument
 
     catalogue = load_catalogue(project.root / pipeline_argument(project.root, "simulate", "--sensors"))
-    with tempfile.TemporaryDirectory() as scratch:
-        package = download_version(project.client, version, Path(scratch))
-        return publish_card(project.client, version, package, project.params.registry.license, project.root / CARDS_DIR, catalogue)
+    cards = project.root / CARDS_DIR
+
+    def publish(one: object) -> Path:
+        with tempfile.TemporaryDirectory() as scratch:
+            package = download_version(project.client, one, Path(scratch))
+            return publish_card(project.client, one, package, project.params.registry.license, cards, catalogue)
+
+    card = publish(version)
+    others = [v for v in project.client.search_model_versions(f"name = '{version.name}'") if v.version != version.version]
+    for stale, _ in stale_cards(others, cards):
+        publish(stale)
+    return card
 
 
 def _register(args: argparse.Namespace) -> int:

@@ -265,3 +265,32 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
     failed = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
     assert failed.returncode == 1
     assert "DIFF data.raw_md5" in failed.stdout and "verdict: NOT REPRODUCED" in failed.stdout
+
+
+def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_both_cards(own_built_repo: Path) -> None:
+    repo = own_built_repo
+    run(["bts", "register"], repo)
+    run(["bts", "promote", "1", "--to", "champion"], repo)
+    set_params(repo, "train", "model", "ridge")
+    run(["dvc", "repro"], repo)
+    assert "models:/bts-next-reading/2 (@candidate)" in run(["bts", "register"], repo).stdout
+
+    killed = run(
+        ["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test"],
+        repo,
+        check=False,
+        env={"BTS_TEST_KILL_AT": "alias-moved"},
+    )
+    assert killed.returncode == -9
+    cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
+    assert cards == {"1": ["champion"], "2": ["candidate"]}  # what the kill left: the registry has moved @champion to 2
+    check = run(["bts", "runs", "check"], repo, check=False)
+    assert check.returncode == 1
+    assert "version 1: model card says champion, the registry registered" in check.stdout
+    assert "version 2: model card says candidate, the registry candidate, champion" in check.stdout
+
+    again = run(forced, repo)
+    assert "already holds @champion" in again.stdout
+    cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
+    assert cards == {"1": ["registered"], "2": ["candidate", "champion"]}
+    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from bts.files import write_json, write_text
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
+CARDS_DIR = "models/cards"  # under the project root: one card per version, `<model name>-<version>.json` and `.md`
+
 # Pooled over sensors of different units, so read beside the per-sensor table (R2 pooled over volts and degrees
 # says more about the spread of the units than about the forecast, so it is left to the run).
 QUALITY = [
@@ -76,7 +78,7 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
     return {
         "model_id": f"{version.name}/{version.version}",
         "name": version.name,
-        "status": sorted(version.aliases) or ["registered"],
+        "status": card_status(version),
         "version": str(version.version),
         "description": version.description,
         "time_created": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
@@ -167,6 +169,29 @@ def render_model_card(card: dict) -> str:
 CARD_ARTIFACT = "model_card"
 
 
+def card_status(version: ModelVersion) -> list[str]:
+    """A card's status: the version's aliases, or `registered` when it holds none."""
+    return sorted(version.aliases) or ["registered"]
+
+
+def card_path(cards_dir: Path, version: ModelVersion) -> Path:
+    return cards_dir / f"{version.name}-{version.version}.json"
+
+
+def stale_cards(versions: list[ModelVersion], cards_dir: Path) -> list[tuple[ModelVersion, list[str]]]:
+    """The versions whose card in cards_dir gives another status than the registry (a promotion killed half-way), with
+    the status the card gives. A version without a card is not stale: it was never published here."""
+    stale = []
+    for version in versions:
+        try:
+            written = json.loads(card_path(cards_dir, version).read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if written != card_status(version):
+            stale.append((version, written))
+    return stale
+
+
 def publish_card(
     client: MlflowClient, version: ModelVersion, package_dir: Path, license_name: str, cards_dir: Path, catalogue: dict
 ) -> Path:
@@ -176,7 +201,7 @@ def publish_card(
     """
     version = client.get_model_version(version.name, str(version.version))  # current aliases
     card = model_card(version, client.get_run(version.run_id), package_dir, license_name, catalogue)
-    stem = cards_dir / f"{version.name}-{version.version}"
+    stem = card_path(cards_dir, version).with_suffix("")
     write_json(stem.with_suffix(".json"), card)
     write_text(stem.with_suffix(".md"), render_model_card(card))
     for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.lifecycle.lineage import experiment_refs
+from bts.lifecycle.model_card import CARDS_DIR, card_status, stale_cards
 from bts.lifecycle.registry import version_integrity
 from bts.tracking.store import bulk_read_database, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
@@ -103,8 +104,9 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     return found
 
 
-def registry_problems(client: MlflowClient, model_name: str) -> list[dict]:
-    """Versions whose registration did not complete or whose package does not match its recorded md5."""
+def registry_problems(client: MlflowClient, model_name: str, cards_dir: Path) -> list[dict]:
+    """Versions whose registration did not complete, whose package does not match its recorded md5, or whose model card
+    gives another status than the registry."""
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
     except MlflowException:
@@ -116,7 +118,11 @@ def registry_problems(client: MlflowClient, model_name: str) -> list[dict]:
         tampered = version_integrity(client, version)
         if tampered:
             problems.append({"version": version.version, "problem": "package " + "; ".join(tampered)})
-    return problems
+    for version, written in stale_cards(versions, cards_dir):
+        said = ", ".join(written) if isinstance(written, list) else str(written)
+        problem = f"model card says {said}, the registry {', '.join(card_status(version))}"
+        problems.append({"version": version.version, "problem": problem})
+    return sorted(problems, key=lambda item: int(item["version"]))
 
 
 def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str) -> dict:
@@ -140,7 +146,7 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
         "runs_without_metrics": [
             {"run_id": run["run_id"], "name": run["name"]} for run in runs if run["status"] == "FINISHED" and not run["evaluated"]
         ],
-        "versions": registry_problems(client, model_name),
+        "versions": registry_problems(client, model_name, root / CARDS_DIR),
     }
 
 
@@ -185,7 +191,8 @@ def format_reconciliation(report: dict) -> str:
     if report["versions"]:
         lines.append(f"{len(report['versions'])} registry problem(s):")
         lines += [f"  version {item['version']}: {item['problem']}" for item in report["versions"]]
-        lines.append("  fix: `bts register <package or run>` completes a registration; a tampered package must be registered anew")
+        lines.append("  fix: `bts register <package or run>` completes a registration; a tampered package must be registered anew;")
+        lines.append("       any `bts register` or `bts promote` (again: it is idempotent) rewrites the cards the registry disagrees with")
     if not problems_found(report):
         lines.append("nothing lost")
     return "\n".join(lines)

@@ -232,6 +232,7 @@ def promote(
                 f"{value:.6g} vs {held:.6g}, {where}; use --force --reason '...' to promote anyway"
             )
     client.set_registered_model_alias(name, alias, challenger.version)
+    kill_point("alias-moved")
     record_transition(client, challenger, alias, holder.version if holder else None, reason or f"gate passed: {verdict}", force)
     promoted = client.get_model_version(name, str(challenger.version))
     return promoted, f"{name} version {version} is now @{alias} ({verdict}{', forced' if force else ''})"
