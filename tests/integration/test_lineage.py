@@ -275,12 +275,8 @@ def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_
     run(["dvc", "repro"], repo)
     assert "models:/bts-next-reading/2 (@candidate)" in run(["bts", "register"], repo).stdout
 
-    killed = run(
-        ["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test"],
-        repo,
-        check=False,
-        env={"BTS_TEST_KILL_AT": "alias-moved"},
-    )
+    forced = ["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test"]
+    killed = run(forced, repo, check=False, env={"BTS_TEST_KILL_AT": "alias-moved"})
     assert killed.returncode == -9
     cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
     assert cards == {"1": ["champion"], "2": ["candidate"]}  # what the kill left: the registry has moved @champion to 2
