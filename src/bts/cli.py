@@ -341,6 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-body-bytes", type=int, default=serving.DEFAULT_MAX_BODY_BYTES, help="request body size at most (default: %(default)s)"
     )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=serving.DEFAULT_READ_TIMEOUT_SECONDS,
+        help="seconds a request's body may take to arrive whole; then 408 and the connection is closed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        type=float,
+        default=serving.DEFAULT_KEEP_ALIVE_SECONDS,
+        help="seconds an idle keep-alive connection is kept open (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=serving.DEFAULT_MAX_CONNECTIONS,
+        help="connections and requests in flight at once; past it, 503 (default: %(default)s)",
+    )
     serve.set_defaults(handler=_serve)
 
     monitor = commands.add_parser(

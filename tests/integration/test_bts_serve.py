@@ -341,3 +341,38 @@ def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_rep
         registered.write_bytes(original)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert "TAMPERED" in refused.stderr and "model.skops" in refused.stderr
+
+
+def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -> None:
+    """Headers that promise a body, then nothing: a 408 and a closed connection after --read-timeout; an idle keep-alive
+    connection is closed after --keep-alive; meanwhile other clients are answered as usual."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    body = split(frame_of(built_repo, 1))
+    with bts_server(built_repo, "models/package", "--no-log", "--read-timeout", "2", "--keep-alive", "1") as server:
+        address = urlsplit(server.url)
+        stalled = socket.create_connection((address.hostname, address.port))
+        stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        idle = socket.create_connection((address.hostname, address.port))
+        started = time.monotonic()
+        answered = [server.score(body)[0] for _ in range(5)]  # served while the stalled connection waits
+        stalled.settimeout(30)
+        reply = b""
+        while chunk := stalled.recv(65536):  # until the server closes it
+            reply += chunk
+        cut_after = time.monotonic() - started
+        idle.settimeout(30)
+        assert idle.recv(1) == b""  # closed by the server, having sent nothing
+        idle_after = time.monotonic() - started
+    assert answered == [200] * 5
+    assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply
+    assert b"100000" not in reply.split(b"\r\n\r\n", 1)[1]  # nothing of what the client sent comes back
+    assert 1.5 < cut_after < 15 and idle_after < 15
+
+
+def test_serving_limits_out_of_range_are_one_line(built_repo: Path) -> None:
+    for option, value in (("--read-timeout", "0"), ("--keep-alive", "-1"), ("--max-connections", "0")):
+        result = run(["bts", "serve", "models/package", "--port", "0", option, value], built_repo, check=False)
+        assert result.returncode == 1 and result.stderr.startswith(f"bts: error: {option} ") and result.stderr.count("\n") == 1

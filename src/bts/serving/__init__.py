@@ -19,4 +19,7 @@ DEFAULT_PORT = 5002
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 DEFAULT_LOG_DIR = "monitoring"  # under the project root
+DEFAULT_READ_TIMEOUT_SECONDS = 10.0  # a body that has not arrived whole by then gets a 408 and its connection is closed
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # an idle keep-alive connection is closed after this
+DEFAULT_MAX_CONNECTIONS = 256  # connections and requests in flight at once; past it, 503 until one ends
 DEFAULT_LOG_MAX_MB = 1024.0

@@ -14,6 +14,7 @@ few rows costs a few milliseconds, less than a hop to a thread and back.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import bts
+from bts.serving import DEFAULT_READ_TIMEOUT_SECONDS
 from bts.serving.metrics import ServingMetrics
 from bts.serving.model import ServedModel
 from bts.serving.payload import PayloadParser, RequestError
@@ -79,6 +81,7 @@ def create_app(
     log: MonitoringLog | None,
     max_body_bytes: int,
     on_start: Callable[[], None] | None = None,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
 ) -> Starlette:
     predict = served.predict
     versions = {"bts": bts.__version__, "mlflow": version("mlflow")}
@@ -89,13 +92,18 @@ def create_app(
         started, started_ns = time.perf_counter(), time.time_ns()
         status, code, batch, predictions = 200, None, None, None
         try:
-            body = await read_body(request, max_body_bytes)
+            try:
+                body = await asyncio.wait_for(read_body(request, max_body_bytes), read_timeout)
+            except TimeoutError:  # a slow or stalled client holds a connection: let it go
+                raise RequestError(408, "REQUEST_TIMEOUT", f"the body did not arrive whole within {read_timeout:g} s") from None
             batch = parser.parse(body, request.headers.get("content-type"))
             predictions = predict(batch.features)
             response = Response(orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON_TYPE)
         except RequestError as error:
             status, code, predictions = error.status, error.code, None
             response = error_response(error.status, error.code, error.message)
+            if status == 408:
+                response.headers["connection"] = "close"
         except ClientDisconnect:  # gone before its body arrived: nobody to answer (499, as nginx logs it)
             status, code, predictions = 499, "CLIENT_DISCONNECTED", None
             response = error_response(499, code, "the client closed the connection before sending its whole body")

@@ -34,6 +34,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes}: must be at least 1")
     if not args.log_max_mb > 0:
         raise ConfigError(f"--log-max-mb {args.log_max_mb}: must be more than 0")
+    for option, seconds in (("--read-timeout", args.read_timeout), ("--keep-alive", args.keep_alive)):
+        if not 0 < seconds <= 3600:
+            raise ConfigError(f"{option} {seconds:g}: must be more than 0 and at most 3600 seconds")
+    if args.max_connections < 1:
+        raise ConfigError(f"--max-connections {args.max_connections}: must be at least 1")
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -99,7 +104,7 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    app = create_app(served, parser, metrics, log, args.max_body_bytes, on_start=started)
+    app = create_app(served, parser, metrics, log, args.max_body_bytes, on_start=started, read_timeout=args.read_timeout)
     config = uvicorn.Config(
         app,
         http="h11",
@@ -109,6 +114,8 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=args.keep_alive,
+        limit_concurrency=args.max_connections,
         backlog=UVICORN_BACKLOG,
     )
     server = uvicorn.Server(config)
