@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,9 @@ def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Pa
     assert version.run_id == training_run(repo).info.run_id
     card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
     assert card["status"] == ["candidate"] and card["artefact"]["package_md5"] == md5s["models/package"]
+    registered = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
+    trained = datetime.fromtimestamp(client.get_run(version.run_id).info.start_time / 1000, UTC).isoformat(timespec="seconds")
+    assert (card["time_created"], card["training_run_started"]) == (registered, trained)  # the version's time, then the run's
     run(["bts", "promote", "1", "--to", "champion"], repo)
     card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
     assert card["status"] == ["candidate", "champion"]

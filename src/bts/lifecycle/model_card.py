@@ -81,7 +81,8 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
         "status": card_status(version),
         "version": str(version.version),
         "description": version.description,
-        "time_created": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat(timespec="seconds"),
+        "time_created": _iso(version.creation_timestamp),  # the version's: when it was registered
+        "training_run_started": _iso(run.info.start_time),
         "artefact": {
             "url": f"models:/{version.name}/{version.version}",
             "package_md5": lineage.get("package.md5"),
@@ -122,10 +123,14 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
     }
 
 
+def _iso(milliseconds: int) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
+
+
 def render_model_card(card: dict) -> str:
     lines = [f"# Model card: {card['model_id']}", "", card["description"] or "", ""]
     lines += ["| field | value |", "| --- | --- |"]
-    for key in ["model_id", "name", "version", "time_created"]:
+    for key in ["model_id", "name", "version", "time_created", "training_run_started"]:
         lines.append(f"| {key} | {card[key]} |")
     lines.append(f"| status | {', '.join(card['status'])} |")
     artefact = card["artefact"]
