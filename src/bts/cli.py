@@ -17,7 +17,7 @@ from pathlib import Path
 import bts
 from bts.errors import BtsError
 
-MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id, or a package folder (the serve stage's --package)"
+MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id (8 characters or more of it), or a package folder"
 
 
 @dataclass
@@ -106,7 +106,7 @@ def _publish_card(project: Project, version: object) -> Path:
 
 def _register(args: argparse.Namespace) -> int:
     from bts.hashing import dvc_md5
-    from bts.lifecycle.lineage import RUN_ID, resolve_reference
+    from bts.lifecycle.lineage import RUN_ID_PREFIX, full_run_id, resolve_reference
     from bts.lifecycle.registry import register
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
     from bts.project import pipeline_argument
@@ -115,8 +115,8 @@ def _register(args: argparse.Namespace) -> int:
     name = project.params.registry.model_name
     ref = args.ref or str(project.root / pipeline_argument(project.root, "serve", "--package"))
     with tempfile.TemporaryDirectory() as scratch:
-        if RUN_ID.match(ref) and not Path(ref).exists():
-            package = Path(project.client.download_artifacts(ref, PACKAGE_ARTIFACT, scratch))
+        if RUN_ID_PREFIX.match(ref) and not Path(ref).exists():
+            package = Path(project.client.download_artifacts(full_run_id(project.client, ref), PACKAGE_ARTIFACT, scratch))
         else:
             package = Path(ref)
         resolved = resolve_reference(project.client, str(package), project.root)

@@ -179,6 +179,8 @@ def test_bad_references_and_places_give_one_line(repo: Path, tmp_path: Path) -> 
         ("lineage", f"models:/{NAME}/nine"): f"bts: error: models:/{NAME}/nine: version 'nine' is not a number",
         ("lineage", f"models:/{NAME}@nobody"): f"bts: error: models:/{NAME}@nobody: not found in",
         ("lineage", "0" * 32): "bts: error: " + "0" * 32 + ": not found in",
+        ("lineage", "0" * 8): "bts: error: 00000000: no run id starts with it in",
+        ("lineage", "0" * 7): "bts: error: 0000000: not a model reference",
         ("lineage", "metadata"): "bts: error: metadata: not a model package (no MLmodel file)",
     }
     for args, message in cases.items():
@@ -294,3 +296,23 @@ def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_
     cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
     assert cards == {"1": ["registered"], "2": ["candidate", "champion"]}
     assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
+
+
+def test_a_run_id_prefix_of_eight_characters_names_its_run_and_an_ambiguous_one_lists_the_candidates(own_built_repo: Path) -> None:
+    import sqlite3
+
+    repo = own_built_repo
+    trained = training_run(repo).info.run_id
+    registered = run(["bts", "register", trained[:8]], repo).stdout  # what `bts compare` shows
+    assert registered.startswith(f"registered: models:/{NAME}/1 (@candidate) from run {trained};")
+    assert run(["bts", "lineage", trained[:8], "--json"], repo).stdout.count(trained) >= 1
+
+    client = store(repo)
+    experiment = client.get_experiment_by_name("bts-next-reading").experiment_id
+    twins = [client.create_run(experiment).info.run_id for _ in range(2)]
+    with sqlite3.connect(repo / "mlflow.db") as db:  # two runs whose ids share their first 8 characters
+        for suffix, run_id in zip(("1" * 24, "2" * 24), twins, strict=True):
+            db.execute("update runs set run_uuid = ? where run_uuid = ?", (f"abcdef01{suffix}", run_id))
+    result = run(["bts", "register", "abcdef01"], repo, check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr == f"bts: error: abcdef01: 2 runs start with it (abcdef01{'1' * 24}, abcdef01{'2' * 24}); give more characters\n"

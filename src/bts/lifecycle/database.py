@@ -113,3 +113,9 @@ def params_of(read: Reader, run_ids: Sequence[str], prefix: str) -> list[tuple[s
         f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN {listed} AND substr(key, 1, :length) = :prefix ORDER BY key",
         {"length": len(prefix), "prefix": prefix, **values},
     )
+
+
+def runs_starting_with(read: Reader, prefix: str, limit: int) -> list[str]:
+    """Ids of the runs (of any experiment, not deleted) that start with prefix (hex, so no LIKE wildcard in it)."""
+    sql = f"SELECT run_uuid FROM runs WHERE run_uuid LIKE :pattern AND lifecycle_stage = '{ACTIVE}' ORDER BY run_uuid LIMIT :limit"
+    return [row[0] for row in read(sql, {"pattern": f"{prefix}%", "limit": limit})]

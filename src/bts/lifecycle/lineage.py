@@ -43,6 +43,8 @@ from bts.tracking.tags import (
 
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,32}$")  # what `bts compare` shows (8 characters) names a run when unique
+AMBIGUOUS_SHOWN = 5
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 # refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>; other refs/exps/* are DVC's own bookkeeping.
 EXPERIMENT_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/([^/]+)$")
@@ -77,13 +79,41 @@ def resolve_reference(client: MlflowClient, ref: str, root: Path) -> dict:
         folder = Path(ref)
         if folder.is_dir():
             return _package_reference(folder, root)
-        if not RUN_ID.match(ref):
-            raise ConfigError(f"{ref}: not a model reference (models:/name@alias, models:/name/<version>, a run id, or a package folder)")
-        run = client.get_run(ref)
+        if not RUN_ID_PREFIX.match(ref):
+            raise ConfigError(
+                f"{ref}: not a model reference (models:/name@alias, models:/name/<version>, a run id or its first 8 or more "
+                "characters, or a package folder)"
+            )
+        run = client.get_run(full_run_id(client, ref))
         lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
         return {"version": None, "run": run, "lineage": lineage, "package": None}
     except MlflowException as exc:
         raise BtsError(f"{ref}: not found in {client.tracking_uri} ({exc.message.splitlines()[0]})") from None
+
+
+def full_run_id(client: MlflowClient, prefix: str) -> str:
+    """The run whose id starts with prefix (8 characters or more), or a BtsError: none, or the candidates when several."""
+    if RUN_ID.match(prefix):
+        return prefix
+    from bts.lifecycle import database
+    from bts.tracking.store import bulk_read_database
+
+    uri = client.tracking_uri
+    source = bulk_read_database(uri)
+    if source is not None:
+        with database.reading(source) as read:
+            found = database.runs_starting_with(read, prefix, AMBIGUOUS_SHOWN + 1)
+    else:  # a tracking server without its database named: its API matches run ids whole only
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = sorted(r.info.run_id for r in client.search_runs(experiments, max_results=50_000) if r.info.run_id.startswith(prefix))
+    if not found:
+        raise BtsError(f"{prefix}: no run id starts with it in {uri}")
+    if len(found) > 1:
+        shown = ", ".join(found[:AMBIGUOUS_SHOWN]) + (", ..." if len(found) > AMBIGUOUS_SHOWN else "")
+        raise BtsError(
+            f"{prefix}: {len(found)}{'+' if len(found) > AMBIGUOUS_SHOWN else ''} runs start with it ({shown}); give more characters"
+        )
+    return found[0]
 
 
 def _registry_reference(client: MlflowClient, ref: str) -> dict:
