@@ -98,9 +98,8 @@ def _publish_card(project: Project, version: object) -> Path:
             return publish_card(project.client, one, package, project.params.registry.license, cards, catalogue)
 
     card = publish(version)
-    others = [v for v in project.client.search_model_versions(f"name = '{version.name}'") if v.version != version.version]
-    for stale, _ in stale_cards(others, cards):
-        publish(stale)
+    for stale, _, _ in stale_cards(project.client, version.name, cards):
+        publish(project.client.get_model_version(version.name, stale))
     return card
 
 

@@ -78,7 +78,7 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
     return {
         "model_id": f"{version.name}/{version.version}",
         "name": version.name,
-        "status": card_status(version),
+        "status": card_status(version.aliases),
         "version": str(version.version),
         "description": version.description,
         "time_created": _iso(version.creation_timestamp),  # the version's: when it was registered
@@ -174,27 +174,36 @@ def render_model_card(card: dict) -> str:
 CARD_ARTIFACT = "model_card"
 
 
-def card_status(version: ModelVersion) -> list[str]:
+def card_status(aliases: list[str]) -> list[str]:
     """A card's status: the version's aliases, or `registered` when it holds none."""
-    return sorted(version.aliases) or ["registered"]
+    return sorted(aliases) or ["registered"]
 
 
-def card_path(cards_dir: Path, version: ModelVersion) -> Path:
-    return cards_dir / f"{version.name}-{version.version}.json"
+def card_path(cards_dir: Path, name: str, version: str | int) -> Path:
+    return cards_dir / f"{name}-{version}.json"
 
 
-def stale_cards(versions: list[ModelVersion], cards_dir: Path) -> list[tuple[ModelVersion, list[str]]]:
-    """The versions whose card in cards_dir gives another status than the registry (a promotion killed half-way), with
-    the status the card gives. A version without a card is not stale: it was never published here."""
+def stale_cards(client: MlflowClient, name: str, cards_dir: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(version, status its card in cards_dir gives, status the registry gives) for every card that disagrees with the
+    registry (a promotion killed half-way). A version without a card here is not stale: it was never published here.
+
+    Aliases come from the registered model: the versions a search returns do not carry them.
+    """
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return []
+    held: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        held.setdefault(str(version), []).append(alias)
     stale = []
     for version in versions:
         try:
-            written = json.loads(card_path(cards_dir, version).read_text(encoding="utf-8")).get("status")
+            written = json.loads(card_path(cards_dir, name, version.version).read_text(encoding="utf-8")).get("status")
         except (OSError, ValueError, AttributeError):
             continue
-        if written != card_status(version):
-            stale.append((version, written))
-    return stale
+        if written != card_status(held.get(str(version.version), [])):
+            stale.append((str(version.version), written, card_status(held.get(str(version.version), []))))
+    return sorted(stale, key=lambda item: int(item[0]))
 
 
 def publish_card(
@@ -206,7 +215,7 @@ def publish_card(
     """
     version = client.get_model_version(version.name, str(version.version))  # current aliases
     card = model_card(version, client.get_run(version.run_id), package_dir, license_name, catalogue)
-    stem = card_path(cards_dir, version).with_suffix("")
+    stem = card_path(cards_dir, version.name, version.version).with_suffix("")
     write_json(stem.with_suffix(".json"), card)
     write_text(stem.with_suffix(".md"), render_model_card(card))
     for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):

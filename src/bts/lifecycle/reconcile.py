@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.lifecycle.lineage import experiment_refs
-from bts.lifecycle.model_card import CARDS_DIR, card_status, stale_cards
+from bts.lifecycle.model_card import CARDS_DIR, stale_cards
 from bts.lifecycle.registry import version_integrity
 from bts.tracking.store import bulk_read_database, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
@@ -118,10 +118,9 @@ def registry_problems(client: MlflowClient, model_name: str, cards_dir: Path) ->
         tampered = version_integrity(client, version)
         if tampered:
             problems.append({"version": version.version, "problem": "package " + "; ".join(tampered)})
-    for version, written in stale_cards(versions, cards_dir):
+    for version, written, registry in stale_cards(client, model_name, cards_dir):
         said = ", ".join(written) if isinstance(written, list) else str(written)
-        problem = f"model card says {said}, the registry {', '.join(card_status(version))}"
-        problems.append({"version": version.version, "problem": problem})
+        problems.append({"version": version, "problem": f"model card says {said}, the registry {', '.join(registry)}"})
     return sorted(problems, key=lambda item: int(item["version"]))
 
 
