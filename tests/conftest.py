@@ -60,3 +60,18 @@ def write_csv(tmp_path: Path) -> WriteCsv:
         return path
 
     return write
+
+
+# The longest test modules (measured, slowest first): started first, so that the two workers end together instead of
+# one running a long module alone at the end. Then the other integration modules, then the unit tests.
+LONGEST_FIRST = ["test_readme", "test_batch", "test_lineage", "test_team", "test_training", "test_mlproject", "test_data_pipeline"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = item.path.stem
+        if module in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(module))
+        return (1, 0) if "integration" in item.path.parts else (2, 0)
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
