@@ -180,3 +180,29 @@ def test_table_schema_is_the_schema_mlflow_infers() -> None:
         built = table_schema(frame)
     assert built.to_json() == expected.to_json()
     assert [spec.required for spec in built.inputs] == [True, False, False, True, True, True, True]
+
+
+def test_the_traces_of_a_killed_experiment_are_found_and_a_clean_workspace_has_none(tmp_path) -> None:
+    """What a `dvc exp run` killed mid-way leaves: DVC's executor refs and params.yaml staged as DVC rewrote it."""
+    import subprocess
+
+    from bts.lifecycle.reconcile import format_reconciliation, interrupted_experiment
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q", "--allow-empty", "-m", "start")
+    (tmp_path / "params.yaml").write_text("train:\n  alpha: 0.1  # a comment\n")
+    git("add", "params.yaml")
+    git("-c", "user.email=t@example.com", "-c", "user.name=T", "commit", "-q", "-m", "params")
+    assert interrupted_experiment(tmp_path) == []
+    (tmp_path / "params.yaml").write_text("train:\n  alpha: 0.3\n")
+    git("add", "params.yaml")
+    git("update-ref", "refs/exps/exec/EXEC_HEAD", "HEAD")
+    traces = interrupted_experiment(tmp_path)
+    assert traces == ["refs/exps/exec/EXEC_HEAD", "params.yaml staged in git"]
+    report = {key: [] for key in ("experiments_without_run", "runs_without_experiment", "runs_left_running", "runs_without_metrics")}
+    text = format_reconciliation({**report, "experiment": "e", "matched": [], "versions": [], "interrupted_experiment": traces})
+    assert "a `dvc exp run` did not finish here (refs/exps/exec/EXEC_HEAD, params.yaml staged in git):" in text
+    assert "git restore --staged --worktree params.yaml" in text and "nothing lost" not in text

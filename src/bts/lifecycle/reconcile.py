@@ -20,6 +20,8 @@ from bts.errors import BtsError
 from bts.lifecycle.lineage import experiment_refs
 from bts.lifecycle.model_card import CARDS_DIR, stale_cards
 from bts.lifecycle.registry import version_integrity
+from bts.params import PARAMS_FILE
+from bts.project import git_text
 from bts.tracking.store import bulk_read_database, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
 
@@ -124,6 +126,18 @@ def registry_problems(client: MlflowClient, model_name: str, cards_dir: Path) ->
     return sorted(problems, key=lambda item: int(item["version"]))
 
 
+# What a `dvc exp run` killed mid-way leaves in the workspace: DVC's executor refs, and params.yaml staged as DVC
+# rewrote it (comments gone).
+EXECUTOR_REFS = "refs/exps/exec/"
+
+
+def interrupted_experiment(root: Path) -> list[str]:
+    """The traces of a `dvc exp run` that did not finish here: DVC's executor refs, and params.yaml staged in git."""
+    traces = (git_text(root, "for-each-ref", "--format=%(refname)", EXECUTOR_REFS, check=False) or "").split()
+    staged = git_text(root, "diff", "--cached", "--name-only", "--", str(PARAMS_FILE), check=False)
+    return traces + ([f"{PARAMS_FILE} staged in git"] if staged else [])
+
+
 def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str) -> dict:
     """Experiments without a run, runs without an experiment ref, runs left RUNNING or unevaluated, broken versions."""
     refs = experiment_refs(root)
@@ -146,6 +160,7 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
             {"run_id": run["run_id"], "name": run["name"]} for run in runs if run["status"] == "FINISHED" and not run["evaluated"]
         ],
         "versions": registry_problems(client, model_name, root / CARDS_DIR),
+        "interrupted_experiment": interrupted_experiment(root),
     }
 
 
@@ -166,6 +181,7 @@ def mark_failed(client: MlflowClient, run_ids: list[str]) -> None:
 
 def problems_found(report: dict) -> bool:
     keys = ["experiments_without_run", "runs_without_experiment", "runs_left_running", "runs_without_metrics", "versions"]
+    keys.append("interrupted_experiment")
     return any(report[key] for key in keys)
 
 
@@ -192,6 +208,10 @@ def format_reconciliation(report: dict) -> str:
         lines += [f"  version {item['version']}: {item['problem']}" for item in report["versions"]]
         lines.append("  fix: `bts register <package or run>` completes a registration; a tampered package must be registered anew;")
         lines.append("       any `bts register` or `bts promote` (again: it is idempotent) rewrites the cards the registry disagrees with")
+    if report["interrupted_experiment"]:
+        lines.append(f"a `dvc exp run` did not finish here ({', '.join(report['interrupted_experiment'])}):")
+        lines.append(f"  fix: `git restore --staged --worktree {PARAMS_FILE}` brings back the committed params.yaml, comments")
+        lines.append("       included; `dvc exp clean` removes what DVC left; then run the experiment again")
     if not problems_found(report):
         lines.append("nothing lost")
     return "\n".join(lines)
