@@ -397,3 +397,28 @@ def test_values_are_read_as_pandas_to_numeric_reads_them(fields):
     got = _to_float(column)
     assert got.index.equals(want.index) and got.dtype == want.dtype
     assert np.array_equal(got.to_numpy().view(np.int64), want.to_numpy().view(np.int64))  # bit for bit, -0.0 and NaN included
+
+
+def test_a_sparse_file_of_two_gigabytes_is_refused_without_being_read_whole(tmp_path) -> None:
+    """One endless line of zero bytes: refused after its first blocks, with the memory of a small file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as handle:
+        handle.truncate(2 * 1024**3)  # sparse: no disk used
+    script = f"""
+import resource
+from pathlib import Path
+from bts.data.ingest import read_export
+from bts.errors import InputFileError
+try:
+    read_export(Path({str(path)!r}), "huge.csv")
+except InputFileError as exc:
+    print(exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    message, peak_mb = done.stdout.splitlines()
+    assert message.endswith("header line longer than 64 KiB: not a CSV export")
+    assert int(peak_mb) < 600  # the libraries' own footprint; reading the file whole would take 2 GB more

@@ -239,9 +239,45 @@ def _to_float(text: pyarrow.ChunkedArray) -> pd.Series:
     return pd.Series(number, index=stripped.index)
 
 
+SCAN_BLOCK_BYTES = 1 << 20
+
+
+def _refuse_endless_lines(path: Path) -> None:
+    """Read the file block by block and stop at the first line over MAX_LINE_BYTES: a file that is one endless line
+    (binary data, a sparse file of gigabytes) is refused after its first blocks, not after being read whole. The
+    messages are those of the checks on the whole file (_check_header, read_export)."""
+
+    def refuse(line: int, header: bool) -> None:
+        if header:
+            raise InputFileError(path, f"header line longer than {MAX_LINE_BYTES // 1024} KiB: not a CSV export")
+        raise InputFileError(path, f"line {line}: row longer than {MAX_LINE_BYTES // 1024} KiB: not a reading")
+
+    since_break, lines, header_seen = 0, 1, False  # bytes since the last line break; the line the next byte is on
+    with open(path, "rb") as handle:
+        while block := handle.read(SCAN_BLOCK_BYTES):
+            raw = np.frombuffer(block, dtype=np.uint8)
+            breaks = np.flatnonzero((raw == _NEWLINE) | (raw == _CARRIAGE_RETURN))
+            if not breaks.size:
+                since_break += len(block)
+                if since_break > MAX_LINE_BYTES:
+                    refuse(lines, not header_seen)
+                continue
+            gaps = np.diff(breaks, prepend=-1 - since_break) - 1  # the length of each line this block ends
+            if (gaps > MAX_LINE_BYTES).any():
+                ending = int(np.argmax(gaps > MAX_LINE_BYTES))
+                line = lines + (int(np.count_nonzero(raw[: breaks[ending - 1] + 1] == _NEWLINE)) if ending else 0)
+                refuse(line, not (header_seen or (gaps[:ending] > 0).any()))  # the first line with text is the header
+            header_seen = header_seen or bool((gaps > 0).any())
+            since_break = len(block) - 1 - int(breaks[-1])
+            lines += int(np.count_nonzero(raw == _NEWLINE))
+    if since_break > MAX_LINE_BYTES:
+        refuse(lines, not header_seen)
+
+
 def read_export(path: Path, label: str) -> pd.DataFrame:
     """One export as typed columns, with source_file=label and source_row (the file line the row starts on)."""
     try:
+        _refuse_endless_lines(path)
         data = path.read_bytes()
     except OSError as exc:
         raise InputFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
