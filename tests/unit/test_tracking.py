@@ -140,6 +140,7 @@ def test_the_project_is_found_from_any_folder_inside_it_and_paths_come_from_dvc_
 
 def test_the_reconciliation_names_each_problem_and_its_fix() -> None:
     report = {
+        "store": "mlflow.db",
         "experiment": "bts",
         "matched": ["a"],
         "experiments_without_run": ["lost-exp"],
@@ -147,8 +148,10 @@ def test_the_reconciliation_names_each_problem_and_its_fix() -> None:
         "runs_left_running": [{"run_id": "r2", "name": "killed"}],
         "runs_without_metrics": [{"run_id": "r3", "name": "unevaluated"}],
         "versions": [{"version": "4", "problem": "registration incomplete"}],
+        "interrupted_experiment": [],
     }
     text = format_reconciliation(report)
+    assert text.startswith("DVC experiments vs MLflow runs of 'bts' in mlflow.db: 1 matched")  # the store it read, first
     assert problems_found(report)
     assert "  lost-exp" in text
     assert "  gone  run r1  to run it again: dvc exp run -S train.alpha=0.1" in text
@@ -203,6 +206,7 @@ def test_the_traces_of_a_killed_experiment_are_found_and_a_clean_workspace_has_n
     traces = interrupted_experiment(tmp_path)
     assert traces == ["refs/exps/exec/EXEC_HEAD", "params.yaml staged in git"]
     report = {key: [] for key in ("experiments_without_run", "runs_without_experiment", "runs_left_running", "runs_without_metrics")}
-    text = format_reconciliation({**report, "experiment": "e", "matched": [], "versions": [], "interrupted_experiment": traces})
+    report.update(store="mlflow.db", experiment="e", matched=[], versions=[], interrupted_experiment=traces)
+    text = format_reconciliation(report)
     assert "a `dvc exp run` did not finish here (refs/exps/exec/EXEC_HEAD, params.yaml staged in git):" in text
     assert "git restore --staged --worktree params.yaml" in text and "nothing lost" not in text

@@ -22,7 +22,7 @@ from bts.lifecycle.model_card import CARDS_DIR, stale_cards
 from bts.lifecycle.registry import version_integrity
 from bts.params import PARAMS_FILE
 from bts.project import git_text
-from bts.tracking.store import bulk_read_database, store_is_idle
+from bts.tracking.store import bulk_read_database, shown_store, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
 
 EVALUATED_METRIC = "test.rmse"
@@ -148,6 +148,7 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
     lost = sorted((run for run in dvc_runs if run["exp_name"] not in refs), key=lambda run: run["exp_name"])
     params = rerun_params(client, lost)
     return {
+        "store": shown_store(client.tracking_uri, root),
         "experiment": experiment,
         "matched": sorted(set(refs) & run_names),
         "experiments_without_run": sorted(set(refs) - run_names),
@@ -186,7 +187,7 @@ def problems_found(report: dict) -> bool:
 
 
 def format_reconciliation(report: dict) -> str:
-    lines = [f"DVC experiments vs MLflow runs of {report['experiment']!r}: {len(report['matched'])} matched"]
+    lines = [f"DVC experiments vs MLflow runs of {report['experiment']!r} in {report['store']}: {len(report['matched'])} matched"]
     if report["experiments_without_run"]:
         lines.append(f"{len(report['experiments_without_run'])} DVC experiment(s) without an MLflow run:")
         lines += [f"  {name}" for name in report["experiments_without_run"]]

@@ -173,6 +173,13 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(seen[-1]).__name__
 
 
+def shown_store(uri: str, root: Path) -> str:
+    """A store as a message names it: the repository's own SQLite file by its name, any other without its password."""
+    if uri == f"sqlite:///{root / STORE_DB}":
+        return STORE_DB
+    return _without_password(uri)
+
+
 def _without_password(uri: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
