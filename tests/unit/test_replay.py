@@ -8,7 +8,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -219,9 +219,9 @@ class Answers(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def answering_server() -> Iterator[str]:
-    Answers.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+def local_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on loopback, answering with handler in a thread; its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -229,6 +229,11 @@ def answering_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def answering_server() -> AbstractContextManager[str]:
+    Answers.seen = []
+    return local_server(Answers)
 
 
 def test_failures_are_counted_and_the_first_is_shown_once_over_one_connection(rows):
@@ -277,17 +282,9 @@ class Describes(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def describing_server(status: int, body: bytes) -> Iterator[str]:
+def describing_server(status: int, body: bytes) -> AbstractContextManager[str]:
     Describes.answer, Describes.paths = (status, body), []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Describes)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return local_server(Describes)
 
 
 def test_the_served_model_is_asked_for_at_the_servers_model_endpoint() -> None:
