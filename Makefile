@@ -62,8 +62,13 @@ postgres: ## install Debian's PostgreSQL server (team mode and its tests) unless
 	    { echo "postgresql-$(POSTGRES_MAJOR) $(POSTGRES_VERSION) is no longer offered: installing the distribution's current build" >&2; \
 	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-$(POSTGRES_MAJOR) >/dev/null; }; }; }
 
+# Ports: `make team-up TEAM_POSTGRES_PORT=5433 TEAM_SERVER_PORT=5005` (or the same variables in the environment);
+# without them, the ports used last time when free, else free ones.
+TEAM_POSTGRES_PORT ?=
+TEAM_SERVER_PORT ?=
+
 team-up: setup postgres ## start PostgreSQL and an MLflow tracking server on it (data in .team/); prints the exports to use
-	@$(BIN)/python -m bts.team up
+	@$(BIN)/python -m bts.team up $(if $(TEAM_POSTGRES_PORT),--postgres-port $(TEAM_POSTGRES_PORT)) $(if $(TEAM_SERVER_PORT),--server-port $(TEAM_SERVER_PORT))
 
 team-down: setup ## stop the team's MLflow server and PostgreSQL (the data stays in .team/)
 	@$(BIN)/python -m bts.team down

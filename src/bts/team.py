@@ -284,8 +284,21 @@ def save_state(team: Team) -> None:
     (Path(team.folder) / STATE_FILE).write_text(json.dumps(asdict(team), indent=2) + "\n")
 
 
-def start(folder: Path) -> Team:
-    """Start PostgreSQL and the MLflow server for the folder's data (reusing its ports when free); idempotent."""
+def chosen_port(port: int | None, saved: int, what: str) -> int:
+    """The port to start a service on: the one asked for (it must be free), else the one used last time when free, else any."""
+    if port:
+        if not port_is_free(port):
+            raise BtsError(f"{what} port {port}: already in use on {HOST}; choose another (or leave it out for a free one)")
+        return port
+    return saved if saved and port_is_free(saved) else free_port()
+
+
+def start(folder: Path, postgres_port: int | None = None, server_port: int | None = None) -> Team:
+    """Start PostgreSQL and the MLflow server for the folder's data, on the ports asked for (else those used last time when
+    free, else free ones); idempotent."""
+    for what, port in (("PostgreSQL", postgres_port), ("MLflow server", server_port)):
+        if port is not None and not 1024 <= port <= 65535:
+            raise BtsError(f"{what} port {port}: use 1024 to 65535")
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     binaries = postgres_binaries()
@@ -293,14 +306,17 @@ def start(folder: Path) -> Team:
         raise BtsError("PostgreSQL server binaries (initdb, pg_ctl) not found: `make postgres` installs them (apt-get)")
     team = load_state(folder) or Team(str(folder), 0, 0)
     team.folder = str(folder)
+    if postgres_running(team, binaries) and postgres_port and postgres_port != team.postgres_port:
+        raise BtsError(f"PostgreSQL already runs on port {team.postgres_port}: `make team-down` first to move it to {postgres_port}")
     if not postgres_running(team, binaries):
-        if not team.postgres_port or not port_is_free(team.postgres_port):
-            team.postgres_port = free_port()
+        team.postgres_port = chosen_port(postgres_port, team.postgres_port, "PostgreSQL")
         start_postgres(team, binaries)
-    if _server_process(team) is None or not server_answers(team.tracking_uri):
+    running = _server_process(team) is not None and server_answers(team.tracking_uri)
+    if running and server_port and server_port != team.server_port:
+        raise BtsError(f"the MLflow server already runs on port {team.server_port}: `make team-down` first to move it to {server_port}")
+    if not running:
         stop_server(team)
-        if not team.server_port or not port_is_free(team.server_port):
-            team.server_port = free_port()
+        team.server_port = chosen_port(server_port, team.server_port, "MLflow server")
         save_state(team)  # before the wait: a `down` from another terminal finds what to stop
         start_server(team)
     save_state(team)
@@ -322,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bts.team", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, help=f"folder of the data, artifacts and logs (default: {TEAM_DIR}/ at the repository root)")
+    parser.add_argument("--postgres-port", type=int, help="PostgreSQL's port (default: the last one when free, else a free one)")
+    parser.add_argument("--server-port", type=int, help="the MLflow server's port (default: the last one when free, else a free one)")
     args = parser.parse_args(argv)
     try:
         if args.dir is None:
             args.dir = find_root() / TEAM_DIR
         if args.action == "up":
-            team = start(args.dir)
+            team = start(args.dir, args.postgres_port, args.server_port)
             print(
                 f"team: PostgreSQL on {HOST}:{team.postgres_port} (data {team.pgdata}), MLflow server on {team.tracking_uri} "
                 f"(artifacts {team.artifacts}); logs in {team.logs}; stop with `make team-down`",
