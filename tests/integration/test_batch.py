@@ -280,8 +280,7 @@ def test_an_output_inside_git_or_dvc_is_refused_before_anything_is_written(repo,
     result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", output], repo, check=False)
     (repo / "link-to-git").unlink()
     protected = ".dvc" if ".dvc" in output else ".git"
-    assert (
-        one_error_line(result)
-        == f"bts: error: --output {output}: inside a {protected} folder, whose files git or DVC own; choose another place"
-    )
+    line = one_error_line(result)  # the output as an absolute path, ".." and links resolved as the check saw it
+    assert line.startswith("bts: error: --output /")
+    assert line.endswith(f": inside a {protected} folder, whose files git or DVC own; choose another place")
     assert sorted(p.relative_to(repo).as_posix() for folder in (".git", ".dvc") for p in (repo / folder).rglob("*")) == before

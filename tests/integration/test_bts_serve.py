@@ -355,16 +355,18 @@ def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -
         address = urlsplit(server.url)
         stalled = socket.create_connection((address.hostname, address.port))
         stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
-        idle = socket.create_connection((address.hostname, address.port))
         started = time.monotonic()
+        idle = socket.create_connection((address.hostname, address.port))
+        idle.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then the connection is kept alive, idle
+        idle.settimeout(30)
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
         answered = [server.score(body)[0] for _ in range(5)]  # served while the stalled connection waits
         stalled.settimeout(30)
         reply = b""
         while chunk := stalled.recv(65536):  # until the server closes it
             reply += chunk
         cut_after = time.monotonic() - started
-        idle.settimeout(30)
-        assert idle.recv(1) == b""  # closed by the server, having sent nothing
+        assert idle.recv(1) == b""  # closed by the server after --keep-alive
         idle_after = time.monotonic() - started
     assert answered == [200] * 5
     assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply
