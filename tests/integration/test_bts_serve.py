@@ -346,6 +346,7 @@ def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_rep
 def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -> None:
     """Headers that promise a body, then nothing: a 408 and a closed connection after --read-timeout; an idle keep-alive
     connection is closed after --keep-alive; meanwhile other clients are answered as usual."""
+    import http.client
     import socket
     import time
     from urllib.parse import urlsplit
@@ -356,17 +357,17 @@ def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -
         stalled = socket.create_connection((address.hostname, address.port))
         stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
         started = time.monotonic()
-        idle = socket.create_connection((address.hostname, address.port))
-        idle.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then the connection is kept alive, idle
-        idle.settimeout(30)
-        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+        idle = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        idle.request("GET", "/ping")  # one request, read whole; then the connection is kept alive, idle
+        pinged = idle.getresponse()
+        assert pinged.status == 200 and pinged.read()
         answered = [server.score(body)[0] for _ in range(5)]  # served while the stalled connection waits
         stalled.settimeout(30)
         reply = b""
         while chunk := stalled.recv(65536):  # until the server closes it
             reply += chunk
         cut_after = time.monotonic() - started
-        assert idle.recv(1) == b""  # closed by the server after --keep-alive
+        assert idle.sock.recv(1) == b""  # closed by the server after --keep-alive
         idle_after = time.monotonic() - started
     assert answered == [200] * 5
     assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply

@@ -126,16 +126,11 @@ def registry_problems(client: MlflowClient, model_name: str, cards_dir: Path) ->
     return sorted(problems, key=lambda item: int(item["version"]))
 
 
-# What a `dvc exp run` killed mid-way leaves in the workspace: DVC's executor refs, and params.yaml staged as DVC
-# rewrote it (comments gone).
-EXECUTOR_REFS = "refs/exps/exec/"
-
-
 def interrupted_experiment(root: Path) -> list[str]:
-    """The traces of a `dvc exp run` that did not finish here: DVC's executor refs, and params.yaml staged in git."""
-    traces = (git_text(root, "for-each-ref", "--format=%(refname)", EXECUTOR_REFS, check=False) or "").split()
+    """The trace a `dvc exp run` killed mid-way leaves in the workspace: params.yaml staged in git as DVC rewrote it
+    (comments gone). DVC's executor refs (refs/exps/exec/) stay after a finished experiment too: they prove nothing."""
     staged = git_text(root, "diff", "--cached", "--name-only", "--", str(PARAMS_FILE), check=False)
-    return traces + ([f"{PARAMS_FILE} staged in git"] if staged else [])
+    return [f"{PARAMS_FILE} staged in git"] if staged else []
 
 
 def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str) -> dict:
