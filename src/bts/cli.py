@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mark-failed", action="store_true", help="mark runs left RUNNING by a dead training as FAILED")
     check.set_defaults(handler=_runs_check)
 
+    from bts import serving  # its defaults only: `bts --help` stays fast
+
     verify = commands.add_parser(
         "verify",
         help="check a model's package against its recorded md5s",
@@ -260,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the version's package.md5 tag, dvc.lock) without loading it; exit 1 and name the files when it was tampered with. "
         "Run it before serving a version with stock `mlflow models serve`, which loads whatever it is given.",
     )
-    verify.add_argument("ref", help="models:/name@alias, models:/name/<version>, or a package folder (the serve stage's --package)")
+    verify.add_argument("ref", help=serving.SERVED_REFERENCE)
     verify.set_defaults(handler=_verify)
 
     params = commands.add_parser(
@@ -318,8 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--name", help="registered model (default: registry.model_name in params.yaml)")
     history.set_defaults(handler=_history)
-
-    from bts import serving
 
     serve = commands.add_parser(
         "serve",
