@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.tracking import MlflowClient
+from urllib3.util.retry import RequestHistory, Retry
 
 from bts import team
 from bts.errors import BtsError
@@ -30,7 +32,13 @@ EXPERIMENT = "bts-next-reading"
 MODEL = "bts-next-reading"
 GRID = ["-S", "train.alpha=0.1,0.3", "-S", "train.l1_ratio=0.2,0.8"]
 DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
-FAILURE_SECONDS = 15
+
+
+def default_client_retry_seconds() -> float:
+    """What MLflow's HTTP client, left to its defaults, sleeps between its retries before it gives up on a server."""
+    retries, factor = MLFLOW_HTTP_REQUEST_MAX_RETRIES.default, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.default
+    failure = RequestHistory("GET", "/", None, None, None)
+    return sum(Retry(total=retries, backoff_factor=factor, history=(failure,) * k).get_backoff_time() for k in range(1, retries + 1))
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +223,9 @@ def test_the_train_stage_fails_fast_with_one_line_when_the_server_or_its_databas
             errors = [line for line in failed.stderr.splitlines() if line.startswith("train: error:")]
             assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
             assert len(errors) == 1 and expected in errors[0], failed.stderr
-            assert elapsed < FAILURE_SECONDS, f"the stage took {elapsed:.1f} s to fail"
+            # Fails on the first refusal: MLflow's own client would sleep minutes between retries first (timings
+            # themselves are benchmarks' business; this only tells one probe from a retry loop).
+            assert elapsed < default_client_retry_seconds(), f"the stage took {elapsed:.1f} s to fail: it retried"
             assert (repo / "dvc.lock").read_bytes() == lock_before
             assert not list((repo / "models").glob(".model.joblib.*.tmp"))  # nothing half-written
             team.start(Path(server.folder))  # back up, on the same ports
