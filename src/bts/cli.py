@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-timeout",
         type=float,
         default=serving.DEFAULT_READ_TIMEOUT_SECONDS,
-        help="seconds a request's body may take to arrive whole; then 408 and the connection is closed (default: %(default)s)",
+        help="seconds a request's head, then its body, may take to arrive whole: a late body gets 408, and either way the "
+        "connection is closed (default: %(default)s)",
     )
     serve.add_argument(
         "--keep-alive",

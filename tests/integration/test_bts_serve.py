@@ -344,7 +344,8 @@ def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_rep
 
 
 def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -> None:
-    """Headers that promise a body, then nothing: a 408 and a closed connection after --read-timeout; an idle keep-alive
+    """Headers that promise a body, then nothing: a 408 and a closed connection after --read-timeout; a connection that
+    sends nothing, and one that sends half a request head, are closed after --read-timeout too; an idle keep-alive
     connection is closed after --keep-alive; meanwhile other clients are answered as usual."""
     import http.client
     import socket
@@ -356,6 +357,9 @@ def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -
         address = urlsplit(server.url)
         stalled = socket.create_connection((address.hostname, address.port))
         stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        silent = socket.create_connection((address.hostname, address.port))
+        half_head = socket.create_connection((address.hostname, address.port))
+        half_head.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
         started = time.monotonic()
         idle = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
         idle.request("GET", "/ping")  # one request, read whole; then the connection is kept alive, idle
@@ -369,6 +373,9 @@ def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -
         cut_after = time.monotonic() - started
         assert idle.sock.recv(1) == b""  # closed by the server after --keep-alive
         idle_after = time.monotonic() - started
+        for cut in (silent, half_head):
+            cut.settimeout(30)
+            assert cut.recv(65536) == b""  # closed by the server, nothing answered (a socket timeout fails the test)
     assert answered == [200] * 5
     assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply
     assert b"100000" not in reply.split(b"\r\n\r\n", 1)[1]  # nothing of what the client sent comes back

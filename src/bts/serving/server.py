@@ -69,6 +69,7 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
     from bts.serving.metrics import ServingMetrics
     from bts.serving.model import load_served
     from bts.serving.payload import PayloadParser
+    from bts.serving.protocol import with_head_deadline
     from bts.serving.request_log import MonitoringLog
 
     check_arguments(args)
@@ -107,7 +108,7 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
     app = create_app(served, parser, metrics, log, args.max_body_bytes, on_start=started, read_timeout=args.read_timeout)
     config = uvicorn.Config(
         app,
-        http="h11",
+        http=with_head_deadline(args.read_timeout),
         loop="asyncio",
         lifespan="on",
         log_level="warning",
