@@ -146,6 +146,7 @@ def team_store(folder: Path, runs: int, versions: int):
         team.stop(folder)
         shutil.rmtree(folder)
     setup = team.start(folder)
+    os.environ["PGPASSFILE"] = str(setup.password_file)  # the roles' passwords, for this process and the commands it starts
     if filled(folder, runs, versions):
         print(f"reusing {runs} runs in {folder}")
         return setup

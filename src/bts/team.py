@@ -8,6 +8,11 @@ loopback and a free port; then `mlflow server` on that database, proxying artifa
 
     export MLFLOW_TRACKING_URI=http://127.0.0.1:<port>
     export BTS_TRACKING_DATABASE_URI=postgresql+psycopg2://mlflow_reader@127.0.0.1:<port>/mlflow   # optional: fast bulk reads
+    export PGPASSFILE=<repository>/.team/pgpass
+
+PostgreSQL listens on loopback alone and asks every role for its password (SCRAM): the passwords are made at the first
+`up` and kept in .team/pgpass (mode 0600, git-ignored), which libpq reads through PGPASSFILE, so no password is ever in
+a URI, a command line, a tracked file or a log.
 
 `make team-down` stops both (`python -m bts.team down`); the data stays for the next `up`. A real team points the
 same commands at its own PostgreSQL and object storage instead (README, "Team mode").
@@ -20,6 +25,7 @@ import contextlib
 import glob
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +41,9 @@ from bts.tracking.store import BULK_READ_DATABASE
 
 TEAM_DIR = ".team"  # at the repository root, git-ignored
 STATE_FILE = "team.json"
+PASSWORD_FILE = "pgpass"  # libpq's password file format, mode 0600; clients find it through PGPASSFILE
+# The whole of pg_hba.conf: TCP on loopback, every role by password (SCRAM); nothing else may connect.
+HBA = "# team mode: loopback only, every role by password (SCRAM)\nhost all all 127.0.0.1/32 scram-sha-256\n"
 DATABASE = "mlflow"
 DATABASE_USER = "postgres"
 READER = "mlflow_reader"  # may only read: the role `bts compare` and `bts runs check` query the database as
@@ -70,6 +79,10 @@ class Team:
     @property
     def tracking_uri(self) -> str:
         return f"http://{HOST}:{self.server_port}"
+
+    @property
+    def password_file(self) -> Path:
+        return Path(self.folder) / PASSWORD_FILE
 
     @property
     def pgdata(self) -> Path:
@@ -149,16 +162,42 @@ def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
     return result
 
 
+def passwords(team: Team) -> dict[str, str]:
+    """{role: password} of the team's roles, from its password file; made (random, mode 0600) when there is none."""
+    if not team.password_file.exists():
+        lines = [f"{HOST}:*:*:{role}:{secrets.token_urlsafe(24)}\n" for role in (DATABASE_USER, READER)]
+        descriptor = os.open(team.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.writelines(lines)
+    found = {}
+    for line in team.password_file.read_text().splitlines():
+        host, _port, _database, role, password = line.split(":", 4)
+        if host == HOST:
+            found[role] = password
+    missing = {DATABASE_USER, READER} - found.keys()
+    if missing:
+        raise BtsError(f"{team.password_file}: no password for {', '.join(sorted(missing))}; remove the file to make new ones")
+    return found
+
+
 def start_postgres(team: Team, binaries: Path) -> None:
-    """initdb (first time only), then start the server on loopback at the team's port; no Unix socket, trust on loopback."""
+    """initdb (first time only), then start the server on loopback at the team's port, no Unix socket, every role by
+    password; a data folder made before passwords were asked is moved to them as it starts."""
     team.logs.mkdir(parents=True, exist_ok=True)
+    secret = passwords(team)
     if not (team.pgdata / "PG_VERSION").exists():
         team.pgdata.mkdir(parents=True, exist_ok=True)
         _give_to_postgres_user(team.pgdata, team.logs)
-        _run(
-            _as_postgres_user([str(binaries / "initdb"), "-D", str(team.pgdata), "-A", "trust", "-U", DATABASE_USER, "-E", "UTF8"]),
-            "initdb",
-        )
+        password_file = team.logs / ".initdb-password"  # initdb reads the superuser's password from a file; gone at once
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secret[DATABASE_USER] + "\n")
+        _give_to_postgres_user(password_file)
+        try:
+            initdb = [str(binaries / "initdb"), "-D", str(team.pgdata), "-A", "scram-sha-256", "-U", DATABASE_USER, "-E", "UTF8"]
+            _run(_as_postgres_user([*initdb, f"--pwfile={password_file}"]), "initdb")
+        finally:
+            password_file.unlink(missing_ok=True)
     _give_to_postgres_user(team.pgdata, team.logs)
     options = f"-p {team.postgres_port} -c listen_addresses={HOST} -c unix_socket_directories=''"
     log = team.logs / "postgres.log"
@@ -167,25 +206,36 @@ def start_postgres(team: Team, binaries: Path) -> None:
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise BtsError(f"PostgreSQL did not start on {HOST}:{team.postgres_port}: {(tail or [result.stderr.strip()])[0]} (log {log})")
-    _create_database(team)
+    _create_database(team, secret)
+    hba = team.pgdata / "pg_hba.conf"
+    if hba.read_text() != HBA:  # initdb's own has local sockets and ::1 too; a folder made before passwords has trust
+        hba.write_text(HBA)
+        _give_to_postgres_user(hba)
+        _run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(team.pgdata), "reload"]), "pg_ctl reload")
 
 
-def _create_database(team: Team) -> None:
-    """The database MLflow creates its tables in, and a role that may read them (and those later migrations add)."""
+def _create_database(team: Team, secret: dict[str, str]) -> None:
+    """The database MLflow creates its tables in, and a role that may read them (and those later migrations add), each
+    role with its password. No statement that carries a password is ever logged, failed or not."""
     import psycopg2
 
+    values = {"postgres_password": secret[DATABASE_USER], "reader_password": secret[READER]}
     for database, statements in [
-        ("postgres", [f"CREATE DATABASE {DATABASE}", f"CREATE ROLE {READER} LOGIN"]),
+        ("postgres", ["SET log_statement = 'none'", "SET log_min_error_statement = 'panic'",
+                      f"ALTER ROLE {DATABASE_USER} PASSWORD %(postgres_password)s", f"CREATE DATABASE {DATABASE}",
+                      f"CREATE ROLE {READER} LOGIN", f"ALTER ROLE {READER} PASSWORD %(reader_password)s"]),
         (DATABASE, [f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}",
                     f"ALTER DEFAULT PRIVILEGES FOR ROLE {DATABASE_USER} IN SCHEMA public GRANT SELECT ON TABLES TO {READER}"]),
     ]:  # fmt: skip
-        connection = psycopg2.connect(host=HOST, port=team.postgres_port, user=DATABASE_USER, dbname=database, connect_timeout=10)
+        connection = psycopg2.connect(
+            host=HOST, port=team.postgres_port, user=DATABASE_USER, password=secret[DATABASE_USER], dbname=database, connect_timeout=10
+        )
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
                 for statement in statements:
                     with contextlib.suppress(psycopg2.errors.DuplicateDatabase, psycopg2.errors.DuplicateObject):
-                        cursor.execute(statement)  # or made by an earlier `up`
+                        cursor.execute(statement, values)  # or made by an earlier `up`
         finally:
             connection.close()
 
@@ -213,6 +263,7 @@ def start_server(team: Team) -> None:
         "--host", HOST, "--port", str(team.server_port), "--workers", str(SERVER_WORKERS),
     ]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    environment["PGPASSFILE"] = str(team.password_file.resolve())  # the database's password, out of the command line
     with open(team.logs / "mlflow-server.log", "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
@@ -353,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"export MLFLOW_TRACKING_URI={team.tracking_uri}")
             print(f"export {BULK_READ_DATABASE}={team.reader_uri}")
+            print(f"export PGPASSFILE={team.password_file}")
         elif args.action == "down":
             team = stop(args.dir)
             print("team: stopped" if team else f"team: nothing started from {args.dir}", file=sys.stderr)

@@ -8,13 +8,17 @@ installed (`make postgres`, which `make test` runs): without them these tests fa
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.tracking import MlflowClient
@@ -23,8 +27,9 @@ from urllib3.util.retry import RequestHistory, Retry
 from bts import team
 from bts.errors import BtsError
 from bts.hashing import file_md5
+from bts.kill_points import STOP_POINT_VARIABLE
 from tests.integration.conftest import make_project_repo
-from tests.integration.workspace import DATASETS, lock_outs, run, set_params
+from tests.integration.workspace import BIN, DATASETS, lock_outs, run, set_params
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +237,97 @@ def test_the_train_stage_fails_fast_with_one_line_when_the_server_or_its_databas
     finally:
         team.start(Path(server.folder))
     assert len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before  # no stray run
+
+
+def stopped_stage(pattern: str, timeout: float = 300) -> psutil.Process:
+    """The stage process (its command line holding pattern) once it has stopped itself at its stop point."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline", "status"]):
+            if pattern in " ".join(process.info["cmdline"] or []) and process.info["status"] == psutil.STATUS_STOPPED:
+                return process
+        time.sleep(0.2)
+    raise AssertionError(f"no process running {pattern} stopped within {timeout} s")
+
+
+def test_a_server_or_database_killed_mid_training_leaves_one_line_and_a_run_runs_check_reports(server: team.Team, team_repo: dict) -> None:
+    repo, env = team_repo["repo"], team_repo["env"]
+    lock_before = (repo / "dvc.lock").read_bytes()
+    client = MlflowClient(tracking_uri=server.tracking_uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    causes = {
+        # as running now: an earlier test may have restarted them (team.start records the new server in the folder)
+        "server": (lambda: team.stop_server(team.load_state(Path(server.folder))), "is unreachable: Connection refused"),
+        "database": (lambda: team.stop_postgres(server, team.postgres_binaries()), "cannot reach its database"),
+    }
+    try:
+        for kill, expected in causes.values():
+            training = subprocess.Popen(
+                ["dvc", "repro", "--force", "--single-item", "train"],
+                cwd=repo,
+                env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env, STOP_POINT_VARIABLE: "run-started"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            stage = stopped_stage("src/stages/train.py")  # its run has just started on the server
+            kill()
+            started = time.monotonic()
+            stage.resume()
+            _, stderr = training.communicate(timeout=600)
+            elapsed = time.monotonic() - started
+            errors = [line for line in stderr.splitlines() if line.startswith("train: error:")]
+            assert training.returncode != 0 and "Traceback" not in stderr, stderr
+            assert len(errors) == 1 and expected in errors[0] and "left RUNNING there" in errors[0], stderr
+            assert elapsed < default_client_retry_seconds(), f"the stage took {elapsed:.1f} s to fail: it retried"
+            assert (repo / "dvc.lock").read_bytes() == lock_before
+            left = re.search(r"during run ([0-9a-f]{32})", errors[0]).group(1)
+
+            team.start(Path(server.folder))  # back: the run the dead training left is RUNNING, and reported as such
+            assert client.get_run(left).info.status == "RUNNING"
+            check = run(["bts", "runs", "check"], repo, check=False, env=env)
+            assert check.returncode == 1 and "left RUNNING by a training that died" in check.stdout, check.stdout
+            assert re.search(rf"^\s+{left}\b", check.stdout, re.MULTILINE), check.stdout
+            run(["bts", "runs", "check", "--mark-failed"], repo, check=False, env=env)
+            assert client.get_run(left).info.status == "FAILED"
+    finally:
+        team.start(Path(server.folder))
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    assert running == [], [r.info.run_id for r in running]
+
+
+def test_team_mode_listens_on_loopback_alone_and_asks_every_role_for_a_password_kept_out_of_files_and_logs(
+    server: team.Team, team_repo: dict, work: Path
+) -> None:
+    import psycopg2
+
+    assert (server.pgdata / "pg_hba.conf").read_text() == team.HBA  # TCP on loopback, SCRAM for every role: nothing else
+    assert stat.S_IMODE(server.password_file.stat().st_mode) == 0o600
+    secret = team.passwords(server)
+    connect = {"host": team.HOST, "port": server.postgres_port, "dbname": team.DATABASE, "passfile": os.devnull}
+    for role in (team.DATABASE_USER, team.READER):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(user=role, **connect).close()  # no password: refused
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(user=role, password=secret[role] + "x", **connect).close()
+    with psycopg2.connect(user=team.DATABASE_USER, password=secret[team.DATABASE_USER], **connect) as db, db.cursor() as cursor:
+        cursor.execute("SHOW listen_addresses")
+        assert cursor.fetchone() == (team.HOST,)
+        cursor.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN %s", ((team.DATABASE_USER, team.READER),))
+        stored = dict(cursor.fetchall())
+    db.close()
+    assert stored.keys() == {team.DATABASE_USER, team.READER}
+    assert all(value.startswith("SCRAM-SHA-256$") for value in stored.values()), stored
+    listening = {
+        (c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port in
+        (server.postgres_port, server.server_port)
+    }  # fmt: skip
+    assert listening == {(team.HOST, server.postgres_port), (team.HOST, server.server_port)}
+
+    # The passwords are in the password file alone: not in the repositories, remotes, logs, state or any command line.
+    places = [path for root in (work, Path(server.folder)) for path in root.rglob("*") if path.is_file() and not path.is_symlink()]
+    places = [path for path in places if path != server.password_file]
+    assert any(path.name == "mlflow-server.log" for path in places) and any(path.name == "postgres.log" for path in places)
+    for password in secret.values():
+        assert [path for path in places if password.encode() in path.read_bytes()] == []
+        assert [p.pid for p in psutil.process_iter(["cmdline"]) if password in " ".join(p.info["cmdline"] or [])] == []

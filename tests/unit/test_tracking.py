@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from bts.errors import BtsError, ConfigError
 from bts.lifecycle.lineage import commits_holding, describe_ref, experiment_refs, split_batch
@@ -16,7 +17,8 @@ from bts.lifecycle.reconcile import format_reconciliation, problems_found
 from bts.lifecycle.registry import Gate, check_alias
 from bts.project import find_root, pipeline_argument
 from bts.tracking.runs import content_tags, model_lineage, params_md5, table_schema
-from bts.tracking.tags import data_tags, dataset_document_path
+from bts.tracking.store import store_failure
+from bts.tracking.tags import data_tags, dataset_document_path, training_process_gone, training_process_tag
 
 
 @pytest.mark.parametrize(
@@ -212,3 +214,40 @@ def test_the_traces_of_a_killed_experiment_are_found_and_a_clean_workspace_has_n
     text = format_reconciliation(report)
     assert "a `dvc exp run` did not finish here (params.yaml staged in git):" in text
     assert "git restore --staged --worktree params.yaml" in text and "nothing lost" not in text
+
+
+def test_a_training_process_is_gone_when_its_pid_ended_or_was_recycled_and_unknown_on_another_host() -> None:
+    tag = training_process_tag()
+    assert training_process_gone(tag) is False  # this very process
+    host, pid, started = tag.split(":")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert training_process_gone(f"{host}:{child.pid}:{started}") is True  # ended
+    assert training_process_gone(f"{host}:{pid}:{float(started) - 10:.3f}") is True  # the pid now runs another process
+    assert training_process_gone(f"another-{host}:{child.pid}:{started}") is False  # not ours to judge
+    assert training_process_gone(None) is False and training_process_gone("garbage") is False
+
+
+LOCAL = "sqlite:///mlflow.db"  # a store no probe asks: the error alone names the cause
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (MlflowException("API request failed: 500 != 200. Response body: '(psycopg2.OperationalError) connection to server'"),
+         "cannot reach its database"),
+        (MlflowException("API request failed"), "failed: API request failed"),
+    ],
+)  # fmt: skip
+def test_a_store_failure_is_named_by_its_cause(error: Exception, said: str) -> None:
+    assert store_failure(error, LOCAL) == said
+
+
+def test_a_refused_connection_under_mlflows_error_is_named_as_such() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as refused:
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-batch failed") from refused
+    except MlflowException as error:
+        assert store_failure(error, LOCAL) == "is unreachable: Connection refused"

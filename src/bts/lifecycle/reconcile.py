@@ -23,7 +23,7 @@ from bts.lifecycle.registry import version_integrity
 from bts.params import PARAMS_FILE
 from bts.project import git_text
 from bts.tracking.store import bulk_read_database, shown_store, store_is_idle
-from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE
+from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE, TRAINING_PROCESS, training_process_gone
 
 EVALUATED_METRIC = "test.rmse"
 RERUN_PARAM_PREFIX = "train."  # the params of the `dvc exp run -S ...` that recreates a lost experiment
@@ -63,6 +63,7 @@ def run_records(client: MlflowClient, experiment: str) -> list[dict]:
             "status": run.info.status,
             "start_time": run.info.start_time,
             "exp_name": run.data.tags.get(EXP_NAME),
+            "process": run.data.tags.get(TRAINING_PROCESS),
             "evaluated": EVALUATED_METRIC in run.data.metrics,
             "params": {k: v for k, v in sorted(run.data.params.items()) if k.startswith(RERUN_PARAM_PREFIX)},
         }
@@ -77,6 +78,7 @@ def _records_from_database(uri: str, experiment: str) -> list[dict]:
         experiment_id = database.experiment_id(read, experiment, uri)
         runs = database.active_runs(read, experiment_id)
         names = dict(database.tag_values(read, experiment_id, EXP_NAME))
+        processes = dict(database.tag_values(read, experiment_id, TRAINING_PROCESS))
         evaluated = {run_id for run_id, _, _ in database.latest_metrics(read, experiment_id, [EVALUATED_METRIC])}
     return [
         {
@@ -85,6 +87,7 @@ def _records_from_database(uri: str, experiment: str) -> list[dict]:
             "status": status,
             "start_time": start_time,
             "exp_name": names.get(run_id),
+            "process": processes.get(run_id),
             "evaluated": run_id in evaluated,
         }
         for run_id, name, status, start_time in runs
@@ -162,11 +165,12 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
 
 def left_running(runs: list[dict], idle: bool | None) -> list[dict]:
     """The RUNNING runs whose training died: all of them when the local store's lock is free, none while it is held;
-    on a remote store (idle None), those RUNNING for longer than STALE_RUNNING_HOURS."""
+    on a remote store (idle None), those whose training process is gone from this host, and any RUNNING for longer than
+    STALE_RUNNING_HOURS."""
     running = [run for run in runs if run["status"] == "RUNNING"]
     if idle is None:
         cutoff = (time.time() - STALE_RUNNING_HOURS * 3600) * 1000
-        return [run for run in running if (run["start_time"] or 0) < cutoff]
+        return [run for run in running if (run["start_time"] or 0) < cutoff or training_process_gone(run["process"])]
     return running if idle else []
 
 

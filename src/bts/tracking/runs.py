@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.types import ColSpec, Schema
 
 from bts.errors import BtsError
-from bts.tracking.store import artifact_location, store_lock, use_store
+from bts.tracking.store import artifact_location, is_local_store, shown_store, store_failure, store_lock, use_store
 from bts.tracking.tags import (
     CODE_MD5,
     DATASETS,
@@ -29,9 +29,11 @@ from bts.tracking.tags import (
     MODEL_MD5,
     PARAMS_MD5,
     SCHEMAS,
+    TRAINING_PROCESS,
     data_md5_tag,
     data_path_tag,
     schema_md5_tag,
+    training_process_tag,
 )
 
 
@@ -58,10 +60,27 @@ def training_run(experiment: str, run_name: str) -> Iterator[Run]:
     """A new run in the experiment, holding the store lock.
 
     Also under `mlflow run`: its entry points hand the stages no run of their own (bts.mlproject).
+    A remote store that fails mid-run (its server or database gone) is one line naming the run it leaves RUNNING there;
+    the run's TRAINING_PROCESS tag lets `bts runs check` tell it from a live training once the store answers again.
     """
+    import requests
+
     root = use_store()
-    with store_lock(root), mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name) as run:
-        yield run
+    started = None
+    with store_lock(root):
+        try:
+            tags = {TRAINING_PROCESS: training_process_tag()}
+            with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name, tags=tags) as started:
+                yield started
+        except (MlflowException, requests.RequestException) as exc:
+            if started is None or is_local_store():
+                raise
+            uri = mlflow.get_tracking_uri()
+            failure = store_failure(exc, uri)
+            raise BtsError(
+                f"MLflow tracking store {shown_store(uri, root)} {failure} during run {started.info.run_id}, left RUNNING there: "
+                "once the store answers, `bts runs check` reports it and `--mark-failed` ends it"
+            ) from None
 
 
 @contextmanager

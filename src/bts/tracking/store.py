@@ -103,15 +103,19 @@ def check_store(uri: str) -> None:
     """
     if uri in _checked_stores:
         return
-    if uri.startswith(HTTP_SCHEMES):
-        problem = _server_problem(uri)
-    elif uri.startswith(NETWORK_DATABASE_SCHEMES):
-        problem = _database_problem(uri)
-    else:
-        problem = None  # databricks and the rest: MLflow's own errors
+    problem = store_problem(uri)
     if problem:
         raise BtsError(f"MLflow tracking store {_without_password(uri)} {problem}")
     _checked_stores.add(uri)
+
+
+def store_problem(uri: str) -> str | None:
+    """What is wrong with a remote store now, by one probe, as a message ends; None when it answers (or cannot be probed)."""
+    if uri.startswith(HTTP_SCHEMES):
+        return _server_problem(uri)
+    if uri.startswith(NETWORK_DATABASE_SCHEMES):
+        return _database_problem(uri)
+    return None  # databricks and the rest: MLflow's own errors
 
 
 def _server_problem(uri: str) -> str | None:
@@ -158,6 +162,20 @@ def _database_problem(uri: str) -> str | None:
     except Exception as exc:  # a missing driver, a refused connection, a bad password: all of them stop the caller
         return f"is unreachable: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
     return None
+
+
+def store_failure(exc: BaseException, uri: str) -> str:
+    """Why a call to a remote store failed, as a message ends: what the store answers a probe now (its server gone, its
+    database down), else MLflow's reason. A server whose database is down answers 503 until the client's retries end,
+    and the error that leaves the client says no more than that."""
+    problem = store_problem(uri)
+    if problem:
+        return problem
+    text = str(exc)
+    if "OperationalError" in text or "TEMPORARILY_UNAVAILABLE" in text:
+        return "cannot reach its database"
+    cause = _root_cause(exc)
+    return f"is unreachable: {cause}" if cause != text.strip().splitlines()[0] else f"failed: {cause[:300]}"
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 from contextlib import suppress
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -34,6 +35,9 @@ GIT_DIRTY = "git.dirty"
 GIT_BRANCH = "git.branch"
 REGISTRATION_COMPLETE = "registration.complete"
 TRANSITION_PREFIX = "transition."
+# host:pid:process start time of the training that logs a run, set when the run starts: on a remote store, where no
+# lock tells a live training from a dead one, a RUNNING run whose process is gone from this host is known dead.
+TRAINING_PROCESS = "training.process"
 # A `bts monitor` report run names the model it watched; the model's version names its newest report.
 MONITORED_NAME = "monitor.model_name"
 MONITORED_VERSION = "monitor.model_version"
@@ -126,3 +130,24 @@ def feature_columns(datasets_dir: Path) -> list[str]:
 def dataset_document_path(root: Path, name: str) -> str:
     """Where dvc.yaml has the metadata document of a dataset written (relative to the project root)."""
     return pipeline_argument(root, DATASET_STAGES[name], "--document")
+
+
+def training_process_tag() -> str:
+    """This process as TRAINING_PROCESS records it."""
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.3f}"
+
+
+def training_process_gone(tag: str | None) -> bool:
+    """True when the tag names a process of this host that no longer runs (a recycled pid started later is not it)."""
+    import psutil
+
+    host, _, rest = (tag or "").partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.3f}" != started
+    except psutil.NoSuchProcess:
+        return True
