@@ -64,7 +64,10 @@ def write_csv(tmp_path: Path) -> WriteCsv:
 
 # The longest test modules (measured, slowest first): started first, so that the two workers end together instead of
 # one running a long module alone at the end. Then the other integration modules, then the unit tests.
-LONGEST_FIRST = ["test_readme", "test_batch", "test_lineage", "test_team", "test_training", "test_mlproject", "test_data_pipeline"]
+LONGEST_FIRST = [
+    "test_readme", "test_lineage", "test_batch", "test_team", "test_lineage_own_repo", "test_training", "test_mlproject",
+    "test_data_pipeline",
+]  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

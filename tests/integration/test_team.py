@@ -29,7 +29,7 @@ from bts.errors import BtsError
 from bts.hashing import file_md5
 from bts.kill_points import STOP_POINT_VARIABLE
 from tests.integration.conftest import make_project_repo
-from tests.integration.workspace import BIN, DATASETS, lock_outs, run, set_params
+from tests.integration.workspace import DATASETS, lock_outs, run, set_params, stopped_stage, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -239,17 +239,6 @@ def test_the_train_stage_fails_fast_with_one_line_when_the_server_or_its_databas
     assert len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before  # no stray run
 
 
-def stopped_stage(pattern: str, timeout: float = 300) -> psutil.Process:
-    """The stage process (its command line holding pattern) once it has stopped itself at its stop point."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in psutil.process_iter(["cmdline", "status"]):
-            if pattern in " ".join(process.info["cmdline"] or []) and process.info["status"] == psutil.STATUS_STOPPED:
-                return process
-        time.sleep(0.2)
-    raise AssertionError(f"no process running {pattern} stopped within {timeout} s")
-
-
 def test_a_server_or_database_killed_mid_training_leaves_one_line_and_a_run_runs_check_reports(server: team.Team, team_repo: dict) -> None:
     repo, env = team_repo["repo"], team_repo["env"]
     lock_before = (repo / "dvc.lock").read_bytes()
@@ -265,12 +254,12 @@ def test_a_server_or_database_killed_mid_training_leaves_one_line_and_a_run_runs
             training = subprocess.Popen(
                 ["dvc", "repro", "--force", "--single-item", "train"],
                 cwd=repo,
-                env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env, STOP_POINT_VARIABLE: "run-started"},
+                env=user_env({**env, STOP_POINT_VARIABLE: "run-started"}),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            stage = stopped_stage("src/stages/train.py")  # its run has just started on the server
+            stage = stopped_stage("src/stages/train.py", repo, started=training)  # its run has just started on the server
             kill()
             started = time.monotonic()
             stage.resume()

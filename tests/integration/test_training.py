@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,9 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from bts.kill_points import STOP_POINT_VARIABLE
 from bts.model.package import load_workspace_model
 from bts.params import flatten
-from tests.integration.workspace import DATASETS, PROJECT, lock_outs, run, set_params, store, training_run
+from tests.integration.workspace import DATASETS, PROJECT, lock_outs, run, set_params, stopped_stage, store, training_run, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +144,41 @@ def test_a_training_killed_mid_logging_is_reported_and_marked_failed(built_repo:
     assert client.get_run(running[0].info.run_id).info.status == "FAILED"
     run(["git", "checkout", "--", "."], built_repo)
     run(["dvc", "checkout", "--force"], built_repo)
+
+
+def test_a_killed_dvc_exp_run_is_reported_and_the_fix_runs_check_gives_brings_back_the_committed_params(
+    own_built_repo: Path,
+) -> None:
+    """`dvc exp run` killed (SIGKILL, DVC and its stage) while the train stage logs: runs check names the traces and the
+    fix; the fix restores params.yaml byte for byte, comments included, and the experiment then runs whole."""
+    repo = own_built_repo
+    committed = (repo / "params.yaml").read_bytes()
+    command = ["dvc", "exp", "run", "-S", "train.alpha=0.5", "-S", "train.model=elasticnet"]
+    experiment = subprocess.Popen(
+        command,
+        cwd=repo,
+        env=user_env({STOP_POINT_VARIABLE: "run-started"}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stopped_stage("src/stages/train.py", repo, started=experiment)
+    os.killpg(experiment.pid, signal.SIGKILL)  # DVC, its stage, everything the experiment started
+    experiment.wait()
+
+    assert (repo / "params.yaml").read_bytes() != committed  # DVC's rewrite, comments gone
+    check = run(["bts", "runs", "check"], repo, check=False)
+    assert check.returncode == 1, check.stdout
+    assert "a `dvc exp run` did not finish here (params.yaml staged in git)" in check.stdout
+    assert "1 run(s) left RUNNING" in check.stdout
+    fix = re.search(r"fix: `(git restore [^`]+)`.*?`(dvc exp clean)`", check.stdout, re.DOTALL)
+    assert fix, check.stdout
+    run(fix.group(1).split(), repo)
+    run(fix.group(2).split(), repo)
+    run(["bts", "runs", "check", "--mark-failed"], repo, check=False)
+    assert (repo / "params.yaml").read_bytes() == committed
+    run(command, repo)
+    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
 
 
 def test_a_params_mistake_stops_the_pipeline_with_one_line(built_repo: Path) -> None:

@@ -7,8 +7,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -19,8 +21,7 @@ BIN = Path(sys.executable).parent  # the virtual environment running the tests
 
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command as a user would, with the project's virtual environment first on PATH."""
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=user_env(env), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
@@ -90,3 +91,22 @@ def copy_workspace(source: Path, target: Path) -> None:
                         f"update {table} set {column} = replace({column}, ?, ?) where {column} like ?",
                         (str(source), str(target), f"%{source}%"),
                     )
+
+
+def stopped_stage(script: str, cwd: Path, timeout: float = 600, started: subprocess.Popen | None = None) -> psutil.Process:
+    """The process running this stage script in cwd once it has stopped itself at its stop point (STOP_POINT_VARIABLE);
+    fails if `started` (what runs the stage) ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert started is None or started.poll() is None, f"{' '.join(started.args)} ended before {script} stopped"
+        for process in psutil.process_iter(["cmdline", "status", "cwd"]):
+            found = script in " ".join(process.info["cmdline"] or []) and process.info["cwd"] == str(cwd.resolve())
+            if found and process.info["status"] == psutil.STATUS_STOPPED:
+                return process
+        time.sleep(0.2)
+    raise AssertionError(f"no process running {script} in {cwd} stopped within {timeout} s")
+
+
+def user_env(extra: dict | None = None) -> dict:
+    """The environment `run` gives a command, for one started with subprocess.Popen."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(extra or {})}
