@@ -62,10 +62,13 @@ def write_csv(tmp_path: Path) -> WriteCsv:
     return write
 
 
-# The longest test modules (measured, slowest first): started first, so that the two workers end together instead of
-# one running a long module alone at the end. Then the other integration modules, then the unit tests.
+# The longest test modules (measured, slowest first), handed to the workers in this order (pyproject's
+# --no-loadscope-reorder: xdist would otherwise start with the modules of most tests, the unit tests, and leave the long
+# ones to the end, one worker running them alone): the two workers end together. test_team comes second: it builds its
+# own pipeline on its server, so the second worker is busy while the first builds the session's pipeline. Then the other
+# integration modules, then the unit tests, which fill the gaps at the end.
 LONGEST_FIRST = [
-    "test_readme", "test_lineage", "test_batch", "test_team", "test_lineage_own_repo", "test_training", "test_mlproject",
+    "test_readme", "test_team", "test_lineage", "test_batch", "test_lineage_own_repo", "test_training", "test_mlproject",
     "test_data_pipeline",
 ]  # fmt: skip
 

@@ -174,10 +174,23 @@ def _describe(error: dict, model: type[BaseModel], section: str) -> str:
     return f"{key}: {message}, got {given}"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(problem=f"key {key!r} given twice", problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Every param of params.yaml, validated; a ConfigError names the first wrong key (and counts the others)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read params ({exc.strerror})") from None
     except UnicodeDecodeError:

@@ -382,7 +382,11 @@ def test_a_stalled_client_is_cut_off_while_others_are_served(built_repo: Path) -
     assert 1.5 < cut_after < 15 and idle_after < 15
 
 
-def test_serving_limits_out_of_range_are_one_line(built_repo: Path) -> None:
+def test_serving_limits_out_of_range_and_a_log_dir_inside_git_are_one_line(built_repo: Path) -> None:
     for option, value in (("--read-timeout", "0"), ("--keep-alive", "-1"), ("--max-connections", "0")):
         result = run(["bts", "serve", "models/package", "--port", "0", option, value], built_repo, check=False)
         assert result.returncode == 1 and result.stderr.startswith(f"bts: error: {option} ") and result.stderr.count("\n") == 1
+    # The place to log to is checked before any model is looked for, let alone loaded.
+    result = run(["bts", "serve", "no/such/package", "--port", "0", "--log-dir", ".git/requests"], built_repo, check=False)
+    assert result.returncode == 1 and result.stderr.startswith("bts: error: --log-dir .git/requests: inside a .git folder")
+    assert not (built_repo / ".git/requests").exists()

@@ -14,7 +14,8 @@ from bts.errors import ConfigError
 from bts.params import MODEL_KINDS, FeaturizeParams, Params, TrainParams, flatten, load_params
 from tests.conftest import PROJECT
 
-PROJECT_PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+PARAMS_TEXT = (PROJECT / "params.yaml").read_text(encoding="utf-8")
+PROJECT_PARAMS = yaml.safe_load(PARAMS_TEXT)
 SECTIONS = "data, simulate, clean, featurize, train, registry, monitor"
 
 
@@ -137,6 +138,27 @@ def test_a_file_that_is_not_yaml(params_path):
     with pytest.raises(ConfigError) as raised:
         load_params(params_path)
     assert str(raised.value) == f"{params_path}: not valid YAML (line 2, column 8: expected ',' or ']', but got ':')"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "twice"),
+    [
+        ("  seed: 42\n  alpha: 0.01\n", "  seed: 42\n  alpha: 0.01\n  alpha: 0.02\n", "  alpha: "),  # in a section
+        ("clean:\n", "train:\n  model: ridge\nclean:\n", "train:"),  # a whole section twice
+    ],
+)
+def test_a_key_given_twice_is_named_with_its_line(params_path, old, new, twice):
+    text = PARAMS_TEXT.replace(old, new, 1)
+    assert text != PARAMS_TEXT
+    params_path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_params(params_path)
+    line = [n for n, content in enumerate(text.splitlines(), 1) if content.startswith(twice)][-1]  # the later one is named
+    key = twice.strip().rstrip(":")
+    assert (
+        str(raised.value)
+        == f"{params_path}: not valid YAML (line {line}, column {len(twice) - len(twice.lstrip()) + 1}: key {key!r} given twice)"
+    )
 
 
 def test_an_empty_file(params_path):

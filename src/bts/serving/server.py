@@ -73,6 +73,7 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
     from bts.serving.request_log import MonitoringLog
 
     check_arguments(args)
+    log_folder = None if args.no_log else output_place(args.log_dir, "--log-dir") if args.log_dir else root / DEFAULT_LOG_DIR
     # The payload parser has refused every NaN and infinity: scikit-learn need not look again (same predictions).
     sklearn.set_config(assume_finite=True)
     # One OpenMP thread per prediction: requests are small, and on a busy 2-core machine a second thread spins (a
@@ -82,9 +83,8 @@ def serve(client: MlflowClient, root: Path, args: argparse.Namespace) -> int:
         served = load_served(client, args.ref, root, Path(scratch))
     parser = PayloadParser(served.feature_columns, args.max_rows)
     log = None
-    if not args.no_log:
-        folder = output_place(args.log_dir, "--log-dir") if args.log_dir else root / DEFAULT_LOG_DIR
-        log = MonitoringLog(folder, served.tags(), served.feature_columns, int(args.log_max_mb * 1024 * 1024))
+    if log_folder is not None:
+        log = MonitoringLog(log_folder, served.tags(), served.feature_columns, int(args.log_max_mb * 1024 * 1024))
     sock = listen(args.host, args.port)
     url = url_of(sock)
     labels = served.labels()
