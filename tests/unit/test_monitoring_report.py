@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import numpy as np
@@ -191,10 +192,13 @@ def test_an_unreadable_log_file_is_named_once_and_left_out_and_the_rest_is_read(
     (day / "c.parquet").write_bytes((day / "a.parquet").read_bytes()[:-20])  # cut short
     pd.DataFrame({"x": [1]}).to_parquet(day / "d.parquet")  # another table's shape
     pd.DataFrame({"time": ["now"], "package_md5": ["abc"]}).to_parquet(day / "e.parquet")  # times as text
+    os.mkfifo(day / "f.parquet")  # opening it would wait for a writer forever
+    (day / "g.parquet").mkdir()
     warnings = []
     tables, skipped = read_log(tmp_path, "abc", None, None, warnings.append)
     assert tables["requests"]["time"].tolist() == [pd.Timestamp("2026-12-07T00:00:01Z")]  # the good file, this package's row
-    assert skipped == [f"requests/date=2026-12-07/{name}.parquet" for name in "bcde"]
+    assert skipped == [f"requests/date=2026-12-07/{name}.parquet" for name in "bcdefg"]
+    assert warnings[-1] == "requests/date=2026-12-07/g.parquet: not a regular file; left out of the report"
     assert [line.split(":")[0] for line in warnings] == skipped and all(line.endswith("; left out of the report") for line in warnings)
     assert not any(str(tmp_path) in line for line in warnings)
     assert tables["predictions"].empty and tables["process"].empty

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -127,7 +128,9 @@ def bad_inputs(tmp_path: Path, write_csv, sensors_path: Path) -> dict[str, tuple
     clean.drop(columns="id").to_parquet(tmp_path / "no_id.parquet")
     clean.assign(reading_time=clean["reading_time"].astype(str)).to_parquet(tmp_path / "text_times.parquet")
     clean.assign(id=1).to_parquet(tmp_path / "same_id.parquet")
+    os.mkfifo(tmp_path / "pipe.csv")  # opening it would wait for a writer forever
     return {
+        "a pipe": (tmp_path / "pipe.csv", "not a regular file or folder"),
         "missing": (tmp_path / "nowhere.csv", "no such file or folder"),
         "folder without exports": (tmp_path / "empty", "folder holds no .csv export"),
         "not Parquet": (tmp_path / "junk.parquet", "not a readable Parquet file"),

@@ -35,7 +35,9 @@ def read_readings(path: Path, root: Path, catalogue_path: str | Path) -> pd.Data
     schema = clean_schema(catalogue)
     if not path.exists():
         raise InputFileError(path, "no such file or folder")
-    if path.suffix == PARQUET and path.is_file():
+    if not path.is_dir() and not path.is_file():  # a pipe or a device: it would be waited on, or read without end
+        raise InputFileError(path, "not a regular file or folder")
+    if path.suffix == PARQUET:
         return _clean_parquet(path, schema)
     files = sorted(f for f in path.rglob("*.csv") if f.is_file()) if path.is_dir() else [path]
     if not files:

@@ -61,6 +61,8 @@ def read_log(
         frames = []
         for path in sorted((folder / table).glob("date=*/*.parquet")):
             try:
+                if not path.is_file():  # a pipe would be waited on forever, a folder read as a dataset
+                    raise ValueError("not a regular file")
                 frames.append(_log_file(path, package_md5))
             except (pa.ArrowException, OSError, ValueError) as exc:
                 name = path.relative_to(folder).as_posix()
