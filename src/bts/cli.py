@@ -85,12 +85,12 @@ def _publish_card(project: Project, version: object) -> Path:
     """Write the card of this version, then of every other version whose card the registry no longer agrees with (the
     holder an alias left, or what a killed promotion did not finish): registry changes leave every card current."""
     from bts.data.catalogue import load_catalogue
-    from bts.lifecycle.model_card import CARDS_DIR, publish_card, stale_cards
+    from bts.lifecycle.model_card import cards_folder, publish_card, stale_cards
     from bts.lifecycle.registry import download_version
     from bts.project import pipeline_argument
 
     catalogue = load_catalogue(project.root / pipeline_argument(project.root, "simulate", "--sensors"))
-    cards = project.root / CARDS_DIR
+    cards = cards_folder(project.root, project.client.tracking_uri)
 
     def publish(one: object) -> Path:
         with tempfile.TemporaryDirectory() as scratch:

@@ -114,6 +114,9 @@ def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server
     assert team_repo["queue"].count("Success") == 4 and "Failed" not in team_repo["queue"], team_repo["queue"]
     assert team_repo["registered"].startswith(f"registered: models:/{MODEL}/1 ")
     assert team_repo["again"].startswith(f"already registered: models:/{MODEL}/1 ")  # idempotent without a local lock
+    card = f"models/cards/{team.HOST}-{server.server_port}/{MODEL}-1.md"  # the server's cards apart from the local store's
+    assert team_repo["registered"].rstrip().endswith(f"model card {card}") and (repo / card).is_file()
+    assert not (repo / f"models/cards/{MODEL}-1.md").exists()
     assert list(repo.rglob("mlflow.db")) == [] and not (repo / "mlartifacts").exists()  # nothing went to a local store
 
     client = MlflowClient(tracking_uri=server.tracking_uri)

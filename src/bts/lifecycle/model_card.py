@@ -20,6 +20,23 @@ from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
 CARDS_DIR = "models/cards"  # under the project root: one card per version, `<model name>-<version>.json` and `.md`
 
+
+def cards_folder(root: Path, tracking_uri: str) -> Path:
+    """Where the cards of a store's versions go: CARDS_DIR for the project's own store, a folder of its own inside it for
+    any other (a team's server, another database), named after its host, port and path, so that version 1 of one store
+    never overwrites version 1 of another."""
+    import re
+    from urllib.parse import urlsplit
+
+    from bts.tracking.store import STORE_DB, shown_store
+
+    if shown_store(tracking_uri, root) == STORE_DB:
+        return root / CARDS_DIR
+    parts = urlsplit(tracking_uri)
+    place = f"{parts.hostname or parts.scheme}-{parts.port or ''}-{parts.path}" if parts.netloc else parts.path
+    return root / CARDS_DIR / (re.sub(r"[^A-Za-z0-9.]+", "-", place).strip("-") or "store")
+
+
 # Pooled over sensors of different units, so read beside the per-sensor table (R2 pooled over volts and degrees
 # says more about the spread of the units than about the forecast, so it is left to the run).
 QUALITY = [

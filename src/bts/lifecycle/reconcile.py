@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.lifecycle.lineage import experiment_refs
-from bts.lifecycle.model_card import CARDS_DIR, stale_cards
+from bts.lifecycle.model_card import cards_folder, stale_cards
 from bts.lifecycle.registry import version_integrity
 from bts.params import PARAMS_FILE
 from bts.project import git_text
@@ -158,7 +158,7 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
         "runs_without_metrics": [
             {"run_id": run["run_id"], "name": run["name"]} for run in runs if run["status"] == "FINISHED" and not run["evaluated"]
         ],
-        "versions": registry_problems(client, model_name, root / CARDS_DIR),
+        "versions": registry_problems(client, model_name, cards_folder(root, client.tracking_uri)),
         "interrupted_experiment": interrupted_experiment(root),
     }
 
