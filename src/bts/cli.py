@@ -17,6 +17,8 @@ from pathlib import Path
 import bts
 from bts.errors import BtsError
 
+# What logs the workspace's model to the current store when the pipeline is up to date (another store was used before).
+RETRAIN_HERE = "dvc repro --force --single-item train evaluate serve"
 MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id (8 characters or more of it), or a package folder"
 
 
@@ -109,6 +111,7 @@ def _register(args: argparse.Namespace) -> int:
     from bts.lifecycle.registry import register
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
     from bts.project import pipeline_argument
+    from bts.tracking.store import shown_store
 
     project = _project()
     name = project.params.registry.model_name
@@ -123,7 +126,10 @@ def _register(args: argparse.Namespace) -> int:
             raise BtsError(f"{ref}: package TAMPERED: {', '.join(resolved['package']['problems'])}; not registered")
         run = resolved["run"]
         if run is None:
-            raise BtsError(f"{ref}: no run in {project.client.tracking_uri} trained these weights; run `dvc repro` first")
+            raise BtsError(
+                f"{ref}: no run in {shown_store(project.client.tracking_uri, project.root)} trained these weights: "
+                f"`{RETRAIN_HERE}` trains them again there (the same bytes: training is deterministic); then register"
+            )
         metadata = verify_package(package)
         version, state = register(project.client, name, package, dvc_md5(package), metadata["lineage"], run, _describe(run))
     card = _publish_card(project, version)
@@ -413,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bts` console script."""
     args = build_parser().parse_args(argv)
+    # A command says what it did in lines of its own: not MLflow's INFO lines ("Creating initial MLflow database
+    # tables..."), set up as MLflow is imported; a user's own MLFLOW_LOGGING_LEVEL wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return args.handler(args)
     except BtsError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -99,3 +100,19 @@ def test_a_run_id_prefix_of_eight_characters_names_its_run_and_an_ambiguous_one_
     result = run(["bts", "register", "abcdef01"], repo, check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr == f"bts: error: abcdef01: 2 runs start with it (abcdef01{'1' * 24}, abcdef01{'2' * 24}); give more characters\n"
+
+
+def test_register_against_a_store_no_run_of_which_trained_the_model_names_the_command_that_fixes_it(own_built_repo: Path) -> None:
+    repo = own_built_repo
+    other = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'other' / 'mlflow.db'}"}  # a store the pipeline never logged to
+    (repo / "other").mkdir()
+    refused = run(["bts", "register"], repo, check=False, env=other)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    fix = re.search(r"`(dvc repro [^`]+)` trains them again there", refused.stderr)
+    assert fix, refused.stderr
+    lock = (repo / "dvc.lock").read_bytes()
+    run(fix.group(1).split(), repo, env=other)
+    assert (repo / "dvc.lock").read_bytes() == lock  # the same weights, package and metrics
+    registered = run(["bts", "register"], repo, env=other).stdout
+    assert registered.startswith(f"registered: models:/{NAME}/1 (@candidate)")
+    assert "model card models/cards/" in registered and f"model card models/cards/{NAME}-1.md" not in registered
