@@ -202,3 +202,38 @@ def test_an_unreadable_log_file_is_named_once_and_left_out_and_the_rest_is_read(
     assert [line.split(":")[0] for line in warnings] == skipped and all(line.endswith("; left out of the report") for line in warnings)
     assert not any(str(tmp_path) in line for line in warnings)
     assert tables["predictions"].empty and tables["process"].empty
+
+
+def test_the_pages_figures_keep_legends_off_the_data_and_show_errors_of_any_ratio() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bts.monitoring.page import accuracy_figure, drift_figure, latency_figure
+
+    times = pd.date_range("2026-12-07", periods=6, freq="min", tz=UTC).astype(str)
+    series = [{"time": t, "requests": 10, "failed": 1, "p50_ms": 2.0, "p95_ms": 5.0} for t in times]
+    features = [{"feature": f"lag_{i}", "psi": 0.1 * i, "ignored": False, "drifted": i > 2} for i in range(1, 5)]
+    live = {
+        "by_series": [
+            {"parameter_id": 122, "sensor": "Load", "unit": "A", "rows": 100, "rmse": 14.0, "persistence_rmse": 13.5},
+            {"parameter_id": 111, "sensor": "Temp", "unit": "degC", "rows": 100, "rmse": 9.0, "persistence_rmse": 8.0},
+        ]
+    }
+    offline = {"by_parameter": {"122": {"rmse": 0.3}, "111": {"rmse": 0.2}}}  # fmt: skip
+    figures = [latency_figure(series), drift_figure(features, 0.25), accuracy_figure(live, offline)]
+    for figure in figures:
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        for axes in figure.axes:
+            legend = axes.get_legend()
+            assert legend is not None
+            assert not legend.get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+    assert figures[2].axes[0].get_yscale() == "log"  # a 0.3 bar stays visible beside a 14 one
+
+
+def test_a_flagged_series_is_marked_in_its_own_cell_not_a_red_row() -> None:
+    from bts.monitoring.page import FLAGGED, table
+
+    page = table(["station", "skill", "verdict"], [[1, "-5.0%", FLAGGED], [2, "+3.0%", "ok"]], flag_cells=FLAGGED)
+    assert f'<td class="alert">{FLAGGED}</td>' in page and page.count('class="alert"') == 1
+    assert '<tr class="alert">' not in page

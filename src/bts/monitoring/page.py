@@ -35,11 +35,19 @@ img { max-width: 100%; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
+FLAGGED = "FLAGGED"  # the verdict of a series whose live skill fell below the threshold
+
+
 def png(figure: plt.Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def legend_outside(axes: plt.Axes) -> None:
+    """The legend to the right of the plot, where it covers no bar or line."""
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 def latency_figure(series: list[dict]) -> plt.Figure:
@@ -50,12 +58,12 @@ def latency_figure(series: list[dict]) -> plt.Figure:
     top.bar(times, frame["requests"], width=width, color=COLORS["live"], label="requests")
     top.bar(times, frame["failed"], width=width, color=COLORS["alert"], label="failed (4xx/5xx)")
     top.set_ylabel("requests")
-    top.legend(loc="upper right", fontsize=8)
+    legend_outside(top)
     bottom.plot(times, frame["p50_ms"], marker=".", color=COLORS["live"], label="p50")
     bottom.plot(times, frame["p95_ms"], marker=".", color=COLORS["persistence"], label="p95")
     bottom.set_ylabel("latency (ms)")
     bottom.set_ylim(bottom=0)
-    bottom.legend(loc="upper right", fontsize=8)
+    legend_outside(bottom)
     bottom.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
     figure.autofmt_xdate()
     figure.suptitle("Requests and latency over time (UTC)")
@@ -72,7 +80,7 @@ def drift_figure(features: list[dict], threshold: float) -> plt.Figure:
     axes.set_xscale("log")
     axes.invert_yaxis()
     axes.set_xlabel("population stability index against the train split (log scale; grey: ignored, red: drifted)")
-    axes.legend(loc="lower right", fontsize=8)
+    legend_outside(axes)
     axes.set_title("Input drift per feature")
     return figure
 
@@ -88,27 +96,42 @@ def accuracy_figure(live: dict, offline: dict) -> plt.Figure:
     offline_rmse = [offline["by_parameter"].get(str(pid), {}).get("rmse", np.nan) for pid in by_parameter["parameter_id"]]
     x = np.arange(len(labels))
     figure, axes = plt.subplots(figsize=(10, 3.8))
-    axes.bar(x - 0.27, by_parameter["live"], 0.27, color=COLORS["live"], label="live RMSE")
-    axes.bar(x, by_parameter["persistence"], 0.27, color=COLORS["persistence"], label="live persistence RMSE")
-    axes.bar(x + 0.27, offline_rmse, 0.27, color=COLORS["offline"], label="offline test RMSE")
+    bars = [
+        axes.bar(x - 0.27, by_parameter["live"], 0.27, color=COLORS["live"], label="live RMSE"),
+        axes.bar(x, by_parameter["persistence"], 0.27, color=COLORS["persistence"], label="live persistence RMSE"),
+        axes.bar(x + 0.27, offline_rmse, 0.27, color=COLORS["offline"], label="offline test RMSE"),
+    ]
+    for group in bars:
+        axes.bar_label(group, fmt="%.3g", fontsize=7)
     axes.set_xticks(x, labels, fontsize=8)
-    axes.set_ylabel("RMSE (sensor's unit)")
-    axes.legend(fontsize=8)
+    # Live and offline errors can differ fifty-fold: on a log axis from a decade below the smallest, every bar shows.
+    values = np.concatenate([by_parameter["live"], by_parameter["persistence"], offline_rmse])
+    smallest = np.nanmin(values[values > 0]) if (values > 0).any() else 1.0
+    axes.set_yscale("log")
+    axes.set_ylim(bottom=10 ** np.floor(np.log10(smallest) - 0.5), top=np.nanmax(values) * 3)  # room for the labels
+    axes.set_ylabel("RMSE (sensor's unit, log scale)")
+    legend_outside(axes)
     axes.set_title("Live against offline error per sensor")
     return figure
 
 
-def table(header: list[str] | None, rows: list[list], classes: list[str] | None = None) -> str:
-    """A table of numbers (right-aligned); with no header, a two-column table of text (left-aligned)."""
+def table(header: list[str] | None, rows: list[list], classes: list[str] | None = None, flag_cells: str | None = None) -> str:
+    """A table of numbers (right-aligned); with no header, a two-column table of text (left-aligned). Rows take their
+    class from classes; a cell whose text is flag_cells is marked alone (a flagged row stays readable)."""
     if header is None:
         body = "".join(f"<tr><th>{escape(cell_text(k))}</th><td>{escape(cell_text(v))}</td></tr>" for k, v in rows)
         return f'<table class="text">{body}</table>'
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
-        f'<tr class="{escape((classes or [""] * len(rows))[i])}">' + "".join(f"<td>{escape(cell_text(c))}</td>" for c in row) + "</tr>"
+        f'<tr class="{escape((classes or [""] * len(rows))[i])}">' + "".join(cell(c, flag_cells) for c in row) + "</tr>"
         for i, row in enumerate(rows)
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def cell(value: object, flag: str | None) -> str:
+    text = escape(cell_text(value))
+    return f'<td class="alert">{text}</td>' if flag is not None and value == flag else f"<td>{text}</td>"
 
 
 def cell_text(value: object) -> str:
@@ -172,8 +195,9 @@ def render(report: dict) -> str:
         parts.append(f'<img alt="drift per feature" src="{png(drift_figure(drift["features"], threshold))}">')
         rows = [[r["feature"], r["train_mean"], r["live_mean"], r["psi"], r["ks_statistic"], r["ks_p_value"],
                  "ignored" if r["ignored"] else "DRIFTED" if r["drifted"] else "ok"] for r in drift["features"]]  # fmt: skip
-        classes = ["muted" if r["ignored"] else "alert" if r["drifted"] else "" for r in drift["features"]]
-        parts.append(table(["feature", "train mean", "live mean", "PSI", "KS statistic", "KS p-value", "verdict"], rows, classes))
+        classes = ["muted" if r["ignored"] else "" for r in drift["features"]]
+        header = ["feature", "train mean", "live mean", "PSI", "KS statistic", "KS p-value", "verdict"]
+        parts.append(table(header, rows, classes, flag_cells="DRIFTED"))
     else:
         parts.append(f'<p class="muted">Not judged: {escape(drift["reason"])}.</p>')
     parts.append("<h2>Live accuracy</h2>")
@@ -201,9 +225,9 @@ def render(report: dict) -> str:
         )  # fmt: skip
         parts.append(f'<img alt="live against offline error" src="{png(accuracy_figure(live, report["offline"]))}">')
         rows = [[r["station_id"], r["sensor"] or r["parameter_id"], r["unit"], r["rows"], r["rmse"], r["mae"], r["persistence_rmse"],
-                 percent(r["skill"])] for r in live["by_series"]]  # fmt: skip
-        classes = ["alert" if r["flagged"] else "" for r in live["by_series"]]
-        parts.append(table(["station", "sensor", "unit", "rows", "RMSE", "MAE", "persistence RMSE", "skill"], rows, classes))
+                 percent(r["skill"]), FLAGGED if r["flagged"] else "ok"] for r in live["by_series"]]  # fmt: skip
+        header = ["station", "sensor", "unit", "rows", "RMSE", "MAE", "persistence RMSE", "skill", "verdict"]
+        parts.append(table(header, rows, flag_cells=FLAGGED))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
