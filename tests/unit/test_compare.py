@@ -335,3 +335,33 @@ def test_plot_axes_say_which_way_is_better() -> None:
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("test.rmse (lower is better)", "test.skill (higher is better)")
     assert axes.get_title() == "bts compare: 3 runs ranked on test.rmse, test.skill"
     plt.close(figure)
+
+
+def test_the_plot_names_every_run_of_the_front_apart_from_each_other_and_the_title() -> None:
+    import matplotlib.pyplot as plt
+
+    comparison = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
+    count = 8  # a trade-off: each run better on one metric and worse on the other, all on the front, close together
+    runs = rows(
+        {
+            "run_id": [f"{i:032x}" for i in range(count)] + ["f" * 32],
+            "run_name": [f"run-{i}" for i in range(count)] + ["off-front"],
+            "dvc_exp_name": [f"exp-{i}" for i in range(count)] + [None],
+            "test.rmse": [0.50 + 0.001 * i for i in range(count)] + [0.9],
+            "test.skill": [0.40 + 0.001 * i for i in range(count)] + [0.1],
+            "has_params": [True] * (count + 1),
+        }
+    )
+    ranked = rank_runs(runs, comparison.directions, comparison.weights)
+    figure = front_figure(ranked, comparison)
+    (axes,) = figure.axes
+    renderer = figure.canvas.get_renderer()
+    labels = [child for child in axes.texts]
+    assert sorted(label.get_text().split()[1] for label in labels) == sorted(f"exp-{i}" for i in range(count))
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(label, renderer) for label in labels]  # the names, not their leader lines
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    title = axes.title.get_window_extent(renderer)
+    assert not any(box.overlaps(title) for box in boxes)
+    plt.close(figure)

@@ -488,7 +488,7 @@ def front_figure(ranked: Sequence[Mapping[str, Any]], comparison: Comparison) ->
 
     (x, x_direction), (y, y_direction) = list(comparison.directions.items())[:2]
     front, best = [run for run in ranked if run["pareto"]], ranked[0]
-    figure, axes = plt.subplots(figsize=(8, 6))
+    figure, axes = plt.subplots(figsize=(10, 6))
     axes.scatter([run[x] for run in ranked], [run[y] for run in ranked], s=8, color="0.7", label=f"runs ({len(ranked)})")
     axes.scatter(
         [run[x] for run in front],
@@ -498,20 +498,57 @@ def front_figure(ranked: Sequence[Mapping[str, Any]], comparison: Comparison) ->
         label=f"Pareto front ({len(front)}, on all {len(comparison.directions)} metrics)",
     )
     axes.scatter([best[x]], [best[y]], s=120, facecolors="none", edgecolors="black", linewidths=1.5)
-    axes.annotate(
-        f"#1 {best['run_name'] or best['run_id'][:8]} (score {best['score']:.3f})",
-        (best[x], best[y]),
-        xytext=(12, 12),
-        textcoords="offset points",
-        arrowprops={"arrowstyle": "-", "color": "black"},
-    )
     axes.set_xlabel(axis_label(x, x_direction))
     axes.set_ylabel(axis_label(y, y_direction))
     title = f"bts compare: {_plural(len(ranked), 'run', 'runs')} ranked on {', '.join(comparison.directions)}"
+    labelled = front[:FRONT_LABELS]
+    if len(front) > len(labelled):
+        title += f" (the first {len(labelled)} of the front's {len(front)} runs named)"
     axes.set_title(textwrap.fill(title, width=80), fontsize="medium")
-    axes.legend(loc="best")
+    axes.margins(0.15)  # room inside the axes for the names, away from the title
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     figure.tight_layout()
+    names = [f"#{run['rank']} {run_label(run)}" + (f" (score {run['score']:.3f})" if run is best else "") for run in labelled]
+    place_labels(axes, [(run[x], run[y]) for run in labelled], names)
     return figure
+
+
+FRONT_LABELS = 12  # runs of the Pareto front named on the plot, best ranked first; more would hide each other
+# Where a name may go, in points from its dot: nearest first, eight directions at growing distances (a leader line
+# joins a name to its dot).
+LABEL_OFFSETS = [
+    (round(radius * math.cos(angle)), round(radius * math.sin(angle)))
+    for radius in (12, 26, 44, 66, 92, 122, 156)
+    for angle in (math.pi / 4, -math.pi / 4, 3 * math.pi / 4, -3 * math.pi / 4, 0, math.pi, math.pi / 2, -math.pi / 2)
+]
+
+
+def run_label(run: Mapping[str, Any]) -> str:
+    return str(run.get("dvc_exp_name") or run.get("run_name") or run["run_id"][:8])
+
+
+def place_labels(axes: Any, points: Sequence[tuple[float, float]], names: Sequence[str]) -> None:
+    """Name each point beside it, trying the offsets in turn until the name overlaps no name placed before it and
+    stays inside the axes (so never on the title); the last offset tried stays when none is free."""
+    from matplotlib.text import Text
+
+    renderer = axes.figure.canvas.get_renderer()
+    frame, taken = axes.get_window_extent(renderer), []
+    for point, name in zip(points, names, strict=True):
+        for dx, dy in LABEL_OFFSETS:
+            label = axes.annotate(
+                name, point, xytext=(dx, dy), textcoords="offset points", fontsize="small",
+                ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.6},
+            )  # fmt: skip
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the name alone, not its leader line
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                break
+            if (dx, dy) != LABEL_OFFSETS[-1]:
+                label.remove()
+        taken.append(box)
 
 
 def plot_front(ranked: Sequence[Mapping[str, Any]], comparison: Comparison, path: str | Path) -> None:
