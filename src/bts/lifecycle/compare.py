@@ -501,19 +501,20 @@ def front_figure(ranked: Sequence[Mapping[str, Any]], comparison: Comparison) ->
     axes.set_xlabel(axis_label(x, x_direction))
     axes.set_ylabel(axis_label(y, y_direction))
     title = f"bts compare: {_plural(len(ranked), 'run', 'runs')} ranked on {', '.join(comparison.directions)}"
-    labelled = front[:FRONT_LABELS]
-    if len(front) > len(labelled):
-        title += f" (the first {len(labelled)} of the front's {len(front)} runs named)"
+    labelled = (front + [run for run in ranked if not run["pareto"]])[:FRONT_LABELS]  # the front first, then by rank
+    if len(ranked) > len(labelled):
+        title += f" ({len(labelled)} named: the front first, then by rank)"
     axes.set_title(textwrap.fill(title, width=80), fontsize="medium")
     axes.margins(0.15)  # room inside the axes for the names, away from the title
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     figure.tight_layout()
     names = [f"#{run['rank']} {run_label(run)}" + (f" (score {run['score']:.3f})" if run is best else "") for run in labelled]
-    place_labels(axes, [(run[x], run[y]) for run in labelled], names)
+    colors = ["black" if run["pareto"] else "0.45" for run in labelled]
+    place_labels(axes, [(run[x], run[y]) for run in labelled], names, colors)
     return figure
 
 
-FRONT_LABELS = 12  # runs of the Pareto front named on the plot, best ranked first; more would hide each other
+FRONT_LABELS = 12  # runs named on the plot, the Pareto front's first, then by rank; more would hide each other
 # Where a name may go, in points from its dot: nearest first, eight directions at growing distances (a leader line
 # joins a name to its dot).
 LABEL_OFFSETS = [
@@ -527,17 +528,17 @@ def run_label(run: Mapping[str, Any]) -> str:
     return str(run.get("dvc_exp_name") or run.get("run_name") or run["run_id"][:8])
 
 
-def place_labels(axes: Any, points: Sequence[tuple[float, float]], names: Sequence[str]) -> None:
+def place_labels(axes: Any, points: Sequence[tuple[float, float]], names: Sequence[str], colors: Sequence[str]) -> None:
     """Name each point beside it, trying the offsets in turn until the name overlaps no name placed before it and
     stays inside the axes (so never on the title); the last offset tried stays when none is free."""
     from matplotlib.text import Text
 
     renderer = axes.figure.canvas.get_renderer()
     frame, taken = axes.get_window_extent(renderer), []
-    for point, name in zip(points, names, strict=True):
+    for point, name, color in zip(points, names, colors, strict=True):
         for dx, dy in LABEL_OFFSETS:
             label = axes.annotate(
-                name, point, xytext=(dx, dy), textcoords="offset points", fontsize="small",
+                name, point, xytext=(dx, dy), textcoords="offset points", fontsize="small", color=color,
                 ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
                 arrowprops={"arrowstyle": "-", "color": "0.4", "linewidth": 0.6},
             )  # fmt: skip
