@@ -162,13 +162,18 @@ def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
     return result
 
 
+def _write_private(path: Path, text: str) -> None:
+    """text as the whole of a file only its owner may read, never readable by others even for a moment."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
 def passwords(team: Team) -> dict[str, str]:
     """{role: password} of the team's roles, from its password file; made (random, mode 0600) when there is none."""
     if not team.password_file.exists():
-        lines = [f"{HOST}:*:*:{role}:{secrets.token_urlsafe(24)}\n" for role in (DATABASE_USER, READER)]
-        descriptor = os.open(team.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.writelines(lines)
+        _write_private(team.password_file, "".join(f"{HOST}:*:*:{role}:{secrets.token_urlsafe(24)}\n" for role in (DATABASE_USER, READER)))
     found = {}
     for line in team.password_file.read_text().splitlines():
         host, _port, _database, role, password = line.split(":", 4)
@@ -189,9 +194,7 @@ def start_postgres(team: Team, binaries: Path) -> None:
         team.pgdata.mkdir(parents=True, exist_ok=True)
         _give_to_postgres_user(team.pgdata, team.logs)
         password_file = team.logs / ".initdb-password"  # initdb reads the superuser's password from a file; gone at once
-        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secret[DATABASE_USER] + "\n")
+        _write_private(password_file, secret[DATABASE_USER] + "\n")
         _give_to_postgres_user(password_file)
         try:
             initdb = [str(binaries / "initdb"), "-D", str(team.pgdata), "-A", "scram-sha-256", "-U", DATABASE_USER, "-E", "UTF8"]

@@ -11,7 +11,6 @@ refused with one line.
 from __future__ import annotations
 
 import json
-import os
 import select
 import shutil
 import signal
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bts.model.package import load_package
 from tests.integration.test_serving import examples, model_server
-from tests.integration.workspace import BIN, PROJECT, lock_outs, run, training_run
+from tests.integration.workspace import PROJECT, lock_outs, run, training_run, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +69,7 @@ class Server:
 
 
 def environment(repo: Path) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    return user_env({"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
 
 
 @contextmanager

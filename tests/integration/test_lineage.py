@@ -10,21 +10,11 @@ from pathlib import Path
 import pytest
 
 from bts.hashing import file_md5
-from tests.integration.workspace import lock_outs, run, set_params, store, training_run
+from tests.integration.workspace import commit_all, lineage_json, lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
 NAME = "bts-next-reading"
-
-
-def commit_all(repo: Path, message: str) -> str:
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "--allow-empty", "-m", message], repo)
-    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-
-
-def lineage_json(repo: Path, ref: str) -> dict:
-    return json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
 
 
 def registered_file(repo: Path, version: str, name: str) -> Path:

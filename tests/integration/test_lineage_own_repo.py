@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
-from tests.integration.test_lineage import NAME, commit_all, lineage_json
-from tests.integration.workspace import run, set_params, store, training_run
+from tests.integration.test_lineage import NAME
+from tests.integration.workspace import commit_all, lineage_json, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 

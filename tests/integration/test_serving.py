@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from bts.model.package import load_package
-from tests.integration.workspace import BIN, lock_outs, run
+from tests.integration.workspace import lock_outs, run, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def free_port() -> int:
 @contextmanager
 def model_server(repo: Path, model_uri: str) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    env = user_env({"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
     server = subprocess.Popen(
         ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)],
         cwd=repo,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -110,3 +111,14 @@ def stopped_stage(script: str, cwd: Path, timeout: float = 600, started: subproc
 def user_env(extra: dict | None = None) -> dict:
     """The environment `run` gives a command, for one started with subprocess.Popen."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(extra or {})}
+
+
+def commit_all(repo: Path, message: str) -> str:
+    """Everything in the repository committed (an empty commit when nothing changed); the new commit's id."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+def lineage_json(repo: Path, ref: str) -> dict:
+    return json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
