@@ -171,17 +171,38 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def passwords(team: Team) -> dict[str, str]:
-    """{role: password} of the team's roles, from its password file; made (random, mode 0600) when there is none."""
-    if not team.password_file.exists():
+    """{role: password} of the team's roles, from its password file (libpq's format; blank and # lines skipped); made
+    (random, owner-only) when there is none. A file that cannot be read or lacks a role is one line saying what to do."""
+    initialised = (team.pgdata / "PG_VERSION").exists()
+    hba = team.pgdata / "pg_hba.conf"
+    hba_lines = hba.read_text().splitlines() if initialised else []
+    rules = [line.split() for line in hba_lines if line.strip() and not line.lstrip().startswith("#")]
+    before_passwords = any(rule[-1] == "trust" for rule in rules)  # made by an earlier version, which trusted loopback
+    if not team.password_file.exists() and (not initialised or before_passwords):
         _write_private(team.password_file, "".join(f"{HOST}:*:*:{role}:{secrets.token_urlsafe(24)}\n" for role in (DATABASE_USER, READER)))
+    if initialised and not before_passwords:
+        remedy = (
+            f"PostgreSQL in {team.pgdata} was given the passwords it held: restore it from a backup, or `make team-down` and "
+            f"remove {team.folder} to start over (its runs and artifacts go with it)"
+        )
+    else:
+        remedy = "remove it: `make team-up` makes new passwords"
+    try:
+        lines = team.password_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BtsError(f"{team.password_file}: cannot read it ({getattr(exc, 'strerror', None) or 'not UTF-8 text'}); {remedy}") from None
     found = {}
-    for line in team.password_file.read_text().splitlines():
-        host, _port, _database, role, password = line.split(":", 4)
-        if host == HOST:
-            found[role] = password
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split(":", 4)
+        if len(fields) != 5:
+            raise BtsError(f"{team.password_file}: line {number} is not host:port:database:role:password; {remedy}")
+        if fields[0] == HOST:
+            found[fields[3]] = fields[4]
     missing = {DATABASE_USER, READER} - found.keys()
     if missing:
-        raise BtsError(f"{team.password_file}: no password for {', '.join(sorted(missing))}; remove the file to make new ones")
+        raise BtsError(f"{team.password_file}: no password for {', '.join(sorted(missing))}; {remedy}")
     return found
 
 
@@ -189,11 +210,12 @@ def start_postgres(team: Team, binaries: Path) -> None:
     """initdb (first time only), then start the server on loopback at the team's port, no Unix socket, every role by
     password; a data folder made before passwords were asked is moved to them as it starts."""
     team.logs.mkdir(parents=True, exist_ok=True)
+    password_file = team.logs / ".initdb-password"  # initdb reads the superuser's password from a file; gone at once
+    password_file.unlink(missing_ok=True)  # or left by an initdb killed half-way
     secret = passwords(team)
     if not (team.pgdata / "PG_VERSION").exists():
         team.pgdata.mkdir(parents=True, exist_ok=True)
         _give_to_postgres_user(team.pgdata, team.logs)
-        password_file = team.logs / ".initdb-password"  # initdb reads the superuser's password from a file; gone at once
         _write_private(password_file, secret[DATABASE_USER] + "\n")
         _give_to_postgres_user(password_file)
         try:
@@ -230,9 +252,13 @@ def _create_database(team: Team, secret: dict[str, str]) -> None:
         (DATABASE, [f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}",
                     f"ALTER DEFAULT PRIVILEGES FOR ROLE {DATABASE_USER} IN SCHEMA public GRANT SELECT ON TABLES TO {READER}"]),
     ]:  # fmt: skip
-        connection = psycopg2.connect(
-            host=HOST, port=team.postgres_port, user=DATABASE_USER, password=secret[DATABASE_USER], dbname=database, connect_timeout=10
-        )
+        try:
+            connection = psycopg2.connect(
+                host=HOST, port=team.postgres_port, user=DATABASE_USER, password=secret[DATABASE_USER], dbname=database, connect_timeout=10
+            )
+        except psycopg2.OperationalError as exc:  # a password file that no longer holds the passwords PostgreSQL was given
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BtsError(f"PostgreSQL on {HOST}:{team.postgres_port} refused the passwords of {team.password_file}: {first}") from None
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
