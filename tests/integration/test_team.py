@@ -29,7 +29,7 @@ from bts.errors import BtsError
 from bts.hashing import file_md5
 from bts.kill_points import STOP_POINT_VARIABLE
 from tests.integration.conftest import make_project_repo
-from tests.integration.workspace import DATASETS, lock_outs, run, set_params, stopped_stage, user_env
+from tests.integration.workspace import DATASETS, lock_outs, run, run_queue, set_params, stopped_stage, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +63,6 @@ def server() -> Iterator[team.Team]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def wait_for_queue(repo: Path, env: dict, timeout: float = 1200) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo, env=env).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of the repository, its clones, and the DVC and git remotes."""
@@ -100,8 +90,7 @@ def team_repo(server: team.Team, work: Path) -> dict:
     again = run(["bts", "register"], repo, env=env).stdout
 
     run(["dvc", "exp", "run", "--queue", *GRID], repo, env=env)
-    run(["dvc", "queue", "start", "-j", "2"], repo, env=env)
-    status = wait_for_queue(repo, env)
+    status = run_queue(repo, env)
     run(["dvc", "push"], repo)
     origin = work / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], work)

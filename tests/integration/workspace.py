@@ -28,6 +28,33 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None)
     return result
 
 
+def run_queue(repo: Path, env: dict | None = None, jobs: int = 2, timeout: float = 1200) -> str:
+    """The queued experiments run as the walkthrough runs them, `dvc queue start -j <jobs>` with its output in DVC's log
+    folder, and `dvc queue status` once nothing is queued or running.
+
+    `dvc queue start` leaves its workers running in the background: given a pipe, they would hold it open, and a
+    worker whose idle monitor asked for its shutdown while its task still ran (a race of DVC's queue) stays up for
+    good. Workers still up once the queue is done are stopped here, so none outlives the test.
+    """
+    run(["bash", "-c", f"dvc queue start -j {jobs} > .dvc/tmp/queue.log 2>&1"], repo, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], repo, env=env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, f"queue still busy after {timeout} s:\n{status}"
+        time.sleep(3)
+    for pid_file in (repo / ".dvc/tmp/exps/celery").glob("*.pid"):
+        try:
+            worker = psutil.Process(int(pid_file.read_text()))
+            if "queue-worker" in worker.cmdline():
+                worker.terminate()
+                worker.wait(30)
+        except (ValueError, psutil.Error):
+            pass  # gone already
+    return status
+
+
 EXTERNAL = "data/external/"
 EXTERNAL_KEPT = {"data/external/README.md", "data/external/.gitignore"}
 
