@@ -11,15 +11,16 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import bts
 from bts.errors import BtsError
+from bts.lifecycle.references import MODEL_REFERENCE
 
 # What logs the workspace's model to the current store when the pipeline is up to date (another store was used before).
 RETRAIN_HERE = "dvc repro --force --single-item train evaluate serve"
-MODEL_REFERENCE = "models:/name@alias, models:/name/<version>, a run id (8 characters or more of it), or a package folder"
 
 
 @dataclass
@@ -29,16 +30,23 @@ class Project:
     client: object  # mlflow.tracking.MlflowClient
 
 
-def _project() -> Project:
-    """The project around the current folder, its params and a client on its tracking store."""
-    from mlflow.tracking import MlflowClient
+def _project(*checks: Callable[[], object]) -> Project:
+    """The project around the current folder, its params and a client on its tracking store.
 
+    `checks` (of the command's arguments) run once the project is found, before MLflow is imported: a mistyped
+    argument is one line at once.
+    """
     from bts.params import PARAMS_FILE, load_params
     from bts.project import find_root
-    from bts.tracking.store import use_store
 
     root = find_root()
     params = load_params(root / PARAMS_FILE)
+    for check in checks:
+        check()
+    from mlflow.tracking import MlflowClient
+
+    from bts.tracking.store import use_store
+
     use_store(root)
     return Project(root, params, MlflowClient())
 
@@ -66,18 +74,22 @@ def _compare(args: argparse.Namespace) -> int:
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
+    from bts.lifecycle.references import check_reference
+
+    project = _project(lambda: check_reference(args.ref))
     from bts.lifecycle.lineage import format_trace, trace
 
-    project = _project()
     chain = trace(project.client, args.ref, project.root)
     print(json.dumps(chain, indent=2) if args.json else format_trace(chain))
     return 1 if chain["package"] and chain["package"]["problems"] else 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from bts.lifecycle.references import check_reference
+
+    project = _project(lambda: check_reference(args.ref))
     from bts.lifecycle.reproduce import format_verdict, reproduce
 
-    project = _project()
     verdict = reproduce(project.client, args.ref, project.root, keep=args.keep)
     print(format_verdict(verdict))
     return 0 if verdict["ok"] else 1
@@ -107,7 +119,8 @@ def _publish_card(project: Project, version: object) -> Path:
 
 def _register(args: argparse.Namespace) -> int:
     from bts.hashing import dvc_md5
-    from bts.lifecycle.lineage import RUN_ID_PREFIX, full_run_id, resolve_reference
+    from bts.lifecycle.lineage import full_run_id, resolve_reference
+    from bts.lifecycle.references import RUN_ID_PREFIX
     from bts.lifecycle.registry import register
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
     from bts.project import pipeline_argument
@@ -150,9 +163,11 @@ def _describe(run: object) -> str:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    from bts.lifecycle.references import check_alias, check_version
+
+    project = _project(lambda: check_version(args.version), lambda: check_alias(args.to))
     from bts.lifecycle.registry import Gate, promote
 
-    project = _project()
     registry = project.params.registry
     gate = Gate(registry.gate_metric, registry.gate_direction)
     evaluate_on = Path(args.evaluate_on) if args.evaluate_on else None

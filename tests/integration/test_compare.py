@@ -391,6 +391,22 @@ def test_help_imports_neither_mlflow_nor_pandas_nor_sqlalchemy(tracking: str) ->
     assert imported & {"mlflow", "pandas", "numpy", "sqlalchemy"} == set()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lineage", "nonsense"], "bts: error: nonsense: not a model reference"),
+        (["reproduce", "models:/m/nine"], "bts: error: models:/m/nine: version 'nine' is not a number"),
+        (["promote", "x1"], "bts: error: version 'x1': give a version number"),
+        (["promote", "1", "--to", "latest"], "bts: error: alias 'latest': use a lowercase word"),
+    ],
+)
+def test_a_mistyped_reference_version_or_alias_is_one_line_before_mlflow_is_imported(tracking: str, argv: list[str], message: str) -> None:
+    result, imported = imported_modules(argv, user_env(tracking))
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), errors
+    assert "bts" in imported and "mlflow" not in imported
+
+
 def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     """MLflow keeps a NaN metric as 0 with an is_nan flag: the database read must not take it for 0."""
     from bts.lifecycle.compare import fetch_runs

@@ -14,7 +14,8 @@ from mlflow.exceptions import MlflowException
 from bts.errors import BtsError, ConfigError
 from bts.lifecycle.lineage import commits_holding, describe_ref, experiment_refs, split_batch
 from bts.lifecycle.reconcile import format_reconciliation, problems_found
-from bts.lifecycle.registry import Gate, check_alias
+from bts.lifecycle.references import check_alias
+from bts.lifecycle.registry import Gate
 from bts.project import find_root, pipeline_argument
 from bts.tracking.runs import content_tags, model_lineage, params_md5, table_schema
 from bts.tracking.store import store_failure

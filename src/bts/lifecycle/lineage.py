@@ -19,8 +19,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bts.errors import BtsError, ConfigError
+from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
+from bts.lifecycle.references import MODEL_URI, RUN_ID, check_reference
 from bts.lifecycle.registry import version_integrity
 from bts.model.package import package_metadata, tampered_files
 from bts.project import git, git_text
@@ -42,10 +43,7 @@ from bts.tracking.tags import (
 )
 
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,32}$")  # what `bts compare` shows (8 characters) names a run when unique
 AMBIGUOUS_SHOWN = 5
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 # refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>; other refs/exps/* are DVC's own bookkeeping.
 EXPERIMENT_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/([^/]+)$")
 
@@ -73,17 +71,13 @@ def describe_ref(ref: str) -> dict[str, str] | None:
 
 def resolve_reference(client: MlflowClient, ref: str, root: Path) -> dict:
     """{'version', 'run', 'lineage', 'package'} for any kind of model reference; package integrity is checked here."""
+    check_reference(ref)
     try:
         if ref.startswith("models:/"):
             return _registry_reference(client, ref)
         folder = Path(ref)
         if folder.is_dir():
             return _package_reference(folder, root)
-        if not RUN_ID_PREFIX.match(ref):
-            raise ConfigError(
-                f"{ref}: not a model reference (models:/name@alias, models:/name/<version>, a run id or its first 8 or more "
-                "characters, or a package folder)"
-            )
         run = client.get_run(full_run_id(client, ref))
         lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
         return {"version": None, "run": run, "lineage": lineage, "package": None}
@@ -117,14 +111,10 @@ def full_run_id(client: MlflowClient, prefix: str) -> str:
 
 
 def _registry_reference(client: MlflowClient, ref: str) -> dict:
-    match = MODEL_URI.match(ref)
-    if not match:
-        raise ConfigError(f"{ref}: not a registry reference (models:/name@alias or models:/name/<version>)")
+    match = MODEL_URI.match(check_reference(ref))
     if match.group("alias"):
         version = client.get_model_version_by_alias(match.group("name"), match.group("alias"))
     else:
-        if not match.group("version").isdigit():
-            raise ConfigError(f"{ref}: version {match.group('version')!r} is not a number")
         version = client.get_model_version(match.group("name"), match.group("version"))
     lineage = {k: v for k, v in version.tags.items() if not k.startswith((TRANSITION_PREFIX, "registration."))}
     package = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,27 +28,17 @@ from bts.errors import BtsError, ConfigError
 from bts.files import read_parquet
 from bts.hashing import dvc_md5
 from bts.kill_points import kill_point
+from bts.lifecycle.references import check_alias, check_version
 from bts.model.package import PACKAGE_ARTIFACT, load_package, tampered_files
 from bts.tracking.tags import PACKAGE_MD5, REGISTRATION_COMPLETE, TRANSITION_PREFIX, data_md5_tag
 
 CANDIDATE = "candidate"
 MODEL_DESCRIPTION = "Forecasts the next reading of a BTS sensor series from its latest readings."
-# MLflow reserves `latest` and version-like aliases (v1, 3); ours are plain words.
-ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-RESERVED_ALIASES = {"latest"}
-
-
-def check_alias(alias: str) -> str:
-    if alias in RESERVED_ALIASES or re.fullmatch(r"v\d+", alias) or not ALIAS_PATTERN.match(alias):
-        raise ConfigError(f"alias {alias!r}: use a lowercase word of letters, digits, '-' or '_' (not 'latest' or 'v<number>')")
-    return alias
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
-    if not str(version).isdigit():
-        raise ConfigError(f"version {version!r}: give a version number, e.g. 3")
     try:
-        return client.get_model_version(name, str(version))
+        return client.get_model_version(name, check_version(version))
     except MlflowException:
         raise BtsError(f"registered model {name!r} has no version {version}") from None
 
