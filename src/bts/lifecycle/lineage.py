@@ -111,7 +111,7 @@ def full_run_id(client: MlflowClient, prefix: str) -> str:
 
 
 def _registry_reference(client: MlflowClient, ref: str) -> dict:
-    match = MODEL_URI.match(check_reference(ref))
+    match = MODEL_URI.match(ref)  # its form checked by resolve_reference, the one caller
     if match.group("alias"):
         version = client.get_model_version_by_alias(match.group("name"), match.group("alias"))
     else:
