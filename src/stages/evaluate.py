@@ -10,7 +10,7 @@ import mlflow
 
 from bts.data.catalogue import load_catalogue
 from bts.files import read_parquet, write_csv, write_json, write_parquet
-from bts.model.evaluation import BY_PARAMETER, BY_STATION, dvc_metrics, evaluate, worst
+from bts.model.evaluation import BY_PARAMETER, BY_STATION, FEW_ROWS, SCORED_SPLITS, dvc_metrics, evaluate, worst
 from bts.model.package import load_workspace_model
 from bts.model.plots import name_sensors, plot_evaluation, plot_tables
 from bts.params import flatten, load_params
@@ -18,8 +18,6 @@ from bts.stage import run_stage
 from bts.tracking.runs import find_training_run, resumed_run, training_run, workspace_lineage
 from bts.tracking.store import use_store
 from bts.tracking.tags import MODEL_MD5, data_tags, dvc_tags, feature_columns, git_tags
-
-SPLITS = ["valid", "test", "holdout"]
 
 
 def finite_or_none(report: dict) -> dict:
@@ -42,10 +40,10 @@ def main() -> None:
     use_store()  # a tracking store that is down or refusing stops the stage here, in seconds, before it writes anything
     columns = feature_columns(Path(args.datasets))
     features = read_parquet(args.features)
-    scored = features[features["split"].isin(SPLITS)].copy()
+    scored = features[features["split"].isin(SCORED_SPLITS)].copy()
     model = load_workspace_model(Path(args.model))  # verified against dvc.lock before it is unpickled
     scored["predicted"] = model.predict(scored[columns])
-    report = evaluate(scored, scored["predicted"].to_numpy(), SPLITS)
+    report = evaluate(scored, scored["predicted"].to_numpy(), SCORED_SPLITS)
     keys = ["station_id", "parameter_id", "reading_time", "target_time", "split", "target", "lag_1", "predicted"]
     write_parquet(args.predictions, scored[keys].rename(columns={"lag_1": "persistence"}).reset_index(drop=True))
     catalogue = load_catalogue(args.sensors)
@@ -58,7 +56,7 @@ def main() -> None:
         write_csv(plots / name, table)
     scores = by_sensor.get("test_by_parameter", {})
     plot_evaluation(test, tables["forecast.csv"], series_key, catalogue, scores, params.train.model, plots / "evaluation.png")
-    write_json(args.metrics, finite_or_none(dvc_metrics(report, SPLITS)))
+    write_json(args.metrics, finite_or_none(dvc_metrics(report, SCORED_SPLITS)))
     write_json(args.by_parameter, finite_or_none(by_sensor))
 
     lineage = workspace_lineage(Path(args.model), Path(args.datasets), params.run_params())
@@ -85,14 +83,19 @@ def main() -> None:
                 f"evaluate: warning: {scores['sensor']} (parameter {pid}) loses to persistence on test: "
                 f"rmse {scores['rmse']:.4g} vs {scores['persistence_rmse']:.4g} {scores['unit']} (skill {scores['skill']:+.1%})"
             )
-    for split in SPLITS:
+    for split in SCORED_SPLITS:
         stations = report.get(f"{split}{BY_STATION}", {})
         station, skill = worst(stations)
         if station is not None:
             print(f"evaluate: {split}: worst of {len(stations)} station(s) is {station} (skill {skill:+.1%})")
         for station, scores in stations.items():
-            if scores["skill"] < 0:
+            if scores["rows"] < FEW_ROWS:
+                print(f"evaluate: warning: station {station} has {scores['rows']} {split} row(s): too few to judge (under {FEW_ROWS})")
+            elif scores["skill"] < 0:
                 print(f"evaluate: warning: station {station} loses to persistence on {split} (skill {scores['skill']:+.1%})")
+    in_time = set(features.loc[features["split"] != "holdout", "station_id"].astype(str))
+    for station in sorted(in_time - set(report.get(f"test{BY_STATION}", {}))):
+        print(f"evaluate: warning: station {station} has no test row: too few examples for a split of its own")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main() -> None:
         name="BTS features",
         description=f"Per-series examples: the last {spec.n_lags} readings, the gaps between them, the series' step scale, offset "
         f"and range position over its last {spec.scale_window} readings{' and calendar features' if spec.calendar else ''}; "
-        f"target = the reading {spec.horizon} step(s) ahead; split in time order of the target; "
+        f"target = the reading {spec.horizon} step(s) ahead; split in time order of the target within each station; "
         f"held-out stations ({', '.join(map(str, spec.holdout_stations)) or 'none'}) in split holdout.",
         path=args.out,
         rows=len(features),

@@ -59,6 +59,11 @@ def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Pa
     registered = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
     trained = datetime.fromtimestamp(client.get_run(version.run_id).info.start_time / 1000, UTC).isoformat(timespec="seconds")
     assert (card["time_created"], card["training_run_started"]) == (registered, trained)  # the version's time, then the run's
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())  # every station scored, on how many rows
+    for split in ("valid", "test"):
+        scored = {int(station): scores["rows"] for station, scores in metrics[f"{split}_by_station"].items()}
+        assert {row["station_id"]: row[f"{split}_rows"] for row in card["stations_scored"]} == scored
+    assert "## Stations scored" in (repo / f"models/cards/{NAME}-1.md").read_text()
     run(["bts", "promote", "1", "--to", "champion"], repo)
     card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
     assert card["status"] == ["candidate", "champion"]

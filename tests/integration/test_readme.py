@@ -662,6 +662,15 @@ def test_real_exports(after_quick_start: Walk, pages: dict[str, list[Section]], 
     for name in ("raw", "clean", "features"):  # "The station then shows up in metadata/datasets/{raw,clean,features}.json"
         document = json.loads((walk.repo / f"metadata/datasets/{name}.json").read_text())
         assert stations <= set(document["stations"]), f"{name}.json: {document['stations']}"
+    # "... and is scored on its own valid and test rows": its only day is the earliest of the data, yet not all train
+    metrics = json.loads((walk.repo / "metrics/metrics.json").read_text())
+    for split in ("valid", "test"):
+        scored = {int(station): scores["rows"] for station, scores in metrics[f"{split}_by_station"].items()}
+        assert all(scored.get(station, 0) > 0 for station in stations), f"{split}_by_station: {scored}"
+    walk.shell("bts register")
+    (card,) = (walk.repo / "models/cards").glob("*.json")
+    listed = {row["station_id"]: row for row in json.loads(card.read_text())["stations_scored"]}
+    assert all(listed[station]["test_rows"] > 0 and listed[station]["valid_rows"] > 0 for station in stations), listed
 
 
 def test_registry(registry: Walk, pages: dict[str, list[Section]]) -> None:

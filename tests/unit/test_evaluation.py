@@ -58,7 +58,9 @@ def test_score_holds_model_persistence_and_skill():
     assert scores["rmse"] == 0.5 and scores["persistence_rmse"] == 1.0
     assert scores["mae"] == 0.5 and scores["persistence_mae"] == 1.0
     assert scores["skill"] == 0.5  # 1 - 0.5 / 1
+    assert scores["rows"] == 4
     assert set(scores) == {
+        "rows",
         *("rmse", "mae", "r2", "mape"),
         *("persistence_rmse", "persistence_mae", "persistence_r2", "persistence_mape"),
         "skill",
@@ -165,14 +167,14 @@ def test_scores_by_groups_rows_by_a_key_in_order():
     assert grouped["11"]["rmse"] == 0.5 and grouped["23"]["rmse"] == 2.0
 
 
-def test_dvc_metrics_hold_each_split_and_its_stations_rmse_and_skill_only():
+def test_dvc_metrics_hold_each_split_and_its_stations_rows_rmse_and_skill_only():
     frame, predicted = two_stations()
     report = evaluate(frame, predicted, ["valid", "test", "holdout"])
     metrics = dvc_metrics(report, ["valid", "test", "holdout"])
     assert list(metrics) == ["valid", "test", "valid_by_station", "test_by_station"]  # no holdout examples: no holdout entries
     assert metrics["test"] == report["test"]
     assert metrics["test_by_station"] == {
-        station: {"rmse": scores["rmse"], "persistence_rmse": scores["persistence_rmse"], "skill": scores["skill"]}
+        station: {"rows": 2, "rmse": scores["rmse"], "persistence_rmse": scores["persistence_rmse"], "skill": scores["skill"]}
         for station, scores in report["test_by_station"].items()
     }
 

@@ -140,15 +140,30 @@ def test_every_reading_is_accounted_for(n_lags, horizon):
     assert sum(accounting["examples_by_split"].values()) == len(features)
 
 
-def test_splits_are_in_time_order_of_the_target():
+def test_splits_are_in_time_order_of_the_target_within_each_station():
     features, accounting = build_features(clean_frame(stations=(1, 2, 3), readings=40), FeatureSpec(n_lags=3))
-    by_split = {split: features.loc[features["split"] == split, "target_time"] for split in ["train", "valid", "test"]}
-    assert all(len(targets) > 0 for targets in by_split.values())
-    assert by_split["train"].max() <= by_split["valid"].min()
-    assert by_split["valid"].max() <= by_split["test"].min()
+    for station, examples in features.groupby("station_id"):
+        by_split = {split: examples.loc[examples["split"] == split, "target_time"] for split in ["train", "valid", "test"]}
+        assert all(len(targets) > 0 for targets in by_split.values()), station
+        assert by_split["train"].max() <= by_split["valid"].min()
+        assert by_split["valid"].max() <= by_split["test"].min()
     assert set(features["split"]) <= set(SPLITS)
     assert accounting["examples_by_split"]["holdout"] == 0
     assert accounting["examples_by_split"]["train"] > accounting["examples_by_split"]["test"]
+
+
+def test_a_station_whose_readings_all_come_before_the_others_has_valid_and_test_examples_too():
+    """A real export of one early day beside later simulated days: split by global time, all of it would be train."""
+    later = clean_frame(stations=(1, 2), readings=40)
+    early = one_series([float(v % 7) for v in range(40)], station=1161114004).assign(
+        reading_time=lambda f: f["reading_time"] - pd.Timedelta(days=3), source_file="real.csv", source_row=range(2, 42)
+    )
+    features, _ = build_features(pd.concat([later, early], ignore_index=True), FeatureSpec(n_lags=3))
+    assert early["reading_time"].max() < later["reading_time"].min()
+    counts = features.groupby(["station_id", "split"]).size().unstack(fill_value=0)
+    assert (counts[["train", "valid", "test"]] > 0).all(axis=None), counts
+    # the same fractions in each station, whatever its hours
+    assert counts.loc[1161114004, "test"] == counts.loc[1, "test"]
 
 
 def test_held_out_stations_go_to_holdout_only():

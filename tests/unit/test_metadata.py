@@ -274,8 +274,8 @@ def test_datasheet_flattens_nested_quality_into_defined_rows():
 def test_datasheet_writes_splits_in_time_order_and_every_time_in_iso_form():
     sheet = render_datasheet(sheet_document())
     assert section(sheet, "Splits") == [
-        "Examples are split in time order of their target (the reading forecast); examples of featurize.holdout_stations form "
-        "the holdout split:",
+        "Each station's examples are split in time order of their target (the reading forecast), the newest in test, so every "
+        "station is scored; examples of featurize.holdout_stations form the holdout split:",
         "",
         "| split | first target time | last target time | examples |",
         "| --- | --- | --- | --- |",

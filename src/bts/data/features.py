@@ -239,12 +239,17 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
 
 
 def split_codes(station: pd.Series, target_time: pd.Series, spec: FeatureSpec) -> np.ndarray:
-    """Each example's index in SPLITS: train / valid / test by target time (global cut points); held-out stations apart."""
+    """Each example's index in SPLITS: train / valid / test by target time, cut at each station's own quantiles, so that
+    every station (a real export whose only day is the earliest of the data too) has train, valid and test examples,
+    its newest in test; held-out stations apart. Features only read their own series' past, so a station's test
+    example earlier than another station's train examples learns nothing from them."""
+    station = station.reset_index(drop=True)
+    target_time = target_time.reset_index(drop=True)
     holdout = station.isin(list(spec.holdout_stations)).to_numpy()
-    in_time = target_time[~holdout]
-    if in_time.empty:
+    if holdout.all():
         raise ConfigError("featurize.holdout_stations: every station is held out; nothing is left to train on")
-    train_end = in_time.quantile(1 - spec.valid_fraction - spec.test_fraction, interpolation="lower")
-    valid_end = in_time.quantile(1 - spec.test_fraction, interpolation="lower")
+    times = target_time[~holdout].groupby(station[~holdout], sort=False)
+    train_end = station.map(times.quantile(1 - spec.valid_fraction - spec.test_fraction, interpolation="lower"))
+    valid_end = station.map(times.quantile(1 - spec.test_fraction, interpolation="lower"))
     split = np.where(target_time <= train_end, 0, np.where(target_time <= valid_end, 1, 2))
     return np.where(holdout, SPLITS.index("holdout"), split)

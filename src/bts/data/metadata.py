@@ -264,8 +264,8 @@ def _splits(splits: dict, document: dict) -> list[str]:
     rows = [[name, part.get("first_target"), part.get("last_target"), part.get("examples")] for name, part in splits.items()]
     rows.sort(key=lambda row: (_text(row[1]), row[0]))  # in time order: train, valid, test
     return [
-        "Examples are split in time order of their target (the reading forecast); "
-        "examples of featurize.holdout_stations form the holdout split:",
+        "Each station's examples are split in time order of their target (the reading forecast), the newest in test, "
+        "so every station is scored; examples of featurize.holdout_stations form the holdout split:",
         "",
         *_table(["split", "first target time", "last target time", "examples"], rows),
     ]

@@ -16,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from bts.files import write_json, write_text
+from bts.model.evaluation import BY_STATION, SCORED_SPLITS
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
 CARDS_DIR = "models/cards"  # under the project root: one card per version, `<model name>-<version>.json` and `.md`
@@ -88,6 +89,23 @@ def sensor_quality(metrics: dict[str, float], catalogue: dict, split: str = "tes
     return rows
 
 
+def station_quality(metrics: dict[str, float]) -> list[dict]:
+    """Each station the run was scored on: its rows and skill in each split (None where it has none)."""
+    found: dict[str, dict] = {}
+    for key, value in metrics.items():
+        split, _, rest = key.partition(f"{BY_STATION}.")
+        station, _, name = rest.partition(".")
+        if split in SCORED_SPLITS and name in ("rows", "skill"):
+            found.setdefault(station, {})[f"{split}_{name}"] = value
+    return [
+        {
+            "station_id": int(station),
+            **{f"{split}_{name}": found[station].get(f"{split}_{name}") for split in SCORED_SPLITS for name in ("rows", "skill")},
+        }
+        for station in sorted(found, key=int)
+    ]
+
+
 def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str, catalogue: dict | None = None) -> dict:
     """The card of one registered model version, from the version, its run and its package."""
     lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith((TRANSITION_PREFIX, "registration."))}
@@ -109,6 +127,7 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
         "intended_use": INTENDED_USE,
         "quality_of_model": [{"metric": m, "unit": unit, "value": metrics[m]} for m, unit in QUALITY if m in metrics],
         "quality_by_sensor": (by_sensor := sensor_quality(metrics, catalogue or {})),
+        "stations_scored": (stations := station_quality(metrics)),
         "limitations": [
             f"{row['sensor']} (parameter {row['parameter_id']}): loses to persistence on test (skill {row['skill']:+.1%}); "
             "use the latest reading as its forecast"
@@ -116,7 +135,8 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
             if row["worse_than_persistence"]
         ]
         + [
-            "Trained and tested on the stations of its features data only: check its skill on a new station before trusting it there.",
+            f"Trained and scored on {len(stations)} station(s) only (listed under Stations scored): check its skill on a new "
+            "station before trusting it there.",
             "Forecasts one reading ahead; it does not detect faults by itself.",
         ],
         "dataset_dependency": [
@@ -166,6 +186,23 @@ def render_model_card(card: dict) -> str:
         values = " | ".join("n/a" if row[k] is None else f"{row[k]:.4g}" for k in ["rmse", "mae", "persistence_rmse"])
         skill = "n/a" if row["skill"] is None else f"{row['skill']:+.1%}"
         lines.append(f"| {row['parameter_id']} | {row['sensor']} | {row['unit'] or ''} | {values} | {skill} | {flag} |")
+    lines += [
+        "",
+        "## Stations scored",
+        "",
+        "Rows scored and skill over persistence, per split (holdout: stations kept out of training).",
+        "",
+    ]
+    lines += ["| station | valid rows | valid skill | test rows | test skill | holdout rows | holdout skill |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in card["stations_scored"]:
+        cells = [
+            ("-" if row[f"{split}_rows"] is None else f"{row[f'{split}_rows']:.0f}")
+            + " | "
+            + ("-" if row[f"{split}_skill"] is None else f"{row[f'{split}_skill']:+.1%}")
+            for split in SCORED_SPLITS
+        ]
+        lines.append(f"| {row['station_id']} | {' | '.join(cells)} |")
     lines += ["", "## Quality of model (pooled)", "", "| metric | value | unit |", "| --- | --- | --- |"]
     lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"]]
     lines += ["", "## Dataset dependency", ""]

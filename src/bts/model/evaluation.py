@@ -7,8 +7,11 @@ import pandas as pd
 
 from bts.model.forecasters import PERSISTENCE
 
+SCORED_SPLITS = ["valid", "test", "holdout"]  # what evaluate scores: the model never fits these
 BY_PARAMETER, BY_STATION = "_by_parameter", "_by_station"  # report keys: f"{split}{BY_STATION}"
-STATION_SCORES = ["rmse", "persistence_rmse", "skill"]  # what metrics.json keeps per station; the run gets every score
+STATION_SCORES = ["rows", "rmse", "persistence_rmse", "skill"]  # what metrics.json keeps per station; the run gets every score
+# A station's split with fewer scored rows than this is reported with a warning: too few to judge the model there.
+FEW_ROWS = 100
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -28,12 +31,13 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 
 
 def score(frame: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
-    """The model's metrics, persistence's, and the skill over persistence (1 - rmse / persistence_rmse)."""
+    """How many rows were scored, the model's metrics, persistence's, and the skill over persistence (1 - rmse /
+    persistence_rmse)."""
     model = regression_metrics(frame["target"], predicted)
     baseline = regression_metrics(frame["target"], frame[PERSISTENCE])
     scores = {**model, **{f"persistence_{k}": v for k, v in baseline.items()}}
     scores["skill"] = 1 - model["rmse"] / baseline["rmse"] if baseline["rmse"] > 0 else float("nan")
-    return {k: round(v, 6) for k, v in scores.items()}
+    return {"rows": len(frame), **{k: round(v, 6) for k, v in scores.items()}}
 
 
 def scores_by(frame: pd.DataFrame, predicted: pd.Series, key: str) -> dict[str, dict[str, float]]:
