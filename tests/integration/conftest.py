@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.integration.workspace import PROJECT, copy_workspace, project_files, project_uses_defaults, run, set_params
+from tests.integration.workspace import copy_project_on_defaults, copy_workspace, run
 
 
 def make_project_repo(repo: Path) -> Path:
     """The project's files (as in the working tree) committed in a fresh git repository at `repo`, on its simulated data."""
-    for name in project_files():
-        target = repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT / name, target)
-    if not project_uses_defaults():  # real exports the user added are not copied: the tests bring their own
-        set_params(repo, "data", "sources", ["simulated"])
+    copy_project_on_defaults(repo)
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "Test"], repo)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.workspace import DATASETS, PROJECT, lock_outs, run, set_params
+from tests.integration.workspace import DATASETS, PROJECT, as_first_committed, lock_outs, run, set_params
 
 DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
 REAL_SAMPLE = PROJECT.parent / "shared" / "data" / "bts" / "param-2017-04-18-station-1161114004.csv"
@@ -35,9 +35,10 @@ def test_repro_from_nothing_reproduces_committed_data_versions(built_repo: Path)
     project_repo = built_repo  # the session's one build from nothing, copied
     assert "up to date" in run(["dvc", "status"], project_repo).stdout
     # Same code and params give the data versions the committed dvc.lock holds, and the same metadata bytes.
-    committed = lock_outs(PROJECT / "dvc.lock", DATA_STAGES)
+    # (the project's, on the simulated defaults: make_project_repo's commit, before any stage ran)
+    committed = lock_outs(project_repo / "dvc.lock", DATA_STAGES, text=as_first_committed(project_repo, "dvc.lock")["dvc.lock"].decode())
     assert lock_outs(project_repo / "dvc.lock", DATA_STAGES) == committed
-    assert metadata_files(project_repo) == metadata_files(PROJECT)
+    assert metadata_files(project_repo) == as_first_committed(project_repo, "metadata")
     for name, path in DATASETS.items():
         document = json.loads((project_repo / f"metadata/datasets/{name}.json").read_text())
         assert document["dvc"] == {"path": path, "md5": committed[path]}

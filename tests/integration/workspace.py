@@ -57,6 +57,9 @@ def run_queue(repo: Path, env: dict | None = None, jobs: int = 2, timeout: float
 
 EXTERNAL = "data/external/"
 EXTERNAL_KEPT = {"data/external/README.md", "data/external/.gitignore"}
+# What a run of the pipeline writes into git: it describes the data params.yaml's data.sources names.
+PIPELINE_RECORDS = ["dvc.lock", "metadata/datasets", "metadata/schemas", "metrics", "plots"]
+DEFAULT_SOURCES = ["simulated"]
 
 
 def project_files() -> list[str]:
@@ -67,9 +70,46 @@ def project_files() -> list[str]:
     return [f for f in listed.stdout.splitlines() if (PROJECT / f).is_file() and (not f.startswith(EXTERNAL) or f in EXTERNAL_KEPT)]
 
 
-def project_uses_defaults() -> bool:
-    """True when the project runs on its embedded simulated data alone (its dvc.lock is then what a copy rebuilds)."""
-    return yaml.safe_load((PROJECT / "params.yaml").read_text())["data"]["sources"] == ["simulated"]
+def sources_at(revision: str | None) -> list:
+    """data.sources of the project's params.yaml in the working tree (None) or at a git revision."""
+    if revision is None:
+        text = (PROJECT / "params.yaml").read_text()
+    else:
+        text = subprocess.run(["git", "show", f"{revision}:params.yaml"], cwd=PROJECT, capture_output=True, text=True, check=True).stdout
+    return yaml.safe_load(text)["data"]["sources"]
+
+
+def defaults_revision() -> str:
+    """The newest commit of the project that runs on the embedded simulated data alone: HEAD, unless real exports were
+    committed since (its pipeline records are what a copy on the defaults rebuilds)."""
+    revisions = subprocess.run(
+        ["git", "rev-list", "HEAD", "--", "params.yaml"], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    if sources_at("HEAD") == DEFAULT_SOURCES:
+        return "HEAD"
+    for revision in revisions:
+        if sources_at(revision) == DEFAULT_SOURCES:
+            return revision
+    raise AssertionError("no commit of the project runs on data.sources [simulated]: the tests need one to start from")
+
+
+def copy_project_on_defaults(repo: Path) -> None:
+    """The project's files (as in the working tree) at `repo`, on its simulated data: where the user listed real exports
+    in data.sources (the walkthrough's "Real exports", committed or not), the copy lists `simulated` alone and holds the
+    pipeline records of the newest commit on the defaults, so that it rebuilds what those records say. Real exports are
+    never copied: tests that need one bring their own."""
+    for name in project_files():
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, target)
+    if sources_at(None) == DEFAULT_SOURCES:
+        return
+    set_params(repo, "data", "sources", DEFAULT_SOURCES)
+    for record in PIPELINE_RECORDS:
+        path = repo / record
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    archive = subprocess.run(["git", "archive", defaults_revision(), *PIPELINE_RECORDS], cwd=PROJECT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
 
 
 def model_md5(repo: Path) -> str:
@@ -86,14 +126,23 @@ def training_run(repo: Path, md5: str | None = None):
     return max(runs, key=lambda r: r.info.start_time)
 
 
-def lock_outs(lock_path: Path, stages: list[str] | None = None) -> dict[str, str]:
-    lock = yaml.safe_load(lock_path.read_text())
+def lock_outs(lock_path: Path, stages: list[str] | None = None, text: str | None = None) -> dict[str, str]:
+    """{output path: md5} of the stages (all by default) in a dvc.lock file, or in its text."""
+    lock = yaml.safe_load(lock_path.read_text() if text is None else text)
     return {
         out["path"]: out["md5"]
         for name, stage in lock["stages"].items()
         if stages is None or name in stages
         for out in stage.get("outs", [])
     }
+
+
+def as_first_committed(repo: Path, folder: str) -> dict[str, bytes]:
+    """{path: bytes} of the files under folder (or the one file) in the repository's first commit: a copy of the project
+    (make_project_repo) as it was made, before any stage ran in it."""
+    first = run(["git", "rev-list", "--max-parents=0", "HEAD"], repo).stdout.strip()
+    names = run(["git", "ls-tree", "-r", "--name-only", first, folder], repo).stdout.split()
+    return {name: subprocess.run(["git", "show", f"{first}:{name}"], cwd=repo, capture_output=True, check=True).stdout for name in names}
 
 
 def set_params(repo: Path, section: str, key: str, value: object) -> None:
