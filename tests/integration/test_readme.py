@@ -56,7 +56,7 @@ from tests.integration.readme import (
     find_section,
     sections,
 )
-from tests.integration.workspace import BIN, PROJECT, copy_workspace
+from tests.integration.workspace import PROJECT, copy_workspace, with_test_venv
 
 pytestmark = pytest.mark.integration
 
@@ -125,17 +125,6 @@ def starts_with(command: str, prefix: str) -> bool:
 def fresh_repo(repo: Path) -> Path:
     """A fresh copy of the project in a new git repository, with a .venv that is the test's (already set up)."""
     return with_test_venv(make_project_repo(repo))
-
-
-def with_test_venv(repo: Path) -> Path:
-    """repo with a .venv that is the test's (already set up): `make` installs nothing."""
-    venv = repo / ".venv"
-    venv.mkdir()
-    for name in ("bin", "lib", "lib64", "include", "pyvenv.cfg"):
-        if (BIN.parent / name).exists():
-            (venv / name).symlink_to(BIN.parent / name)
-    (venv / ".installed").touch()  # newer than requirements.lock and pyproject.toml: `make` installs nothing
-    return repo
 
 
 class Server:

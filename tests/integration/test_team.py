@@ -29,7 +29,18 @@ from bts.errors import BtsError
 from bts.hashing import file_md5
 from bts.kill_points import STOP_POINT_VARIABLE
 from tests.integration.conftest import make_project_repo
-from tests.integration.workspace import DATASETS, lock_outs, run, run_queue, set_params, stopped_stage, user_env
+from tests.integration.workspace import (
+    DATASETS,
+    PROJECT,
+    copy_workspace,
+    lock_outs,
+    run,
+    run_queue,
+    set_params,
+    stopped_stage,
+    user_env,
+    with_test_venv,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +324,49 @@ def test_team_mode_listens_on_loopback_alone_and_asks_every_role_for_a_password_
     for password in secret.values():
         assert [path for path in places if password.encode() in path.read_bytes()] == []
         assert [p.pid for p in psutil.process_iter(["cmdline"]) if password in " ".join(p.info["cmdline"] or [])] == []
+
+
+def team_recipe() -> list[str]:
+    """The team-mode page's recipe up to `dvc push`, its commands as the page shows them (comments dropped)."""
+    block = [line[4:] for line in (PROJECT / "docs/team-mode.md").read_text().splitlines() if line.startswith("    ")]
+    start = next(i for i, line in enumerate(block) if line.startswith('eval "$(make -s team-up)"'))
+    end = next(i for i, line in enumerate(block) if line.strip() == "dvc push")
+    return [line.split("  #")[0].strip() for line in block[start : end + 1]]
+
+
+def test_the_team_recipe_on_an_up_to_date_repository_pushes_commits_nothing_else_and_keeps_both_stores_cards(
+    pipeline_build: Path,
+) -> None:
+    """The recipe on a repository whose pipeline already ran against its local store (so `dvc repro` has nothing to do),
+    against `make team-up` on ports chosen through the make variables the page names."""
+    folder = Path(tempfile.mkdtemp(prefix="bts-team-recipe-"))
+    folder.chmod(0o755)  # PostgreSQL's own user must reach .team/ inside the repository
+    repo = folder / "repo"
+    try:
+        copy_workspace(pipeline_build, repo)
+        with_test_venv(repo)
+        use_dvc_remote(repo, folder)
+        local = run(["bts", "register"], repo).stdout  # the local store's version 1 and its card, before team mode
+        assert local.startswith(f"registered: models:/{MODEL}/1 ")
+        head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+        ports = {"TEAM_POSTGRES_PORT": str(team.free_port()), "TEAM_SERVER_PORT": str(team.free_port())}
+        recipe = run(["bash", "-c", "\n".join([*team_recipe(), "bts register"])], repo, check=False, env=ports)
+        output = recipe.stdout + recipe.stderr
+        chosen = f"PostgreSQL on {team.HOST}:{ports['TEAM_POSTGRES_PORT']} "
+        assert chosen in output and f"MLflow server on http://{team.HOST}:{ports['TEAM_SERVER_PORT']} " in output, output
+        assert "nothing to commit" in output  # `git commit` says so, and `dvc push` still runs
+        assert run(["git", "rev-parse", "HEAD"], repo).stdout.strip() == head
+        assert run(["git", "diff", "--cached", "--name-only"], repo).stdout == ""  # nothing else staged
+        assert "Cache and remote 'shared' are in sync" in run(["dvc", "status", "--cloud"], repo).stdout
+        # The server holds no run of these weights: the advice names the command that trains them there.
+        advice = re.search(r"`(dvc repro --force --single-item [a-z ]+)`", output)
+        assert recipe.returncode != 0 and advice, output
+        again = run(["bash", "-c", f'eval "$(make -s team-up)" && {advice.group(1)} && bts register'], repo, env=ports)
+        assert f"registered: models:/{MODEL}/1 " in again.stdout, again.stdout
+        assert run(["git", "status", "--porcelain"], repo).stdout == ""  # the same bytes: dvc.lock unchanged, nothing new
+        cards = {path.relative_to(repo).as_posix() for path in (repo / "models/cards").rglob("*.json")}
+        assert cards == {f"models/cards/{MODEL}-1.json", f"models/cards/{team.HOST}-{ports['TEAM_SERVER_PORT']}/{MODEL}-1.json"}
+    finally:
+        run(["make", "-s", "team-down"], repo, check=False)
+        team.stop(repo / ".team")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -137,6 +137,17 @@ def lock_outs(lock_path: Path, stages: list[str] | None = None, text: str | None
     }
 
 
+def with_test_venv(repo: Path) -> Path:
+    """repo with a .venv that is the test's (already set up): `make` installs nothing."""
+    venv = repo / ".venv"
+    venv.mkdir()
+    for name in ("bin", "lib", "lib64", "include", "pyvenv.cfg"):
+        if (BIN.parent / name).exists():
+            (venv / name).symlink_to(BIN.parent / name)
+    (venv / ".installed").touch()  # newer than requirements.lock and pyproject.toml: `make` installs nothing
+    return repo
+
+
 def as_first_committed(repo: Path, folder: str) -> dict[str, bytes]:
     """{path: bytes} of the files under folder (or the one file) in the repository's first commit: a copy of the project
     (make_project_repo) as it was made, before any stage ran in it."""
