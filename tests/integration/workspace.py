@@ -57,8 +57,9 @@ def run_queue(repo: Path, env: dict | None = None, jobs: int = 2, timeout: float
 
 EXTERNAL = "data/external/"
 EXTERNAL_KEPT = {"data/external/README.md", "data/external/.gitignore"}
-# What a run of the pipeline writes into git: it describes the data params.yaml's data.sources names.
-PIPELINE_RECORDS = ["dvc.lock", "metadata/datasets", "metadata/schemas", "metrics", "plots"]
+# What listing real exports changes beside data.sources (the walkthrough's "Real exports"): the exports' .dvc files and
+# data/external/.gitignore, and what the pipeline then writes into git.
+DATA_STATE = ["data/external", "dvc.lock", "metadata/datasets", "metadata/schemas", "metrics", "plots"]
 DEFAULT_SOURCES = ["simulated"]
 
 
@@ -81,7 +82,7 @@ def sources_at(revision: str | None) -> list:
 
 def defaults_revision() -> str:
     """The newest commit of the project that runs on the embedded simulated data alone: HEAD, unless real exports were
-    committed since (its pipeline records are what a copy on the defaults rebuilds)."""
+    committed since (its data state is what a copy on the defaults rebuilds)."""
     revisions = subprocess.run(
         ["git", "rev-list", "HEAD", "--", "params.yaml"], cwd=PROJECT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -96,8 +97,8 @@ def defaults_revision() -> str:
 def copy_project_on_defaults(repo: Path) -> None:
     """The project's files (as in the working tree) at `repo`, on its simulated data: where the user listed real exports
     in data.sources (the walkthrough's "Real exports", committed or not), the copy lists `simulated` alone and holds the
-    pipeline records of the newest commit on the defaults, so that it rebuilds what those records say. Real exports are
-    never copied: tests that need one bring their own."""
+    DATA_STATE of the newest commit on the defaults, so that it rebuilds what its dvc.lock says. Real exports are never
+    copied: tests that need one bring their own."""
     for name in project_files():
         target = repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,10 +106,10 @@ def copy_project_on_defaults(repo: Path) -> None:
     if sources_at(None) == DEFAULT_SOURCES:
         return
     set_params(repo, "data", "sources", DEFAULT_SOURCES)
-    for record in PIPELINE_RECORDS:
-        path = repo / record
+    for name in DATA_STATE:
+        path = repo / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    archive = subprocess.run(["git", "archive", defaults_revision(), *PIPELINE_RECORDS], cwd=PROJECT, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", defaults_revision(), *DATA_STATE], cwd=PROJECT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
 
 
