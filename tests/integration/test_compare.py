@@ -1,4 +1,5 @@
-"""`bts compare` on a real SQLite MLflow store of 30 runs whose Pareto front and best run are known by construction."""
+"""`bts compare` on a real SQLite MLflow store of 30 runs whose Pareto front and best run are known by construction, run
+from a workspace whose dvc.lock records the data version they trained on; and on a built pipeline whose data changes."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from bts.cli import main
-from tests.integration.workspace import BIN, PROJECT
+from bts.project import TRAINING_STAGE, pipeline_argument
+from bts.tracking.tags import GIT_DIRTY, data_md5_tag
+from tests.integration.workspace import BIN, DATASETS, PROJECT, lock_outs, set_params
+from tests.integration.workspace import run as user_run
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENT = "bts-compare-test"
 METRICS = ("test.rmse", "training.seconds", "model.size_bytes", "test.skill")
 QUALITY_AND_COST = "test.rmse:min,training.seconds:min,model.size_bytes:min,test.skill:max"
+CURRENT_DATA = "0123456789abcdef0123456789abcdef"  # the features md5 the workspace's dvc.lock records, and the runs' own
 
 
 def known_runs() -> dict[str, dict]:
@@ -53,6 +58,18 @@ FRONT = {"best", "fast", "fast-twin", "small", "accurate"}
 
 
 @pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder whose dvc.lock records CURRENT_DATA as the training features' md5: what `bts compare` compares on."""
+    root = tmp_path_factory.mktemp("compare-workspace")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, root / name)
+    features = pipeline_argument(root, TRAINING_STAGE, "--features")
+    lock = {"schema": "2.0", "stages": {"featurize": {"outs": [{"path": features, "md5": CURRENT_DATA}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    return root
+
+
+@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Tracking URI of a SQLite store holding the known runs in EXPERIMENT (and an empty experiment "empty")."""
     root = tmp_path_factory.mktemp("compare-store")
@@ -61,7 +78,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     client.create_experiment("empty", artifact_location=(root / "mlartifacts").as_uri())
     for name, spec in RUNS.items():
-        tags = {"dvc.exp_name": f"exp-{name}"} | ({"sweep": spec["sweep"]} if "sweep" in spec else {})
+        tags = {"dvc.exp_name": f"exp-{name}", data_md5_tag("features"): CURRENT_DATA, GIT_DIRTY: "false"}
+        tags |= {"sweep": spec["sweep"]} if "sweep" in spec else {}
         run = client.create_run(experiment_id, run_name=name)
         metrics = [Metric(key, float(value), 0, 0) for key, value in zip(METRICS, spec["metrics"], strict=True) if value is not None]
         params = [Param("train.model", spec["model"]), Param("featurize.n_lags", "6")]
@@ -73,9 +91,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def tracking(store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The store, as MLFLOW_TRACKING_URI; MLflow's process-wide URI is reset afterwards."""
+def tracking(store: str, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The store, as MLFLOW_TRACKING_URI, used from the workspace (the current folder); MLflow's process-wide URI is reset
+    afterwards."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(workspace)
     yield store
     mlflow.set_tracking_uri(None)  # bts compare sets it through use_store(); later tests must not inherit it
 
@@ -97,23 +118,24 @@ def test_default_table_ranks_on_quality_and_shows_the_params_that_differ(trackin
     assert main(["compare", "--experiment", EXPERIMENT, "--top", "3"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[:5] == [
-        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+    assert lines[:7] == [
+        f"experiment '{EXPERIMENT}': 29 runs on the workspace's data, features md5 {CURRENT_DATA[:12]} (dvc.lock)",
+        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
         "1 run without all metrics was left out",
         "params that differ between them: train.alpha, train.model",
         "Pareto front: 1 run, marked *; 1 of them in the top 3",
         "",
+        "rank  run                     features md5  dirty  test.rmse  test.skill   score  front  alpha  model",
     ]
-    assert lines[5].split() == [
-        "rank", "run", "run", "id", "dvc", "exp", "test.rmse", "test.skill", "score", "front", "params.train.alpha", "params.train.model"
-    ]  # fmt: skip
     rows = table_rows(out)
+    md5 = CURRENT_DATA[:12]
     assert [row[0:2] + row[3:] for row in rows] == [
-        ["1", "accurate", "exp-accurate", "0.45", "0.65", "1.0000", "*", "0.01", "elasticnet"],
-        ["2", "best", "exp-best", "0.5", "0.6", "0.9091", "0.01", "elasticnet"],  # 0.05 / 0.55 below the best on each metric
-        ["3", "filler-00", "exp-filler-00", "0.55", "0.55", "0.8182", "0.1", "elasticnet"],
+        ["1", "exp-accurate", md5, "no", "0.45", "0.65", "1.0000", "*", "0.01", "elasticnet"],
+        ["2", "exp-best", md5, "no", "0.5", "0.6", "0.9091", "0.01", "elasticnet"],  # 0.05 / 0.55 below the best on each metric
+        ["3", "exp-filler-00", md5, "no", "0.55", "0.55", "0.8182", "0.1", "elasticnet"],
     ]
-    assert all(len(row[2]) == 8 for row in rows)
+    run_ids = {run["run_name"]: run["run_id"] for run in compare_json(capsys)["ranking"]}
+    assert [row[2] for row in rows] == [run_ids[name][:8] for name in ("accurate", "best", "filler-00")]
     assert "training.seconds" not in out and "featurize.n_lags" not in out  # cost only on request; a param all runs share is noise
 
 
@@ -122,30 +144,32 @@ def test_a_param_a_run_lacks_shows_as_a_dash(tracking: str, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "no param differs between them" in out  # every ridge run lacks train.alpha: nothing differs
     assert main(["compare", "--experiment", EXPERIMENT, "--top", "30"]) == 0
-    ridge = [row for row in table_rows(capsys.readouterr().out) if row[1] == "small"]
-    assert ridge[0][-2:] == ["-", "ridge"]
+    ridge = [row for row in table_rows(capsys.readouterr().out) if row[1] == "exp-small"]
+    assert ridge[0][-2:] == ["ridge", "-"]
 
 
 def test_table_on_quality_and_cost_shows_front_best_run_and_left_out_count(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--experiment", EXPERIMENT, "--metrics", QUALITY_AND_COST, "--top", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == (
-        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better), training.seconds (lower is better), "
-        "model.size_bytes (lower is better) and test.skill (higher is better), equal weights"
-    )
+    lines = out.splitlines()
+    assert lines[1:3] == [  # wrapped to fit 120 columns
+        "ranked on test.rmse (lower is better), training.seconds (lower is better), model.size_bytes (lower is better) and",
+        "  test.skill (higher is better), equal weights",
+    ]
     assert "1 run without all metrics was left out" in out
     assert "Pareto front: 5 runs" in out
     rows = table_rows(out)
     assert len(rows) == 5
-    assert rows[0][:4] == ["1", "best", rows[0][2], "exp-best"]
+    assert rows[0][:2] == ["1", "exp-best"]
     assert len(rows[0][2]) == 8
-    assert {row[1] for row in rows if "*" in row} == {row[1] for row in rows} & FRONT
+    assert {row[1] for row in rows if "*" in row} == {row[1] for row in rows} & {f"exp-{name}" for name in FRONT}
+    assert max(len(line) for line in lines) <= 120
 
 
 def test_unequal_weights_are_stated_with_each_metric(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--experiment", EXPERIMENT, "--weights", "3,1"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == (
-        f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better, weight 3) and test.skill (higher is better, weight 1)"
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "ranked on test.rmse (lower is better, weight 3) and test.skill (higher is better, weight 1)"
     )
 
 
@@ -272,6 +296,8 @@ def test_database_read_matches_the_search_api(tracking: str) -> None:
                 "run_id",
                 "run_name",
                 "dvc_exp_name",
+                "features_md5",
+                "dirty",
                 *METRICS,
                 "has_params",
                 "params.train.alpha",
@@ -300,10 +326,11 @@ def user_env(tracking: str) -> dict[str, str]:
 
 
 def compare_process(tracking: str, stdout: int, *argv: str) -> subprocess.CompletedProcess:
-    """`bts compare` as its own process, as a shell pipeline runs it, writing to `stdout` (a pipe's write end)."""
+    """`bts compare` as its own process, as a shell pipeline runs it, writing to `stdout` (a pipe's write end), from the
+    current folder (the workspace `tracking` entered)."""
     env = user_env(tracking)
     command = [str(BIN / "bts"), "compare", "--experiment", EXPERIMENT, *argv]
-    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, env=env, text=True, timeout=120, cwd=PROJECT)
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, env=env, text=True, timeout=120, cwd=Path.cwd())
 
 
 @pytest.mark.parametrize("argv", [[], ["--json"]])
@@ -326,9 +353,9 @@ def test_a_reader_that_left_gets_no_traceback(tracking: str, argv: list[str]) ->
 def test_piped_into_head_prints_the_first_lines_and_nothing_else(tracking: str) -> None:
     env = user_env(tracking)
     shell = f"'{BIN / 'bts'}' compare --experiment {EXPERIMENT} | head -n 1"
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, env=env, timeout=120, cwd=PROJECT)
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, env=env, timeout=120, cwd=Path.cwd())
     assert (result.returncode, result.stderr) == (0, "")
-    first = f"experiment '{EXPERIMENT}': 29 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights"
+    first = f"experiment '{EXPERIMENT}': 29 runs on the workspace's data, features md5 {CURRENT_DATA[:12]} (dvc.lock)"
     assert result.stdout == first + "\n"
 
 
@@ -345,7 +372,7 @@ def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, ca
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     assert main(["compare", "--experiment", "with-evaluation-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == "params that differ between them: train.seed (1 run logged no params)"  # not train.model
+    assert "params that differ between them: train.seed (1 run logged no params)" in lines  # not train.model
     direct, _ = fetch_runs("with-evaluation-run", "", ["test.rmse"])
     searched, _ = fetch_runs("with-evaluation-run", "attributes.run_name != 'x'", ["test.rmse"])
     assert {run["run_name"]: run["has_params"] for run in direct} == {"trained-1": True, "trained-2": True, "eval": False}
@@ -353,9 +380,10 @@ def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, ca
 
 
 def imported_modules(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """The real `bts` console script as its own process, and the top-level packages it imported (Python's own import log)."""
+    """The real `bts` console script as its own process in the current folder, and the top-level packages it imported
+    (Python's own import log)."""
     env = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
-    result = subprocess.run([str(BIN / "bts"), *argv], capture_output=True, text=True, env=env, timeout=120, cwd=PROJECT)
+    result = subprocess.run([str(BIN / "bts"), *argv], capture_output=True, text=True, env=env, timeout=120, cwd=Path.cwd())
     log = [line for line in result.stderr.splitlines() if line.startswith("import time:") and "imported package" not in line]
     return result, {line.rsplit("|", 1)[1].strip().partition(".")[0] for line in log}
 
@@ -366,7 +394,7 @@ def test_compare_on_a_sqlite_store_imports_neither_mlflow_nor_pandas_nor_sqlalch
     pay for them."""
     result, imported = imported_modules(["compare", "--experiment", EXPERIMENT, *argv], user_env(tracking))
     assert result.returncode == 0, result.stderr
-    assert "29 runs ranked" in result.stdout or json.loads(result.stdout)["runs_compared"] == 29
+    assert "29 runs on the workspace's data" in result.stdout or json.loads(result.stdout)["runs_compared"] == 29
     assert {"bts", "sqlite3"} <= imported  # the log is whole: the runs were read with Python's sqlite3
     assert imported & {"mlflow", "pandas", "numpy", "sqlalchemy"} == set()
 
@@ -374,7 +402,7 @@ def test_compare_on_a_sqlite_store_imports_neither_mlflow_nor_pandas_nor_sqlalch
 def test_compare_with_a_filter_still_searches_through_mlflow(tracking: str) -> None:
     result, imported = imported_modules(["compare", "--experiment", EXPERIMENT, "--tag", "sweep=a"], user_env(tracking))
     assert result.returncode == 0, result.stderr
-    assert "10 runs ranked" in result.stdout
+    assert "10 runs on the workspace's data" in result.stdout
     assert "mlflow" in imported
 
 
@@ -421,4 +449,76 @@ def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys
     assert comparable(direct) == comparable(searched)
     assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "diverged"))
     assert main(["compare", "--experiment", "with-nan-metric"]) == 0
-    assert capsys.readouterr().out.splitlines()[1] == "1 run without all metrics was left out"
+    assert "1 run without all metrics was left out" in capsys.readouterr().out.splitlines()
+
+
+OTHER_DATA = "fedcba9876543210fedcba9876543210"
+
+
+def test_runs_on_other_data_are_counted_and_all_data_ranks_each_version_on_its_own(tracking: str, capsys) -> None:
+    """One model trained at one commit, so one run name: on the workspace's data (once with uncommitted changes), on other
+    data, and before runs recorded their data. Rows are told apart by run id; only the workspace's data is ranked."""
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.create_experiment("data-versions")
+    made = [
+        (CURRENT_DATA, "false", 0.5),
+        (CURRENT_DATA, "true", 0.6),
+        (OTHER_DATA, "false", 0.3),
+        (OTHER_DATA, "false", 0.4),
+        (None, None, 0.2),
+    ]
+    for md5, dirty, rmse in made:
+        made_run = client.create_run(experiment_id, run_name="hist_gradient_boosting-41214a8")
+        tags = [RunTag(key, value) for key, value in {data_md5_tag("features"): md5, GIT_DIRTY: dirty}.items() if value]
+        metrics = [Metric("test.rmse", rmse, 0, 0), Metric("test.skill", 1 - rmse, 0, 0)]
+        client.log_batch(made_run.info.run_id, metrics=metrics, params=[Param("train.model", "hist_gradient_boosting")], tags=tags)
+    assert main(["compare", "--experiment", "data-versions"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"experiment 'data-versions': 2 runs on the workspace's data, features md5 {CURRENT_DATA[:12]} (dvc.lock)"
+    assert f"3 runs on other data left out (2 on {OTHER_DATA[:12]}, 1 with no md5 recorded): --all-data shows them" in out
+    rows = table_rows(out)
+    assert [(row[0], row[1], row[3], row[4]) for row in rows] == [
+        ("1", "hist_gradient_boosting-41214a8", CURRENT_DATA[:12], "no"),
+        ("2", "hist_gradient_boosting-41214a8", CURRENT_DATA[:12], "yes"),
+    ]
+    assert len({row[2] for row in rows}) == 2  # the run ids' starts tell them apart
+    assert main(["compare", "--experiment", "data-versions", "--all-data"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"data versions (features md5): {CURRENT_DATA[:12]} (the workspace's): 2 runs; {OTHER_DATA[:12]}: 2 runs; none recorded: 1 run"
+        in out
+    )
+    assert [(row[0], row[3]) for row in table_rows(out)] == [
+        ("1", CURRENT_DATA[:12]), ("2", CURRENT_DATA[:12]), ("1", OTHER_DATA[:12]), ("2", OTHER_DATA[:12]), ("1", "-")
+    ]  # fmt: skip
+    documents = []
+    for argv in [[], ["--filter", "attributes.status != 'nothing'"]]:  # the database read, then MLflow's search
+        assert main(["compare", "--experiment", "data-versions", "--all-data", "--json", *argv]) == 0
+        documents.append(json.loads(capsys.readouterr().out))
+    assert [(run["features_md5"], run["dirty"], run["rank"]) for run in documents[0]["ranking"]] == [
+        (CURRENT_DATA, False, 1), (CURRENT_DATA, True, 2), (OTHER_DATA, False, 1), (OTHER_DATA, False, 2), (None, None, 1)
+    ]  # fmt: skip
+    assert documents[0]["ranking"] == documents[1]["ranking"]
+    assert [version["features_md5"] for version in documents[0]["data_versions"]] == [CURRENT_DATA, OTHER_DATA, None]
+
+
+def test_a_change_of_data_in_a_built_pipeline_is_a_new_data_version_ranked_apart(own_built_repo: Path) -> None:
+    """The acceptance test: the pipeline's run on its first data, then a run on data featurized anew (uncommitted params):
+    `bts compare` ranks only the run on the data dvc.lock now records, names the other version and counts its run, and
+    --all-data ranks both, each on its own; every line fits 120 columns."""
+    repo = own_built_repo
+    first = lock_outs(repo / "dvc.lock")[DATASETS["features"]]
+    set_params(repo, "featurize", "n_lags", 3)  # other features
+    set_params(repo, "train", "model", "ridge")  # the quickest to train
+    user_run(["dvc", "repro", "evaluate"], repo)  # featurize, train and evaluate: one new run, not the package
+    second = lock_outs(repo / "dvc.lock")[DATASETS["features"]]
+    assert second != first
+    out = user_run(["bts", "compare"], repo).stdout
+    lines = out.splitlines()
+    assert lines[0] == f"experiment 'bts-next-reading': 1 run on the workspace's data, features md5 {second[:12]} (dvc.lock)"
+    assert f"1 run on other data left out (1 on {first[:12]}): --all-data shows them" in lines
+    assert [(row[1].rpartition("-")[0], row[3], row[4]) for row in table_rows(out)] == [("ridge", second[:12], "yes")]
+    everything = user_run(["bts", "compare", "--all-data"], repo).stdout
+    assert f"data versions (features md5): {second[:12]} (the workspace's): 1 run; {first[:12]}: 1 run" in everything
+    assert [(row[0], row[3], row[4]) for row in table_rows(everything)] == [("1", second[:12], "yes"), ("1", first[:12], "no")]
+    assert max(len(line) for text in (out, everything) for line in text.splitlines()) <= 120

@@ -1,10 +1,14 @@
-"""Pareto front, weighted scores and ranking of `bts compare` on a few runs; its table, plot labels and argument checks."""
+"""Pareto front, weighted scores and ranking of `bts compare` on a few runs; data versions, its table and its width,
+plot labels and argument checks."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,8 +19,9 @@ from bts.lifecycle.compare import (
     DEFAULT_METRICS,
     Comparison,
     axis_label,
+    compare,
     comparison_from_args,
-    format_table,
+    data_versions,
     front_figure,
     pareto_front,
     parse_metrics,
@@ -26,9 +31,12 @@ from bts.lifecycle.compare import (
     ranked_on,
     result_document,
     search_filter,
+    unique_name,
     varying_params,
     weighted_scores,
+    workspace_features_md5,
 )
+from bts.lifecycle.compare_table import Column, fit_columns, format_table, short_param_names
 
 MIN_MIN = {"rmse": "min", "seconds": "min"}
 
@@ -246,75 +254,84 @@ def rows(columns: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
-def ranked_result(filter_string: str = "") -> tuple[dict, Comparison]:
-    comparison = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, filter_string)
-    runs = rows(
+QUALITY = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
+DATA = "d" * 32  # the workspace's features md5 in these tests
+OTHER = "0" * 32
+
+
+def compared(runs: list[dict[str, Any]], comparison: Comparison = QUALITY, workspace_md5: str | None = DATA, why: str = "") -> dict:
+    """What `compare` makes of these runs, as fetch_runs would give them."""
+    with mock.patch("bts.lifecycle.compare.fetch_runs", return_value=(runs, "1")):
+        return compare("e", comparison, workspace_md5, why)
+
+
+def sample_runs() -> list[dict[str, Any]]:
+    """Three runs on the workspace's data with both metrics, and one without test.skill."""
+    return rows(
         {
-            "run_id": ["a" * 32, "b" * 32, "c" * 32],
-            "run_name": ["ridge-1", "enet-2", None],
-            "dvc_exp_name": ["exp-1", None, "exp-3"],
-            "test.rmse": [0.5, 0.7, 0.9],
-            "test.skill": [0.6, 0.4, 0.2],
-            "has_params": [True, True, True],
-            "params.train.alpha": [None, "0.3", "0.01"],
-            "params.train.model": ["ridge", "elasticnet", "elasticnet"],
+            "run_id": ["a" * 32, "b" * 32, "c" * 32, "e" * 32],
+            "run_name": ["ridge-1", "enet-2", None, "unscored"],
+            "dvc_exp_name": ["exp-1", None, "exp-3", None],
+            "features_md5": [DATA] * 4,
+            "dirty": ["false", "true", None, "false"],
+            "test.rmse": [0.5, 0.7, 0.9, 0.4],
+            "test.skill": [0.6, 0.4, 0.2, math.nan],
+            "has_params": [True] * 4,
+            "params.train.alpha": [None, "0.3", "0.01", None],
+            "params.train.model": ["ridge", "elasticnet", "elasticnet", "ridge"],
         }
     )
-    ranked = rank_runs(runs, comparison.directions, comparison.weights)
-    result = {
-        "experiment": "e",
-        "experiment_id": "1",
-        "filter": filter_string,
-        "runs_matched": 4,
-        "runs_left_out": 1,
-        "runs_without_params": 0,
-    }
-    return {**result, "params": ["train.alpha", "train.model"], "ranked": ranked}, comparison
 
 
-def test_table_states_the_ranking_metrics_and_shows_the_params_that_differ() -> None:
+def ranked_result(filter_string: str = "") -> tuple[dict, Comparison]:
+    comparison = Comparison(QUALITY.directions, QUALITY.weights, filter_string)
+    return compared(sample_runs(), comparison), comparison
+
+
+def test_table_states_the_data_version_the_ranking_metrics_and_the_params_that_differ() -> None:
     result, comparison = ranked_result("tags.`sweep` = 'a'")
-    assert format_table(result, comparison, top=2).splitlines() == [
-        "experiment 'e': 3 runs ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+    assert format_table(result, comparison, top=2, width=120).splitlines() == [
+        "experiment 'e': 3 runs on the workspace's data, features md5 dddddddddddd (dvc.lock)",
+        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
         "filter: tags.`sweep` = 'a'",
         "1 run without all metrics was left out",
         "params that differ between them: train.alpha, train.model",
         "Pareto front: 1 run, marked *; 1 of them in the top 2",
         "",
-        "rank  run      run id    dvc exp  test.rmse  test.skill   score  front  params.train.alpha  params.train.model",
-        "----  -------  --------  -------  ---------  ----------  ------  -----  ------------------  ------------------",
-        "   1  ridge-1  aaaaaaaa  exp-1          0.5         0.6  1.0000  *      -                   ridge",
-        "   2  enet-2   bbbbbbbb                 0.7         0.4  0.5000         0.3                 elasticnet",
+        "rank  run              features md5  dirty  test.rmse  test.skill   score  front  model       alpha",
+        "----  ---------------  ------------  -----  ---------  ----------  ------  -----  ----------  -----",
+        "   1  exp-1 aaaaaaaa   dddddddddddd  no           0.5         0.6  1.0000  *      ridge       -",
+        "   2  enet-2 bbbbbbbb  dddddddddddd  yes          0.7         0.4  0.5000         elasticnet  0.3",
     ]
 
 
 def test_table_without_differing_params_says_so_and_counts_runs_without_params() -> None:
-    result, comparison = ranked_result()
-    ranked = [{key: value for key, value in run.items() if not key.startswith("params.")} for run in result["ranked"]]
-    result = {**result, "params": [], "ranked": ranked}
-    lines = format_table(result, comparison, top=1).splitlines()
-    assert lines[2] == "no param differs between them"
-    result["runs_without_params"] = 1
-    assert format_table(result, comparison, top=1).splitlines()[2] == "no param differs between them (1 run logged no params)"
-    assert lines[5] == "rank  run      run id    dvc exp  test.rmse  test.skill   score  front"
+    runs = [{key: value for key, value in run.items() if not key.startswith("params.")} for run in sample_runs()]
+    result = compared(runs)
+    lines = format_table(result, QUALITY, top=1, width=120).splitlines()
+    assert lines[3] == "no param differs between them"
+    assert lines[6] == "rank  run             features md5  dirty  test.rmse  test.skill   score  front"
+    runs[1]["has_params"] = False
+    assert (
+        format_table(compared(runs), QUALITY, top=1, width=120).splitlines()[3] == "no param differs between them (1 run logged no params)"
+    )
 
 
 def test_params_no_run_shown_sets_are_named_but_kept_out_of_the_table() -> None:
-    result, comparison = ranked_result()
-    for run in result["ranked"]:
-        if run["run_name"] == "enet-2":
-            run["params.train.alpha"] = None  # only the 3rd run sets it
-    lines = format_table(result, comparison, top=2).splitlines()
-    assert lines[2:5] == [
+    runs = sample_runs()
+    runs[1]["params.train.alpha"] = None  # only the 3rd run sets it
+    result = compared(runs)
+    lines = format_table(result, QUALITY, top=2, width=120).splitlines()
+    assert lines[3:6] == [
         "params that differ between them: train.alpha, train.model",
         "not set in any run shown, so not in the table: train.alpha",
         "Pareto front: 1 run, marked *; 1 of them in the top 2",
     ]
-    assert lines[6].split()[-2:] == ["front", "params.train.model"]
-    assert "params.train.alpha" in format_table(result, comparison, top=3)
+    assert lines[7].split()[-2:] == ["front", "model"]
+    assert "alpha" in format_table(result, QUALITY, top=3, width=120).splitlines()[6]
 
 
-def test_json_holds_each_run_params_with_null_where_a_run_lacks_one() -> None:
+def test_json_holds_each_run_data_version_dirty_flag_and_params_with_null_where_a_run_lacks_one() -> None:
     result, comparison = ranked_result()
     document = result_document(result, comparison)
     assert document["params"] == ["train.alpha", "train.model"]
@@ -323,6 +340,175 @@ def test_json_holds_each_run_params_with_null_where_a_run_lacks_one() -> None:
         {"train.alpha": "0.3", "train.model": "elasticnet"},
         {"train.alpha": "0.01", "train.model": "elasticnet"},
     ]
+    assert [(run["name"], run["features_md5"], run["dirty"]) for run in document["ranking"]] == [
+        ("exp-1 aaaaaaaa", DATA, False),
+        ("enet-2 bbbbbbbb", DATA, True),
+        ("exp-3 cccccccc", DATA, None),
+    ]
+    assert (document["workspace_features_md5"], document["runs_on_other_data"], document["runs_left_out"]) == (DATA, 0, 1)
+
+
+def on_data(versions: dict[str, str | None], dirty: str = "false") -> list[dict[str, Any]]:
+    """One run per name, trained on the data version given, with a metric that ranks them in the order given."""
+    return [
+        {
+            "run_id": f"{index:x}" * 32,
+            "run_name": "hist_gradient_boosting-41214a8",  # one name: the model trained at one commit, several times
+            "dvc_exp_name": None,
+            "features_md5": md5,
+            "dirty": dirty,
+            "test.rmse": 0.5 + index / 10,
+            "test.skill": 0.5 - index / 10,
+            "has_params": True,
+        }
+        for index, md5 in enumerate(versions.values(), start=1)
+    ]
+
+
+def test_runs_on_other_data_are_left_out_and_counted_by_version() -> None:
+    runs = on_data({"here": DATA, "other": OTHER, "older": None, "here-too": DATA, "other-too": OTHER, "third": "3" * 32})
+    result = compared(runs)
+    assert [run["run_id"][0] for run in result["ranked"]] == ["1", "4"]
+    assert result["runs_on_other_data"] == [(OTHER, 2), ("3" * 32, 1), (None, 1)]
+    assert result["runs_matched"] == 6 and not result["all_data"]
+    lines = format_table(result, QUALITY, top=20, width=120).splitlines()
+    assert lines[2] == "4 runs on other data left out (2 on 000000000000, 1 on 333333333333, 1 with no md5 recorded): --all-data shows them"
+    document = result_document(result, QUALITY)
+    assert (document["runs_compared"], document["runs_on_other_data"]) == (2, 4)
+
+
+def test_all_data_ranks_each_version_on_its_own_the_workspace_first() -> None:
+    runs = on_data({"older": None, "other": OTHER, "here": DATA, "other-too": OTHER})
+    result = compared(runs, Comparison(QUALITY.directions, QUALITY.weights, "", all_data=True))
+    assert [(group["features_md5"], group["workspace"], len(group["ranked"])) for group in result["groups"]] == [
+        (DATA, True, 1),
+        (OTHER, False, 2),
+        (None, False, 1),
+    ]
+    assert [run["rank"] for run in result["ranked"]] == [1, 1, 2, 1]  # each version ranked on its own
+    assert [run["pareto"] for run in result["ranked"]] == [True, True, False, True]
+    assert result["runs_on_other_data"] == []
+    text = format_table(result, QUALITY, top=20, width=120)
+    lines = text.splitlines()
+    assert lines[0] == "experiment 'e': 4 runs on 3 data versions, each version ranked on its own"
+    assert lines[2] == "data versions (features md5): dddddddddddd (the workspace's): 1 run; 000000000000: 2 runs; none recorded: 1 run"
+    table = lines[lines.index("") + 1 :]
+    assert [line.split()[3] if line[0] != "-" else "rule" for line in table[2:]] == [
+        "dddddddddddd", "rule", "000000000000", "000000000000", "rule", "-",
+    ]  # fmt: skip
+    assert [version["features_md5"] for version in result_document(result, QUALITY)["data_versions"]] == [DATA, OTHER, None]
+
+
+def test_every_version_is_ranked_on_its_own_when_no_run_trained_on_the_workspace_data() -> None:
+    result = compared(on_data({"other": OTHER, "older": None}))
+    assert result["all_data"] and [group["features_md5"] for group in result["groups"]] == [OTHER, None]
+    note = "data: no run matched trained on the workspace's data (features md5 dddddddddddd): every data version is shown"
+    assert note in format_table(result, QUALITY, top=20, width=120).splitlines()
+    outside = compared(on_data({"other": OTHER}), workspace_md5=None, why="no BTS project here")
+    assert format_table(outside, QUALITY, top=20, width=120).splitlines()[:3] == [
+        "experiment 'e': 1 run on one data version, features md5 000000000000",
+        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "data: no BTS project here: every data version is shown",
+    ]
+
+
+def test_runs_of_one_name_get_unique_names() -> None:
+    runs = on_data({"here": DATA, "here-dirty": DATA})
+    assert [unique_name(run) for run in runs] == ["hist_gradient_boosting-41214a8 11111111", "hist_gradient_boosting-41214a8 22222222"]
+    assert (
+        unique_name({"run_id": "f" * 32, "run_name": "hist_gradient_boosting-41214a8", "dvc_exp_name": "ninth-farl"})
+        == "ninth-farl ffffffff"
+    )
+    assert unique_name({"run_id": "f" * 32, "run_name": None, "dvc_exp_name": None}) == "ffffffff"
+
+
+def test_data_versions_put_the_workspace_first_then_the_most_runs_then_runs_without_one() -> None:
+    runs = on_data({"a": "a" * 32, "none": None, "b": "b" * 32, "b2": "b" * 32, "here": DATA})
+    assert [(md5, len(group)) for md5, group in data_versions(runs, DATA)] == [(DATA, 1), ("b" * 32, 2), ("a" * 32, 1), (None, 1)]
+    assert [md5 for md5, _ in data_versions(runs, None)] == ["b" * 32, "a" * 32, DATA, None]
+
+
+def test_short_param_names_are_the_shortest_ending_that_names_one_param() -> None:
+    keys = ["train.alpha", "train.ridge.alpha", "train.hist_gradient_boosting.max_iter", "train.model", "featurize.model"]
+    assert short_param_names(keys) == {
+        "train.alpha": "train.alpha",
+        "train.ridge.alpha": "ridge.alpha",
+        "train.hist_gradient_boosting.max_iter": "max_iter",
+        "train.model": "train.model",
+        "featurize.model": "featurize.model",
+    }
+    assert short_param_names(["train.model"]) == {"train.model": "model"}
+
+
+def test_columns_that_do_not_fit_are_left_out_and_the_next_ones_tried() -> None:
+    kept = Column("rank", ["1"], numeric=True, kept=True)
+    wide, narrow, last = Column("model", ["hist_gradient_boosting"]), Column("alpha", ["0.1"]), Column("l1_ratio", ["0.2"])
+    assert fit_columns([kept, wide, narrow, last], None) == ([kept, wide, narrow, last], [])
+    assert fit_columns([kept, wide, narrow, last], 4 + 2 + 5 + 2 + 8) == ([kept, narrow, last], [wide])
+    assert fit_columns([kept, wide, narrow, last], 4 + 2 + 5) == ([kept, narrow], [wide, last])
+    assert fit_columns([kept, wide], 2) == ([kept], [wide])  # the kept columns stay, however narrow the width
+
+
+def many_params_result() -> dict:
+    """Six runs on the workspace's data, like the walkthrough's: a long run name and many params with long keys."""
+    runs = on_data({f"run-{i}": DATA for i in range(6)})
+    models = ["hist_gradient_boosting", *["elasticnet"] * 5]
+    for index, (run, model) in enumerate(zip(runs, models, strict=True)):
+        run["dvc_exp_name"] = None if index == 0 else f"ninth-far{index}"
+        run["has_params"] = True
+        run["params.train.model"] = model
+        run["params.train.alpha"] = None if index == 0 else f"0.{index}"
+        run["params.train.l1_ratio"] = None if index == 0 else "0.5"
+        for key in ["learning_rate", "max_iter", "max_leaf_nodes"]:
+            run[f"params.train.hist_gradient_boosting.{key}"] = "15" if index == 0 else None
+    return compared(runs)
+
+
+@pytest.mark.parametrize("width", [70, 80, 100, 120, 200])
+def test_every_line_fits_the_width_and_the_ranking_stays(width: int) -> None:
+    text = format_table(many_params_result(), QUALITY, top=20, width=width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    header = next(line for line in text.splitlines() if line.startswith("rank  run"))
+    assert header.split()[:2] == ["rank", "run"] and {"test.rmse", "test.skill", "score", "front"} <= set(header.split())
+    assert sum(line.startswith("   ") for line in text.splitlines()) == 6  # every row, its name cut if need be
+
+
+def test_at_120_columns_the_params_that_do_not_fit_are_named_and_wide_shows_every_column() -> None:
+    result = many_params_result()
+    lines = format_table(result, QUALITY, top=20, width=120).splitlines()
+    header = lines[lines.index("") + 1].split()
+    assert header == ["rank", "run", "features", "md5", "dirty", "test.rmse", "test.skill", "score", "front", "alpha"]
+    assert (
+        lines[lines.index("") - 1]
+        == "not shown for width: model, l1_ratio, learning_rate, max_iter, max_leaf_nodes (--wide shows every column)"
+    )
+    assert lines[lines.index("") + 3].startswith("   1  hist_gradient_boosting-41214a8 11111111  dddddddddddd  no ")
+    wide = format_table(result, QUALITY, top=20, width=120, wide=True).splitlines()
+    assert wide[wide.index("") + 1].split()[9:] == ["model", "alpha", "l1_ratio", "learning_rate", "max_iter", "max_leaf_nodes"]
+    assert not any(line.startswith("not shown for width") for line in wide)
+    assert max(len(line) for line in wide[: wide.index("")]) <= 120  # the sentences still wrap
+
+
+def test_on_a_narrow_terminal_names_are_cut_but_keep_their_run_id() -> None:
+    lines = format_table(many_params_result(), QUALITY, top=20, width=80).splitlines()
+    assert "features md5, dirty" in " ".join(lines[: lines.index("")])
+    first = lines[lines.index("") + 3]
+    assert first.split()[1:3] == ["hist_gradient_boosting-41..", "11111111"]
+    narrowest = format_table(many_params_result(), QUALITY, top=20, width=40).splitlines()
+    assert narrowest[narrowest.index("") + 3].split()[:3] == ["1", "hist_gra..", "11111111"]  # wider than 40: the ranking stays
+
+
+def test_workspace_data_version_is_what_dvc_lock_records_for_the_training_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert workspace_features_md5()[0] is None and "no BTS project here" in workspace_features_md5()[1]
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: python src/stages/train.py --features data/f.parquet --out m\n")
+    assert workspace_features_md5() == (None, "no dvc.lock in the workspace (the pipeline has not run)")
+    lock = {"schema": "2.0", "stages": {"featurize": {"outs": [{"path": "data/f.parquet", "md5": DATA}, {"path": "x", "md5": OTHER}]}}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    assert workspace_features_md5() == (DATA, "")
+    (tmp_path / "dvc.lock").write_text("stages: [")
+    assert workspace_features_md5()[1].startswith("dvc.lock is not valid YAML")
 
 
 def test_plot_axes_say_which_way_is_better() -> None:

@@ -1,9 +1,12 @@
 """`bts compare`: rank the runs of one MLflow experiment on several metrics at once, by Pareto front and weighted score.
 
 The ranking and the front are pure functions of the runs as plain rows (one
-dict per run: names, metrics, params), without pandas or numpy, whose imports
-would cost a one-off command more than its work; reading the runs from the
-store is kept apart.
+dict per run: names, data version, metrics, params), without pandas or numpy,
+whose imports would cost a one-off command more than its work; reading the
+runs from the store is kept apart, and so is the text table (compare_table).
+Runs are compared only with runs trained on the same data (the features md5
+each run records): by default those on the workspace's current data version;
+with --all-data each data version is ranked on its own.
 By default runs are ranked on quality alone (test.rmse, test.skill): cost
 metrics such as training.seconds depend on the machine's load, so they are
 compared only when --metrics names them. The params that differ between the
@@ -18,6 +21,7 @@ import json
 import math
 import operator
 import os
+import shutil
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bts.errors import BtsError, ConfigError
-from bts.tracking.tags import EXP_NAME
+from bts.hashing import lock_md5s
+from bts.project import TRAINING_STAGE, find_root, pipeline_argument
+from bts.tracking.tags import EXP_NAME, GIT_DIRTY, data_md5_tag
 
 DEFAULT_METRICS = "test.rmse:min,test.skill:max"  # quality only: wall-clock seconds would rank the machine's load
 COST_METRICS = "training.seconds:min,training.cpu_seconds:min,training.peak_memory_mb:min,model.size_bytes:min"
@@ -36,6 +42,12 @@ BETTER = {"min": "lower is better", "max": "higher is better"}
 PARAM_PREFIX = "params."  # the keys of the runs' params in a row, as mlflow.search_runs names its columns
 HAS_PARAMS = "has_params"  # whether a run logged any param (a run that only evaluated a model has none)
 PAGE_SIZE = 2000
+# The tags each row carries, by row key: a run's DVC experiment, its training data version and whether its code differed
+# from its commit.
+ROW_TAGS = {"dvc_exp_name": EXP_NAME, "features_md5": data_md5_tag("features"), "dirty": GIT_DIRTY}
+SHORT_MD5 = 12  # characters of an md5 shown, as `bts summary` shows them
+SHORT_RUN_ID = 8  # characters of a run id shown: enough for `bts lineage` to find the run
+PIPED_WIDTH = 120  # the table's width when the output is not a terminal (a file, a pipe, a page of the docs)
 SCORE_DECIMALS = 12  # sums of the same normalized values in another order may differ in the last bit; ties must stay ties
 
 FILTER_HELP = """\
@@ -54,9 +66,10 @@ class Comparison:
     directions: dict[str, str]
     weights: dict[str, float]
     filter_string: str
+    all_data: bool = False  # every data version, each ranked on its own; else only the workspace's
 
 
-Run = dict[str, Any]  # one run: run_id, run_name, dvc_exp_name, each metric, has_params, params.<key>, in that order
+Run = dict[str, Any]  # one run: run_id, run_name, the ROW_TAGS keys, each metric, has_params, params.<key>, in that order
 
 
 def pareto_front(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str]) -> list[bool]:
@@ -193,7 +206,8 @@ def comparison_from_args(args: argparse.Namespace) -> Comparison:
         raise ConfigError(f"--top: {args.top}: give at least 1")
     if args.plot and len(directions) < 2:
         raise ConfigError("--plot draws the first two metrics: give at least two in --metrics")
-    return Comparison(directions, weights, search_filter(args.filter, parse_pairs(args.tag, "--tag"), parse_pairs(args.param, "--param")))
+    filter_string = search_filter(args.filter, parse_pairs(args.tag, "--tag"), parse_pairs(args.param, "--param"))
+    return Comparison(directions, weights, filter_string, args.all_data)
 
 
 @contextmanager
@@ -213,7 +227,6 @@ def _store_uri() -> str:
     """The tracking URI (MLFLOW_TRACKING_URI, else the project's store), without importing MLflow; a BtsError if it names
     a SQLite database that is not there (opening it would create an empty one)."""
     from bts.lifecycle.database import SQLITE_PREFIX, sqlite_path
-    from bts.project import find_root
     from bts.tracking.store import tracking_uri
 
     # A store named outright needs no project around it.
@@ -227,8 +240,9 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     """The same rows as `fetch_runs`, read with SQL: only the columns compared, not whole runs.
 
     MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
-    unfiltered comparison of a database store reads just the latest values of the compared metrics, the dvc
-    experiment names, and the runs' params, whose values are kept only for the params that differ between the runs.
+    unfiltered comparison of a database store reads just the latest values of the compared metrics, the ROW_TAGS
+    (dvc experiment name, data version, dirty flag), and the runs' params, whose values are kept only for the params
+    that differ between the runs.
     """
     from bts.lifecycle import database
 
@@ -236,7 +250,7 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
         experiment_id = database.experiment_id(read, experiment, uri)
         found = [(run_id, name) for run_id, name, _, _ in database.active_runs(read, experiment_id)]
         metric_rows = database.latest_metrics(read, experiment_id, metrics)
-        names = database.tag_values(read, experiment_id, EXP_NAME)
+        tags = {key: dict(database.tag_values(read, experiment_id, tag)) for key, tag in ROW_TAGS.items()}
         # Every param of the runs in one pass (about 12 a run): on SQLite, reading only the params of a few keys costs
         # an index search per key and run, and finding those keys first a grouped query, together twice the time.
         logged_params = database.params(read, experiment_id)
@@ -247,12 +261,12 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
     keys = sorted(key for key, values in by_key.items() if len(values) < len(found) or len(set(values.values())) > 1)
     logged = {run_id for run_id, _, _ in logged_params}
     varying = set(keys)
-    names, metric_values, param_values = dict(names), _by_run(metric_rows), _by_run(row for row in logged_params if row[1] in varying)
+    metric_values, param_values = _by_run(metric_rows), _by_run(row for row in logged_params if row[1] in varying)
     rows = [
         _run(
             run_id,
             run_name,
-            names.get(run_id),
+            {key: values.get(run_id) for key, values in tags.items()},
             metric_values.get(run_id, {}),
             run_id in logged,
             param_values.get(run_id, {}),
@@ -275,18 +289,19 @@ def _by_run(rows: Iterable[tuple]) -> dict[str, dict[str, Any]]:
 def _run(
     run_id: str,
     run_name: str | None,
-    dvc_exp_name: str | None,
+    tags: Mapping[str, str | None],
     metric_values: Mapping[str, float],
     has_params: bool,
     param_values: Mapping[str, str],
     metrics: Sequence[str],
     keys: Sequence[str],
 ) -> Run:
-    """One run's row: the metrics asked for (NaN where it lacks one), then the params of `keys` (None where it lacks one)."""
+    """One run's row: its ROW_TAGS (None where it lacks one), the metrics asked for (NaN where it lacks one), then the
+    params of `keys` (None where it lacks one)."""
     return {
         "run_id": run_id,
         "run_name": run_name,
-        "dvc_exp_name": dvc_exp_name,
+        **{key: tags.get(key) for key in ROW_TAGS},
         **{name: float(metric_values.get(name, math.nan)) for name in metrics},
         HAS_PARAMS: has_params,
         **{PARAM_PREFIX + key: param_values.get(key) for key in keys},
@@ -296,9 +311,10 @@ def _run(
 def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
     """One row per matching active run, and the experiment id.
 
-    Keys of each row: run_id, run_name, dvc_exp_name, each metric (NaN where a run lacks it), has_params (the run
-    logged any param), then params.<key> for each param whose value differs between the matched runs or that some
-    lack (None where a run lacks it), by key.
+    Keys of each row: run_id, run_name, the ROW_TAGS keys (dvc_exp_name, features_md5, dirty: the tags' values, None
+    where a run lacks one), each metric (NaN where a run lacks it), has_params (the run logged any param), then
+    params.<key> for each param whose value differs between the matched runs or that some lack (None where a run lacks
+    it), by key.
     """
     from bts.tracking.store import bulk_read_database, check_store, use_uri
 
@@ -329,7 +345,8 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
                     raise ConfigError(f'invalid filter "{filter_string}": {exc.message}') from None
                 raise BtsError(f"cannot search runs in {uri}: {exc.message}") from None
             for run in page:
-                found_runs.append((run.info.run_id, run.info.run_name, run.data.tags.get(EXP_NAME), run.data.metrics))
+                tags = {key: run.data.tags.get(tag) for key, tag in ROW_TAGS.items()}
+                found_runs.append((run.info.run_id, run.info.run_name, tags, run.data.metrics))
                 params.append(run.data.params)
             token = page.token
             if not token:
@@ -337,43 +354,112 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
     keys = sorted({key for values in params for key in values})
     keys = [key for key in keys if len({values.get(key) for values in params}) > 1]  # differs, or some run lacks it
     rows = [
-        _run(run_id, run_name, exp_name, values, bool(logged), logged, metrics, keys)
-        for (run_id, run_name, exp_name, values), logged in zip(found_runs, params, strict=True)
+        _run(run_id, run_name, tags, values, bool(logged), logged, metrics, keys)
+        for (run_id, run_name, tags, values), logged in zip(found_runs, params, strict=True)
     ]
     return rows, found.experiment_id
 
 
-def compare(experiment: str, comparison: Comparison) -> dict[str, Any]:
-    """The runs matched, those left out for want of a metric, and the ranked runs with their front membership."""
+def workspace_features_md5() -> tuple[str | None, str]:
+    """The md5 the workspace's dvc.lock records for the training stage's features (its current data version), or None
+    and why there is none here (no project, no dvc.lock, the pipeline not run yet)."""
+    try:
+        root = find_root()
+    except BtsError:
+        return None, "no BTS project here (no dvc.yaml in this folder or above), so no workspace data version"
+    try:
+        features = pipeline_argument(root, TRAINING_STAGE, "--features")
+        md5 = lock_md5s((root / "dvc.lock").read_bytes()).get(features)
+    except FileNotFoundError:
+        return None, "no dvc.lock in the workspace (the pipeline has not run)"
+    except BtsError as exc:
+        return None, str(exc)
+    return (md5, "") if md5 else (None, f"dvc.lock records no md5 for {features} (the pipeline has not run)")
+
+
+def data_versions(runs: Sequence[Run], workspace_md5: str | None) -> list[tuple[str | None, list[Run]]]:
+    """The runs by the features md5 they trained on: the workspace's version first, then the others by number of runs
+    (most first) and md5, then the runs that recorded none (older runs), each in the order given."""
+    by_md5: dict[str | None, list[Run]] = {}
+    for run in runs:
+        by_md5.setdefault(run["features_md5"], []).append(run)
+    return sorted(by_md5.items(), key=lambda item: (item[0] is None, item[0] != workspace_md5, -len(item[1]), item[0] or ""))
+
+
+def short_md5(md5: str | None) -> str:
+    return md5[:SHORT_MD5] if md5 else "none recorded"
+
+
+def unique_name(run: Mapping[str, Any]) -> str:
+    """A row's name: its DVC experiment name (else its run name) and the start of its run id, which tells apart runs of
+    one name (a model trained twice at one commit, on other data or with uncommitted changes)."""
+    name = cell_text(run.get("dvc_exp_name")) or cell_text(run.get("run_name"))
+    return f"{name} {run['run_id'][:SHORT_RUN_ID]}".lstrip()
+
+
+def dirty_flag(value: str | None) -> bool | None:
+    """A run's git.dirty tag as a bool: None where git could not tell or the run did not record it."""
+    return {"true": True, "false": False}.get(value or "")
+
+
+def compare(experiment: str, comparison: Comparison, workspace_md5: str | None = None, why_no_workspace: str = "") -> dict[str, Any]:
+    """The runs matched, those left out (on other data, or for want of a metric), and the ranked runs with their front
+    membership, in groups by data version: the workspace's alone unless comparison.all_data, or the workspace has no
+    data version (why_no_workspace says why), or no run matched trained on it."""
     metrics = list(comparison.directions)
     runs, experiment_id = fetch_runs(experiment, comparison.filter_string, metrics)
     where = f' with filter "{comparison.filter_string}"' if comparison.filter_string else ""
     if not runs:
         raise BtsError(f"no runs matched in experiment '{experiment}'{where}")
-    complete = [all(math.isfinite(run[name]) for name in metrics) for run in runs]
-    if not any(complete):
+    versions = data_versions(runs, workspace_md5)
+    on_workspace = workspace_md5 is not None and versions[0][0] == workspace_md5
+    all_data = comparison.all_data or not on_workspace
+    data_note = ""
+    if not comparison.all_data and workspace_md5 is None:
+        data_note = why_no_workspace or "no workspace data version to compare on"
+    elif not comparison.all_data and not on_workspace:
+        data_note = f"no run matched trained on the workspace's data (features md5 {short_md5(workspace_md5)})"
+    considered = versions if all_data else versions[:1]
+    scope = "" if all_data else f" on the workspace's data (features md5 {short_md5(workspace_md5)})"
+    groups = [(md5, [run for run in group if all(math.isfinite(run[name]) for name in metrics)]) for md5, group in considered]
+    compared = [run for _, group in groups for run in group]
+    matched = sum(len(group) for _, group in considered)
+    if not compared:
         raise BtsError(
-            f"none of the {len(runs)} runs matched in experiment '{experiment}'{where} has all of {', '.join(metrics)}"
+            f"none of the {matched} runs matched in experiment '{experiment}'{where}{scope} has all of {', '.join(metrics)}"
             " (NaN and infinite values count as missing)"
         )
-    compared = [run for run, has_all in zip(runs, complete, strict=True) if has_all]
     varying = varying_params(compared)
     same = {key for key in compared[0] if key.startswith(PARAM_PREFIX)} - set(varying)
     if same:  # params that differ only because of runs left out
-        compared = [{key: value for key, value in run.items() if key not in same} for run in compared]
+        groups = [(md5, [{key: value for key, value in run.items() if key not in same} for run in group]) for md5, group in groups]
+    ranked_groups = [
+        {
+            "features_md5": md5,
+            "workspace": md5 is not None and md5 == workspace_md5,
+            "ranked": rank_runs(group, comparison.directions, comparison.weights),
+        }
+        for md5, group in groups
+        if group
+    ]
     return {
         "experiment": experiment,
         "experiment_id": experiment_id,
         "filter": comparison.filter_string,
         "runs_matched": len(runs),
-        "runs_left_out": complete.count(False),
+        "workspace_features_md5": workspace_md5,
+        "all_data": all_data,
+        "data_note": data_note,  # why every data version is ranked though --all-data was not given
+        "runs_on_other_data": [] if all_data else [(md5, len(group)) for md5, group in versions[1:]],
+        "runs_left_out": matched - len(compared),
         "params": [column.removeprefix(PARAM_PREFIX) for column in varying],
         "runs_without_params": sum(not run[HAS_PARAMS] for run in compared),
-        "ranked": rank_runs(compared, comparison.directions, comparison.weights),
+        "groups": ranked_groups,
+        "ranked": [run for group in ranked_groups for run in group["ranked"]],
     }
 
 
-def _text(value: object) -> str:
+def cell_text(value: object) -> str:
     """A name cell: missing (None, or NaN) shows as empty."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -389,83 +475,50 @@ def ranked_on(comparison: Comparison) -> str:
     return text + (", equal weights" if equal and len(items) > 1 else "")
 
 
-def _plural(count: int, one: str, many: str) -> str:
+def plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def format_table(result: dict[str, Any], comparison: Comparison, top: int) -> str:
-    """The top rows of the ranking as a plain-text table, with a summary above it."""
-    ranked: list[Run] = result["ranked"]
-    metrics = list(comparison.directions)
-    params = result["params"]
-    front = sum(run["pareto"] for run in ranked)
-    shown = ranked[:top]
-    lines = [f"experiment '{result['experiment']}': {_plural(len(ranked), 'run', 'runs')} ranked on {ranked_on(comparison)}"]
-    if result["filter"]:
-        lines.append(f"filter: {result['filter']}")
-    left_out = result["runs_left_out"]
-    if left_out:
-        lines.append(f"{_plural(left_out, 'run', 'runs')} without all metrics {'was' if left_out == 1 else 'were'} left out")
-    differ = f"params that differ between them: {', '.join(params)}" if params else "no param differs between them"
-    without = result.get("runs_without_params", 0)
-    lines.append(differ + (f" ({_plural(without, 'run', 'runs')} logged no params)" if without else ""))
-    unset = [key for key in params if all(run[PARAM_PREFIX + key] is None for run in shown)]  # e.g. another model's params
-    if unset:
-        lines.append(f"not set in any run shown, so not in the table: {', '.join(unset)}")
-    params = [key for key in params if key not in unset]
-    lines.append(
-        f"Pareto front: {_plural(front, 'run', 'runs')}, marked *; {sum(run['pareto'] for run in shown)} of them in the top {len(shown)}"
-    )
-    # The ranking first, the params last: a long param name widens only the right end of a line.
-    header = ["rank", "run", "run id", "dvc exp", *metrics, "score", "front", *(PARAM_PREFIX + key for key in params)]
-    body = [
-        [
-            str(row["rank"]),
-            _text(row["run_name"]),
-            row["run_id"][:8],
-            _text(row["dvc_exp_name"]),
-            *(f"{row[name]:.6g}" for name in metrics),
-            f"{row['score']:.4f}",
-            "*" if row["pareto"] else "",
-            *(_text(row[PARAM_PREFIX + key]) or "-" for key in params),
-        ]
-        for row in shown
-    ]
-    numeric = {0, *range(4, 4 + len(metrics) + 1)}
-    widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([*lines, "", line(header), line(["-" * w for w in widths]), *(line(cells) for cells in body)])
-
-
 def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
-    """The whole result as plain JSON-able data: every compared run, ranked."""
-    ranked: list[Run] = result["ranked"]
+    """The whole result as plain JSON-able data: every compared run, ranked within its data version, with its full
+    features md5, dirty flag and every param that differs (a table narrower than the data leaves none out here)."""
     metrics = list(comparison.directions)
     runs = [
         {
             "rank": int(row["rank"]),
             "run_id": row["run_id"],
-            "run_name": _text(row["run_name"]) or None,
-            "dvc_exp_name": _text(row["dvc_exp_name"]) or None,
-            "params": {key: _text(row[PARAM_PREFIX + key]) or None for key in result["params"]},
+            "name": unique_name(row),
+            "run_name": cell_text(row["run_name"]) or None,
+            "dvc_exp_name": cell_text(row["dvc_exp_name"]) or None,
+            "features_md5": row.get("features_md5"),
+            "dirty": dirty_flag(row.get("dirty")),
+            "params": {key: cell_text(row.get(PARAM_PREFIX + key)) or None for key in result["params"]},
             "metrics": {name: float(row[name]) for name in metrics},
             "score": float(row["score"]),
             "pareto": bool(row["pareto"]),
         }
-        for row in ranked
+        for row in result["ranked"]
     ]
     return {
         "experiment": result["experiment"],
         "experiment_id": result["experiment_id"],
         "filter": result["filter"],
         "metrics": [{"name": n, "direction": d, "weight": comparison.weights[n]} for n, d in comparison.directions.items()],
+        "workspace_features_md5": result["workspace_features_md5"],
+        "all_data": result["all_data"],
+        "data_note": result["data_note"] or None,
+        "data_versions": [
+            {
+                "features_md5": group["features_md5"],
+                "workspace": group["workspace"],
+                "runs_compared": len(group["ranked"]),
+                "pareto_front": [run["run_id"] for run in group["ranked"] if run["pareto"]],
+            }
+            for group in result["groups"]
+        ],
         "params": result["params"],
         "runs_matched": result["runs_matched"],
+        "runs_on_other_data": sum(count for _, count in result["runs_on_other_data"]),
         "runs_compared": len(runs),
         "runs_left_out": result["runs_left_out"],
         "runs_without_params": result.get("runs_without_params", 0),
@@ -500,7 +553,7 @@ def front_figure(ranked: Sequence[Mapping[str, Any]], comparison: Comparison) ->
     axes.scatter([best[x]], [best[y]], s=120, facecolors="none", edgecolors="black", linewidths=1.5)
     axes.set_xlabel(axis_label(x, x_direction))
     axes.set_ylabel(axis_label(y, y_direction))
-    title = f"bts compare: {_plural(len(ranked), 'run', 'runs')} ranked on {', '.join(comparison.directions)}"
+    title = f"bts compare: {plural(len(ranked), 'run', 'runs')} ranked on {', '.join(comparison.directions)}"
     labelled = (front + [run for run in ranked if not run["pareto"]])[:FRONT_LABELS]  # the front first, then by rank
     if len(ranked) > len(labelled):
         title += f" ({len(labelled)} named: the front first, then by rank)"
@@ -568,8 +621,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Compare the runs of one MLflow experiment on several metrics: the Pareto front (runs no other run beats on\n"
         "every metric) and a ranking by weighted score (each metric min-max normalized over the compared runs, 1 = best).\n"
+        "Only runs trained on the same data are compared: by default those on the workspace's data version (the\n"
+        "features md5 dvc.lock records), the others counted; --all-data ranks each data version on its own.\n"
         "Active (not deleted) runs only; runs missing any of the metrics (or with NaN) are left out and counted.\n"
-        "The params whose values differ between the compared runs are shown as params.<key> columns."
+        "Each row names its run (DVC experiment or run name, and the start of its run id), its data version\n"
+        "(features md5) and whether its code differed from its commit (dirty), then the params that differ.\n"
+        f"The table fits the terminal ({PIPED_WIDTH} columns when the output is not one): the columns that do not fit\n"
+        "are named above it, --wide shows them all."
     )
     parser.add_argument("--experiment", help="MLflow experiment name (default: train.experiment in params.yaml)")
     parser.add_argument(
@@ -583,23 +641,47 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", help=FILTER_HELP)
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag value (repeatable)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="only runs with this param value (repeatable)")
-    parser.add_argument("--top", type=int, default=20, metavar="N", help="rows of the ranking to print (default: 20)")
-    parser.add_argument("--json", action="store_true", help="print the full result (every compared run) as JSON instead of the table")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG scatter of the first two metrics with the Pareto front highlighted")
+    parser.add_argument(
+        "--all-data",
+        action="store_true",
+        help="every data version, each ranked on its own (default: the workspace's alone; runs that recorded\n"
+        "no features md5, older ones, are a version of their own)",
+    )
+    parser.add_argument("--top", type=int, default=20, metavar="N", help="rows of each data version's ranking to print (default: 20)")
+    parser.add_argument("--wide", action="store_true", help="every column, however wide the table (default: what fits the terminal)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full result (every compared run, its features md5, dirty flag and params) as JSON instead of the table",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write a PNG scatter of the first two metrics with the Pareto front highlighted\n"
+        "(of the workspace's data version, or with --all-data of the first version listed)",
+    )
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """`bts compare`: print the ranking (or JSON), write the plot if asked."""
     comparison = comparison_from_args(args)
     experiment = args.experiment or _default_experiment()
-    result = compare(experiment, comparison)
+    result = compare(experiment, comparison, *workspace_features_md5())
     if args.plot:
-        plot_front(result["ranked"], comparison, args.plot)
+        plot_front(result["groups"][0]["ranked"], comparison, args.plot)
     if args.json:
         write_output(json.dumps(result_document(result, comparison), indent=2) + "\n")
-    else:
-        write_output(format_table(result, comparison, args.top) + (f"\n\nplot: {args.plot}" if args.plot else "") + "\n")
+        return 0
+    from bts.lifecycle.compare_table import format_table  # with tabulate, only when a table is printed
+
+    table = format_table(result, comparison, args.top, output_width(), wide=args.wide)
+    write_output(table + (f"\n\nplot: {args.plot}" if args.plot else "") + "\n")
     return 0
+
+
+def output_width() -> int:
+    """The terminal's width (COLUMNS when set), or PIPED_WIDTH when the output is not a terminal."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else PIPED_WIDTH
 
 
 def write_output(text: str) -> None:
@@ -619,6 +701,5 @@ def write_output(text: str) -> None:
 
 def _default_experiment() -> str:
     from bts.params import PARAMS_FILE, load_params
-    from bts.project import find_root
 
     return load_params(find_root() / PARAMS_FILE).train.experiment
