@@ -675,7 +675,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from bts.lifecycle.compare_table import format_table  # with tabulate, only when a table is printed
 
     table = format_table(result, comparison, args.top, output_width(), wide=args.wide)
-    write_output(table + (f"\n\nplot: {args.plot}" if args.plot else "") + "\n")
+    plotted = f" (features md5 {short_md5(result['groups'][0]['features_md5'])})" if len(result["groups"]) > 1 else ""
+    write_output(table + (f"\n\nplot: {args.plot}{plotted}" if args.plot else "") + "\n")
     return 0
 
 
