@@ -5,7 +5,9 @@ It fills a store with --runs runs in one experiment (about 12 params, 40 metrics
 and 25 tags each, shaped like the train and evaluate stages' runs), logged with
 MlflowClient.log_batch, in the folder --store (default: a new temporary folder;
 a folder that already holds a complete store of the same size is reused, so
-only the first call pays the minutes of writing). Then it times `bts compare`
+only the first call pays the minutes of writing). Every run trained on one data
+version, which a dvc.lock in that folder records as the workspace's: `bts
+compare` run there ranks all of them. Then it times `bts compare`
 there in --rounds alternating rounds (benchmarks/measure.py): as the console
 script in a new process (what a user waits for, Python start and imports
 included; also its CPU seconds, which depend less on what else the machine
@@ -48,6 +50,8 @@ MODELS = ["elasticnet", "ridge", "hist_gradient_boosting", "random_forest"]
 PARAMETER_IDS = ["122", "121", "111", "141"]
 SCORES = ["rmse", "mae", "r2", "mape", "persistence_rmse", "persistence_mae", "persistence_r2", "persistence_mape", "skill"]
 MARKER = "benchmark.json"
+# The md5s of the one data version every run trained on (run_tags draws others at random).
+WORKSPACE_DATA = {f"data.{name}_md5": f"{random.Random(f'data-{name}').getrandbits(128):032x}" for name in ["raw", "clean", "features"]}
 
 
 def run_params(rng: random.Random, model: str) -> dict[str, str]:
@@ -152,7 +156,8 @@ def fill_store(store: Path, runs: int) -> str:
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     marker = store / MARKER
-    if marker.exists() and json.loads(marker.read_text()) == {"runs": runs, "experiment": EXPERIMENT}:
+    filled = {"runs": runs, "experiment": EXPERIMENT, "features_md5": WORKSPACE_DATA["data.features_md5"]}
+    if marker.exists() and json.loads(marker.read_text()) == filled:
         print(f"reusing {runs} runs in {store}")
         return uri
     if store.exists():
@@ -168,7 +173,8 @@ def fill_store(store: Path, runs: int) -> str:
     for index in range(runs):
         model = MODELS[index % len(MODELS)]
         start_ms = now_ms - (runs - index) * 60_000
-        run = client.create_run(experiment_id, start_time=start_ms, tags=run_tags(rng, index), run_name=f"exp-{index:05d}")
+        tags = {**run_tags(rng, index), **WORKSPACE_DATA}
+        run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=f"exp-{index:05d}")
         metrics = [Metric(key, value, start_ms, 0) for key, value in run_metrics(rng, model).items()]
         params = [Param(key, value) for key, value in run_params(rng, model).items()]
         client.log_batch(run.info.run_id, metrics=metrics, params=params, synchronous=True)
@@ -178,8 +184,19 @@ def fill_store(store: Path, runs: int) -> str:
             print(f"  {index + 1:>6} / {runs} runs written ({elapsed:.0f} s, {(index + 1) / elapsed:.0f} runs/s)", flush=True)
     shutil.move(scratch / "mlflow.db", store / "mlflow.db")
     shutil.rmtree(scratch)
-    marker.write_text(json.dumps({"runs": runs, "experiment": EXPERIMENT}))
+    marker.write_text(json.dumps(filled))
     return uri
+
+
+def write_workspace(store: Path) -> None:
+    """The project's dvc.yaml and a dvc.lock recording the runs' features md5 in the store's folder, where `bts compare`
+    runs: the runs are on the workspace's data version."""
+    from bts.project import TRAINING_STAGE, pipeline_argument
+
+    shutil.copy(REPO / "dvc.yaml", store / "dvc.yaml")
+    features = pipeline_argument(REPO, TRAINING_STAGE, "--features")
+    lock = {"schema": "2.0", "stages": {"featurize": {"outs": [{"path": features, "md5": WORKSPACE_DATA["data.features_md5"]}]}}}
+    (store / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
 
 
 @dataclass
@@ -244,6 +261,8 @@ def main() -> None:
     store = (args.store or Path(tempfile.mkdtemp(prefix="bts-compare-"))).resolve()
     print(f"store: {store}")
     uri = fill_store(store, args.runs)
+    write_workspace(store)
+    os.chdir(store)  # the in-process calls, as the new processes, run in that workspace
 
     processes: list[Timing] = []
 
