@@ -58,6 +58,18 @@ def find_version(client: MlflowClient, name: str, package_md5: str) -> ModelVers
     return client.get_model_version(name, min(versions, key=lambda v: int(v.version)).version)  # search results carry no aliases
 
 
+def describe_run(run: Run) -> str:
+    """A version's description: the model its run trained, its settings and its test scores."""
+    params, metrics = run.data.params, run.data.metrics
+    settings = ", ".join(
+        f"{k.removeprefix('train.')}={v}" for k, v in sorted(params.items()) if k.startswith("train.") and k != "train.model"
+    )
+    return (
+        f"{params.get('train.model')} ({settings}) forecasting the next BTS reading from the last {params.get('featurize.n_lags')}; "
+        f"test RMSE {metrics.get('test.rmse', float('nan')):.4f}, skill {metrics.get('test.skill', float('nan')):+.1%} over persistence"
+    )
+
+
 def record_transition(client: MlflowClient, version: ModelVersion, alias: str, previous: str | None, reason: str, forced: bool) -> None:
     at = datetime.now(UTC)
     event = {
