@@ -27,6 +27,7 @@ from bts.params import DirtParams
 
 EXPORT_COLUMNS = ["id", "value", "station_id", "parameter_id", "reading_time"]
 FIRST_ID = 7_000_000_001  # real exports use ids near 5.65e9; keep simulated ones apart
+IDS_PER_DAY = 100_000_000  # a day of readings spans fewer ids: days made apart (by start date) never share one
 DAY_SECONDS = 86_400
 STATION_TRAITS = 7_919  # tags the random streams of a station's traits apart from its daily ones
 
@@ -80,6 +81,16 @@ def station_profile(profile: SeriesProfile, rng: np.random.Generator, spread: fl
         daily_amplitude=profile.daily_amplitude * _log_uniform(rng, DAILY_FACTOR, spread),
         peak_hour=profile.peak_hour + spread * rng.uniform(-PEAK_SHIFT_HOURS, PEAK_SHIFT_HOURS),
     )
+
+
+# How a station's behaviour can change (`shifts` of simulate_exports), for days a model has not seen the like of:
+# its level moves by a tenth of the sensor's level, its steps triple, or its cycle shrinks to a single step so that
+# readings go up and down in turn (what a model that learnt to follow a trend forecasts worse than persistence).
+SHIFTS = {
+    "level": lambda p: replace(p, level=p.level * 1.1),
+    "step": lambda p: replace(p, mean_step=p.mean_step * 3, swing=p.swing * 3),
+    "rhythm": lambda p: replace(p, swing=p.quantum, mean_step=2 * p.quantum),
+}
 
 
 def _event_gaps(rng: np.random.Generator, n: int, mean_silence: float = MEAN_SILENCE_SECONDS) -> np.ndarray:
@@ -153,12 +164,20 @@ def simulate_exports(
     dirt: DirtParams,
     catalogue: dict[int, Sensor],
     station_spread: float = 1.0,
+    shifts: dict[int, str] | None = None,
+    first_id: int = FIRST_ID,
+    day_seed: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """{file name: export frame}, one export per day covering every station and parameter.
 
     station_spread scales how far stations differ (0: every station follows the same profiles, 1: the factors of this
-    module); each station's traits come from the seed and its id alone.
+    module); each station's traits come from the seed and its id alone. shifts ({station: a kind of SHIFTS}) changes
+    how those stations behave on every day made; reading ids start after first_id; day_seed (default: seed) draws
+    the days' readings.
     """
+    unknown_shifts = {kind for kind in (shifts or {}).values() if kind not in SHIFTS}
+    if unknown_shifts:
+        raise ConfigError(f"simulate: unknown shift {sorted(unknown_shifts)}; known: {', '.join(SHIFTS)}")
     unknown = [p for p in parameters if p not in PROFILES or p not in catalogue]
     if unknown:
         raise ConfigError(f"simulate.parameters: no simulation profile for {unknown}; known: {sorted(PROFILES)}")
@@ -173,21 +192,25 @@ def simulate_exports(
         for station_id in stations
         for parameter_id in parameters
     }
+    for (station_id, parameter_id), profile in profiles.items():
+        if station_id in (shifts or {}):
+            profiles[station_id, parameter_id] = SHIFTS[shifts[station_id]](profile)
     silences = {
         station_id: MEAN_SILENCE_SECONDS
         * _log_uniform(np.random.default_rng([seed, station_id, STATION_TRAITS]), SILENCE_FACTOR, station_spread)
         for station_id in stations
     }
     exports = {}
-    next_id = FIRST_ID
+    next_id = first_id
+    daily = seed if day_seed is None else day_seed
     for day_index in range(days):
         day_start = pd.Timestamp(start_date) + pd.Timedelta(days=day_index)
         frames = []
         for station_index, station_id in enumerate(stations):
-            silent_rng = np.random.default_rng([seed, day_index, station_index, 0])
+            silent_rng = np.random.default_rng([daily, day_index, station_index, 0])
             silent_from = silent_rng.uniform(0, 24 - dirt.silent_hours) if silent_rng.random() < dirt.silent_station_days else None
             for parameter_id in parameters:
-                rng = np.random.default_rng([seed, day_index, station_index, parameter_id])
+                rng = np.random.default_rng([daily, day_index, station_index, parameter_id])
                 sensor = catalogue[parameter_id]
                 series = simulate_series(profiles[station_id, parameter_id], day_start, rng, silences[station_id], (sensor.min, sensor.max))
                 if silent_from is not None:
@@ -195,7 +218,7 @@ def simulate_exports(
                     series = series[(hour < silent_from) | (hour >= silent_from + dirt.silent_hours)]
                 frames.append(series.assign(station_id=station_id, parameter_id=parameter_id))
         day = pd.concat(frames, ignore_index=True).sort_values(["reading_time", "station_id", "parameter_id"], kind="stable")
-        rng = np.random.default_rng([seed, day_index])
+        rng = np.random.default_rng([daily, day_index])
         ids = next_id + np.cumsum(rng.integers(1, 300, len(day)))
         next_id = int(ids[-1])
         day = day.assign(id=ids, reading_time=day["reading_time"].dt.strftime("%Y-%m-%d %H:%M:%S")).reset_index(drop=True)
