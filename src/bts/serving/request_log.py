@@ -24,6 +24,11 @@ everything pending and closes every file: a clean stop loses nothing (a
 SIGKILL loses the open minute). The folder is kept under a size cap: past
 it, the oldest days are deleted first (and, when only today is left, today's
 oldest files).
+
+Several processes may write to one folder (`bts serve --workers N`): each
+names its files after its pid, leaves the others' open files alone, and
+counts the folder's size anew every minute, so the cap holds for all of them
+within a minute's writes.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ PROCESS = "process"
 TABLES = (REQUESTS, PREDICTIONS, PROCESS)
 DAY_NS = 86_400 * 10**9
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# What /metrics shows of the log, in the order of MonitoringLog.figures().
+FIGURES = ("pending_records", "request_rows_written", "prediction_rows_written", "dropped_records", "write_errors", "bytes")
 
 
 def memory_bytes() -> tuple[int, int]:
@@ -63,6 +70,32 @@ def memory_bytes() -> tuple[int, int]:
     except (OSError, ValueError, KeyError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return peak, peak
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a leftover file's writer may still be writing it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def leftover_writer(path: Path) -> int | None:
+    """The pid in a temporary file's name (`.<time>-<pid>-<seq>.parquet.tmp`), None when it has none."""
+    parts = path.name.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the log's Parquet files under folder, those being written included."""
+    total = 0
+    for path in [*folder.glob("*/date=*/*.parquet"), *folder.glob("*/date=*/.*.tmp")]:
+        with contextlib.suppress(OSError):  # closed, renamed or deleted by another writer meanwhile
+            total += path.stat().st_size
+    return total
 
 
 @dataclass
@@ -131,6 +164,10 @@ class MonitoringLog:
         self.write_errors = 0
         self.deleted_files = 0
         self._closed = False
+        # Set when other processes write to the folder too (workers of one server): figures() is copied there at each
+        # change, for the metrics of whichever process answers a scrape; and the folder's size is counted anew each minute.
+        self.published: np.ndarray | None = None
+        self._counted = time.monotonic()
 
     # -- request path -------------------------------------------------------------------------------------------------
 
@@ -139,10 +176,12 @@ class MonitoringLog:
         with self._lock:
             if self._pending_records + records > self.max_pending_records:  # the disk cannot keep up: count, do not grow
                 self.dropped += records
+                self._publish()
                 return
             self._pending.append(entry)
             self._pending_records += records
             full = self._pending_records >= self.flush_records
+            self._publish()
         if full:
             self._wake.set()
 
@@ -150,10 +189,18 @@ class MonitoringLog:
     def pending_records(self) -> int:
         return self._pending_records
 
+    def figures(self) -> tuple[int, ...]:
+        """Records pending, request and prediction rows written, records dropped, write errors, bytes (FIGURES)."""
+        return (self._pending_records, self.written[REQUESTS], self.written[PREDICTIONS], self.dropped, self.write_errors, self.bytes)
+
+    def _publish(self) -> None:
+        if self.published is not None:
+            self.published[:] = self.figures()
+
     # -- life cycle ---------------------------------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the folder (checking it is writable), count what it holds, start the writer thread."""
+    def prepare(self) -> None:
+        """Create the folder (checking it is writable), remove what killed writers left, count what it holds."""
         try:
             for table in TABLES:
                 (self.folder / table).mkdir(parents=True, exist_ok=True)
@@ -162,9 +209,16 @@ class MonitoringLog:
             probe.unlink()
         except OSError as exc:
             raise BtsError(f"monitoring log {self.folder}: cannot write there ({exc.strerror}); use --log-dir or --no-log") from None
-        for leftover in self.folder.glob("*/date=*/.*.tmp"):  # a writer killed mid-file
-            leftover.unlink(missing_ok=True)
-        self.bytes = sum(path.stat().st_size for path in self.folder.glob("*/date=*/*.parquet"))
+        for leftover in self.folder.glob("*/date=*/.*.tmp"):  # a writer killed mid-file; another one's open file stays
+            writer = leftover_writer(leftover)
+            if writer is None or writer == os.getpid() or not writer_alive(writer):
+                leftover.unlink(missing_ok=True)
+        self.bytes = folder_bytes(self.folder)
+
+    def open(self) -> None:
+        """Prepare the folder, then start the writer thread."""
+        self.prepare()
+        self._counted = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bts-monitoring", daemon=True)
         self._thread.start()
 
@@ -202,8 +256,14 @@ class MonitoringLog:
                 self.dropped += records
                 print(f"bts serve: monitoring log {self.folder}: write failed ({exc}); {records} records dropped", file=sys.stderr)
                 self._close_after_error()
+                with self._lock:
+                    self._publish()
                 return
+            if self.published is not None and time.monotonic() - self._counted >= self.roll_seconds:
+                self.bytes, self._counted = folder_bytes(self.folder), time.monotonic()  # the other writers' files too
             self._enforce_cap()
+            with self._lock:
+                self._publish()
 
     def _write(self, entries: list[Entry]) -> None:
         self._sample_process = False
