@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP scoring server for a verified model package (MLflow's scoring protocol)",
         description="Serve a model over HTTP as `mlflow models serve` does (POST /invocations; GET /ping, /health, /version, "
         "/model, /metrics), after checking its package against the recorded md5; log every request and prediction to "
-        "day-partitioned Parquet. One uvicorn worker; stop it with SIGTERM or Ctrl-C (the log is flushed).",
+        "day-partitioned Parquet. One process, or --workers N on the same port; stop it with SIGTERM or Ctrl-C (the log is flushed).",
     )
     serve.add_argument("ref", help=serving.SERVED_REFERENCE)
     serve.add_argument("--host", default=serving.DEFAULT_HOST, help=f"address to bind (default: {serving.DEFAULT_HOST})")
@@ -379,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=serving.DEFAULT_MAX_CONNECTIONS,
         help="connections and requests in flight at once; past it, 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--workers",
+        default=serving.DEFAULT_WORKERS,
+        metavar="N",
+        help=f"processes answering on the port, 1 to {serving.MAX_WORKERS}, each with the limits above (default: %(default)s)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -103,6 +103,7 @@ def bts_server(repo: Path, ref: str, *options: str, stop: int = signal.SIGTERM) 
             process.kill()
             raise
     server.returncode = process.returncode
+    server.stdout = process.stdout.read()  # after the start line
     server.stderr = process.stderr.read()
 
 
@@ -389,3 +390,107 @@ def test_serving_limits_out_of_range_and_a_log_dir_inside_git_are_one_line(built
     result = run(["bts", "serve", "no/such/package", "--port", "0", "--log-dir", ".git/requests"], built_repo, check=False)
     assert result.returncode == 1 and result.stderr.startswith("bts: error: --log-dir .git/requests: inside a .git folder")
     assert not (built_repo / ".git/requests").exists()
+
+
+def stalled_request(url: str) -> bytes:
+    """Headers that promise a body, then one byte of it: what the server sends back before it closes the connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port)) as stalled:
+        stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        stalled.settimeout(60)  # a failure, not a measure: --read-timeout is 1 s
+        reply = b""
+        while chunk := stalled.recv(65536):  # until the server closes it
+            reply += chunk
+    return reply
+
+
+def assert_metrics_count(server: Server) -> None:
+    """/metrics counts every request sent, by status, and every row scored, whichever worker answers the scrape."""
+    samples = metric_samples(server.request("GET", "/metrics")[1].decode())
+    counted: dict[str, float] = {}
+    for sample in samples["bts_requests"]:
+        if sample.name == "bts_requests_total":
+            counted[sample.labels["status"]] = counted.get(sample.labels["status"], 0) + sample.value
+    sent: dict[str, float] = {}
+    for request in server.sent:
+        sent[str(request["status"])] = sent.get(str(request["status"]), 0) + 1
+    assert counted == sent
+    rows = sum(len(request["predictions"]) for request in server.sent if request["status"] == 200)
+    assert next(s.value for s in samples["bts_rows_scored"] if s.name == "bts_rows_scored_total") == rows
+    assert next(s.value for s in samples["bts_prediction"] if s.name == "bts_prediction_count") == rows
+    latency = next(s.value for s in samples["bts_request_duration_seconds"] if s.name == "bts_request_duration_seconds_count")
+    assert latency == len(server.sent)
+    assert next(s.value for s in samples["bts_model_info"]) == 1
+    assert next(s.value for s in samples["process_resident_memory_bytes"]) > 0
+
+
+def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_path: Path) -> None:
+    """`bts serve --workers 2`: a killed worker is reported and replaced; each worker answers (requests and /metrics) while
+    the other is paused, and cuts a stalled client off; /metrics counts every request whichever worker answers; the log
+    holds every request and prediction; SIGTERM stops them all and removes the shared metrics folder."""
+    import os
+    import re
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    repo, log_dir = built_repo, tmp_path / "monitoring"
+    frame = frame_of(repo, 5)
+    expected: list[float] = []  # the first answer: every worker must give the same (the first test checks it against the package)
+
+    def score_concurrently(server: Server, count: int) -> None:
+        sizes = [1 + i % len(frame) for i in range(count)]
+        with ThreadPoolExecutor(4) as pool:  # a connection per request, four at a time
+            answers = list(pool.map(lambda rows: server.score(split(frame.head(rows))), sizes))
+        assert [(status, answer["predictions"]) for status, answer in answers] == [(200, expected[:rows]) for rows in sizes]
+
+    with bts_server(repo, "models/package", "--workers", "2", "--log-dir", str(log_dir), "--read-timeout", "1") as server:
+        assert "; 2 workers; " in server.start_line
+        supervisor = psutil.Process(server.process.pid)
+        first = sorted(child.pid for child in supervisor.children())
+        assert len(first) == 2
+        shared = next(Path(f.path).parent for f in psutil.Process(first[1]).open_files() if "bts-serve-metrics-" in f.path)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60  # a failure, not a measure
+        while (workers := sorted(child.pid for child in supervisor.children())) == first or len(workers) != 2:
+            assert time.monotonic() < deadline, f"no worker in place of {first[0]}: {workers}"
+            time.sleep(0.05)
+        assert first[0] not in workers and first[1] in workers
+        status, answer = server.score(split(frame))
+        assert status == 200 and len(answer["predictions"]) == len(frame)
+        expected.extend(answer["predictions"])
+
+        for paused in workers:  # all connections go to the other one meanwhile
+            os.kill(paused, signal.SIGSTOP)
+            try:
+                score_concurrently(server, 8)
+                assert_metrics_count(server)
+                reply = stalled_request(server.url)
+                assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply
+                request_id = re.search(rb"x-request-id: (\w+)", reply).group(1).decode()
+                server.sent.append({"status": 408, "predictions": None, "request_id": request_id})
+            finally:
+                os.kill(paused, signal.SIGCONT)
+        score_concurrently(server, 12)
+        for _ in range(4):
+            assert_metrics_count(server)
+    assert server.returncode == 0, server.stderr
+    assert f"bts serve: worker {first[0]} was killed by SIGKILL; starting another" in server.stderr
+    assert "Traceback" not in server.stderr, server.stderr
+    assert not any(psutil.pid_exists(pid) for pid in [*first, *workers]) and not shared.exists()
+    stopped = dict(re.findall(r"bts serve: worker (\d+) stopped after (\d+) scoring requests", server.stdout))
+    assert set(stopped) == {str(pid) for pid in workers} and all(int(count) > 0 for count in stopped.values())
+    assert sum(int(count) for count in stopped.values()) == len(server.sent)
+
+    requests = pd.read_parquet(log_dir / "requests").set_index("request_id")
+    assert requests.index.is_unique and len(requests) == len(server.sent)
+    assert requests.loc[[sent["request_id"] for sent in server.sent], "status"].tolist() == [sent["status"] for sent in server.sent]
+    predictions = pd.read_parquet(log_dir / "predictions").sort_values(["time", "row"], kind="stable")
+    by_request = predictions.groupby("request_id")["prediction"].apply(list)
+    served = [sent for sent in server.sent if sent["status"] == 200]
+    assert len(predictions) == sum(len(sent["predictions"]) for sent in served)
+    assert [by_request[sent["request_id"]] for sent in served] == [sent["predictions"] for sent in served]

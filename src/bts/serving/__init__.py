@@ -5,7 +5,8 @@ columns (plus the optional key columns) or a short client error; `model`
 resolves a reference (registry or package folder), verifies and loads the
 package; `request_log` appends every request and prediction to a local
 Parquet log off the request path; `metrics` keeps the Prometheus metrics;
-`app` is the Starlette application; `server` runs it under one uvicorn worker.
+`app` is the Starlette application; `server` runs it under uvicorn, in one
+process or, with `workers`, in several forked onto the same socket.
 
 This module holds only the defaults the `bts` parser shows, so `bts --help`
 stays fast.
@@ -23,3 +24,5 @@ DEFAULT_READ_TIMEOUT_SECONDS = 10.0  # a body that has not arrived whole by then
 DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # an idle keep-alive connection is closed after this
 DEFAULT_MAX_CONNECTIONS = 256  # connections and requests in flight at once; past it, 503 until one ends
 DEFAULT_LOG_MAX_MB = 1024.0
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64  # --workers at most: a typo should not fork a thousand servers

@@ -82,7 +82,9 @@ def create_app(
     max_body_bytes: int,
     on_start: Callable[[], None] | None = None,
     read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
+    worker: int | None = None,
 ) -> Starlette:
+    """The application; the line it prints when it stops names the worker (its pid) when it is one of several."""
     predict = served.predict
     versions = {"bts": bts.__version__, "mlflow": version("mlflow")}
     description = {**served.describe(), "limits": {"max_rows": parser.max_rows, "max_body_bytes": max_body_bytes}}
@@ -166,7 +168,8 @@ def create_app(
                 log.close()  # every request has been answered by now: write what is pending
                 logged = f"monitoring log: {log.written['requests']} requests, {log.written['predictions']} predictions written"
                 logged += f", {log.dropped} records dropped" if log.dropped else ""
-            print(f"bts serve: stopped after {metrics.requests_served} scoring requests; {logged}", flush=True)
+            who = f"worker {worker} " if worker is not None else ""
+            print(f"bts serve: {who}stopped after {metrics.requests_served} scoring requests; {logged}", flush=True)
 
     routes = [
         Route("/invocations", invocations, methods=["POST"]),
