@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import bts
 from bts.errors import ConfigError
 from bts.serving.metrics import MonitoringCollector, forget_worker
 from bts.serving.request_log import FIGURES, Entry, MonitoringLog
@@ -59,6 +60,8 @@ def test_the_metrics_of_two_workers_are_summed_whichever_answers(tmp_path: Path,
     shared = tmp_path / "metrics"
     shared.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
+    # The children import the bts this process did, not a package's copy of it that loading a model put first on the path.
+    monkeypatch.syspath_prepend(str(Path(bts.__file__).parents[1]))
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters, which import prometheus_client in multiprocess mode
     first_done, second_done = spawn.Event(), spawn.Event()
     scrape = tmp_path / "scrape.txt"
