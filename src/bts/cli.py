@@ -121,7 +121,7 @@ def _register(args: argparse.Namespace) -> int:
     from bts.hashing import dvc_md5
     from bts.lifecycle.lineage import full_run_id, resolve_reference
     from bts.lifecycle.references import RUN_ID_PREFIX
-    from bts.lifecycle.registry import register
+    from bts.lifecycle.registry import describe_run, register
     from bts.model.package import PACKAGE_ARTIFACT, verify_package
     from bts.project import pipeline_argument
     from bts.tracking.store import shown_store
@@ -144,22 +144,11 @@ def _register(args: argparse.Namespace) -> int:
                 f"`{RETRAIN_HERE}` trains them again there (the same bytes: training is deterministic); then register"
             )
         metadata = verify_package(package)
-        version, state = register(project.client, name, package, dvc_md5(package), metadata["lineage"], run, _describe(run))
+        version, state = register(project.client, name, package, dvc_md5(package), metadata["lineage"], run, describe_run(run))
     card = _publish_card(project, version)
     aliases = ", ".join(f"@{a}" for a in sorted(version.aliases)) or "no alias"
     print(f"{state}: models:/{name}/{version.version} ({aliases}) from run {run.info.run_id}; model card {card.relative_to(project.root)}")
     return 0
-
-
-def _describe(run: object) -> str:
-    params, metrics = run.data.params, run.data.metrics
-    settings = ", ".join(
-        f"{k.removeprefix('train.')}={v}" for k, v in sorted(params.items()) if k.startswith("train.") and k != "train.model"
-    )
-    return (
-        f"{params.get('train.model')} ({settings}) forecasting the next BTS reading from the last {params.get('featurize.n_lags')}; "
-        f"test RMSE {metrics.get('test.rmse', float('nan')):.4f}, skill {metrics.get('test.skill', float('nan')):+.1%} over persistence"
-    )
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -181,6 +170,13 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from bts.lifecycle.retrain import checked_arguments, retrain_command
+
+    project = _project(lambda: checked_arguments(args))
+    return retrain_command(project, args, lambda version: _publish_card(project, version))
+
+
 def _history(args: argparse.Namespace) -> int:
     from bts.lifecycle.registry import history
 
@@ -196,9 +192,9 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bts.serving.server import serve
+    from bts.serving.server import check_arguments, serve
 
-    project = _project()
+    project = _project(lambda: check_arguments(args))
     return serve(project.client, project.root, args)
 
 
@@ -429,7 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(handler=_batch_predict)
 
-    compare = commands.add_parser("compare", help="compare runs on several metrics: Pareto front and weighted ranking")
+    retrain = commands.add_parser(
+        "retrain",
+        help="retrain a served version with new readings; promote the candidate only if it beats it on the same rows",
+        description="Track the new export with DVC, run the pipeline with it as a DVC experiment (in a temporary copy, kept "
+        "as an experiment ref), register the candidate with the version it was retrained from, the monitoring report and "
+        "the added data's md5, score both on the candidate's test split and move the alias only if the candidate wins. "
+        "Prints one line with the decision and both scores; a rerun after an interruption completes it.",
+    )
+    from bts.lifecycle.retrain import add_arguments as add_retrain_arguments
+
+    add_retrain_arguments(retrain)
+    retrain.set_defaults(handler=_retrain)
+
+    compare = commands.add_parser("compare", help="compare the runs on the workspace's data: Pareto front and weighted ranking")
     from bts.lifecycle.compare import add_compare_arguments
 
     add_compare_arguments(compare)

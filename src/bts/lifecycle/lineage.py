@@ -23,6 +23,7 @@ from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
 from bts.lifecycle.references import MODEL_URI, RUN_ID, check_reference
 from bts.lifecycle.registry import version_integrity
+from bts.lifecycle.retrain import RETRAIN_TAGS
 from bts.model.package import package_metadata, tampered_files
 from bts.project import git, git_text
 from bts.tracking.runs import find_training_run
@@ -259,6 +260,7 @@ def trace(client: MlflowClient, ref: str, root: Path) -> dict:
             "description": version.description,
         },
         "package": resolved["package"],
+        "retrain": {tag: lineage[tag] for tag in RETRAIN_TAGS if tag in lineage},  # where a retrained version came from
         "run": _run_summary(run),
         "model_md5": model_md5,
         "params_md5": lineage.get(PARAMS_MD5),
@@ -320,6 +322,8 @@ def format_trace(chain: dict) -> str:
         if package.get("registration_complete") is False:
             state += "; registration incomplete (run `bts register` again)"
         lines.append(f"package  md5 {package['md5']}  {state}")
+    if chain["retrain"]:
+        lines.append("retrain  " + ", ".join(f"{RETRAIN_TAGS[tag]} {value}" for tag, value in chain["retrain"].items()))
     run = chain["run"]
     if run is None:
         lines.append("run      none in this tracking store trained these exact weights")

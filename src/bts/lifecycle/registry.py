@@ -207,6 +207,9 @@ def promote(
         raise BtsError(f"{name} version {version}: package TAMPERED: {', '.join(problems)}; it cannot be promoted")
     holder = alias_holder(client, name, alias)
     if holder is not None and holder.version == challenger.version:
+        if not any(key.startswith(TRANSITION_PREFIX) and key.endswith(f".{alias}") for key in challenger.tags):
+            # a promotion killed between moving the alias and recording it: the record is completed, never lost
+            record_transition(client, challenger, alias, None, f"{reason or 'promoted'} (recorded after an interruption)", force)
         return challenger, f"{name} version {version} already holds @{alias}"
     verdict = "no holder to beat"
     if holder is not None:

@@ -12,9 +12,9 @@ monitoring report that asked for it to the version that answers next.
 4. The candidate and the served version are scored on the same rows, the candidate's test split (each station's newest
    readings, the new ones among them), and the alias moves through the promotion gate only if the candidate wins.
 
-Every step can be taken again: the plan (the experiment's name) is kept in RETRAIN_DIR until the decision is made, so a
-rerun after a kill finds the experiment, the run and the version already made instead of making others, and marks
-FAILED a run that a killed experiment left RUNNING.
+Every step can be taken again: the plan (the version retrained from, the experiment's name, then the decision) is kept
+in RETRAIN_DIR, so a rerun after a kill finds the experiment, the run and the version already made instead of making
+others, and marks FAILED a run that a killed experiment left RUNNING; a rerun once decided prints the decision.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bts.errors import BtsError, ConfigError, first_line
+from bts.kill_points import kill_point
 from bts.lifecycle.references import MODEL_URI, check_alias, check_reference
 
-RETRAIN_DIR = ".dvc/tmp/retrain"  # plans of retrains not yet decided (git-ignored with the rest of .dvc/tmp)
+RETRAIN_DIR = ".dvc/tmp/retrain"  # the plan of each retrain, by alias and data md5 (git-ignored with the rest of .dvc/tmp)
 EXTERNAL_DIR = "data/external"
 # Tags of a retrained version: where it came from and why.
 RETRAINED_FROM = "retrain.from_version"
@@ -39,7 +40,7 @@ RETRAIN_REPORT = "retrain.monitoring_report"
 RETRAIN_DATA_MD5 = "retrain.data_md5"
 RETRAIN_EXPERIMENT = "retrain.experiment"
 RETRAIN_TAGS = {
-    RETRAINED_FROM: "retrained from",
+    RETRAINED_FROM: "retrained from version",
     RETRAIN_REPORT: "monitoring report",
     RETRAIN_DATA_MD5: "added data md5",
     RETRAIN_EXPERIMENT: "experiment",
@@ -48,7 +49,7 @@ RETRAIN_TAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ref", help="the served version: models:/name@alias (or models:/name/<version> with --to)")
-    parser.add_argument("--with", dest="export", required=True, metavar="EXPORT", help="the new readings: a raw export (CSV)")
+    parser.add_argument("--with", dest="export", required=True, metavar="EXPORT", help="the new readings: a raw export (CSV) or a folder")
     parser.add_argument("--report", metavar="RUN_ID", help="the `bts monitor` report (its MLflow run id) that asked for it")
     parser.add_argument("--to", metavar="ALIAS", help="the alias to move if the candidate wins (default: the ref's alias)")
 
@@ -61,8 +62,8 @@ def checked_arguments(args: argparse.Namespace) -> tuple[str, str]:
     alias = args.to or match.group("alias")
     if alias is None:
         raise ConfigError(f"{args.ref}: names a version, not an alias: say which alias to move with --to <alias>")
-    if not Path(args.export).is_file():
-        raise ConfigError(f"--with {args.export}: no such file (give a raw export, CSV)")
+    if not (Path(args.export).is_file() or Path(args.export).is_dir()):
+        raise ConfigError(f"--with {args.export}: no such file or folder (give a raw export, CSV, or a folder of them)")
     return match.group("name"), check_alias(alias)
 
 
@@ -104,9 +105,15 @@ def retrain(
     from mlflow.exceptions import MlflowException
 
     from bts.hashing import dvc_md5
-    from bts.lifecycle.registry import alias_holder, promote, rescored, version_integrity
+    from bts.lifecycle.registry import alias_holder, get_version, promote, rescored, version_integrity
 
-    served = _served_version(client, ref)
+    data_md5 = dvc_md5(export)
+    plan_path = root / RETRAIN_DIR / f"{name}@{alias}-{data_md5}.json"
+    plan = _read_plan(plan_path)
+    if plan and plan.get("decision"):  # done before: the same command says what was decided, and does nothing again
+        return plan["decision"]
+    # The version retrained from is the one served when the retrain began: a rerun after the alias moved keeps it.
+    served = get_version(client, name, plan["served"]) if plan else _served_version(client, ref)
     problems = version_integrity(client, served)
     if problems:
         raise BtsError(f"{ref}: package TAMPERED: {', '.join(problems)}; nothing was retrained")
@@ -115,41 +122,42 @@ def retrain(
             client.get_run(report)
         except MlflowException:
             raise BtsError(f"--report {report}: no such monitoring run in the store") from None
-    data_md5 = dvc_md5(export)
+    if plan is None:
+        plan = {"served": str(served.version), "experiment": f"retrain-v{served.version}-{datetime.now(UTC):%Y%m%dT%H%M%S}"}
+        _write_plan(plan_path, plan)
     tracked = track_export(root, export, data_md5)
-    plan_path = root / RETRAIN_DIR / f"{served.name}-{served.version}-{data_md5}.json"
-    plan = _read_plan(plan_path) or {"experiment": f"retrain-v{served.version}-{datetime.now(UTC):%Y%m%dT%H%M%S}"}
-    _write_plan(plan_path, plan)
+    kill_point("retrain-tracked")
     experiment = plan["experiment"]
     run = _experiment_run(client, root, experiment, [*[s for s in sources if s != tracked], tracked])
+    kill_point("retrain-experiment-done")
     _progress(f"registering the package of run {run.info.run_id}")
     candidate = _register_candidate(client, root, name, run)
-    tags = {RETRAINED_FROM: str(served.version), RETRAIN_DATA_MD5: data_md5, RETRAIN_EXPERIMENT: experiment}
-    if report is not None:
-        tags[RETRAIN_REPORT] = report
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(candidate.version), key, value)
-    features = _cached_features(root, candidate)
-    holder = alias_holder(client, name, alias)
-    if holder is not None and holder.version == candidate.version:
-        decision = f"promoted: version {candidate.version} already holds @{alias}"
+    origin = f"retrain: version {candidate.version} from version {served.version} (experiment {experiment}, {tracked} md5 {data_md5})"
+    if candidate.version == served.version:
+        decision = f"{origin}: the new readings changed nothing: the experiment packaged the served version's very model"
     else:
-        if holder is not None:
-            _progress(f"scoring version {candidate.version} and version {holder.version} on the candidate's test split")
-            new, held = rescored(client, [candidate, holder], gate, features)
-            scores = f"{gate.metric} {new:.6g} vs {held:.6g} of version {holder.version}, both on the candidate's test split"
-        if holder is None or gate.better(new, held):
-            promoted, _ = promote(
-                client, name, str(candidate.version), alias, gate, reason=f"retrained from version {served.version}", evaluate_on=features
-            )
-            decision = f"promoted to @{alias} ({scores if holder is not None else 'no holder to beat'})"
-            candidate = promoted
+        tags = {RETRAINED_FROM: str(served.version), RETRAIN_DATA_MD5: data_md5, RETRAIN_EXPERIMENT: experiment}
+        if report is not None:
+            tags[RETRAIN_REPORT] = report
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(candidate.version), key, value)
+        kill_point("retrain-tagged")
+        _progress(f"scoring version {candidate.version} and version {served.version} on the candidate's test split")
+        features = _cached_features(root, candidate)
+        new, old = rescored(client, [candidate, served], gate, features)
+        scores = f"{gate.metric} {new:.6g} vs {old:.6g} of version {served.version}, both on the candidate's test split"
+        if gate.better(new, old):
+            reason = f"retrained from version {served.version}: {scores}"
+            candidate, _ = promote(client, name, str(candidate.version), alias, gate, reason=reason, evaluate_on=features)
+            decision = f"{origin}: promoted to @{alias} ({scores})"
         else:
-            decision = f"not promoted, @{alias} stays on version {holder.version} ({scores}; {gate.describe()})"
+            holder = alias_holder(client, name, alias)
+            decision = (
+                f"{origin}: not promoted, @{alias} stays on version {holder.version if holder else '-'} ({scores}; {gate.describe()})"
+            )
     publish_card(candidate)
-    plan_path.unlink(missing_ok=True)
-    origin = f"from version {served.version} (experiment {experiment}, {tracked} md5 {data_md5})"
-    return f"retrain: version {candidate.version} {origin}: {decision}"
+    _write_plan(plan_path, {**plan, "decision": decision})
+    return decision
 
 
 def _progress(message: str) -> None:
@@ -182,7 +190,8 @@ def track_export(root: Path, export: Path, data_md5: str) -> str:
             raise BtsError(f"--with {export}: {EXTERNAL_DIR}/{export.name} exists with other readings; rename the export")
         if not placed.exists():
             partial = placed.with_name(f".{placed.name}.retrain.tmp")
-            shutil.copyfile(source, partial)
+            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            shutil.copytree(source, partial) if source.is_dir() else shutil.copyfile(source, partial)
             partial.replace(placed)
     relative = placed.relative_to(root.resolve()).as_posix()
     dvc_file = placed.with_name(placed.name + ".dvc")
