@@ -68,6 +68,7 @@ def monitored_model(client: MlflowClient, ref: str, root: Path) -> dict:
         "label": label,
         "name": version.name if version is not None else None,
         "version": str(version.version) if version is not None else None,
+        "aliases": sorted(version.aliases) if version is not None else [],
         "package_md5": package_md5,
         "run_id": run.info.run_id if run is not None else None,
         "lineage": {data_md5_tag(name): lineage.get(data_md5_tag(name)) for name in DATASETS},
@@ -115,11 +116,29 @@ def report_metrics(report: dict) -> dict[str, float]:
     return metrics
 
 
+def retrain_command(model: dict, report: dict, run_id: str) -> str | None:
+    """The `bts retrain` that would learn from these readings, when live skill fell below the threshold and a registered
+    version (by an alias it holds) was served; None otherwise."""
+    live = report["live"]
+    if live is None or not (live["overall_flagged"] or live["flagged"]) or model["version"] is None:
+        return None
+    ref = model["reference"]
+    if "@" not in ref:
+        if not model["aliases"]:
+            return None
+        ref = f"{ref} --to {model['aliases'][0]}"
+    return f"bts retrain {ref} --with {report['window']['actuals']} --report {run_id}"
+
+
 def log_report(client: MlflowClient, root: Path, experiment: str, model: dict, report: dict, folder: Path) -> str:
-    """The report as a run of the monitoring experiment; the version's tag then points at it. Returns the run id."""
+    """The report as a run of the monitoring experiment, written into folder with the run's id (its `bts retrain`
+    names it); the version's tag then points at it. Returns the run id."""
     name = f"monitor-{model['name']}-v{model['version']}" if model["version"] else f"monitor-{model['package_md5'][:8]}"
     with store_lock(root):
         with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=name) as run:
+            report["retrain"] = retrain_command(model, report, run.info.run_id)
+            write_json(folder / "report.json", report)
+            write_text(folder / "report.html", render(report))
             mlflow.set_tags(report_tags(model))
             mlflow.log_metrics(report_metrics(report))
             mlflow.log_artifacts(str(folder), artifact_path="report")
@@ -154,8 +173,6 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     profile = training_profile(client, model["run_id"])
     metrics = run.data.metrics if run else {}
     report = build_report(model, log, profile, metrics, actuals, horizon, catalogue, params.monitor, window)
-    write_json(out / "report.json", report)
-    write_text(out / "report.html", render(report))
     experiment = (client.get_experiment(run.info.experiment_id).name if run else params.train.experiment) + MONITORING_SUFFIX
     run_id = log_report(client, root, experiment, model, report, out)
     print(summary(report, out, experiment, run_id))
@@ -184,6 +201,8 @@ def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
         )
     for alert in report["alerts"]:
         lines.append(f"  ALERT: {alert}")
+    if report["retrain"]:
+        lines.append(f"  to retrain with these readings: {report['retrain']}")
     if report["window"]["skipped_files"]:
         lines.append(f"  log: {len(report['window']['skipped_files'])} unreadable file(s) left out (named above)")
     lines.append(f"  report: {shown_path(out / 'report.html')}; MLflow run {run_id} in {experiment}")

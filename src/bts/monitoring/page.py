@@ -172,6 +172,8 @@ def render(report: dict) -> str:
     alerts = report["alerts"]
     parts.append("<h2>Alerts</h2>")
     parts.append("<ul>" + "".join(f'<li class="alert">{escape(a)}</li>' for a in alerts) + "</ul>" if alerts else '<p class="ok">None.</p>')
+    if report.get("retrain"):
+        parts.append(f"<p>To retrain with these readings (promoted only if it wins): <code>{escape(report['retrain'])}</code></p>")
     cost = service["cost"]
     parts.append("<h2>Service</h2>")
     parts.append(
