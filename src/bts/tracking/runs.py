@@ -32,6 +32,7 @@ from bts.tracking.tags import (
     TRAINING_PROCESS,
     data_md5_tag,
     data_path_tag,
+    dvc_tags,
     schema_md5_tag,
     training_process_tag,
 )
@@ -69,7 +70,7 @@ def training_run(experiment: str, run_name: str) -> Iterator[Run]:
     started = None
     with store_lock(root):
         try:
-            tags = {TRAINING_PROCESS: training_process_tag()}
+            tags = {TRAINING_PROCESS: training_process_tag(), **dvc_tags()}  # from the start: a killed run names its experiment
             with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name=run_name, tags=tags) as started:
                 yield started
         except (MlflowException, requests.RequestException) as exc:
