@@ -15,6 +15,8 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +42,15 @@ class Server:
     def __init__(self, url: str, process: subprocess.Popen, start_line: str) -> None:
         self.url, self.process, self.start_line = url, process, start_line
         self.sent: list[dict] = []  # every POST /invocations: status and, when scored, the predictions
+        self.printed: dict[str, list[str]] = {"stdout": [], "stderr": []}  # the lines after the start line, as they come
+
+    def wait_for_line(self, stream: str, text: str, seconds: float = 60) -> str:
+        """The first line printed on stream that holds text, waited for up to `seconds` (a failure, not a measure)."""
+        deadline = time.monotonic() + seconds
+        while not (found := [line for line in self.printed[stream] if text in line]):
+            assert time.monotonic() < deadline and self.process.poll() is None, f"no {text!r} on {stream}: {self.printed}"
+            time.sleep(0.1)
+        return found[0]
 
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type} if content_type else {}
@@ -72,6 +83,11 @@ def environment(repo: Path) -> dict[str, str]:
     return user_env({"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
 
 
+def collect(stream: object, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
 @contextmanager
 def bts_server(repo: Path, ref: str, *options: str, stop: int = signal.SIGTERM) -> Iterator[Server]:
     """`bts serve <ref> --port 0 ...` in the repository; its start line names the address. Stopped with `stop`."""
@@ -92,6 +108,12 @@ def bts_server(repo: Path, ref: str, *options: str, stop: int = signal.SIGTERM) 
             raise AssertionError(f"bts serve did not start: {line}{process.stderr.read()[-3000:]}")
         url = line.split("listening on ", 1)[1].split(";", 1)[0]
         server = Server(url, process, line)
+        readers = [
+            threading.Thread(target=collect, args=(stream, server.printed[name]), daemon=True)
+            for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
+        ]
+        for reader in readers:
+            reader.start()
         assert server.request("GET", "/ping")[0] == 200
         yield server
     finally:
@@ -102,9 +124,11 @@ def bts_server(repo: Path, ref: str, *options: str, stop: int = signal.SIGTERM) 
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+    for reader in readers:
+        reader.join(60)
     server.returncode = process.returncode
-    server.stdout = process.stdout.read()  # after the start line
-    server.stderr = process.stderr.read()
+    server.stdout = "".join(server.printed["stdout"])  # after the start line
+    server.stderr = "".join(server.printed["stderr"])
 
 
 def frame_of(repo: Path, rows: int = 50) -> pd.DataFrame:
