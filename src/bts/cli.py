@@ -343,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP scoring server for a verified model package (MLflow's scoring protocol)",
         description="Serve a model over HTTP as `mlflow models serve` does (POST /invocations; GET /ping, /health, /version, "
         "/model, /metrics), after checking its package against the recorded md5; log every request and prediction to "
-        "day-partitioned Parquet. One process, or --workers N on the same port; stop it with SIGTERM or Ctrl-C (the log is flushed).",
+        "day-partitioned Parquet. One process, or --workers N on the same port; stop it with SIGTERM or Ctrl-C (the log is flushed). "
+        "A registry alias is followed: when it moves, the version it names is verified, loaded and swapped in without failing a "
+        "request; a version number or a package folder is pinned.",
     )
     serve.add_argument("ref", help=serving.SERVED_REFERENCE)
     serve.add_argument("--host", default=serving.DEFAULT_HOST, help=f"address to bind (default: {serving.DEFAULT_HOST})")
@@ -381,6 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=serving.DEFAULT_WORKERS,
         metavar="N",
         help=f"processes answering on the port, 1 to {serving.MAX_WORKERS}, each with the limits above (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--follow-interval",
+        default=serving.DEFAULT_FOLLOW_SECONDS,
+        metavar="SECONDS",
+        help="with models:/name@alias: seconds between looks at the registry; a version the alias moves to is verified and "
+        "loaded in the background, then answers the requests that come after (default: %(default)g). models:/name/<version> "
+        "and a package folder are pinned: they serve that one version until stopped",
+    )
+    serve.add_argument(
+        "--no-follow", action="store_true", help="with models:/name@alias: serve the version it names at start until stopped"
     )
     serve.set_defaults(handler=_serve)
 

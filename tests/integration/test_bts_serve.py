@@ -30,11 +30,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bts.model.package import load_package
 from tests.integration.test_serving import examples, model_server
-from tests.integration.workspace import PROJECT, lock_outs, run, training_run, user_env
+from tests.integration.workspace import PROJECT, lock_outs, run, set_params, store, training_run, user_env
 
 pytestmark = pytest.mark.integration
 
 FEATURES = ["lag_1", "lag_2", "lag_3", "lag_4", "lag_5", "lag_6"]
+NAME = "bts-next-reading"
 START_SECONDS = 120
 
 
@@ -518,3 +519,97 @@ def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_pa
     served = [sent for sent in server.sent if sent["status"] == 200]
     assert len(predictions) == sum(len(sent["predictions"]) for sent in served)
     assert [by_request[sent["request_id"]] for sent in served] == [sent["predictions"] for sent in served]
+
+
+def keep_scoring(server: Server, body: bytes, stop: threading.Event) -> None:
+    """The same request again and again until stop is set, each answer kept in server.sent (one that never came too)."""
+    while not stop.is_set():
+        try:
+            server.score(body)
+        except Exception as exc:  # refused, reset, timed out: a request failed
+            server.sent.append({"status": None, "predictions": None, "request_id": None, "error": repr(exc)})
+        time.sleep(0.02)
+
+
+def wait_for_more_answers(server: Server, count: int) -> None:
+    answered = len(server.sent)
+    deadline = time.monotonic() + 60  # a failure, not a measure
+    while len(server.sent) < answered + count:
+        assert time.monotonic() < deadline, "the requests stopped being answered"
+        time.sleep(0.05)
+
+
+def test_a_followed_alias_swaps_versions_under_load_and_refuses_a_tampered_one(own_built_repo: Path, tmp_path: Path) -> None:
+    """`bts serve models:/...@champion --follow-interval 1` under a steady stream of requests: version 2, trained,
+    registered and promoted meanwhile, answers within 30 s, no request fails, and every log row and metric names the
+    version whose predictions it holds; @champion moved (as stock MLflow does) to a version whose stored package was
+    tampered with is refused with one line, and version 2 answers on."""
+    repo, log_dir = own_built_repo, tmp_path / "monitoring"
+    client = store(repo)
+    run(["bts", "register"], repo)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    frame = frame_of(repo, 5)
+    by_version = {"1": expected_predictions(repo, frame)}
+    md5s = {"1": lock_outs(repo / "dvc.lock")["models/package"]}
+    set_params(repo, "train", "model", "ridge")
+    # Another model, trained and packaged (not evaluated: not needed here) while the server starts and answers.
+    retraining = subprocess.Popen(["dvc", "repro", "serve"], cwd=repo, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stop = threading.Event()
+    with bts_server(repo, f"models:/{NAME}@champion", "--follow-interval", "1", "--log-dir", str(log_dir)) as server:
+        scoring = threading.Thread(target=keep_scoring, args=(server, split(frame), stop))
+        scoring.start()
+        try:
+            output = retraining.communicate(timeout=600)[0].decode()
+            assert retraining.returncode == 0, output
+            by_version["2"], md5s["2"] = expected_predictions(repo, frame), lock_outs(repo / "dvc.lock")["models/package"]
+            assert by_version["2"] != by_version["1"]
+            assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/2")
+            client.set_registered_model_alias(NAME, "champion", "2")
+            swapped = server.wait_for_line("stdout", "@champion now version 2", seconds=30)
+            assert swapped == f"bts serve: @champion now version 2 (package md5 {md5s['2']}), was version 1\n"
+            model = server.get_json("/model")
+            assert (model["reference"], model["version"], model["package_md5"]) == (f"models:/{NAME}@champion", "2", md5s["2"])
+            wait_for_more_answers(server, 5)
+
+            first = client.get_model_version(NAME, "1")
+            third = client.create_model_version(NAME, first.source, first.run_id, tags={"package.md5": first.tags["package.md5"]})
+            stored = next(path for path in (repo / "mlartifacts").rglob("package/model.skops") if first.run_id in path.parts)
+            stored.write_bytes(stored.read_bytes() + b"\0")
+            client.set_registered_model_alias(NAME, "champion", third.version)
+            refused = server.wait_for_line("stderr", f"now names version {third.version}: refused", seconds=30)
+            assert "TAMPERED" in refused and "model.skops" in refused and "version 2 goes on serving" in refused
+            time.sleep(3)  # three more looks at the alias: the refused version is not tried again
+            wait_for_more_answers(server, 5)
+            assert server.get_json("/model")["version"] == "2"
+        finally:
+            stop.set()
+            scoring.join(60)
+            if retraining.poll() is None:
+                retraining.kill()
+                retraining.wait()
+        samples = metric_samples(server.request("GET", "/metrics")[1].decode())
+    assert server.returncode in (0, -signal.SIGTERM), server.stderr
+    assert "Traceback" not in server.stderr, server.stderr
+    assert server.stderr.count("refused") == 1, server.stderr
+
+    failed = [sent for sent in server.sent if sent["status"] != 200]
+    assert not failed, failed[:3]
+    answered_by = [next(v for v, expected in by_version.items() if sent["predictions"] == expected) for sent in server.sent]
+    assert "1" in answered_by and "2" in answered_by and answered_by == sorted(answered_by)  # swapped once, never back
+    scored = {
+        s.labels["version"]: s.value for s in samples["bts_rows_scored"] if s.name == "bts_rows_scored_total" and s.labels["model"] == NAME
+    }
+    assert scored == {version: len(frame) * answered_by.count(version) for version in ("1", "2")}
+    info = {s.labels["version"]: (s.labels["package_md5"], s.value) for s in samples["bts_model_info"]}
+    assert info == {"1": (md5s["1"], 0), "2": (md5s["2"], 1)}
+
+    requests = pd.read_parquet(log_dir / "requests").set_index("request_id")
+    logged = requests.loc[[sent["request_id"] for sent in server.sent]]
+    assert logged["model_version"].tolist() == answered_by  # each request logged under the version that answered it
+    assert logged["package_md5"].tolist() == [md5s[version] for version in answered_by]  # what bts monitor selects by
+    predictions = pd.read_parquet(log_dir / "predictions")
+    assert len(predictions) == len(frame) * len(server.sent)
+    assert (predictions["model_version"] == predictions["request_id"].map(requests["model_version"])).all()
+    assert (predictions["package_md5"] == predictions["model_version"].map(md5s)).all()
+    expected = [by_version[version][row] for version, row in zip(predictions["model_version"], predictions["row"], strict=True)]
+    assert predictions["prediction"].tolist() == expected  # each row's prediction is that of the version it names

@@ -99,7 +99,7 @@ def test_the_monitoring_figures_of_all_workers_and_of_one_that_died(tmp_path: Pa
     dead[FIGURES.index("pending_records")], dead[FIGURES.index("request_rows_written")], dead[FIGURES.index("bytes")] = 7, 40, 9000
     dead.tofile(shared / "bts_monitoring-111.f64")
     log = MonitoringLog(tmp_path / "log", TAGS, ["lag_1"], max_bytes=10**9)
-    collector = MonitoringCollector(log, LABELS, shared)
+    collector = MonitoringCollector(log, lambda: LABELS, shared)
     log.add(Entry("r1", time.time_ns(), 1.0, 2, 200, None, "dataframe_split", np.zeros((2, 1)), None, np.zeros(2)))
     log.bytes = 5000
 

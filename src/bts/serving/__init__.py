@@ -6,7 +6,8 @@ resolves a reference (registry or package folder), verifies and loads the
 package; `request_log` appends every request and prediction to a local
 Parquet log off the request path; `metrics` keeps the Prometheus metrics;
 `app` is the Starlette application; `server` runs it under uvicorn, in one
-process or, with `workers`, in several forked onto the same socket.
+process or, with `workers`, in several forked onto the same socket; `follow`
+keeps a registry alias's server on the version the alias names.
 
 This module holds only the defaults the `bts` parser shows, so `bts --help`
 stays fast.
@@ -26,3 +27,5 @@ DEFAULT_MAX_CONNECTIONS = 256  # connections and requests in flight at once; pas
 DEFAULT_LOG_MAX_MB = 1024.0
 DEFAULT_WORKERS = 1
 MAX_WORKERS = 64  # --workers at most: a typo should not fork a thousand servers
+DEFAULT_FOLLOW_SECONDS = 10.0  # between two looks at the registry alias being served
+MAX_FOLLOW_SECONDS = 86_400.0

@@ -10,6 +10,8 @@ A client error is a 4xx whose body is {"error_code": ..., "message": ...}:
 a short message naming the problem, never a stack trace, a path or the
 input echoed back. Scoring runs on the event loop itself: a request of a
 few rows costs a few milliseconds, less than a hop to a thread and back.
+Each request takes the model answering when it starts (`CurrentModel`) and
+keeps it to its end: its predictions, metrics and log rows name that version.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from starlette.routing import Route
 import bts
 from bts.serving import DEFAULT_READ_TIMEOUT_SECONDS
 from bts.serving.metrics import ServingMetrics
-from bts.serving.model import ServedModel
+from bts.serving.model import CurrentModel
 from bts.serving.payload import PayloadParser, RequestError
 from bts.serving.request_log import Entry, MonitoringLog
 
@@ -75,7 +77,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(
-    served: ServedModel,
+    current: CurrentModel,
     parser: PayloadParser,
     metrics: ServingMetrics,
     log: MonitoringLog | None,
@@ -83,15 +85,16 @@ def create_app(
     on_start: Callable[[], None] | None = None,
     read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
     worker: int | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The application; the line it prints when it stops names the worker (its pid) when it is one of several."""
-    predict = served.predict
+    """The application; the line it prints when it stops names the worker (its pid) when it is one of several.
+    on_start() runs once it serves, on_stop() once it has answered its last request, before the log is written."""
     versions = {"bts": bts.__version__, "mlflow": version("mlflow")}
-    description = {**served.describe(), "limits": {"max_rows": parser.max_rows, "max_body_bytes": max_body_bytes}}
-    description["monitoring_log"] = log is not None
+    limits = {"max_rows": parser.max_rows, "max_body_bytes": max_body_bytes}
 
     async def invocations(request: Request) -> Response:
         started, started_ns = time.perf_counter(), time.time_ns()
+        served = current.served  # the model of this request from start to end, whatever a swap does meanwhile
         status, code, batch, predictions = 200, None, None, None
         try:
             try:
@@ -99,7 +102,7 @@ def create_app(
             except TimeoutError:  # a slow or stalled client holds a connection: let it go
                 raise RequestError(408, "REQUEST_TIMEOUT", f"the body did not arrive whole within {read_timeout:g} s") from None
             batch = parser.parse(body, request.headers.get("content-type"))
-            predictions = predict(batch.features)
+            predictions = served.predict(batch.features)
             response = Response(orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON_TYPE)
         except RequestError as error:
             status, code, predictions = error.status, error.code, None
@@ -114,7 +117,7 @@ def create_app(
             status, code, predictions = 500, "INTERNAL_ERROR", None
             response = error_response(500, code, "the model failed to score this request; the server log has the details")
         seconds = time.perf_counter() - started
-        metrics.observe(status, code, seconds, predictions)
+        metrics.observe(status, code, seconds, predictions, served.metric_labels)
         if log is not None:
             request_id = uuid.uuid4().hex
             response.headers[REQUEST_ID_HEADER] = request_id  # the request's id in the monitoring log
@@ -130,6 +133,7 @@ def create_app(
                     features=batch.features if predictions is not None else None,
                     keys=batch.keys if predictions is not None else None,
                     predictions=predictions,
+                    tags=served.log_tags,
                 )
             )
         return response
@@ -141,7 +145,7 @@ def create_app(
         return json_response(versions)
 
     async def model(request: Request) -> Response:
-        return json_response(description)
+        return json_response({**current.served.describe(), "limits": limits, "monitoring_log": log is not None})
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -163,6 +167,8 @@ def create_app(
         try:
             yield
         finally:
+            if on_stop is not None:
+                on_stop()
             logged = "monitoring log off"
             if log is not None:
                 log.close()  # every request has been answered by now: write what is pending

@@ -4,19 +4,22 @@
     bts_request_duration_seconds{model, version}             histogram of their latency, body read to response ready
     bts_rows_scored_total{model, version}                    rows of the successful requests
     bts_prediction{model, version}                           histogram of the predicted values
-    bts_model_info{model, version, package_md5, run_id}      1
+    bts_model_info{model, version, package_md5, run_id}      1 (0: a version answering here before)
     bts_monitoring_*{model, version}                         the monitoring log: records pending, written, dropped, bytes
     process_*{model, version}                                CPU seconds, resident and virtual memory, open fds, start time
 
-The prediction histogram takes a whole request's predictions at once (numpy),
-not one Python call per row.
+A request is counted under the version that answered it: when a followed
+alias moves, the new version's series start beside the old one's, and
+bts_model_info, bts_monitoring_* and process_* name the version answering
+now. The prediction histogram takes a whole request's predictions at once
+(numpy), not one Python call per row.
 
 With several workers (`bts serve --workers N`) every worker keeps its figures
 in files of its own in a folder they share, and whichever worker answers a
 scrape reads them all: counters and histograms are summed
 (prometheus-client's multiprocess mode; the prediction histogram and the
 monitoring figures in numpy files of the same kind), bts_model_info is the
-workers' maximum (1), bts_monitoring_bytes the largest worker's count of the
+live workers' maximum, bts_monitoring_bytes the largest worker's count of the
 folder (each counts it anew every minute), and process_* describe the server
 as one, read from /proc at the scrape: the supervisor and its workers'
 CPU seconds (those of workers that died included), memory and open files
@@ -25,16 +28,18 @@ summed (pages they share are counted in each), the supervisor's start time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import values as prometheus_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from bts.serving.request_log import FIGURES, MonitoringLog
 
@@ -54,11 +59,13 @@ MONITORING_DOCUMENTATION = {
 GONE_WITH_THEIR_WORKER = ("pending_records", "bytes")  # figures a dead worker no longer has
 
 
-def worker_figures(folder: Path | None, name: str, size: int) -> np.ndarray:
-    """Zeros: in memory, or in this process's own file under the workers' shared folder (read by all_figures)."""
+def worker_figures(folder: Path | None, name: str, size: int, series: str | None = None) -> np.ndarray:
+    """Zeros: in memory, or in this process's own file under the workers' shared folder (read by all_figures), one per
+    series when the figures have several."""
     if folder is None:
         return np.zeros(size)
-    return np.memmap(folder / f"{name}-{os.getpid()}.f64", dtype=np.float64, mode="w+", shape=(size,))
+    suffix = f"-{series}" if series is not None else ""
+    return np.memmap(folder / f"{name}-{os.getpid()}{suffix}.f64", dtype=np.float64, mode="w+", shape=(size,))
 
 
 def all_figures(folder: Path, name: str, size: int) -> list[np.ndarray]:
@@ -68,7 +75,9 @@ def all_figures(folder: Path, name: str, size: int) -> list[np.ndarray]:
 
 
 def forget_worker(folder: Path, pid: int) -> None:
-    """A worker has died: its records pending are lost and its count of the folder is old; what it wrote stays counted."""
+    """A worker has died: its records pending are lost, its count of the folder is old, and the version it served is
+    served no more (bts_model_info); what it wrote and answered stays counted."""
+    mark_process_dead(pid, str(folder))
     path = folder / f"{MONITORING_FIGURES}-{pid}.f64"
     if path.is_file() and path.stat().st_size == len(FIGURES) * 8:
         figures = np.memmap(path, dtype=np.float64, mode="r+", shape=(len(FIGURES),))
@@ -78,37 +87,79 @@ def forget_worker(folder: Path, pid: int) -> None:
 
 
 class PredictionHistogram:
-    """A histogram collector fed with arrays: one searchsorted and bincount per request.
+    """A histogram collector fed with arrays: one searchsorted and bincount per request, a series per model version.
 
-    The counts per bucket (+Inf last) and the sum are one array; with `shared`, a file of this worker's that every
-    worker's collect() sums.
+    A series' counts per bucket (+Inf last) and sum are one array; with `shared`, a file of this worker's per series
+    (its labels in a file beside it, named by their md5), which every worker's collect() sums.
     """
 
     def __init__(
         self, name: str, documentation: str, labels: dict[str, str], bounds: tuple[float, ...], shared: Path | None = None
     ) -> None:
-        self.name, self.documentation, self.labels, self.shared = name, documentation, labels, shared
+        self.name, self.documentation, self.shared = name, documentation, shared
+        self.label_names = list(labels)
         self.bounds = np.asarray(bounds, dtype=np.float64)
-        self.values = worker_figures(shared, name, len(bounds) + 2)
+        self.size = len(bounds) + 2
+        self._series: dict[tuple[str, ...], np.ndarray] = {}
+        self._shared_labels: dict[str, tuple[str, ...]] = {}  # series file key -> label values, as read
         self._lock = threading.Lock()
+        self.values = self.series(tuple(labels.values()))  # the first model's series, there from the start
 
-    def observe(self, values: np.ndarray) -> None:
+    def series(self, labels: tuple[str, ...]) -> np.ndarray:
+        """The counts and sum of the series of these label values, made at 0 when new."""
+        values = self._series.get(labels)
+        if values is None:
+            with self._lock:
+                values = self._series.get(labels)
+                if values is None:
+                    values = self._series[labels] = self._new_series(labels)
+        return values
+
+    def _new_series(self, labels: tuple[str, ...]) -> np.ndarray:
+        if self.shared is None:
+            return np.zeros(self.size)
+        key = hashlib.md5(json.dumps(labels).encode()).hexdigest()[:16]
+        named = self.shared / f"{self.name}-{key}.labels"
+        if not named.exists():  # the same content whichever worker writes it
+            temporary = named.with_name(f".{named.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(labels))
+            os.replace(temporary, named)
+        return worker_figures(self.shared, self.name, self.size, key)
+
+    def observe(self, values: np.ndarray, labels: tuple[str, ...] | None = None) -> None:
+        """Count values under the series of `labels` (label values; the first model's when None)."""
+        series = self.values if labels is None else self.series(labels)
         positions = np.searchsorted(self.bounds, values, side="left")  # bucket i holds values <= bounds[i] (Prometheus' le)
         counts = np.bincount(positions, minlength=len(self.bounds) + 1)
         with self._lock:
-            self.values[:-1] += counts
-            self.values[-1] += float(np.sum(values))
+            series[:-1] += counts
+            series[-1] += float(np.sum(values))
 
-    def collect(self) -> Iterator[Metric]:
+    def totals(self) -> dict[tuple[str, ...], np.ndarray]:
+        """Each series' counts and sum: this process's, or with `shared` every worker's (those that died included)."""
         if self.shared is None:
             with self._lock:
-                totals = self.values.copy()
-        else:
-            totals = np.sum(all_figures(self.shared, self.name, len(self.values)), axis=0)
-        cumulative, total = np.cumsum(totals[:-1]), float(totals[-1])
-        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
-        buckets = [(_bound(b), int(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)] + [("+Inf", int(cumulative[-1]))]
-        family.add_metric(list(self.labels.values()), buckets, total)
+                return {labels: values.copy() for labels, values in self._series.items()}
+        totals: dict[tuple[str, ...], np.ndarray] = {}
+        for path in sorted(self.shared.glob(f"{self.name}-*-*.f64")):
+            key = path.stem.rsplit("-", 1)[1]
+            labels = self._shared_labels.get(key)
+            if labels is None:
+                try:
+                    labels = self._shared_labels[key] = tuple(json.loads((self.shared / f"{self.name}-{key}.labels").read_text()))
+                except (OSError, ValueError):  # its labels are being written this very moment
+                    continue
+            values = np.fromfile(path, dtype=np.float64)
+            if len(values) == self.size:  # not one being created this very moment
+                totals[labels] = totals[labels] + values if labels in totals else values
+        return totals
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for labels, totals in sorted(self.totals().items()):
+            cumulative, total = np.cumsum(totals[:-1]), float(totals[-1])
+            buckets = [(_bound(b), int(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)] + [("+Inf", int(cumulative[-1]))]
+            family.add_metric(list(labels), buckets, total)
         yield family
 
 
@@ -117,29 +168,33 @@ def _bound(value: float) -> str:
 
 
 class Labelled:
-    """Another collector's metrics with the model's labels added to every sample (the process collector has none)."""
+    """Another collector's metrics with the labels of the model answering now added to every sample (the process
+    collector has none)."""
 
-    def __init__(self, inner: object, labels: dict[str, str]) -> None:
+    def __init__(self, inner: object, labels: Callable[[], dict[str, str]]) -> None:
         self.inner, self.labels = inner, labels
 
     def collect(self) -> Iterator[Metric]:
+        labels = self.labels()
         for family in self.inner.collect():
             labelled = Metric(family.name, family.documentation, family.type, family.unit)
             for sample in family.samples:
-                labelled.add_sample(sample.name, {**sample.labels, **self.labels}, sample.value, sample.timestamp, sample.exemplar)
+                labelled.add_sample(sample.name, {**sample.labels, **labels}, sample.value, sample.timestamp, sample.exemplar)
             yield labelled
 
 
 class MonitoringCollector:
-    """The monitoring log's figures: this process's, or with `shared` every worker's (summed; the folder's size: the largest)."""
+    """The monitoring log's figures: this process's, or with `shared` every worker's (summed; the folder's size: the largest),
+    labelled with the model answering now."""
 
-    def __init__(self, log: MonitoringLog, labels: dict[str, str], shared: Path | None = None) -> None:
+    def __init__(self, log: MonitoringLog, labels: Callable[[], dict[str, str]], shared: Path | None = None) -> None:
         self.log, self.labels, self.shared = log, labels, shared
         if shared is not None:
             log.published = worker_figures(shared, MONITORING_FIGURES, len(FIGURES))
 
     def collect(self) -> Iterator[Metric]:
-        names, values = list(self.labels), list(self.labels.values())
+        labels = self.labels()
+        names, values = list(labels), list(labels.values())
         if self.shared is None:
             figures = self.log.figures()
         else:
@@ -188,7 +243,10 @@ class ServerProcesses:
 
 
 class ServingMetrics:
-    """The metrics of one server process; with `shared` (the workers' folder, PROMETHEUS_MULTIPROC_DIR), of all workers."""
+    """The metrics of one server process; with `shared` (the workers' folder, PROMETHEUS_MULTIPROC_DIR), of all workers.
+
+    `labels` and `info` are the first model's; serve() names the next one.
+    """
 
     def __init__(
         self,
@@ -205,37 +263,62 @@ class ServingMetrics:
                 raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
             MultiProcessCollector(self.registry, path=str(shared))
             own = None
-        names, values = list(labels), list(labels.values())
-        self._values = values
+        names = list(labels)
         self.requests = Counter(
             "bts_requests", "Scoring requests (POST /invocations) by HTTP status", [*names, "status", "error_code"], registry=own
         )
         self.latency = Histogram(
             "bts_request_duration_seconds", "Latency of scoring requests", names, buckets=LATENCY_BUCKETS, registry=own
-        ).labels(*values)
-        self.rows = Counter("bts_rows_scored", "Rows scored by successful requests", names, registry=own).labels(*values)
+        )
+        self.rows = Counter("bts_rows_scored", "Rows scored by successful requests", names, registry=own)
         self.predictions = PredictionHistogram("bts_prediction", "Predicted values", labels, PREDICTION_BUCKETS, shared)
         self.registry.register(self.predictions)
-        model_info = Gauge("bts_model_info", "The served model", [*names, *info], registry=own, multiprocess_mode="max")
-        model_info.labels(*values, *info.values()).set(1)
+        # livemax: a version is 1 while a live worker answers with it (forget_worker drops a dead worker's)
+        self.model_info = Gauge("bts_model_info", "The served model", [*names, *info], registry=own, multiprocess_mode="livemax")
+        self._children: dict[tuple[tuple[str, ...], int, str], object] = {}  # (labels, status, error code) -> its counter
+        self._series: dict[tuple[str, ...], tuple[object, object]] = {}  # labels -> (latency histogram, rows counter)
+        self._info: tuple[str, ...] | None = None
+        self.labels = labels  # the model answering now
+        self.serve(labels, info)
         processes = ProcessCollector(registry=None) if shared is None else ServerProcesses(supervisor or os.getppid())
-        self.registry.register(Labelled(processes, labels))
+        self.registry.register(Labelled(processes, lambda: self.labels))
         if log is not None:
-            self.registry.register(MonitoringCollector(log, labels, shared))
-        self._children: dict[tuple[int, str], object] = {}
+            self.registry.register(MonitoringCollector(log, lambda: self.labels, shared))
         self.requests_served = 0
 
-    def observe(self, status: int, error_code: str | None, seconds: float, predictions: np.ndarray | None) -> None:
-        key = (status, error_code or "")
+    def serve(self, labels: dict[str, str], info: dict[str, str]) -> None:
+        """The model answering from now on: bts_model_info is 1 for it (0 for the one before), and its series are there at
+        0 before its first request."""
+        if self._info is not None:
+            self.model_info.labels(*self._info).set(0)
+        self._info = (*labels.values(), *info.values())
+        self.model_info.labels(*self._info).set(1)
+        self._series_of(tuple(labels.values()))
+        self.predictions.series(tuple(labels.values()))
+        self.labels = labels
+
+    def _series_of(self, values: tuple[str, ...]) -> tuple[object, object]:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = (self.latency.labels(*values), self.rows.labels(*values))
+        return series
+
+    def observe(
+        self, status: int, error_code: str | None, seconds: float, predictions: np.ndarray | None, labels: dict[str, str] | None = None
+    ) -> None:
+        """One scoring request, counted under the labels of the model that answered it (the one answering now when None)."""
+        values = tuple((labels or self.labels).values())
+        key = (values, status, error_code or "")
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.requests.labels(*self._values, str(status), error_code or "")
+            child = self._children[key] = self.requests.labels(*values, str(status), error_code or "")
         child.inc()
         self.requests_served += 1
-        self.latency.observe(seconds)
+        latency, rows = self._series_of(values)
+        latency.observe(seconds)
         if predictions is not None and len(predictions):
-            self.rows.inc(len(predictions))
-            self.predictions.observe(predictions)
+            rows.inc(len(predictions))
+            self.predictions.observe(predictions, values)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,7 +6,8 @@ registry version is downloaded there, a folder copied there), the copy is
 checked file by file against its manifest and the recorded package md5
 (the version's `package.md5` tag, or what dvc.lock records when the folder
 is the workspace's pipeline output), and only then loaded: what is loaded is
-exactly what was verified.
+exactly what was verified. `CurrentModel` holds the model a server process
+answers with: one reference, replaced whole when a followed alias moves.
 
 Scoring bypasses MLflow's per-call schema enforcement, whose work the
 payload parser has already done (every feature column there, float64, in
@@ -18,10 +19,14 @@ back to the pyfunc's predict if they ever do not.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,16 @@ class ServedModel:
             return {"model": self.name, "version": str(self.version)}
         return {"model": self.reference, "version": self.package_md5}
 
+    @cached_property
+    def metric_labels(self) -> dict[str, str]:
+        """labels(), built once: every request the model answers is counted under them."""
+        return self.labels()
+
+    @cached_property
+    def log_tags(self) -> dict[str, str | None]:
+        """tags(), built once: every monitoring record of a request the model answers carries them."""
+        return self.tags()
+
     def tags(self) -> dict[str, str | None]:
         """What every monitoring record carries about the model that made it."""
         return {
@@ -93,6 +108,26 @@ class ServedModel:
             "feature_columns": self.feature_columns,
             "key_columns": list(KEY_COLUMNS),
         }
+
+
+class CurrentModel:
+    """The model a server process answers with. A request reads `served` once and uses that object to its end; a swap
+    is one assignment, so a request that started on the version before finishes on it, and that version is released
+    when its last request ends."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+
+def load_verified(client: MlflowClient, ref: str, root: Path, shown_as: str | None = None) -> ServedModel:
+    """load_served in a scratch folder removed once the model is loaded; named `shown_as` when given (the alias a
+    version was reached by). The package's code folder, which MLflow's loader puts first on sys.path, goes with it."""
+    with tempfile.TemporaryDirectory(prefix="bts-serve-") as scratch:
+        try:
+            served = load_served(client, ref, root, Path(scratch))
+        finally:  # bts is imported already: the package's copy of its code is not what the loaded model runs
+            sys.path[:] = [entry for entry in sys.path if entry != scratch and not entry.startswith(scratch + os.sep)]
+    return served if shown_as is None else dataclasses.replace(served, reference=shown_as)
 
 
 def load_served(client: MlflowClient, ref: str, root: Path, scratch: Path) -> ServedModel:

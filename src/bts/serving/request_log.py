@@ -10,8 +10,10 @@ request id and time, its row in the request, the key columns (station_id,
 parameter_id, reading_id, reading_time: null when not given), every feature value and
 the prediction; a process row the server's pid, CPU seconds and resident
 and peak memory when it started, at each write and when it stopped (what
-`bts monitor` reports as cost). All carry the served model's package md5,
-registered name and version, training run id and data md5s.
+`bts monitor` reports as cost). All carry the package md5, registered name
+and version, training run id and data md5s of the model that answered the
+request (a process row: of the model answering when it was written), so a
+server following an alias logs each version's rows under its own name.
 
 The request path only appends to a list in memory. A background thread
 writes what has gathered every second (sooner once 50,000 records wait) as
@@ -124,6 +126,7 @@ class Entry:
     features: np.ndarray | None = None
     keys: dict | None = None
     predictions: np.ndarray | None = None
+    tags: dict[str, str | None] | None = None  # of the model that answered it (ServedModel.log_tags); None: the log's
 
 
 class MonitoringLog:
@@ -140,7 +143,7 @@ class MonitoringLog:
         roll_rows: int = 1_000_000,
     ) -> None:
         self.folder = Path(folder)
-        self.tags = tags
+        self.tags = tags  # of the model answering now: the process rows', and a request's given none of its own
         self.feature_columns = list(feature_columns)
         self.max_bytes = max_bytes
         self.flush_seconds = flush_seconds
@@ -319,8 +322,20 @@ class MonitoringLog:
                 self.bytes -= current.counted
         self._open.clear()
 
-    def _tag_columns(self, rows: int) -> dict[str, pa.Array]:
-        return {name: pa.repeat(pa.scalar(value, pa.string()), rows) for name, value in self.tags.items()}
+    def _tag_columns(self, entries: list[Entry], rows: list[int] | None = None) -> dict[str, pa.Array]:
+        """The model columns of the entries' rows (`rows`: how many each has; one when None), each row with the tags of
+        the model that answered its request."""
+        default = self.tags
+        models = [e.tags if e.tags is not None else default for e in entries]
+        first = models[0] if models else default
+        if all(model is first for model in models):  # one model answered them all: as cheap as it gets
+            total = sum(rows) if rows is not None else len(entries)
+            return {name: pa.repeat(pa.scalar(value, pa.string()), total) for name, value in first.items()}
+        repeats = np.asarray(rows if rows is not None else [1] * len(entries), dtype=np.int64)
+        return {
+            name: pa.array(np.repeat(np.array([model.get(name) for model in models], dtype=object), repeats), pa.string())
+            for name in default
+        }
 
     def requests_table(self, entries: list[Entry]) -> pa.Table:
         columns = {
@@ -332,7 +347,7 @@ class MonitoringLog:
             "error_code": pa.array([e.error_code for e in entries], pa.string()),
             "format": pa.array([e.format for e in entries], pa.string()),
         }
-        return pa.table({**columns, **self._tag_columns(len(entries))})
+        return pa.table({**columns, **self._tag_columns(entries)})
 
     def process_table(self) -> pa.Table:
         """One row: this process's CPU seconds so far (every thread), resident and peak memory, now."""
@@ -345,11 +360,11 @@ class MonitoringLog:
             "rss_bytes": pa.array([resident], pa.int64()),
             "peak_rss_bytes": pa.array([peak], pa.int64()),
         }
-        return pa.table({**columns, **self._tag_columns(1)})
+        tags = self.tags  # of the model answering now
+        return pa.table({**columns, **{name: pa.array([value], pa.string()) for name, value in tags.items()}})
 
     def predictions_table(self, entries: list[Entry]) -> pa.Table:
         scored = [e for e in entries if e.predictions is not None and e.rows]
-        total = sum(e.rows for e in scored)
         request_ids, times, positions = [], [], []
         keys: dict[str, list] = {column: [] for column in (*ID_COLUMNS, TIME_COLUMN)}
         for e in scored:
@@ -369,7 +384,7 @@ class MonitoringLog:
             **{column: pa.array(features[:, i]) for i, column in enumerate(self.feature_columns)},
             "prediction": pa.array(np.concatenate([e.predictions for e in scored]) if scored else [], pa.float64()),
         }
-        return pa.table({**columns, **self._tag_columns(total)})
+        return pa.table({**columns, **self._tag_columns(scored, [e.rows for e in scored])})
 
     # -- size cap -----------------------------------------------------------------------------------------------------
 

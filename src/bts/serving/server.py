@@ -6,12 +6,15 @@ it). uvicorn stops cleanly on SIGTERM or Ctrl-C: it stops accepting,
 answers the requests in flight, then the app's shutdown writes the
 monitoring log's pending records. With `--workers N` the verified, loaded
 server is forked N times onto the same socket (`workers`), and the metrics
-are shared through a private folder removed at the end (`metrics`).
+are shared through a private folder removed at the end (`metrics`). A
+registry alias is followed in every serving process (`follow`) unless
+--no-follow pins the version it names at start.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import socket
@@ -23,13 +26,15 @@ from typing import TYPE_CHECKING
 
 from bts.errors import BtsError, ConfigError
 from bts.files import output_place, shown_path
-from bts.serving import DEFAULT_LOG_DIR, MAX_WORKERS
+from bts.serving import DEFAULT_LOG_DIR, MAX_FOLLOW_SECONDS, MAX_WORKERS
 
 if TYPE_CHECKING:
     import uvicorn
     from mlflow.tracking import MlflowClient
 
-    from bts.serving.model import ServedModel
+    from bts.serving.follow import AliasFollower
+    from bts.serving.metrics import ServingMetrics
+    from bts.serving.model import CurrentModel, ServedModel
     from bts.serving.payload import PayloadParser
     from bts.serving.request_log import MonitoringLog
 
@@ -55,6 +60,19 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError(f"{option} {seconds:g}: must be more than 0 and at most 3600 seconds")
     if args.max_connections < 1:
         raise ConfigError(f"--max-connections {args.max_connections}: must be at least 1")
+    if follow_seconds(args.follow_interval) is None:
+        raise ConfigError(
+            f"--follow-interval {args.follow_interval}: must be a number of seconds more than 0 and at most {MAX_FOLLOW_SECONDS:g}"
+        )
+
+
+def follow_seconds(given: object) -> float | None:
+    """--follow-interval as seconds, None when it is not a number more than 0 and at most MAX_FOLLOW_SECONDS."""
+    try:
+        seconds = float(str(given))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and 0 < seconds <= MAX_FOLLOW_SECONDS else None
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -117,7 +135,7 @@ def serve_in(client: MlflowClient, root: Path, args: argparse.Namespace, log_fol
     import sklearn
     from threadpoolctl import threadpool_limits
 
-    from bts.serving.model import load_served
+    from bts.serving.model import CurrentModel, load_verified
     from bts.serving.payload import PayloadParser
     from bts.serving.request_log import MonitoringLog
 
@@ -126,18 +144,19 @@ def serve_in(client: MlflowClient, root: Path, args: argparse.Namespace, log_fol
     # One OpenMP thread per prediction: requests are small, and on a busy 2-core machine a second thread spins (a
     # boosting model's 100-row requests: p50 6.5 ms and p99 84 ms with two threads, 2.6 ms and 17 ms with one).
     threadpool_limits(limits=1, user_api="openmp")
-    with tempfile.TemporaryDirectory(prefix="bts-serve-") as scratch:
-        served = load_served(client, args.ref, root, Path(scratch))
+    served = load_verified(client, args.ref, root)
     parser = PayloadParser(served.feature_columns, args.max_rows)
     log = None
     if log_folder is not None:
-        log = MonitoringLog(log_folder, served.tags(), served.feature_columns, int(args.log_max_mb * 1024 * 1024))
+        log = MonitoringLog(log_folder, served.log_tags, served.feature_columns, int(args.log_max_mb * 1024 * 1024))
     sock = listen(args.host, args.port)
     line = start_line(served, url_of(sock), log, int(args.workers))
+    current = CurrentModel(served)
+    del served  # held by `current` alone: a version swapped out is released once its last request is answered
     if shared is None:
-        return serve_alone(served, parser, log, sock, line, args)
+        return serve_alone(client, root, current, parser, log, sock, line, args)
     try:
-        return serve_with_workers(served, parser, log, sock, line, args, shared)
+        return serve_with_workers(client, root, current, parser, log, sock, line, args, shared)
     finally:
         sock.close()
 
@@ -161,20 +180,65 @@ def model_info(served: ServedModel) -> dict[str, str]:
     return {"package_md5": served.package_md5, "run_id": served.run_id or ""}
 
 
+def follower(
+    client: MlflowClient,
+    root: Path,
+    current: CurrentModel,
+    metrics: ServingMetrics,
+    log: MonitoringLog | None,
+    args: argparse.Namespace,
+    worker: int | None = None,
+) -> AliasFollower | None:
+    """What keeps this process on the version the served alias names (its metrics and log following the swaps); None
+    when the reference is pinned (a version, a folder) or --no-follow pins it."""
+    from bts.serving.follow import AliasFollower, followed_alias
+
+    if args.no_follow or followed_alias(args.ref) is None:
+        return None
+
+    def swapped(served: ServedModel) -> None:
+        metrics.serve(served.metric_labels, model_info(served))
+        if log is not None:
+            log.tags = served.log_tags
+
+    return AliasFollower(client, root, current, args.ref, follow_seconds(args.follow_interval), swapped, worker)
+
+
 def serve_alone(
-    served: ServedModel, parser: PayloadParser, log: MonitoringLog | None, sock: socket.socket, line: str, args: argparse.Namespace
+    client: MlflowClient,
+    root: Path,
+    current: CurrentModel,
+    parser: PayloadParser,
+    log: MonitoringLog | None,
+    sock: socket.socket,
+    line: str,
+    args: argparse.Namespace,
 ) -> int:
-    """Serve in this process; the start line once the app has started."""
+    """Serve in this process; the start line once the app has started, then the alias is followed."""
     import uvicorn
 
     from bts.serving.app import create_app
     from bts.serving.metrics import ServingMetrics
 
-    metrics = ServingMetrics(served.labels(), model_info(served), log)
+    metrics = ServingMetrics(current.served.metric_labels, model_info(current.served), log)
+    following = follower(client, root, current, metrics, log, args)
+
+    def started() -> None:
+        print(line, flush=True)
+        if following is not None:
+            following.start()
+
     if log is not None:
         log.open()
     app = create_app(
-        served, parser, metrics, log, args.max_body_bytes, on_start=lambda: print(line, flush=True), read_timeout=args.read_timeout
+        current,
+        parser,
+        metrics,
+        log,
+        args.max_body_bytes,
+        on_start=started,
+        read_timeout=args.read_timeout,
+        on_stop=following.stop if following is not None else None,
     )
     server = uvicorn.Server(uvicorn_config(app, args))
     try:
@@ -190,7 +254,9 @@ def serve_alone(
 
 
 def serve_with_workers(
-    served: ServedModel,
+    client: MlflowClient,
+    root: Path,
+    current: CurrentModel,
     parser: PayloadParser,
     log: MonitoringLog | None,
     sock: socket.socket,
@@ -198,10 +264,12 @@ def serve_with_workers(
     args: argparse.Namespace,
     shared: Path,
 ) -> int:
-    """Fork --workers processes serving on sock, sharing their metrics through `shared`; the start line once all serve."""
+    """Fork --workers processes serving on sock, sharing their metrics through `shared`; the start line once all serve.
+    Each worker follows the alias on its own, from the version loaded here."""
     import uvicorn
 
     from bts.serving.app import create_app
+    from bts.serving.follow import drop_inherited_connections
     from bts.serving.metrics import ServingMetrics, forget_worker
     from bts.serving.workers import on_stop, supervise
 
@@ -210,9 +278,25 @@ def serve_with_workers(
     supervisor = os.getpid()
 
     def worker(ready: Callable[[], None]) -> int:
-        metrics = ServingMetrics(served.labels(), model_info(served), log, shared, supervisor)
+        drop_inherited_connections()
+        metrics = ServingMetrics(current.served.metric_labels, model_info(current.served), log, shared, supervisor)
+        following = follower(client, root, current, metrics, log, args, os.getpid())
+
+        def started() -> None:
+            ready()
+            if following is not None:
+                following.start()
+
         app = create_app(
-            served, parser, metrics, log, args.max_body_bytes, on_start=ready, read_timeout=args.read_timeout, worker=os.getpid()
+            current,
+            parser,
+            metrics,
+            log,
+            args.max_body_bytes,
+            on_start=started,
+            read_timeout=args.read_timeout,
+            worker=os.getpid(),
+            on_stop=following.stop if following is not None else None,
         )
         server = uvicorn.Server(uvicorn_config(app, args))
         on_stop(lambda: setattr(server, "should_exit", True))
