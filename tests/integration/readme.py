@@ -208,6 +208,7 @@ class Shape:
 SHAPES = [
     Shape("run id", r"\brun\s+([0-9a-f]{32})\b", r"[0-9a-f]{32}"),
     Shape("run id", r"\bID '([0-9a-f]{32})'", r"[0-9a-f]{32}"),  # mlflow's own log lines
+    Shape("run id", r"--report ([0-9a-f]{32})\b", r"[0-9a-f]{32}"),  # the monitoring report a `bts retrain` names
     Shape("commit", r"\bcommit\s+([0-9a-f]{40})\b", r"[0-9a-f]{40}"),
     Shape("run name", r"\b([a-z][a-z_]*-[0-9a-f]{7})\b(?!-)", r"[a-z][a-z_]*-[0-9a-f]{7}"),  # <model>-<short commit>
     # `bts compare` rows: the run id's first 8 characters, and DVC's random experiment names
