@@ -1,6 +1,6 @@
 """Closing the loop: `bts monitor` flags live skill and prints the `bts retrain` to run; that retrain, killed at every
-step and run again, ends with one new version promoted only because it beats the champion on the same rows; a
-candidate that does not beat it is not promoted.
+step and run again, ends with one new version promoted only because it beats the champion on the same rows, and the
+server running @champion answers with it without failing a request; a candidate that does not beat it is not promoted.
 
 The served day is simulated with one station whose rhythm shifts (its readings go up and down in turn), which the
 champion, trained on the default days, forecasts worse than persistence.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from bts.kill_points import KILL_POINT_VARIABLE
 from bts.lifecycle.retrain import RETRAIN_DATA_MD5, RETRAIN_EXPERIMENT, RETRAIN_REPORT, RETRAINED_FROM
 from bts.tracking.tags import EXP_NAME, TRANSITION_PREFIX
-from tests.integration.test_bts_serve import bts_server
+from tests.integration.test_bts_serve import bts_server, frame_of, keep_scoring, split, wait_for_more_answers
 from tests.integration.workspace import lineage_json, lock_outs, run, set_params, store
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def champion(repo: Path) -> None:
     run(["bts", "promote", "1", "--to", "champion"], repo)
 
 
-def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_and_promotes_the_winner(
+def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_and_the_running_server_follows_its_winner(
     own_built_repo: Path, tmp_path: Path
 ) -> None:
     repo = own_built_repo
@@ -62,13 +63,27 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
     assert f"--report {report}</code>" in page  # the report links to the command
 
     command = hint.group(1).split()
-    for point in KILL_POINTS:
-        killed = run(command, repo, check=False, env={KILL_POINT_VARIABLE: point})
-        assert killed.returncode != 0, f"{point}: {killed.stdout}"
-        assert "Traceback" not in killed.stderr, killed.stderr
-        if killed.returncode > 0:  # the experiment's own stage was killed: one line says so
-            assert killed.stderr.strip().splitlines()[-1].startswith("bts: error: dvc exp run retrain-v1-"), killed.stderr
-    done = run(command, repo)
+    stop = threading.Event()
+    # The champion serves on, following its alias, while the retrain is killed, run again, and promotes its candidate.
+    with bts_server(repo, f"models:/{MODEL}@champion", "--follow-interval", "1", "--log-dir", str(tmp_path / "live")) as live:
+        for point in KILL_POINTS:
+            killed = run(command, repo, check=False, env={KILL_POINT_VARIABLE: point})
+            assert killed.returncode != 0, f"{point}: {killed.stdout}"
+            assert "Traceback" not in killed.stderr, killed.stderr
+            if killed.returncode > 0:  # the experiment's own stage was killed: one line says so
+                assert killed.stderr.strip().splitlines()[-1].startswith("bts: error: dvc exp run retrain-v1-"), killed.stderr
+        scoring = threading.Thread(target=keep_scoring, args=(live, split(frame_of(repo, 5)), stop))
+        scoring.start()
+        try:
+            done = run(command, repo)
+            swapped = live.wait_for_line("stdout", "@champion now version 2", seconds=30)  # the running server follows
+            wait_for_more_answers(live, 5)
+            assert live.get_json("/model")["version"] == "2", swapped
+        finally:
+            stop.set()
+            scoring.join(60)
+    failed = [answer for answer in live.sent if answer["status"] != 200]
+    assert live.sent and not failed, failed[:3]  # no request failed while the version changed under them
     decision = done.stdout.strip()
     assert re.fullmatch(
         r"retrain: version 2 from version 1 \(experiment retrain-v1-\d{8}T\d{6}, data/external/shifted md5 [0-9a-f]{32}\.dir\): "

@@ -150,7 +150,7 @@ def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server
     check = run(["bts", "runs", "check"], repo, env=env)
     assert f"{len(GRID_POINTS)} matched" in check.stdout and "nothing lost" in check.stdout
     compared = run(["bts", "compare"], repo, env=env).stdout
-    assert f"{len(GRID_POINTS) + 1} runs ranked" in compared
+    assert f"{len(GRID_POINTS) + 1} runs on the workspace's data" in compared, compared
     assert list(repo.rglob("mlflow.db")) == []
 
 
