@@ -1,6 +1,6 @@
 """Closing the loop: `bts monitor` flags live skill and prints the `bts retrain` to run; that retrain, killed at every
 step and run again, ends with one new version promoted only because it beats the champion on the same rows, and the
-server running @champion answers with it without failing a request; a candidate that does not beat it is not promoted.
+server running @champion answers with it without failing a request of a concurrent `bts replay`; a candidate that does not beat it is not promoted.
 
 The served day is simulated with one station whose rhythm shifts (its readings go up and down in turn), which the
 champion, trained on the default days, forecasts worse than persistence.
@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from bts.kill_points import KILL_POINT_VARIABLE
 from bts.lifecycle.retrain import RETRAIN_DATA_MD5, RETRAIN_EXPERIMENT, RETRAIN_REPORT, RETRAINED_FROM
 from bts.tracking.tags import EXP_NAME, TRANSITION_PREFIX
-from tests.integration.test_bts_serve import bts_server, frame_of, keep_scoring, split, wait_for_more_answers
+from tests.integration.test_bts_serve import bts_server
 from tests.integration.workspace import lineage_json, lock_outs, run, set_params, store
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,12 @@ def simulated_days(repo: Path, out: Path, start: str, days: int, seed: int, *shi
     command = ["python", "src/stages/simulate.py", "--sensors", "metadata/sensors.yaml", "--out", str(out)]
     run([*command, "--start-date", start, "--days", str(days), "--seed", str(seed), *shift], repo, env={"PYTHONPATH": "src"})
     return out
+
+
+def keep_replaying(repo: Path, export: Path, url: str, stop: threading.Event, replays: list) -> None:
+    """`bts replay` of the first readings of export, a row per request, again and again until stop is set."""
+    while not stop.is_set():
+        replays.append(run(["bts", "replay", str(export), "--url", url, "--rows-per-request", "1", "--limit", "500"], repo, check=False))
 
 
 def champion(repo: Path) -> None:
@@ -72,18 +79,22 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
             assert "Traceback" not in killed.stderr, killed.stderr
             if killed.returncode > 0:  # the experiment's own stage was killed: one line says so
                 assert killed.stderr.strip().splitlines()[-1].startswith("bts: error: dvc exp run retrain-v1-"), killed.stderr
-        scoring = threading.Thread(target=keep_scoring, args=(live, split(frame_of(repo, 5)), stop))
-        scoring.start()
+        replays: list = []
+        replaying = threading.Thread(target=keep_replaying, args=(repo, shifted, live.url, stop, replays))
+        replaying.start()
         try:
             done = run(command, repo)
             swapped = live.wait_for_line("stdout", "@champion now version 2", seconds=30)  # the running server follows
-            wait_for_more_answers(live, 5)
+            in_flight = len(replays)
+            while len(replays) <= in_flight and replaying.is_alive():  # the replay that ran through the swap, to its end
+                time.sleep(0.5)
             assert live.get_json("/model")["version"] == "2", swapped
         finally:
             stop.set()
-            scoring.join(60)
-    failed = [answer for answer in live.sent if answer["status"] != 200]
-    assert live.sent and not failed, failed[:3]  # no request failed while the version changed under them
+            replaying.join(300)
+    assert len(replays) > in_flight
+    for replayed in replays:  # no request failed while the version changed under them
+        assert replayed.returncode == 0 and re.search(r"; \d+ ok, 0 failed$", replayed.stdout.strip()), replayed.stdout + replayed.stderr
     decision = done.stdout.strip()
     assert re.fullmatch(
         r"retrain: version 2 from version 1 \(experiment retrain-v1-\d{8}T\d{6}, data/external/shifted md5 [0-9a-f]{32}\.dir\): "
