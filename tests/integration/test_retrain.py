@@ -1,8 +1,9 @@
 """Closing the loop: `bts monitor` flags live skill and prints the `bts retrain` to run; that retrain, killed at every
 step and run again, ends with one new version promoted only because it beats the champion on the same rows, and the
-server running @champion answers with it without failing a request of a concurrent `bts replay`; a candidate that does not beat it is not promoted.
+server running @champion answers with it without failing a request of a concurrent `bts replay`; a candidate that does
+not beat it is not promoted.
 
-The served day is simulated with one station whose rhythm shifts (its readings go up and down in turn), which the
+The served days are simulated with one station whose rhythm shifts (its readings go up and down in turn), which the
 champion, trained on the default days, forecasts worse than persistence.
 """
 

@@ -178,7 +178,14 @@ def test_a_killed_dvc_exp_run_is_reported_and_the_fix_runs_check_gives_brings_ba
     run(["bts", "runs", "check", "--mark-failed"], repo, check=False)
     assert (repo / "params.yaml").read_bytes() == committed
     run(command, repo)
-    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
+    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout  # the killed run, FAILED, had no ref to lose
+
+    # A finished run whose experiment ref is gone is reported lost, with the command that runs it again.
+    (name,) = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    run(["dvc", "exp", "remove", name], repo)
+    check = run(["bts", "runs", "check"], repo, check=False)
+    assert check.returncode == 1 and "1 MLflow run(s) whose DVC experiment is gone" in check.stdout, check.stdout
+    assert f"  {name}  run " in check.stdout and "to run it again: dvc exp run -S train.alpha=0.5" in check.stdout, check.stdout
 
 
 def test_a_params_mistake_stops_the_pipeline_with_one_line(built_repo: Path) -> None:

@@ -143,7 +143,9 @@ def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str
     idle = store_is_idle(root)
     dvc_runs = [run for run in runs if run["exp_name"]]
     run_names = {run["exp_name"] for run in dvc_runs}
-    lost = sorted((run for run in dvc_runs if run["exp_name"] not in refs), key=lambda run: run["exp_name"])
+    # A finished run whose experiment ref is gone was lost; a failed or running one never had a ref to lose.
+    finished = [run for run in dvc_runs if run["status"] == "FINISHED"]
+    lost = sorted((run for run in finished if run["exp_name"] not in refs), key=lambda run: run["exp_name"])
     params = rerun_params(client, lost)
     return {
         "store": shown_store(client.tracking_uri, root),
