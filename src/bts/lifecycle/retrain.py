@@ -33,7 +33,6 @@ from bts.kill_points import kill_point
 from bts.lifecycle.references import MODEL_URI, check_alias, check_reference
 
 RETRAIN_DIR = ".dvc/tmp/retrain"  # the plan of each retrain, by alias and data md5 (git-ignored with the rest of .dvc/tmp)
-EXTERNAL_DIR = "data/external"
 # Tags of a retrained version: where it came from and why.
 RETRAINED_FROM = "retrain.from_version"
 RETRAIN_REPORT = "retrain.monitoring_report"
@@ -179,15 +178,17 @@ def _served_version(client: object, ref: str) -> object:
 def track_export(root: Path, export: Path, data_md5: str) -> str:
     """The export's path under data/external (copied there if it is elsewhere), tracked by DVC and its .dvc file staged."""
     from bts.hashing import dvc_md5
+    from bts.project import pipeline_argument
 
-    external = (root / EXTERNAL_DIR).resolve()
+    inputs = pipeline_argument(root, "ingest", "--inputs")  # where real exports go, as dvc.yaml says
+    external = (root / inputs).resolve()
     source = export.resolve()
     if source.parent == external:
         placed = source
     else:
         placed = external / export.name
         if placed.exists() and dvc_md5(placed) != data_md5:
-            raise BtsError(f"--with {export}: {EXTERNAL_DIR}/{export.name} exists with other readings; rename the export")
+            raise BtsError(f"--with {export}: {inputs}/{export.name} exists with other readings; rename the export")
         if not placed.exists():
             partial = placed.with_name(f".{placed.name}.retrain.tmp")
             shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
@@ -197,7 +198,7 @@ def track_export(root: Path, export: Path, data_md5: str) -> str:
     dvc_file = placed.with_name(placed.name + ".dvc")
     if not dvc_file.exists() or data_md5 not in dvc_file.read_text():
         _run(root, ["dvc", "add", "--quiet", relative], f"dvc add {relative}")
-    _run(root, ["git", "add", f"{relative}.dvc", f"{EXTERNAL_DIR}/.gitignore"], "git add")
+    _run(root, ["git", "add", f"{relative}.dvc", f"{inputs}/.gitignore"], "git add")
     return relative
 
 
