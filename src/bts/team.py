@@ -293,6 +293,9 @@ def start_server(team: Team) -> None:
     ]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     environment["PGPASSFILE"] = str(team.password_file.resolve())  # the database's password, out of the command line
+    # MLflow's job runner (GenAI evaluation jobs, trace roll-ups: nothing this project uses) would start eight more
+    # processes, each importing MLflow, beside every server.
+    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(team.logs / "mlflow-server.log", "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
