@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bts.model.forecasters import PERSISTENCE
-
 SCORED_SPLITS = ["valid", "test", "holdout"]  # what evaluate scores: the model never fits these
 BY_PARAMETER, BY_STATION = "_by_parameter", "_by_station"  # report keys: f"{split}{BY_STATION}"
 STATION_SCORES = ["rows", "rmse", "persistence_rmse", "skill"]  # what metrics.json keeps per station; the run gets every score
@@ -33,6 +31,8 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 def score(frame: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:
     """How many rows were scored, the model's metrics, persistence's, and the skill over persistence (1 - rmse /
     persistence_rmse)."""
+    from bts.model.forecasters import PERSISTENCE  # imports scikit-learn: not for the commands that only name a split
+
     model = regression_metrics(frame["target"], predicted)
     baseline = regression_metrics(frame["target"], frame[PERSISTENCE])
     scores = {**model, **{f"persistence_{k}": v for k, v in baseline.items()}}
