@@ -32,7 +32,7 @@ from bts.lifecycle.registry import download_version
 from bts.model.package import load_package
 from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.params import load_params
-from tests.integration.workspace import BIN, PROJECT, lock_outs, run
+from tests.integration.workspace import BIN, PROJECT, bts, lock_outs, run
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def one_error_line(result) -> str:
 @pytest.fixture(scope="module")
 def repo(built_repo: Path) -> Path:
     """The built repository with its model registered (version 1, @candidate)."""
-    run(["bts", "register"], built_repo)
+    bts(["register"], built_repo)
     return built_repo
 
 
@@ -183,7 +183,7 @@ def test_rows_in_are_clean_plus_quarantined_and_clean_are_scored_plus_too_short_
 def test_a_row_leads_back_to_the_commit_whose_dvc_lock_holds_its_data(repo, scored) -> None:
     row = predictions(scored["real", "spark"]).iloc[0]
     for ref in (row["run_id"], f"models:/{row['model_name']}/{row['model_version']}"):
-        chain = json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
+        chain = json.loads(bts(["lineage", ref, "--json"], repo).stdout)
         assert chain["model_md5"] == row["model_md5"] and chain["datasets"]["features"]["md5"] == row["data_features_md5"]
         first = chain["first_commit"]["commit"]
         assert first in [commit["commit"] for commit in chain["commits"]] and "main" in {r["name"] for r in chain["first_commit"]["refs"]}

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bts.model.package import load_package
 from tests.integration.test_serving import examples, model_server
-from tests.integration.workspace import PROJECT, lock_outs, run, set_params, store, training_run, user_env
+from tests.integration.workspace import PROJECT, bts, lock_outs, run, set_params, store, training_run, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -318,8 +318,8 @@ def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everyt
 
 def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_repo: Path, tmp_path: Path) -> None:
     repo = built_repo
-    run(["bts", "register"], repo)
-    run(["bts", "promote", "1", "--to", "champion"], repo)
+    bts(["register"], repo)
+    bts(["promote", "1", "--to", "champion"], repo)
     frame = frame_of(repo, 20)
     expected = expected_predictions(repo, frame)
     package_md5 = lock_outs(repo / "dvc.lock")["models/package"]
@@ -546,7 +546,7 @@ def test_a_followed_alias_swaps_versions_under_load_and_refuses_a_tampered_one(o
     tampered with is refused with one line, and version 2 answers on."""
     repo, log_dir = own_built_repo, tmp_path / "monitoring"
     client = store(repo)
-    run(["bts", "register"], repo)
+    bts(["register"], repo)
     client.set_registered_model_alias(NAME, "champion", "1")
     frame = frame_of(repo, 5)
     by_version = {"1": expected_predictions(repo, frame)}
@@ -563,7 +563,7 @@ def test_a_followed_alias_swaps_versions_under_load_and_refuses_a_tampered_one(o
             assert retraining.returncode == 0, output
             by_version["2"], md5s["2"] = expected_predictions(repo, frame), lock_outs(repo / "dvc.lock")["models/package"]
             assert by_version["2"] != by_version["1"]
-            assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/2")
+            assert bts(["register"], repo).stdout.startswith(f"registered: models:/{NAME}/2")
             client.set_registered_model_alias(NAME, "champion", "2")
             swapped = server.wait_for_line("stdout", "@champion now version 2", seconds=30)
             assert swapped == f"bts serve: @champion now version 2 (package md5 {md5s['2']}), was version 1\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bts.hashing import file_md5
-from tests.integration.workspace import commit_all, lineage_json, lock_outs, run, set_params, store, training_run
+from tests.integration.workspace import bts, commit_all, lineage_json, lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +37,16 @@ def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Pa
     assert killed.returncode == -9
     version = client.get_model_version(NAME, "1")
     assert version.aliases == [] and "registration.complete" not in version.tags
-    check = run(["bts", "runs", "check"], repo, check=False)
+    check = bts(["runs", "check"], repo, check=False)
     assert check.returncode == 1 and "version 1: registration incomplete" in check.stdout
-    assert "registration incomplete" in run(["bts", "lineage", f"models:/{NAME}/1"], repo).stdout
+    assert "registration incomplete" in bts(["lineage", f"models:/{NAME}/1"], repo).stdout
 
-    completed = run(["bts", "register"], repo).stdout
+    completed = bts(["register"], repo).stdout
     assert completed.startswith(f"completed an interrupted registration: models:/{NAME}/1 (@candidate)")
-    again = run(["bts", "register"], repo).stdout
+    again = bts(["register"], repo).stdout
     assert again.startswith(f"already registered: models:/{NAME}/1 (@candidate)")
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
-    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
+    assert "nothing lost" in bts(["runs", "check"], repo).stdout
 
     # The version carries the package md5 that dvc.lock records, and the data md5s; its card follows the registry.
     md5s = lock_outs(repo / "dvc.lock")
@@ -64,7 +64,7 @@ def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Pa
         scored = {int(station): scores["rows"] for station, scores in metrics[f"{split}_by_station"].items()}
         assert {row["station_id"]: row[f"{split}_rows"] for row in card["stations_scored"]} == scored
     assert "## Stations scored" in (repo / f"models/cards/{NAME}-1.md").read_text()
-    run(["bts", "promote", "1", "--to", "champion"], repo)
+    bts(["promote", "1", "--to", "champion"], repo)
     card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
     assert card["status"] == ["candidate", "champion"]
     assert any(a.path.startswith("model_card") for a in client.list_artifacts(version.run_id))
@@ -75,23 +75,23 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
     skops = registered_file(repo, "1", "model.skops")
     original = skops.read_bytes()
     skops.write_bytes(original[:-10] + b"0123456789")
-    lineage = run(["bts", "lineage", f"models:/{NAME}@champion"], repo, check=False)
+    lineage = bts(["lineage", f"models:/{NAME}@champion"], repo, check=False)
     assert lineage.returncode == 1 and "TAMPERED: model.skops (md5 " in lineage.stdout
     refused = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr and "nothing was reproduced" in refused.stderr
-    refused = run(["bts", "promote", "1", "--to", "production"], repo, check=False)
+    refused = bts(["promote", "1", "--to", "production"], repo, check=False)
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr
-    verdict = run(["bts", "verify", f"models:/{NAME}@champion"], repo, check=False)  # what to run before stock serving
+    verdict = bts(["verify", f"models:/{NAME}@champion"], repo, check=False)  # what to run before stock serving
     assert verdict.returncode == 1 and verdict.stdout.startswith(f"models:/{NAME}@champion: TAMPERED: model.skops (md5 ")
     # The stored MLmodel turned to cloudpickle, which stock `mlflow models serve` would load and run: refused too.
     mlmodel = registered_file(repo, "1", "MLmodel")
     saved_mlmodel = mlmodel.read_bytes()
     mlmodel.write_text(saved_mlmodel.decode().replace("skops", "cloudpickle"))
     skops.write_bytes(original)
-    verdict = run(["bts", "verify", f"models:/{NAME}/1"], repo, check=False)
+    verdict = bts(["verify", f"models:/{NAME}/1"], repo, check=False)
     assert verdict.returncode == 1 and verdict.stdout.startswith(f"models:/{NAME}/1: TAMPERED: "), verdict.stdout
     mlmodel.write_bytes(saved_mlmodel)
-    verdict = run(["bts", "verify", f"models:/{NAME}/1"], repo)
+    verdict = bts(["verify", f"models:/{NAME}/1"], repo)
     assert verdict.stdout.startswith(f"models:/{NAME}/1: verified: package md5 ") and "the version's package.md5 tag" in verdict.stdout
 
     # (c) a line of code appended to the package's copy of the library: it would run on load.
@@ -99,11 +99,11 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
     code.chmod(0o644)
     with open(code, "a") as handle:
         handle.write("raise SystemExit('code from a tampered package ran')\n")
-    lineage = run(["bts", "lineage", "models/package"], repo, check=False)
+    lineage = bts(["lineage", "models/package"], repo, check=False)
     assert lineage.returncode == 1 and "TAMPERED: code/bts/model/forecasters.py (md5 " in lineage.stdout
-    verdict = run(["bts", "verify", "models/package"], repo, check=False)
+    verdict = bts(["verify", "models/package"], repo, check=False)
     assert verdict.returncode == 1 and "TAMPERED: code/bts/model/forecasters.py (md5 " in verdict.stdout
-    refused = run(["bts", "register", "models/package"], repo, check=False)
+    refused = bts(["register", "models/package"], repo, check=False)
     assert refused.returncode == 1 and "not registered" in refused.stderr and "tampered package ran" not in refused.stderr
     run(["dvc", "checkout", "--force", "models/package"], repo)
 
@@ -134,28 +134,28 @@ def test_the_gate_compares_like_with_like(repo: Path) -> None:
     # A worse model from a DVC experiment on the same data: registered on request, traced to its experiment, refused.
     run(["dvc", "exp", "run", "-S", "train.model=elasticnet", "-S", "train.alpha=1"], repo)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1  # the experiment registered nothing
-    assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/2 (@candidate)")
+    assert bts(["register"], repo).stdout.startswith(f"registered: models:/{NAME}/2 (@candidate)")
     chain = lineage_json(repo, f"models:/{NAME}/2")
     experiment_refs = [r for r in chain["first_commit"]["refs"] if r["kind"] == "dvc-experiment"]
     assert experiment_refs and experiment_refs[0]["name"] == chain["run"]["dvc_experiment"]
-    refused = run(["bts", "promote", "2", "--to", "champion"], repo, check=False)
+    refused = bts(["promote", "2", "--to", "champion"], repo, check=False)
     assert refused.returncode == 1 and "does not beat @champion (version 1) on test.rmse (lower is better)" in refused.stderr
     assert "both scored on features" in refused.stderr
-    assert "needs --reason" in run(["bts", "promote", "2", "--to", "champion", "--force"], repo, check=False).stderr
+    assert "needs --reason" in bts(["promote", "2", "--to", "champion", "--force"], repo, check=False).stderr
 
     # A model scored on other data (another test split) cannot be compared on its recorded metrics.
     run(["git", "checkout", "--", "."], repo)
     set_params(repo, "featurize", "test_fraction", 0.2)
     run(["dvc", "repro"], repo)
-    assert run(["bts", "register"], repo).stdout.startswith(f"registered: models:/{NAME}/3")
-    refused = run(["bts", "promote", "3", "--to", "champion"], repo, check=False)
+    assert bts(["register"], repo).stdout.startswith(f"registered: models:/{NAME}/3")
+    refused = bts(["promote", "3", "--to", "champion"], repo, check=False)
     assert refused.returncode == 1
     assert "are not comparable; score both on the same data with --evaluate-on" in refused.stderr
-    decided = run(["bts", "promote", "3", "--to", "champion", "--evaluate-on", "data/processed/features.parquet"], repo, check=False)
+    decided = bts(["promote", "3", "--to", "champion", "--evaluate-on", "data/processed/features.parquet"], repo, check=False)
     assert "both scored on data/processed/features.parquet" in decided.stdout + decided.stderr
-    run(["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test on station 42"], repo)
+    bts(["promote", "2", "--to", "champion", "--force", "--reason", "field test on station 42"], repo)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    history = run(["bts", "history"], repo).stdout
+    history = bts(["history"], repo).stdout
     assert "FORCED: field test on station 42" in history and "(was 1" in history
     run(["git", "checkout", "--", "."], repo)
     run(["dvc", "checkout", "--force"], repo)
@@ -183,37 +183,41 @@ def test_bad_references_and_places_give_one_line(repo: Path, tmp_path: Path) -> 
     broken = tmp_path / "broken"
     shutil.copytree(repo / "models/package", broken)
     (broken / "MLmodel").write_text("flavors: [unclosed\n")
-    result = run(["bts", "lineage", str(broken)], repo, check=False)
+    result = bts(["lineage", str(broken)], repo, check=False)
     assert result.returncode == 1 and "not a readable MLmodel file" in result.stderr and "Traceback" not in result.stderr
     (broken / "MLmodel").write_text("flavors: {}\n")
-    result = run(["bts", "lineage", str(broken)], repo, check=False)
+    result = bts(["lineage", str(broken)], repo, check=False)
     assert "no lineage in the model metadata" in result.stderr
 
     # From a subfolder the project is found; outside any project, one line and no mlflow.db left behind.
-    assert run(["bts", "history"], repo / "src").stdout.startswith(f"alias transitions of {NAME}:")
+    assert bts(["history"], repo / "src").stdout.startswith(f"alias transitions of {NAME}:")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    result = run(["bts", "lineage", "models/package"], outside, check=False)
+    result = bts(["lineage", "models/package"], outside, check=False)
     assert result.returncode == 1 and result.stderr.startswith("bts: error: not inside a BTS project")
     assert list(outside.iterdir()) == []
     piped = run(["bash", "-c", f"bts lineage models:/{NAME}/1 | head -1"], repo)
     assert piped.stdout.startswith("model") and "Traceback" not in piped.stderr
 
 
-def test_an_earlier_commit_rebuilds_on_a_fresh_clone(repo: Path, tmp_path: Path) -> None:
-    commit_a = run(["git", "rev-list", "--max-parents=0", "HEAD"], repo).stdout.strip()
+def test_an_earlier_commit_comes_back_with_git_checkout_and_dvc_checkout(repo: Path) -> None:
+    """The plain way back to a past result: its commit checked out, `dvc checkout` restores its model, package and
+    metrics from the cache, and the pipeline is up to date there. (With no cache, `dvc repro` rebuilds a commit byte for
+    byte: the session's build from nothing, test_training, and CI's `make repro` on its clean clone.)"""
+    commit_a = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    model_a = lock_outs(repo / "dvc.lock")["models/model.joblib"]
     set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)
     commit_all(repo, "B: ridge")
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    run(["git", "checkout", "-q", commit_a], clone)
-    missing = run(["dvc", "checkout"], clone, check=False)  # a fresh clone has no cache: nothing to restore
-    assert "Traceback" not in missing.stderr
-    rebuilt = run(["dvc", "repro"], clone, check=False)
-    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    assert "Traceback" not in rebuilt.stdout + rebuilt.stderr
-    assert run(["git", "status", "--porcelain"], clone).stdout == ""  # dvc.lock and every tracked output as commit A has them
+    assert file_md5(repo / "models/model.joblib") != model_a
+    run(["git", "checkout", "-q", commit_a], repo)
+    restored = run(["dvc", "checkout"], repo)
+    assert "Traceback" not in restored.stderr
+    assert file_md5(repo / "models/model.joblib") == model_a
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], repo).stdout
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    run(["git", "checkout", "-q", "main"], repo)  # back to B for the tests that follow
+    run(["dvc", "checkout"], repo)
 
 
 def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
@@ -222,7 +226,7 @@ def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
     chain = lineage_json(repo, "models/package")
     assert chain["uncommitted"] and chain["commits"] == []
     assert chain["run"]["git_dirty"] and chain["run"]["git_commit"]
-    assert "uncommitted state" in run(["bts", "lineage", "models/package"], repo).stdout
+    assert "uncommitted state" in bts(["lineage", "models/package"], repo).stdout
     refused = run(["bts", "reproduce", "models/package"], repo, check=False)
     assert refused.returncode == 1 and "uncommitted state" in refused.stderr
     run(["git", "checkout", "--", "."], repo)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bts.project import code_md5
 from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
 from tests.integration.test_lineage import NAME
-from tests.integration.workspace import commit_all, lineage_json, run, set_params, store, training_run
+from tests.integration.workspace import bts, commit_all, lineage_json, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +29,15 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
     set_params(repo, "data", "sources", ["simulated", f"data/external/{REAL_SAMPLE.name}"])
     run(["dvc", "repro"], repo)
     commit_all(repo, "A: with a real export")
-    run(["bts", "register"], repo)
+    bts(["register"], repo)
     code_a = lineage_json(repo, f"models:/{NAME}/1")["code_md5"]
 
     # B changes the training code and the model: the workspace's (and installed) code is no longer A's.
     with open(repo / "src/stages/train.py", "a") as handle:
         handle.write("# B's training code\n")
     set_params(repo, "train", "model", "ridge")
-    run(["dvc", "repro"], repo)
     commit_all(repo, "B: other code and model")
-    assert lineage_json(repo, "models/package")["code_md5"] != code_a
+    assert code_md5(repo) != code_a
 
     before = run(["git", "status", "--porcelain"], repo).stdout
     verdict = run(["bts", "reproduce", f"models:/{NAME}/1"], repo)
@@ -59,18 +59,18 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
 
 def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_both_cards(own_built_repo: Path) -> None:
     repo = own_built_repo
-    run(["bts", "register"], repo)
-    run(["bts", "promote", "1", "--to", "champion"], repo)
+    bts(["register"], repo)
+    bts(["promote", "1", "--to", "champion"], repo)
     set_params(repo, "train", "model", "ridge")
     run(["dvc", "repro"], repo)
-    assert "models:/bts-next-reading/2 (@candidate)" in run(["bts", "register"], repo).stdout
+    assert "models:/bts-next-reading/2 (@candidate)" in bts(["register"], repo).stdout
 
     forced = ["bts", "promote", "2", "--to", "champion", "--force", "--reason", "field test"]
     killed = run(forced, repo, check=False, env={"BTS_TEST_KILL_AT": "alias-moved"})
     assert killed.returncode == -9
     cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
     assert cards == {"1": ["champion"], "2": ["candidate"]}  # what the kill left: the registry has moved @champion to 2
-    check = run(["bts", "runs", "check"], repo, check=False)
+    check = bts(["runs", "check"], repo, check=False)
     assert check.returncode == 1
     assert "version 1: model card says champion, the registry registered" in check.stdout
     assert "version 2: model card says candidate, the registry candidate, champion" in check.stdout
@@ -79,7 +79,7 @@ def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_
     assert "already holds @champion" in again.stdout
     cards = {v: json.loads((repo / f"models/cards/{NAME}-{v}.json").read_text())["status"] for v in ("1", "2")}
     assert cards == {"1": ["registered"], "2": ["candidate", "champion"]}
-    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
+    assert "nothing lost" in bts(["runs", "check"], repo).stdout
 
 
 def test_a_run_id_prefix_of_eight_characters_names_its_run_and_an_ambiguous_one_lists_the_candidates(own_built_repo: Path) -> None:
@@ -87,9 +87,9 @@ def test_a_run_id_prefix_of_eight_characters_names_its_run_and_an_ambiguous_one_
 
     repo = own_built_repo
     trained = training_run(repo).info.run_id
-    registered = run(["bts", "register", trained[:8]], repo).stdout  # what `bts compare` shows
+    registered = bts(["register", trained[:8]], repo).stdout  # what `bts compare` shows
     assert registered.startswith(f"registered: models:/{NAME}/1 (@candidate) from run {trained};")
-    assert run(["bts", "lineage", trained[:8], "--json"], repo).stdout.count(trained) >= 1
+    assert bts(["lineage", trained[:8], "--json"], repo).stdout.count(trained) >= 1
 
     client = store(repo)
     experiment = client.get_experiment_by_name("bts-next-reading").experiment_id
@@ -97,7 +97,7 @@ def test_a_run_id_prefix_of_eight_characters_names_its_run_and_an_ambiguous_one_
     with sqlite3.connect(repo / "mlflow.db") as db:  # two runs whose ids share their first 8 characters
         for suffix, run_id in zip(("1" * 24, "2" * 24), twins, strict=True):
             db.execute("update runs set run_uuid = ? where run_uuid = ?", (f"abcdef01{suffix}", run_id))
-    result = run(["bts", "register", "abcdef01"], repo, check=False)
+    result = bts(["register", "abcdef01"], repo, check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr == f"bts: error: abcdef01: 2 runs start with it (abcdef01{'1' * 24}, abcdef01{'2' * 24}); give more characters\n"
 
@@ -106,13 +106,13 @@ def test_register_against_a_store_no_run_of_which_trained_the_model_names_the_co
     repo = own_built_repo
     other = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'other' / 'mlflow.db'}"}  # a store the pipeline never logged to
     (repo / "other").mkdir()
-    refused = run(["bts", "register"], repo, check=False, env=other)
+    refused = bts(["register"], repo, check=False, env=other)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     fix = re.search(r"`(dvc repro [^`]+)` trains them again there", refused.stderr)
     assert fix, refused.stderr
     lock = (repo / "dvc.lock").read_bytes()
     run(fix.group(1).split(), repo, env=other)
     assert (repo / "dvc.lock").read_bytes() == lock  # the same weights, package and metrics
-    registered = run(["bts", "register"], repo, env=other).stdout
+    registered = bts(["register"], repo, env=other).stdout
     assert registered.startswith(f"registered: models:/{NAME}/1 (@candidate)")
     assert "model card models/cards/" in registered and f"model card models/cards/{NAME}-1.md" not in registered

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.params import load_params
 from tests.integration.test_training import assert_run_traces_data
-from tests.integration.workspace import lock_outs, run, store, training_run
+from tests.integration.workspace import bts, commit_all, lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -59,58 +59,56 @@ def assert_params_logged_once(logged, repo: Path) -> None:
     assert logged.data.params == expected
 
 
-def test_main_entry_point_logs_in_the_project_experiment_and_leaves_no_run_when_nothing_changed(project_repo: Path) -> None:
-    client = store(project_repo)
-    experiment = project_experiment(project_repo)
-    result, launcher = mlflow_run(project_repo)
+def test_both_entry_points_log_one_run_each_in_the_project_experiment_and_none_when_nothing_changed(own_built_repo: Path) -> None:
+    repo = own_built_repo
+    client = store(repo)
+    experiment = project_experiment(repo)
+    before = active_runs(client)  # the build's run
+
+    # main: `dvc repro` on params.yaml as it is (a changed seed: the model retrains), one run named as `dvc repro` names it.
+    set_params(repo, "train", "seed", 7)
+    commit = commit_all(repo, "seed 7")
+    result, launcher = mlflow_run(repo)
     launched = f"run {launcher} only launched `dvc repro`: deleted once closed"
     assert f"mlproject: runs are logged in experiment '{experiment}'; {launched}" in result.stdout
     wait_until_deleted(client, launcher)
-    logged = training_run(project_repo)
-    assert client.get_experiment(logged.info.experiment_id).name == experiment
-    commit = run(["git", "rev-parse", "HEAD"], project_repo).stdout.strip()
-    assert logged.info.run_name == f"hist_gradient_boosting-{commit[:7]}"  # as `dvc repro` names it
-    assert logged.data.tags["mlflow.project.entryPoint"] == "main"
-    assert_params_logged_once(logged, project_repo)
-    assert "test.rmse" in logged.data.metrics
-    assert active_runs(client) == {logged.info.run_id: experiment}  # nothing in Default
+    main = training_run(repo)
+    assert client.get_experiment(main.info.experiment_id).name == experiment
+    assert main.info.run_name == f"hist_gradient_boosting-{commit[:7]}"
+    assert main.data.tags["mlflow.project.entryPoint"] == "main"
+    assert_params_logged_once(main, repo)
+    assert "test.rmse" in main.data.metrics
+    assert active_runs(client) == {**before, main.info.run_id: experiment}  # nothing in Default
 
     # Nothing changed: no run anywhere, also when `mlflow run` is told the project's experiment.
     for args in [(), ("--experiment-name", experiment)]:
-        result, launcher = mlflow_run(project_repo, *args)
+        result, launcher = mlflow_run(repo, *args)
         assert "Data and pipelines are up to date." in result.stdout
         wait_until_deleted(client, launcher)
-        assert active_runs(client) == {logged.info.run_id: experiment}
+        assert active_runs(client) == {**before, main.info.run_id: experiment}
 
-    check = run(["bts", "runs", "check"], project_repo)
-    assert "nothing lost" in check.stdout
-    ranking = json.loads(run(["bts", "compare", "--json"], project_repo).stdout)["ranking"]
-    assert [entry["run_id"] for entry in ranking] == [logged.info.run_id]
-
-
-def test_train_entry_point_logs_one_run_named_after_its_dvc_experiment_with_each_param_once(project_repo: Path) -> None:
-    client = store(project_repo)
-    experiment = project_experiment(project_repo)
-    result, launcher = mlflow_run(project_repo, "-e", "train", "-P", "train.hist_gradient_boosting.learning_rate=0.2")
+    # train: `dvc exp run --force -S <key>=<value>`, one run named after its DVC experiment, each param once.
+    result, launcher = mlflow_run(repo, "-e", "train", "-P", "train.hist_gradient_boosting.learning_rate=0.2")
     assert "succeeded" in result.stderr
     wait_until_deleted(client, launcher)
-    names = run(["dvc", "exp", "list", "--name-only"], project_repo).stdout.split()
+    names = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     assert len(names) == 1
-    logged = training_run(project_repo)
-    assert logged.info.status == "FINISHED"
-    assert client.get_experiment(logged.info.experiment_id).name == experiment
-    assert logged.info.run_name == logged.data.tags["dvc.exp_name"] == names[0]
-    assert logged.data.tags["mlflow.project.entryPoint"] == "train"
-    assert logged.data.params["train.hist_gradient_boosting.learning_rate"] == "0.2"
-    assert_params_logged_once(logged, project_repo)  # the experiment's params.yaml, applied to the workspace
-    assert_run_traces_data(client, logged.info.run_id, lock_outs(project_repo / "dvc.lock"))
-    assert "test.rmse" in logged.data.metrics
-    assert active_runs(client) == {logged.info.run_id: experiment}
+    trained = training_run(repo)
+    assert trained.info.status == "FINISHED"
+    assert client.get_experiment(trained.info.experiment_id).name == experiment
+    assert trained.info.run_name == trained.data.tags["dvc.exp_name"] == names[0]
+    assert trained.data.tags["mlflow.project.entryPoint"] == "train"
+    assert trained.data.params["train.hist_gradient_boosting.learning_rate"] == "0.2"
+    assert_params_logged_once(trained, repo)  # the experiment's params.yaml, applied to the workspace
+    assert_run_traces_data(client, trained.info.run_id, lock_outs(repo / "dvc.lock"))
+    assert "test.rmse" in trained.data.metrics
+    assert active_runs(client) == {**before, main.info.run_id: experiment, trained.info.run_id: experiment}
 
-    check = run(["bts", "runs", "check"], project_repo)
+    check = bts(["runs", "check"], repo)
     assert "1 matched" in check.stdout and "nothing lost" in check.stdout
-    ranking = json.loads(run(["bts", "compare", "--json"], project_repo).stdout)["ranking"]
-    assert [(entry["run_id"], entry["dvc_exp_name"]) for entry in ranking] == [(logged.info.run_id, names[0])]
+    ranking = json.loads(bts(["compare", "--json"], repo).stdout)["ranking"]
+    assert {entry["run_id"] for entry in ranking} == {*before, main.info.run_id, trained.info.run_id}  # one data version
+    assert [entry["dvc_exp_name"] for entry in ranking if entry["run_id"] == trained.info.run_id] == names
 
 
 def test_a_param_not_named_by_its_params_yaml_key_stops_before_dvc_and_leaves_no_run(project_repo: Path) -> None:

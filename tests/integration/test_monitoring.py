@@ -26,7 +26,7 @@ from bts.data.features import FeatureSpec, build_features
 from bts.monitoring.field_readings import read_readings
 from bts.tracking.tags import MONITOR_REPORT, MONITORED_NAME, MONITORED_RUN, MONITORED_VERSION, PACKAGE_MD5, data_md5_tag
 from tests.integration.test_bts_serve import bts_server, environment
-from tests.integration.workspace import run, store
+from tests.integration.workspace import bts, run, store
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def monitor(repo: Path, out: Path, *options: str) -> tuple[str, dict]:
 def served(built_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Good traffic, then the same day with lag_1 shifted, through a registered version; then SIGTERM."""
     repo = built_repo
-    run(["bts", "register"], repo)
+    bts(["register"], repo)
     log_dir = tmp_path_factory.mktemp("monitoring")
     export = sorted((repo / "data/raw/simulated").glob("*.csv"))[-1]  # the last day: the test split's
     with bts_server(repo, f"models:/{MODEL}@candidate", "--log-dir", str(log_dir)) as server:
@@ -95,9 +95,9 @@ def test_monitor_counts_every_request_flags_the_shifted_feature_and_links_the_re
     artifacts = {a.path for a in client.list_artifacts(report_run.info.run_id, "report")}
     assert artifacts == {"report/report.json", "report/report.html"}
 
-    lineage = run(["bts", "lineage", f"models:/{MODEL}@candidate"], repo).stdout
+    lineage = bts(["lineage", f"models:/{MODEL}@candidate"], repo).stdout
     assert f"run {report_run.info.run_id} ({sent} requests, 1 feature(s) drifted" in lineage
-    chain = json.loads(run(["bts", "lineage", f"models:/{MODEL}@candidate", "--json"], repo).stdout)
+    chain = json.loads(bts(["lineage", f"models:/{MODEL}@candidate", "--json"], repo).stdout)
     assert chain["monitoring"]["newest"][0]["run_id"] == report_run.info.run_id
 
 

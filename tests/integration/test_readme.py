@@ -56,7 +56,7 @@ from tests.integration.readme import (
     find_section,
     sections,
 )
-from tests.integration.workspace import PROJECT, copy_workspace, with_test_venv
+from tests.integration.workspace import DATASETS, PROJECT, copy_workspace, lock_outs, store, with_test_venv
 
 pytestmark = pytest.mark.integration
 
@@ -685,6 +685,36 @@ def test_experiments(experiments: Experiments, pages: dict[str, list[Section]]) 
     experiments.done.result()
     problems = walked(experiments.walk, pages, EXPERIMENTS_WALK[:1])
     assert not problems, report(problems)
+
+
+def test_the_queued_grid_lands_every_run_in_the_main_store_traced_to_its_data_and_registers_nothing(experiments: Experiments) -> None:
+    """Beyond the outputs the walkthrough shows: each run of its queued grid, run in a copy under .dvc/tmp, is in the
+    repository's one store with its DVC experiment, its data md5s and its evaluation; `bts runs check` then reports a
+    run whose experiment ref is gone, with the command that recreates it."""
+    experiments.done.result()
+    repo = experiments.walk.repo
+    client = store(repo)
+    runs = client.search_runs([client.get_experiment_by_name("bts-next-reading").experiment_id], max_results=1000)
+    grid = [r for r in runs if r.data.params.get("train.alpha") in ("0.001", "0.1")]  # the walkthrough's -S values
+    assert {(r.data.params["train.alpha"], r.data.params["train.l1_ratio"]) for r in grid} == {
+        (alpha, l1_ratio) for alpha in ("0.001", "0.1") for l1_ratio in ("0.2", "0.8")
+    }
+    names = set(experiments.walk.shell("dvc exp list --name-only").stdout.split())
+    assert {r.data.tags["dvc.exp_name"] for r in grid} <= names and len(grid) == 4
+    md5s = lock_outs(repo / "dvc.lock")
+    head = experiments.walk.shell("git rev-parse HEAD").stdout.strip()
+    for logged in grid:
+        for name, path in DATASETS.items():
+            assert logged.data.tags[f"data.{name}_md5"] == md5s[path]  # the model param varied, the data did not
+        assert "test.rmse" in logged.data.metrics  # evaluate logged into the same run
+        assert logged.data.tags["dvc.baseline_rev"] == head
+    assert not client.search_registered_models()  # experiments never touch the registry
+
+    removed = grid[0].data.tags["dvc.exp_name"]
+    experiments.walk.shell(f"dvc exp remove {removed}")
+    check = experiments.walk.shell("bts runs check", check=False)
+    assert check.returncode == 1, check.stdout
+    assert f"{removed}  run " in check.stdout and "dvc exp run -S train.alpha=" in check.stdout, check.stdout
 
 
 def test_mlproject(experiments: Experiments, pages: dict[str, list[Section]]) -> None:

@@ -22,7 +22,7 @@ from bts.kill_points import KILL_POINT_VARIABLE
 from bts.lifecycle.retrain import RETRAIN_DATA_MD5, RETRAIN_EXPERIMENT, RETRAIN_REPORT, RETRAINED_FROM
 from bts.tracking.tags import EXP_NAME, TRANSITION_PREFIX
 from tests.integration.test_bts_serve import bts_server
-from tests.integration.workspace import lineage_json, lock_outs, run, set_params, store
+from tests.integration.workspace import bts, lineage_json, lock_outs, run, set_params, store
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ def keep_replaying(repo: Path, export: Path, url: str, stop: threading.Event, re
 
 
 def champion(repo: Path) -> None:
-    run(["bts", "register"], repo)
-    run(["bts", "promote", "1", "--to", "champion"], repo)
+    bts(["register"], repo)
+    bts(["promote", "1", "--to", "champion"], repo)
 
 
 def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_and_the_running_server_follows_its_winner(
@@ -119,7 +119,7 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
     assert md5 in (repo / "data/external/shifted.dvc").read_text()
     transitions = [json.loads(v) for k, v in tags.items() if k.startswith(TRANSITION_PREFIX) and k.endswith(".champion")]
     assert len(transitions) == 1 and transitions[0]["reason"].startswith("retrained from version 1: test.rmse")  # recorded once
-    assert "retrained from version 1" in run(["bts", "history"], repo).stdout
+    assert "retrained from version 1" in bts(["history"], repo).stdout
 
     # The lineage of the new version names the report, the version it replaced, the experiment and the commit (the
     # experiment's) whose dvc.lock holds its data md5s.
@@ -129,9 +129,9 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
     assert {"kind": "dvc-experiment", "name": experiment} in [{k: r[k] for k in ("kind", "name")} for r in first["refs"]]
     lock = run(["git", "show", f"{first['commit']}:dvc.lock"], repo).stdout
     assert lock_outs(repo / "dvc.lock", text=lock)["data/processed/features.parquet"] == chain["datasets"]["features"]["md5"]
-    shown = run(["bts", "lineage", f"models:/{MODEL}/2"], repo).stdout
+    shown = bts(["lineage", f"models:/{MODEL}/2"], repo).stdout
     assert f"retrain  retrained from version 1, monitoring report {report}, added data md5 {md5}, experiment {experiment}" in shown
-    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout
+    assert "nothing lost" in bts(["runs", "check"], repo).stdout
 
 
 def test_a_candidate_that_does_not_beat_the_champion_on_the_same_rows_is_not_promoted(own_built_repo: Path, tmp_path: Path) -> None:

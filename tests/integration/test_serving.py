@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from bts.model.package import load_package
-from tests.integration.workspace import lock_outs, run, user_env
+from tests.integration.workspace import bts, lock_outs, user_env
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_packaged_model_serves_with_signature_checks(built_repo: Path) -> None:
 
 
 def test_registry_alias_serves_the_same_model(built_repo: Path) -> None:
-    run(["bts", "register"], built_repo)
-    run(["bts", "promote", "1", "--to", "champion"], built_repo)
+    bts(["register"], built_repo)
+    bts(["promote", "1", "--to", "champion"], built_repo)
     with model_server(built_repo, "models:/bts-next-reading@champion") as url:
         assert_serves(url, built_repo)

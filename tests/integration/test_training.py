@@ -1,4 +1,5 @@
-"""The whole pipeline with real `dvc` and a real SQLite store: determinism, run contents, queued grids, dead runs."""
+"""The whole pipeline with real `dvc` and a real SQLite store: determinism, run contents, dead runs (the queued grid: the
+walkthrough's, in test_readme)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -20,9 +22,9 @@ from bts.params import flatten
 from tests.integration.workspace import (
     DATASETS,
     as_first_committed,
+    bts,
     lock_outs,
     run,
-    run_queue,
     set_params,
     stopped_stage,
     store,
@@ -94,52 +96,17 @@ def test_repro_from_a_fresh_copy_gives_the_committed_bytes_and_one_complete_run(
     assert (first_predictions == second_predictions).all()
 
 
-def test_queued_grid_lands_every_run_in_the_main_store_and_registers_nothing(own_built_repo: Path) -> None:
-    project_repo = own_built_repo
-    md5s = lock_outs(project_repo / "dvc.lock")
-    before = {r.info.run_id for r in experiment_runs(project_repo)}
-
-    queue = ["dvc", "exp", "run", "--queue", "-S", "train.model=elasticnet"]  # the tutorial's grid, on the tutorial's model
-    run([*queue, "-S", "train.alpha=0.003,0.3", "-S", "train.l1_ratio=0.5"], project_repo)  # a 2-point grid
-    status = run_queue(project_repo)
-    assert status.count("Success") == 2, status
-    assert "Failed" not in status
-
-    names = set(run(["dvc", "exp", "list", "--name-only"], project_repo).stdout.split())
-    assert len(names) == 2
-    new_runs = [r for r in experiment_runs(project_repo) if r.info.run_id not in before]
-    assert sorted(r.data.tags["dvc.exp_name"] for r in new_runs) == sorted(names)
-    grid = {(r.data.params["train.alpha"], r.data.params["train.l1_ratio"]) for r in new_runs}
-    assert grid == {("0.003", "0.5"), ("0.3", "0.5")}
-    client = store(project_repo)
-    for logged in new_runs:
-        for name, path in DATASETS.items():
-            assert logged.data.tags[f"data.{name}_md5"] == md5s[path]
-        assert "test.rmse" in logged.data.metrics  # evaluate logged into the same run
-        assert logged.data.tags["dvc.baseline_rev"] == run(["git", "rev-parse", "HEAD"], project_repo).stdout.strip()
-    assert not client.search_registered_models()  # two experiments, and the registry is untouched
-
-    # `bts runs check` finds nothing lost, then reports a run whose experiment ref is gone.
-    check = run(["bts", "runs", "check"], project_repo)
-    assert "2 matched" in check.stdout and "nothing lost" in check.stdout
-    removed = sorted(names)[0]
-    run(["dvc", "exp", "remove", removed], project_repo)
-    check = run(["bts", "runs", "check"], project_repo, check=False)
-    assert check.returncode == 1
-    assert f"{removed}  run " in check.stdout and "dvc exp run -S train.alpha=" in check.stdout
-
-
 def test_a_training_killed_mid_logging_is_reported_and_marked_failed(built_repo: Path) -> None:
     killed = run(["dvc", "repro", "--force", "--single-item", "train"], built_repo, check=False, env={"BTS_TEST_KILL_AT": "run-started"})
     assert killed.returncode != 0
     client = store(built_repo)
     running = [r for r in experiment_runs(built_repo) if r.info.status == "RUNNING"]
     assert len(running) == 1 and "test.rmse" not in running[0].data.metrics
-    check = run(["bts", "runs", "check"], built_repo, check=False)
+    check = bts(["runs", "check"], built_repo, check=False)
     assert check.returncode == 1
     assert "1 run(s) left RUNNING" in check.stdout and running[0].info.run_id in check.stdout
     assert "bts runs check --mark-failed" in check.stdout
-    fixed = run(["bts", "runs", "check", "--mark-failed"], built_repo, check=False)
+    fixed = bts(["runs", "check", "--mark-failed"], built_repo, check=False)
     assert "marked 1 run(s) FAILED" in fixed.stdout
     assert client.get_run(running[0].info.run_id).info.status == "FAILED"
     run(["git", "checkout", "--", "."], built_repo)
@@ -162,12 +129,13 @@ def test_a_killed_dvc_exp_run_is_reported_and_the_fix_runs_check_gives_brings_ba
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    stopped_stage("src/stages/train.py", repo, started=experiment)
+    stage = stopped_stage("src/stages/train.py", repo, started=experiment)
     os.killpg(experiment.pid, signal.SIGKILL)  # DVC, its stage, everything the experiment started
     experiment.wait()
+    psutil.wait_procs([stage], timeout=30)  # the stage too (not DVC's child any more): its lock on the store is free
 
     assert (repo / "params.yaml").read_bytes() != committed  # DVC's rewrite, comments gone
-    check = run(["bts", "runs", "check"], repo, check=False)
+    check = bts(["runs", "check"], repo, check=False)
     assert check.returncode == 1, check.stdout
     assert "a `dvc exp run` did not finish here (params.yaml staged in git)" in check.stdout
     assert "1 run(s) left RUNNING" in check.stdout
@@ -175,15 +143,15 @@ def test_a_killed_dvc_exp_run_is_reported_and_the_fix_runs_check_gives_brings_ba
     assert fix, check.stdout
     run(fix.group(1).split(), repo)
     run(fix.group(2).split(), repo)
-    run(["bts", "runs", "check", "--mark-failed"], repo, check=False)
+    bts(["runs", "check", "--mark-failed"], repo, check=False)
     assert (repo / "params.yaml").read_bytes() == committed
     run(command, repo)
-    assert "nothing lost" in run(["bts", "runs", "check"], repo).stdout  # the killed run, FAILED, had no ref to lose
+    assert "nothing lost" in bts(["runs", "check"], repo).stdout  # the killed run, FAILED, had no ref to lose
 
     # A finished run whose experiment ref is gone is reported lost, with the command that runs it again.
     (name,) = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     run(["dvc", "exp", "remove", name], repo)
-    check = run(["bts", "runs", "check"], repo, check=False)
+    check = bts(["runs", "check"], repo, check=False)
     assert check.returncode == 1 and "1 MLflow run(s) whose DVC experiment is gone" in check.stdout, check.stdout
     assert f"  {name}  run " in check.stdout and "to run it again: dvc exp run -S train.alpha=0.5" in check.stdout, check.stdout
 
@@ -222,7 +190,7 @@ def test_an_edit_that_retrains_reruns_evaluate_and_serve_and_leaves_no_run_witho
         handle.write("# x\n")
     rerun = run(["dvc", "repro"], repo).stdout
     assert all(f"Running stage '{stage}'" in rerun for stage in ("train", "evaluate", "serve")), rerun
-    check = run(["bts", "runs", "check"], repo)
+    check = bts(["runs", "check"], repo)
     assert "nothing lost" in check.stdout and "without evaluation metrics" not in check.stdout
     newest = training_run(repo)  # the same weights: the newest run that trained them
     assert newest.data.tags["code_md5"] != before and "test.rmse" in newest.data.metrics

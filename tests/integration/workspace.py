@@ -28,6 +28,58 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None)
     return result
 
 
+def bts(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`bts <args>` run by this test process, as its console script runs it from cwd: `bts.cli.main` with the command's
+    environment, stdout, stderr and exit code (a traceback, if any, in stderr with exit code 1). For the commands whose
+    process is not what a test is about: each new `bts` process pays about 3 s of imports (MLflow, its SQL store),
+    which this process has paid once. A command the test kills, serves, or runs beside another stays a process (`run`);
+    the walkthrough test runs every command it shows as one.
+
+    What a new process would start without is reset around each call: the working folder, the environment, MLflow's
+    tracking URI and its cache of artifact stores by run id (copies of one workspace share run ids), the remote stores
+    already probed; and MLflow's log level is what `bts` gives a new process (WARNING, or MLFLOW_LOGGING_LEVEL)."""
+    import contextlib
+    import io
+    import logging
+    import traceback
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from bts.cli import main
+    from bts.tracking.store import _checked_stores as checked_stores
+
+    saved_environment, saved_folder = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    mlflow_logger = logging.getLogger("mlflow")
+    saved_level = mlflow_logger.level
+    try:
+        os.environ.update(user_env(env))
+        os.chdir(cwd)
+        mlflow_logger.setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"))
+        tracking_utils._artifact_repos_cache.clear()  # what this process read of another copy's runs
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exit:  # argparse's usage errors
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_folder)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        mlflow_logger.setLevel(saved_level)
+        mlflow.set_tracking_uri(None)
+        tracking_utils._artifact_repos_cache.clear()
+        checked_stores.clear()
+    result = subprocess.CompletedProcess(["bts", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"bts {' '.join(args)} exited {code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
 def run_queue(repo: Path, env: dict | None = None, jobs: int = 2, timeout: float = 1200) -> str:
     """The queued experiments run as the walkthrough runs them, `dvc queue start -j <jobs>` with its output in DVC's log
     folder, and `dvc queue status` once nothing is queued or running.
@@ -205,4 +257,4 @@ def commit_all(repo: Path, message: str) -> str:
 
 
 def lineage_json(repo: Path, ref: str) -> dict:
-    return json.loads(run(["bts", "lineage", ref, "--json"], repo).stdout)
+    return json.loads(bts(["lineage", ref, "--json"], repo).stdout)
