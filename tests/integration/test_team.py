@@ -32,6 +32,7 @@ from tests.integration.conftest import make_project_repo
 from tests.integration.workspace import (
     DATASETS,
     PROJECT,
+    bts,
     copy_workspace,
     lock_outs,
     run,
@@ -97,8 +98,8 @@ def team_repo(server: team.Team, work: Path) -> dict:
     run(["dvc", "repro"], repo, env=env)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "--amend", "-m", "project with its pipeline results"], repo)  # the one commit records this run
-    registered = run(["bts", "register"], repo, env=env).stdout
-    again = run(["bts", "register"], repo, env=env).stdout
+    registered = bts(["register"], repo, env=env).stdout
+    again = bts(["register"], repo, env=env).stdout
 
     run(["dvc", "exp", "run", "--queue", *GRID], repo, env=env)
     status = run_queue(repo, env)
@@ -141,15 +142,15 @@ def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server
     version = client.get_model_version(MODEL, "1")
     baseline = next(r for r in runs if not r.data.tags.get("dvc.exp_name"))
     assert version.run_id == baseline.info.run_id and version.tags["package.md5"] == md5s["models/package"]
-    chain = json.loads(run(["bts", "lineage", f"models:/{MODEL}/1", "--json"], repo, env=env).stdout)
+    chain = json.loads(bts(["lineage", f"models:/{MODEL}/1", "--json"], repo, env=env).stdout)
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert chain["package"]["problems"] == [] and chain["run"]["run_id"] == baseline.info.run_id
     assert [c["commit"] for c in chain["commits"]] == [head]
     assert {r["name"] for r in chain["first_commit"]["refs"]} >= {"main", *names}
 
-    check = run(["bts", "runs", "check"], repo, env=env)
+    check = bts(["runs", "check"], repo, env=env)
     assert f"{len(GRID_POINTS)} matched" in check.stdout and "nothing lost" in check.stdout
-    compared = run(["bts", "compare"], repo, env=env).stdout
+    compared = bts(["compare"], repo, env=env).stdout
     assert f"{len(GRID_POINTS) + 1} runs on the workspace's data" in compared, compared
     assert list(repo.rglob("mlflow.db")) == []
 
@@ -206,7 +207,7 @@ def test_an_experiment_pushed_by_one_clone_is_seen_with_its_ref_from_another(ser
     client = MlflowClient(tracking_uri=server.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     (logged,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{name}'")
-    lineage = run(["bts", "lineage", logged.info.run_id], colleague, env=env).stdout
+    lineage = bts(["lineage", logged.info.run_id], colleague, env=env).stdout
     assert f"DVC experiment {name}" in lineage
     assert re.search(rf"^\s+in: .*dvc-experiment {re.escape(name)}\b", lineage, re.MULTILINE), lineage
 
@@ -278,10 +279,10 @@ def test_a_server_or_database_killed_mid_training_leaves_one_line_and_a_run_runs
 
             team.start(Path(server.folder))  # back: the run the dead training left is RUNNING, and reported as such
             assert client.get_run(left).info.status == "RUNNING"
-            check = run(["bts", "runs", "check"], repo, check=False, env=env)
+            check = bts(["runs", "check"], repo, check=False, env=env)
             assert check.returncode == 1 and "left RUNNING by a training that died" in check.stdout, check.stdout
             assert re.search(rf"^\s+{left}\b", check.stdout, re.MULTILINE), check.stdout
-            run(["bts", "runs", "check", "--mark-failed"], repo, check=False, env=env)
+            bts(["runs", "check", "--mark-failed"], repo, check=False, env=env)
             assert client.get_run(left).info.status == "FAILED"
     finally:
         team.start(Path(server.folder))
@@ -346,7 +347,7 @@ def test_the_team_recipe_on_an_up_to_date_repository_pushes_commits_nothing_else
         copy_workspace(pipeline_build, repo)
         with_test_venv(repo)
         use_dvc_remote(repo, folder)
-        local = run(["bts", "register"], repo).stdout  # the local store's version 1 and its card, before team mode
+        local = bts(["register"], repo).stdout  # the local store's version 1 and its card, before team mode
         assert local.startswith(f"registered: models:/{MODEL}/1 ")
         head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
         ports = {"TEAM_POSTGRES_PORT": str(team.free_port()), "TEAM_SERVER_PORT": str(team.free_port())}
