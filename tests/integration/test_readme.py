@@ -42,6 +42,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bts.params import PARAMS_FILE, load_params
+from bts.tracking.tags import BASELINE_REV, EXP_NAME
 from tests.integration.conftest import make_project_repo
 from tests.integration.readme import (
     Command,
@@ -694,23 +696,24 @@ def test_the_queued_grid_lands_every_run_in_the_main_store_traced_to_its_data_an
     experiments.done.result()
     repo = experiments.walk.repo
     client = store(repo)
-    runs = client.search_runs([client.get_experiment_by_name("bts-next-reading").experiment_id], max_results=1000)
+    experiment = load_params(repo / PARAMS_FILE).train.experiment
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     grid = [r for r in runs if r.data.params.get("train.alpha") in ("0.001", "0.1")]  # the walkthrough's -S values
     assert {(r.data.params["train.alpha"], r.data.params["train.l1_ratio"]) for r in grid} == {
         (alpha, l1_ratio) for alpha in ("0.001", "0.1") for l1_ratio in ("0.2", "0.8")
     }
     names = set(experiments.walk.shell("dvc exp list --name-only").stdout.split())
-    assert {r.data.tags["dvc.exp_name"] for r in grid} <= names and len(grid) == 4
+    assert {r.data.tags[EXP_NAME] for r in grid} <= names and len(grid) == 4
     md5s = lock_outs(repo / "dvc.lock")
     head = experiments.walk.shell("git rev-parse HEAD").stdout.strip()
     for logged in grid:
         for name, path in DATASETS.items():
             assert logged.data.tags[f"data.{name}_md5"] == md5s[path]  # the model param varied, the data did not
         assert "test.rmse" in logged.data.metrics  # evaluate logged into the same run
-        assert logged.data.tags["dvc.baseline_rev"] == head
+        assert logged.data.tags[BASELINE_REV] == head
     assert not client.search_registered_models()  # experiments never touch the registry
 
-    removed = grid[0].data.tags["dvc.exp_name"]
+    removed = grid[0].data.tags[EXP_NAME]
     experiments.walk.shell(f"dvc exp remove {removed}")
     check = experiments.walk.shell("bts runs check", check=False)
     assert check.returncode == 1, check.stdout
