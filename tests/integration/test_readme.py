@@ -39,6 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -151,7 +152,25 @@ class Server:
         for line in self.process.stdout:
             self.lines.append(line)
 
+    def listening(self) -> bool:
+        """True once a process this command started listens on its port (another server answering there is not ours)."""
+        try:
+            leader = psutil.Process(self.process.pid)
+            processes = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return False
+        for process in processes:
+            try:
+                connections = process.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port for c in connections):
+                return True
+        return False
+
     def ready(self) -> bool:
+        if not self.listening():
+            return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
                 return response.status == 200
