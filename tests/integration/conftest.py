@@ -7,12 +7,16 @@ file lock); a test module that needs a built repository gets its own copy of it 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-from tests.integration.workspace import copy_project_on_defaults, copy_workspace, run
+from tests.integration.workspace import PROJECT, copy_project_on_defaults, copy_workspace, run, set_params
+
+REAL_SAMPLE = PROJECT.parent / "shared" / "data" / "bts" / "param-2017-04-18-station-1161114004.csv"
+REAL_STATION = 1161114004
 
 
 def make_project_repo(repo: Path) -> Path:
@@ -37,24 +41,48 @@ def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if base.name.startswith("popen-gw") else base
 
 
-@pytest.fixture(scope="session")
-def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's pipeline run from nothing (`dvc repro` in a fresh repository, results committed), once per session.
-
-    Read it through `built_repo`, never in place: tests that only read a built pipeline share this one build.
-    """
-    folder = session_folder(tmp_path_factory) / "pipeline-build"
+def session_build(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A repository built once per test session by `build` (the project committed, then what `build` does in it,
+    committed), shared by every xdist worker through a file lock. Read it through a copy, never in place."""
+    folder = session_folder(tmp_path_factory) / name
     folder.mkdir(exist_ok=True)
     repo, done = folder / "repo", folder / "built"
     with FileLock(folder / ".lock"):
         if not done.exists():
             shutil.rmtree(repo, ignore_errors=True)
             make_project_repo(repo)
-            run(["dvc", "repro"], repo)
+            build(repo)
             run(["git", "add", "-A"], repo)
             run(["git", "commit", "-q", "--allow-empty", "-m", "pipeline results"], repo)  # empty when dvc.lock was up to date
             done.touch()
     return repo
+
+
+@pytest.fixture(scope="session")
+def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's pipeline run from nothing (`dvc repro` in a fresh repository, results committed), once per session.
+
+    Read it through `built_repo`, never in place: tests that only read a built pipeline share this one build.
+    """
+    return session_build(tmp_path_factory, "pipeline-build", lambda repo: run(["dvc", "repro"], repo))
+
+
+def add_real_export(repo: Path) -> None:
+    """The real sample tracked with `dvc add` beside the simulated stations, its station held out, and the pipeline run:
+    the model learns the simulated stations alone and forecasts the real one it never saw."""
+    export = repo / "data/external" / REAL_SAMPLE.name
+    shutil.copy(REAL_SAMPLE, export)
+    run(["dvc", "add", str(export.relative_to(repo))], repo)
+    set_params(repo, "data", "sources", ["simulated", f"data/external/{REAL_SAMPLE.name}"])
+    set_params(repo, "featurize", "holdout_stations", [REAL_STATION])
+    run(["dvc", "repro"], repo)
+
+
+@pytest.fixture(scope="session")
+def real_export_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline with the real sample beside the simulated stations (`add_real_export`), built once per session."""
+    assert REAL_SAMPLE.is_file(), f"{REAL_SAMPLE} is missing: the real BTS sample CI runs on"
+    return session_build(tmp_path_factory, "real-export-build", add_real_export)
 
 
 @pytest.fixture(scope="module")

@@ -8,27 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.workspace import DATASETS, PROJECT, as_first_committed, lock_outs, run, set_params
+from tests.integration.conftest import REAL_SAMPLE, REAL_STATION
+from tests.integration.workspace import DATASETS, as_first_committed, lock_outs, run, set_params
 
 DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
-REAL_SAMPLE = PROJECT.parent / "shared" / "data" / "bts" / "param-2017-04-18-station-1161114004.csv"
-REAL_STATION = 1161114004
 
 pytestmark = pytest.mark.integration
 
 
 def metadata_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "metadata").rglob("*")) if p.is_file()}
-
-
-def real_export(tmp_path: Path) -> Path:
-    """The real sample when it is beside the project; otherwise a small export in the same format."""
-    if REAL_SAMPLE.exists():
-        return REAL_SAMPLE
-    path = tmp_path / REAL_SAMPLE.name
-    rows = [f"{5651437088 + i},{10 + (i % 7) * 1.5},{REAL_STATION},122,2017-04-18 00:{i // 60:02d}:{i % 60:02d}" for i in range(600)]
-    path.write_text("id,value,station_id,parameter_id,reading_time\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def test_repro_from_nothing_reproduces_committed_data_versions(built_repo: Path) -> None:
@@ -55,31 +44,39 @@ def test_repro_from_nothing_reproduces_committed_data_versions(built_repo: Path)
     assert lock_outs(project_repo / "dvc.lock", DATA_STAGES) == committed
 
 
-@pytest.mark.parametrize("with_simulated", [True, False], ids=["beside-simulated", "alone"])
-def test_real_export_flows_through_every_stage(project_repo: Path, tmp_path: Path, with_simulated: bool) -> None:
-    export = project_repo / "data/external" / REAL_SAMPLE.name
-    shutil.copy(real_export(tmp_path), export)
-    run(["dvc", "add", str(export.relative_to(project_repo))], project_repo)
-    sources = ["simulated"] if with_simulated else []
-    set_params(project_repo, "data", "sources", [*sources, f"data/external/{REAL_SAMPLE.name}"])
-    if with_simulated:  # the model learns the simulated stations alone and forecasts the real one it never saw
-        set_params(project_repo, "featurize", "holdout_stations", [REAL_STATION])
-    run(["dvc", "repro"], project_repo)
-    metrics = json.loads((project_repo / "metrics/metrics.json").read_text())
-    if with_simulated:  # the default model beats persistence on the real station held out
-        assert metrics["holdout_by_station"][str(REAL_STATION)]["skill"] > 0
-        assert metrics["holdout"]["worst_station_skill"] == metrics["holdout"]["skill"] > 0
-    else:  # trained on the real export alone, it beats persistence on the export's own test split
-        assert list(metrics["test_by_station"]) == [str(REAL_STATION)]
-        assert metrics["test"]["skill"] > 0
+def assert_real_station_flowed(repo: Path, with_simulated: bool) -> None:
+    """The real station is in every dataset's metadata (with the simulated ones or alone), and raw's dependencies name
+    its export with the md5 of its .dvc file."""
     for name in ["raw", "clean", "features"]:
-        document = json.loads((project_repo / f"metadata/datasets/{name}.json").read_text())
+        document = json.loads((repo / f"metadata/datasets/{name}.json").read_text())
         assert REAL_STATION in document["stations"], name
         assert (len(document["stations"]) > 1) == with_simulated
-    raw = json.loads((project_repo / "metadata/datasets/raw.json").read_text())
+    raw = json.loads((repo / "metadata/datasets/raw.json").read_text())
     real_dependency = [d for d in raw["dataset_dependency"] if d["path"].endswith(REAL_SAMPLE.name)]
-    dvc_file = (project_repo / f"data/external/{REAL_SAMPLE.name}.dvc").read_text()
+    dvc_file = (repo / f"data/external/{REAL_SAMPLE.name}.dvc").read_text()
     assert real_dependency and real_dependency[0]["md5"] in dvc_file
+
+
+def test_a_real_export_beside_the_simulated_stations_is_forecast_on_its_held_out_station(real_export_build: Path) -> None:
+    """The session's build with the real sample beside the simulated stations, its station held out (read, not changed)."""
+    metrics = json.loads((real_export_build / "metrics/metrics.json").read_text())
+    assert metrics["holdout_by_station"][str(REAL_STATION)]["skill"] > 0  # the default model beats persistence on it
+    assert metrics["holdout"]["worst_station_skill"] == metrics["holdout"]["skill"] > 0
+    assert_real_station_flowed(real_export_build, with_simulated=True)
+
+
+def test_a_real_export_alone_flows_through_every_stage(project_repo: Path) -> None:
+    """Trained on the real export alone, the model beats persistence on the export's own test split."""
+    assert REAL_SAMPLE.is_file(), f"{REAL_SAMPLE} is missing: the real BTS sample CI runs on"
+    export = project_repo / "data/external" / REAL_SAMPLE.name
+    shutil.copy(REAL_SAMPLE, export)
+    run(["dvc", "add", str(export.relative_to(project_repo))], project_repo)
+    set_params(project_repo, "data", "sources", [f"data/external/{REAL_SAMPLE.name}"])
+    run(["dvc", "repro"], project_repo)
+    metrics = json.loads((project_repo / "metrics/metrics.json").read_text())
+    assert list(metrics["test_by_station"]) == [str(REAL_STATION)]
+    assert metrics["test"]["skill"] > 0
+    assert_real_station_flowed(project_repo, with_simulated=False)
 
 
 def test_bad_export_stops_repro_without_outputs(project_repo: Path) -> None:

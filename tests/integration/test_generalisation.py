@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.test_data_pipeline import REAL_SAMPLE, REAL_STATION
+from tests.integration.conftest import REAL_SAMPLE, REAL_STATION
 from tests.integration.workspace import PROJECT, run
 
 

@@ -7,28 +7,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bts.hashing import dvc_md5
 from bts.project import code_md5
-from tests.integration.test_data_pipeline import REAL_SAMPLE, real_export
+from tests.integration.conftest import REAL_SAMPLE, REAL_STATION
 from tests.integration.test_lineage import NAME
-from tests.integration.workspace import bts, commit_all, lineage_json, run, set_params, store, training_run
+from tests.integration.workspace import bts, commit_all, copy_workspace, lineage_json, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
 
-def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_repo: Path, tmp_path: Path) -> None:
-    repo = project_repo
-    export = repo / "data/external" / REAL_SAMPLE.name
-    shutil.copy(real_export(tmp_path), export)
-    run(["dvc", "add", str(export.relative_to(repo))], repo)
-    set_params(repo, "data", "sources", ["simulated", f"data/external/{REAL_SAMPLE.name}"])
-    run(["dvc", "repro"], repo)
-    commit_all(repo, "A: with a real export")
+def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(real_export_build: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    copy_workspace(real_export_build, repo)  # A: the pipeline with a real export tracked by `dvc add`, committed
     bts(["register"], repo)
     code_a = lineage_json(repo, f"models:/{NAME}/1")["code_md5"]
 
@@ -47,14 +42,19 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(project_r
     assert len(run(["git", "worktree", "list"], repo).stdout.splitlines()) == 1
 
     # Tamper with the cached real export: reproduction now fails with a readable diff.
-    dvc_md5 = yaml.safe_load((repo / f"data/external/{REAL_SAMPLE.name}.dvc").read_text())["outs"][0]["md5"]
-    cached = repo / ".dvc/cache/files/md5" / dvc_md5[:2] / dvc_md5[2:]
+    recorded_md5 = yaml.safe_load((repo / f"data/external/{REAL_SAMPLE.name}.dvc").read_text())["outs"][0]["md5"]
+    cached = repo / ".dvc/cache/files/md5" / recorded_md5[:2] / recorded_md5[2:]
     os.chmod(cached, 0o644)
     with open(cached, "a") as handle:
-        handle.write("9999999999,3.0,1161114004,122,2017-04-18 23:59:59\n")
+        handle.write(f"9999999999,3.0,{REAL_STATION},122,2017-04-18 23:59:59\n")
     failed = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
     assert failed.returncode == 1
-    assert "DIFF data.raw_md5" in failed.stdout and "verdict: NOT REPRODUCED" in failed.stdout
+    altered = dvc_md5(cached)
+    assert [line for line in failed.stdout.splitlines() if line.lstrip().startswith("DIFF")] == [
+        f"  DIFF data/external/{REAL_SAMPLE.name} (input) recorded {recorded_md5} != reproduced {altered}"
+    ]
+    assert failed.stdout.rstrip().endswith("verdict: NOT REPRODUCED (see DIFF lines)")
+    assert "nothing rebuilt" in failed.stderr and "rebuilding" not in failed.stderr  # found before any stage ran
 
 
 def test_a_promotion_killed_after_the_alias_moved_is_reported_and_a_rerun_mends_both_cards(own_built_repo: Path) -> None:

@@ -8,7 +8,9 @@ not the installed package. When the cache holds the commit's data (after
 `dvc pull --all-commits` on a fresh clone, say), every data file and every
 `dvc add`ed export is hashed against its recorded md5 (DVC does not re-hash
 its cache) and only the stages from train on are rebuilt; otherwise every
-stage is. Data md5s, the model and package md5s, the code md5 and the
+stage is. A `dvc add`ed export whose cached bytes differ from its record
+can never give the recorded data back: it is reported as a difference, and
+nothing is rebuilt. Data md5s, the model and package md5s, the code md5 and the
 recorded metrics must come out equal; the code md5 that the rebuilt stages
 computed from the code they imported must equal the worktree's, which proves
 that the commit's own code ran.
@@ -64,28 +66,48 @@ def _upstream_stages(lock: dict, stage: str) -> set[str]:
     return found
 
 
-def _restored_data(tree: Path) -> list[str]:
-    """What keeps the data stages from being skipped: every output of the stages before train and every `dvc add`ed
-    file must be in the worktree with its recorded md5 ([] when all are)."""
-    try:
-        lock = yaml.safe_load((tree / "dvc.lock").read_text())
-        expected = {
-            out["path"]: out.get("md5") for name in _upstream_stages(lock, TRAINING_STAGE) for out in lock["stages"][name].get("outs", [])
-        }
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return ["dvc.lock has no train stage"]
+def _recorded_data(tree: Path) -> tuple[dict[str, str | None] | None, dict[str, str | None]]:
+    """{path: recorded md5} of the outputs of the stages before train (from dvc.lock; None without a train stage), and
+    of every `dvc add`ed input."""
+    inputs = {}
     tracked = subprocess.run(["git", "ls-files", "-z", "*.dvc"], cwd=tree, capture_output=True).stdout.decode().split("\0")
     for name in filter(None, tracked):
         document = yaml.safe_load((tree / name).read_text()) or {}
         for out in document.get("outs", []):
-            expected[(Path(name).parent / out["path"]).as_posix()] = out.get("md5")
-    problems = []
-    for path, md5 in sorted(expected.items()):
-        if not (tree / path).exists():
-            problems.append(f"{path} missing")
-        elif dvc_md5(tree / path) != md5:
-            problems.append(f"{path} does not match its md5 {md5}")
-    return problems
+            inputs[(Path(name).parent / out["path"]).as_posix()] = out.get("md5")
+    try:
+        lock = yaml.safe_load((tree / "dvc.lock").read_text())
+        stages = _upstream_stages(lock, TRAINING_STAGE)
+        return {out["path"]: out.get("md5") for name in stages for out in lock["stages"][name].get("outs", [])}, inputs
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None, inputs
+
+
+def _mismatches(tree: Path, recorded: dict[str, str | None]) -> dict[str, str | None]:
+    """{path: md5 found (None when missing)} of the files that are not in the worktree with their recorded md5."""
+    found = {path: dvc_md5(tree / path) if (tree / path).exists() else None for path in sorted(recorded)}
+    return {path: md5 for path, md5 in found.items() if md5 != recorded[path]}
+
+
+def _rebuild(tree: Path, env: dict[str, str], recorded: dict[str, str | None] | None) -> None:
+    """`dvc repro --force` from train on when every recorded data file was restored with its md5, else of every stage."""
+    if recorded is None:
+        problems = ["dvc.lock has no train stage"]
+    else:
+        problems = [
+            f"{path} missing" if md5 is None else f"{path} does not match its md5" for path, md5 in _mismatches(tree, recorded).items()
+        ]
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        print(
+            f"data: not restored from the DVC cache ({problems[0]}{more}; `dvc pull --all-commits` fetches every version): "
+            "rebuilding every stage",
+            file=sys.stderr,
+        )
+        _run(["dvc", "repro", "--force"], tree, env, echo=True)
+    else:
+        print(f"data: restored from the DVC cache, every md5 verified: rebuilding from the {TRAINING_STAGE} stage on", file=sys.stderr)
+        _run(["dvc", "repro", "--force", "--downstream", TRAINING_STAGE], tree, env, echo=True)
 
 
 def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) -> dict:
@@ -111,18 +133,14 @@ def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) ->
     try:
         _run(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], tree, env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=tree, env=env, capture_output=True)  # missing outputs are rebuilt below
-        problems = _restored_data(tree)
-        if problems:
-            print(
-                f"data: not restored from the DVC cache ({problems[0]}{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}; "
-                "`dvc pull --all-commits` fetches every version): rebuilding every stage",
-                file=sys.stderr,
-            )
-            _run(["dvc", "repro", "--force"], tree, env, echo=True)
+        outputs, inputs = _recorded_data(tree)
+        altered = {path: md5 for path, md5 in _mismatches(tree, inputs).items() if md5 is not None}
+        if altered:  # an input's bytes differ from its record: no rebuild can give the recorded data back
+            print(f"data: the DVC cache's bytes of {', '.join(altered)} differ from the recorded md5: nothing rebuilt", file=sys.stderr)
+            checks = [{"what": f"{path} (input)", "recorded": inputs[path], "reproduced": md5} for path, md5 in altered.items()]
         else:
-            print(f"data: restored from the DVC cache, every md5 verified: rebuilding from the {TRAINING_STAGE} stage on", file=sys.stderr)
-            _run(["dvc", "repro", "--force", "--downstream", TRAINING_STAGE], tree, env, echo=True)
-        checks = _compare(chain, tree, recorded_metrics)
+            _rebuild(tree, env, None if outputs is None else {**outputs, **inputs})
+            checks = _compare(chain, tree, recorded_metrics)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)
         if not keep:
