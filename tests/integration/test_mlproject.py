@@ -1,4 +1,5 @@
-"""`mlflow run` of the MLproject with real `dvc` and a real SQLite store: where each entry point logs, and what it leaves.
+"""`mlflow run` of the MLproject's main entry point with real `dvc` and a real SQLite store: where it logs, and what it
+leaves. (The walkthrough's MLproject section runs the train entry point and a misnamed -P; test_readme checks its run.)
 
 No test passes --experiment-name (one only to show it changes nothing): the pipeline's runs go to params.yaml
 train.experiment, and the run `mlflow run` opens itself is deleted once it is closed.
@@ -6,7 +7,6 @@ train.experiment, and the run `mlflow run` opens itself is deleted once it is cl
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -17,8 +17,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from bts.params import load_params
-from tests.integration.test_training import assert_run_traces_data
-from tests.integration.workspace import bts, commit_all, lock_outs, run, set_params, store, training_run
+from tests.integration.workspace import bts, commit_all, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +58,7 @@ def assert_params_logged_once(logged, repo: Path) -> None:
     assert logged.data.params == expected
 
 
-def test_both_entry_points_log_one_run_each_in_the_project_experiment_and_none_when_nothing_changed(own_built_repo: Path) -> None:
+def test_main_logs_one_run_in_the_project_experiment_none_when_nothing_changed_and_takes_no_param(own_built_repo: Path) -> None:
     repo = own_built_repo
     client = store(repo)
     experiment = project_experiment(repo)
@@ -87,45 +86,11 @@ def test_both_entry_points_log_one_run_each_in_the_project_experiment_and_none_w
         wait_until_deleted(client, launcher)
         assert active_runs(client) == {**before, main.info.run_id: experiment}
 
-    # train: `dvc exp run --force -S <key>=<value>`, one run named after its DVC experiment, each param once.
-    result, launcher = mlflow_run(repo, "-e", "train", "-P", "train.hist_gradient_boosting.learning_rate=0.2")
-    assert "succeeded" in result.stderr
-    wait_until_deleted(client, launcher)
-    names = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
-    assert len(names) == 1
-    trained = training_run(repo)
-    assert trained.info.status == "FINISHED"
-    assert client.get_experiment(trained.info.experiment_id).name == experiment
-    assert trained.info.run_name == trained.data.tags["dvc.exp_name"] == names[0]
-    assert trained.data.tags["mlflow.project.entryPoint"] == "train"
-    assert trained.data.params["train.hist_gradient_boosting.learning_rate"] == "0.2"
-    assert_params_logged_once(trained, repo)  # the experiment's params.yaml, applied to the workspace
-    assert_run_traces_data(client, trained.info.run_id, lock_outs(repo / "dvc.lock"))
-    assert "test.rmse" in trained.data.metrics
-    assert active_runs(client) == {**before, main.info.run_id: experiment, trained.info.run_id: experiment}
-
-    check = bts(["runs", "check"], repo)
-    assert "1 matched" in check.stdout and "nothing lost" in check.stdout
-    ranking = json.loads(bts(["compare", "--json"], repo).stdout)["ranking"]
-    assert {entry["run_id"] for entry in ranking} == {*before, main.info.run_id, trained.info.run_id}  # one data version
-    assert [entry["dvc_exp_name"] for entry in ranking if entry["run_id"] == trained.info.run_id] == names
-
-
-def test_a_param_not_named_by_its_params_yaml_key_stops_before_dvc_and_leaves_no_run(project_repo: Path) -> None:
-    client = store(project_repo)
-    result, launcher = mlflow_run(project_repo, "-e", "train", "-P", "alpha=0.5", check=False)
-    assert result.returncode == 1
-    assert (
-        "mlproject: error: -P alpha=0.5: params.yaml has no key 'alpha': -P takes params.yaml keys"
-        " (did you mean -P train.alpha=0.5 or -P train.ridge.alpha=0.5?)"
-    ) in result.stderr
-    wait_until_deleted(client, launcher)
-
-    result, launcher = mlflow_run(project_repo, "-P", "train.alpha=0.5", check=False)
+    # main takes no -P: it stops before DVC starts, and leaves no run.
+    result, launcher = mlflow_run(repo, "-P", "train.alpha=0.5", check=False)
     assert result.returncode == 1
     assert "mlproject: error: the main entry point runs `dvc repro` on params.yaml as it is" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     wait_until_deleted(client, launcher)
-
-    assert active_runs(client) == {}
-    assert run(["dvc", "exp", "list", "--name-only"], project_repo).stdout.split() == []
+    assert active_runs(client) == {**before, main.info.run_id: experiment}
+    assert "nothing lost" in bts(["runs", "check"], repo).stdout

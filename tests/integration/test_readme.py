@@ -59,6 +59,7 @@ from tests.integration.readme import (
     find_section,
     sections,
 )
+from tests.integration.test_mlproject import DELETION_TIMEOUT_SECONDS
 from tests.integration.workspace import DATASETS, PROJECT, copy_workspace, lock_outs, store, with_test_venv
 
 pytestmark = pytest.mark.integration
@@ -740,6 +741,26 @@ def test_the_queued_grid_lands_every_run_in_the_main_store_traced_to_its_data_an
 
 
 def test_mlproject(experiments: Experiments, pages: dict[str, list[Section]]) -> None:
+    """The section's outputs; beyond them, the train entry point's run (`-e train -P train.model=ridge`) is the
+    experiment's one run named after its DVC experiment, with each param once and its data md5s, and every run
+    `mlflow run` opened itself (the ridge run's launcher, the up-to-date main's, the misnamed -P's) is deleted."""
     experiments.done.result()
     problems = walked(experiments.walk, pages, EXPERIMENTS_WALK[1:])
     assert not problems, report(problems)
+    repo = experiments.walk.repo
+    client = store(repo)
+    experiment = client.get_experiment_by_name(load_params(repo / PARAMS_FILE).train.experiment)
+    (trained,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'train'")
+    assert trained.info.status == "FINISHED" and "test.rmse" in trained.data.metrics
+    assert trained.info.run_name == trained.data.tags[EXP_NAME]
+    assert trained.data.tags[EXP_NAME] in experiments.walk.shell("dvc exp list --name-only").stdout.split()
+    expected = {key: str(value) for key, value in load_params(repo / PARAMS_FILE).run_params().items()}  # applied to the workspace
+    assert trained.data.params == expected and expected["train.model"] == "ridge"
+    md5s = lock_outs(repo / "dvc.lock")
+    for name, path in DATASETS.items():
+        assert trained.data.tags[f"data.{name}_md5"] == md5s[path]
+    default = client.get_experiment_by_name("Default")
+    deadline = time.monotonic() + DELETION_TIMEOUT_SECONDS  # `mlflow run` deletes its own run from a detached process
+    while default and client.search_runs([default.experiment_id]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not default or not client.search_runs([default.experiment_id]), "a run of `mlflow run` was left in Default"
