@@ -77,7 +77,7 @@ def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> No
     skops.write_bytes(original[:-10] + b"0123456789")
     lineage = bts(["lineage", f"models:/{NAME}@champion"], repo, check=False)
     assert lineage.returncode == 1 and "TAMPERED: model.skops (md5 " in lineage.stdout
-    refused = run(["bts", "reproduce", f"models:/{NAME}/1"], repo, check=False)
+    refused = bts(["reproduce", f"models:/{NAME}/1"], repo, check=False)
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr and "nothing was reproduced" in refused.stderr
     refused = bts(["promote", "1", "--to", "production"], repo, check=False)
     assert refused.returncode == 1 and "package TAMPERED: model.skops" in refused.stderr
@@ -176,7 +176,7 @@ def test_bad_references_and_places_give_one_line(repo: Path, tmp_path: Path) -> 
         ("lineage", "metadata"): "bts: error: metadata: not a model package (no MLmodel file)",
     }
     for args, message in cases.items():
-        result = run(["bts", *args], repo, check=False)
+        result = bts(list(args), repo, check=False)
         assert result.returncode == 1, args
         assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr
@@ -227,6 +227,6 @@ def test_uncommitted_model_is_reported_as_such(repo: Path) -> None:
     assert chain["uncommitted"] and chain["commits"] == []
     assert chain["run"]["git_dirty"] and chain["run"]["git_commit"]
     assert "uncommitted state" in bts(["lineage", "models/package"], repo).stdout
-    refused = run(["bts", "reproduce", "models/package"], repo, check=False)
+    refused = bts(["reproduce", "models/package"], repo, check=False)
     assert refused.returncode == 1 and "uncommitted state" in refused.stderr
     run(["git", "checkout", "--", "."], repo)
