@@ -1,7 +1,8 @@
 """Fixtures: a copy of the project committed in a fresh git repository, fresh or with the pipeline already run.
 
 The pipeline is built from scratch once per test session (`pipeline_build`, shared by every xdist worker through a
-file lock); a test module that needs a built repository gets its own copy of it (`built_repo`), store included.
+file lock); a test module that needs a built repository gets its own copy of it (`built_repo`), store included. So
+is the pipeline with the real BTS sample beside the simulated stations (`real_export_build`).
 """
 
 from __future__ import annotations
