@@ -178,12 +178,14 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from bts.lifecycle.registry import history
+    from bts.lifecycle.history import history
+    from bts.params import PARAMS_FILE, load_params
+    from bts.project import find_root
 
-    project = _project()
-    name = args.name or project.params.registry.model_name
+    name = args.name or load_params(find_root() / PARAMS_FILE).registry.model_name
+    events = history(name)
     print(f"alias transitions of {name}:")
-    for event in history(project.client, name):
+    for event in events:
         forced = " FORCED" if event["forced"] else ""
         previous = event["previous"] or "-"
         transition = f"@{event['alias']:<10} version {event['version']:<4} (was {previous:<4})"

@@ -99,3 +99,31 @@ def test_a_file_that_is_no_mlflow_store_is_one_error_naming_it(tmp_path: Path, c
     with pytest.raises(BtsError) as caught, database.reading(uri) as read:
         database.experiment_id(read, "bts-next-reading", uri)
     assert str(caught.value).startswith(f"cannot read the MLflow store {uri}: ") and reason in str(caught.value)
+
+
+def test_history_reads_the_transitions_of_the_versions_not_deleted_as_mlflows_api_does(tmp_path: Path, monkeypatch) -> None:
+    """On a store MLflow made: the SQL read of `bts history` gives what MLflow's API gives, oldest first, without the
+    transitions of a deleted version or of another model."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bts.lifecycle.history import history, transitions
+    from bts.tracking.tags import TRANSITION_PREFIX
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    for name in ("bts", "other"):
+        client.create_registered_model(name)
+        for version, at in [("1", "2026-01-02T00:00:00Z"), ("2", "2026-01-01T00:00:00Z"), ("3", "2026-01-03T00:00:00Z")]:
+            client.create_model_version(name, str(tmp_path), run_id=None)
+            event = {"alias": "champion", "version": version, "previous": None, "at": at, "by": "me", "forced": False, "reason": name}
+            client.set_model_version_tag(name, version, f"{TRANSITION_PREFIX}{at}", json.dumps(event))
+            client.set_model_version_tag(name, version, "other.tag", "x")
+    client.delete_model_version("bts", "3")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    read = history("bts")
+    assert [(event["version"], event["reason"]) for event in read] == [("2", "bts"), ("1", "bts")]
+    versions = client.search_model_versions("name = 'bts'")
+    assert read == transitions(value for v in versions for key, value in v.tags.items() if key.startswith(TRANSITION_PREFIX))

@@ -223,19 +223,6 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _store_uri() -> str:
-    """The tracking URI (MLFLOW_TRACKING_URI, else the project's store), without importing MLflow; a BtsError if it names
-    a SQLite database that is not there (opening it would create an empty one)."""
-    from bts.lifecycle.database import SQLITE_PREFIX, sqlite_path
-    from bts.tracking.store import tracking_uri
-
-    # A store named outright needs no project around it.
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri(find_root())
-    if uri.startswith(SQLITE_PREFIX) and not Path(sqlite_path(uri)).exists():
-        raise BtsError(f"no MLflow store at {uri} (set MLFLOW_TRACKING_URI, or run from the repository)")
-    return uri
-
-
 def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
     """The same rows as `fetch_runs`, read with SQL: only the columns compared, not whole runs.
 
@@ -316,9 +303,10 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
     params.<key> for each param whose value differs between the matched runs or that some lack (None where a run lacks
     it), by key.
     """
+    from bts.lifecycle.database import store_uri
     from bts.tracking.store import bulk_read_database, check_store, use_uri
 
-    uri = _store_uri()
+    uri = store_uri()
     database = bulk_read_database(uri)
     if not filter_string and database:
         check_store(database)  # the database read, not a server in front of it: one line if it is unreachable

@@ -240,11 +240,3 @@ def promote(
     record_transition(client, challenger, alias, holder.version if holder else None, reason or f"gate passed: {verdict}", force)
     promoted = client.get_model_version(name, str(challenger.version))
     return promoted, f"{name} version {version} is now @{alias} ({verdict}{', forced' if force else ''})"
-
-
-def history(client: MlflowClient, name: str) -> list[dict]:
-    """Every recorded alias transition of the registered model, oldest first."""
-    events = []
-    for version in client.search_model_versions(f"name = '{name}'"):
-        events += [json.loads(value) for key, value in version.tags.items() if key.startswith(TRANSITION_PREFIX)]
-    return sorted(events, key=lambda e: (e["at"], int(e["version"])))
