@@ -98,7 +98,7 @@ def scored(repo: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.
     outputs = {}
     for export, source in {"simulated": repo / SIMULATED, "real": REAL}.items():
         outputs[export, "pandas"] = out / f"{export}-pandas"
-        run(["bts", "batch-predict", CANDIDATE, "--input", str(source), "--output", str(outputs[export, "pandas"])], repo)
+        bts(["batch-predict", CANDIDATE, "--input", str(source), "--output", str(outputs[export, "pandas"])], repo)
     outputs["simulated", "spark"] = out / "simulated-spark"
     command = ["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", str(outputs["simulated", "spark"])]
     outputs["spark console"] = run([*command, "--engine", "spark", "--master", "local[2]"], repo)
@@ -215,7 +215,7 @@ def test_a_bad_file_stops_the_batch_with_one_line(repo, tmp_path, content, reaso
     bad = tmp_path / "export.csv"
     bad.write_bytes(content)
     output = tmp_path / "scores"
-    result = run(["bts", "batch-predict", CANDIDATE, "--input", str(bad), "--output", str(output)], repo, check=False)
+    result = bts(["batch-predict", CANDIDATE, "--input", str(bad), "--output", str(output)], repo, check=False)
     assert one_error_line(result) == f"bts: error: {bad}: {reason}"
     assert not any(path.exists() for path in side_files(output))
 
@@ -235,7 +235,7 @@ def test_undecodable_bytes_stop_the_spark_engine_and_nothing_is_written(repo, sp
 
 def test_an_unknown_model_stops_with_one_line(repo, tmp_path) -> None:
     output = tmp_path / "scores"
-    result = run(["bts", "batch-predict", f"models:/{NAME}@nobody", "--input", SIMULATED, "--output", str(output)], repo, check=False)
+    result = bts(["batch-predict", f"models:/{NAME}@nobody", "--input", SIMULATED, "--output", str(output)], repo, check=False)
     assert one_error_line(result).startswith(f"bts: error: models:/{NAME}@nobody: not found in ")
     assert not any(path.exists() for path in side_files(output))
 
@@ -246,7 +246,7 @@ def test_a_tampered_registered_model_is_refused_before_anything_is_scored(repo, 
     output = tmp_path / "scores"
     registered.write_bytes(original + b"\0")
     try:
-        result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", str(output)], repo, check=False)
+        result = bts(["batch-predict", CANDIDATE, "--input", SIMULATED, "--output", str(output)], repo, check=False)
     finally:
         registered.write_bytes(original)
     line = one_error_line(result)
@@ -267,7 +267,7 @@ def test_no_java_runtime_is_one_line_saying_how_to_get_one(repo, tmp_path) -> No
 
 
 def test_an_existing_folder_that_no_batch_wrote_is_left_alone(repo) -> None:
-    result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", "data"], repo, check=False)
+    result = bts(["batch-predict", CANDIDATE, "--input", SIMULATED, "--output", "data"], repo, check=False)
     assert "was not written by `bts batch-predict`" in one_error_line(result)
     assert (repo / SIMULATED).is_file()
 
@@ -277,7 +277,7 @@ def test_an_output_inside_git_or_dvc_is_refused_before_anything_is_written(repo,
     (repo / "link-to-git").unlink(missing_ok=True)
     (repo / "link-to-git").symlink_to(repo / ".git")
     before = sorted(p.relative_to(repo).as_posix() for folder in (".git", ".dvc") for p in (repo / folder).rglob("*"))
-    result = run(["bts", "batch-predict", CANDIDATE, "--input", SIMULATED, "--output", output], repo, check=False)
+    result = bts(["batch-predict", CANDIDATE, "--input", SIMULATED, "--output", output], repo, check=False)
     (repo / "link-to-git").unlink()
     protected = ".dvc" if ".dvc" in output else ".git"
     line = one_error_line(result)  # the output as an absolute path, ".." and links resolved as the check saw it
