@@ -89,14 +89,15 @@ def _mismatches(tree: Path, recorded: dict[str, str | None]) -> dict[str, str | 
     return {path: md5 for path, md5 in found.items() if md5 != recorded[path]}
 
 
-def _rebuild(tree: Path, env: dict[str, str], recorded: dict[str, str | None] | None) -> None:
-    """`dvc repro --force` from train on when every recorded data file was restored with its md5, else of every stage."""
-    if recorded is None:
+def _rebuild(tree: Path, env: dict[str, str], outputs: dict[str, str | None] | None, missing_inputs: list[str]) -> None:
+    """`dvc repro --force` from train on when every output of the data stages and every `dvc add`ed input is there
+    with its recorded md5, else of every stage."""
+    if outputs is None:
         problems = ["dvc.lock has no train stage"]
     else:
-        problems = [
-            f"{path} missing" if md5 is None else f"{path} does not match its md5" for path, md5 in _mismatches(tree, recorded).items()
-        ]
+        mismatched = _mismatches(tree, outputs)
+        problems = [f"{path} missing" if md5 is None else f"{path} does not match its md5" for path, md5 in mismatched.items()]
+    problems += [f"{path} missing" for path in missing_inputs]
     if problems:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
         print(
@@ -134,12 +135,13 @@ def reproduce(client: MlflowClient, ref: str, root: Path, keep: bool = False) ->
         _run(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], tree, env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=tree, env=env, capture_output=True)  # missing outputs are rebuilt below
         outputs, inputs = _recorded_data(tree)
-        altered = {path: md5 for path, md5 in _mismatches(tree, inputs).items() if md5 is not None}
+        mismatched = _mismatches(tree, inputs)
+        altered = {path: md5 for path, md5 in mismatched.items() if md5 is not None}
         if altered:  # an input's bytes differ from its record: no rebuild can give the recorded data back
             print(f"data: the DVC cache's bytes of {', '.join(altered)} differ from the recorded md5: nothing rebuilt", file=sys.stderr)
             checks = [{"what": f"{path} (input)", "recorded": inputs[path], "reproduced": md5} for path, md5 in altered.items()]
         else:
-            _rebuild(tree, env, None if outputs is None else {**outputs, **inputs})
+            _rebuild(tree, env, outputs, [path for path, md5 in mismatched.items() if md5 is None])
             checks = _compare(chain, tree, recorded_metrics)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, capture_output=True)
