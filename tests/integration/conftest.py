@@ -68,13 +68,19 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return session_build(tmp_path_factory, "pipeline-build", lambda repo: run(["dvc", "repro"], repo))
 
 
+def track_real_sample(repo: Path) -> str:
+    """The real sample copied into the repository's data/external and tracked with `dvc add`; its data.sources entry."""
+    assert REAL_SAMPLE.is_file(), f"{REAL_SAMPLE} is missing: the real BTS sample CI runs on"
+    source = f"data/external/{REAL_SAMPLE.name}"
+    shutil.copy(REAL_SAMPLE, repo / source)
+    run(["dvc", "add", source], repo)
+    return source
+
+
 def add_real_export(repo: Path) -> None:
     """The real sample tracked with `dvc add` beside the simulated stations, its station held out, and the pipeline run:
     the model learns the simulated stations alone and forecasts the real one it never saw."""
-    export = repo / "data/external" / REAL_SAMPLE.name
-    shutil.copy(REAL_SAMPLE, export)
-    run(["dvc", "add", str(export.relative_to(repo))], repo)
-    set_params(repo, "data", "sources", ["simulated", f"data/external/{REAL_SAMPLE.name}"])
+    set_params(repo, "data", "sources", ["simulated", track_real_sample(repo)])
     set_params(repo, "featurize", "holdout_stations", [REAL_STATION])
     run(["dvc", "repro"], repo)
 
@@ -82,7 +88,6 @@ def add_real_export(repo: Path) -> None:
 @pytest.fixture(scope="session")
 def real_export_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline with the real sample beside the simulated stations (`add_real_export`), built once per session."""
-    assert REAL_SAMPLE.is_file(), f"{REAL_SAMPLE} is missing: the real BTS sample CI runs on"
     return session_build(tmp_path_factory, "real-export-build", add_real_export)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REAL_SAMPLE, REAL_STATION
+from tests.integration.conftest import REAL_SAMPLE, REAL_STATION, track_real_sample
 from tests.integration.workspace import DATASETS, as_first_committed, lock_outs, run, set_params
 
 DATA_STAGES = ["simulate", "ingest", "clean", "featurize"]
@@ -67,11 +67,7 @@ def test_a_real_export_beside_the_simulated_stations_is_forecast_on_its_held_out
 
 def test_a_real_export_alone_flows_through_every_stage(project_repo: Path) -> None:
     """Trained on the real export alone, the model beats persistence on the export's own test split."""
-    assert REAL_SAMPLE.is_file(), f"{REAL_SAMPLE} is missing: the real BTS sample CI runs on"
-    export = project_repo / "data/external" / REAL_SAMPLE.name
-    shutil.copy(REAL_SAMPLE, export)
-    run(["dvc", "add", str(export.relative_to(project_repo))], project_repo)
-    set_params(project_repo, "data", "sources", [f"data/external/{REAL_SAMPLE.name}"])
+    set_params(project_repo, "data", "sources", [track_real_sample(project_repo)])
     run(["dvc", "repro"], project_repo)
     metrics = json.loads((project_repo / "metrics/metrics.json").read_text())
     assert list(metrics["test_by_station"]) == [str(REAL_STATION)]
