@@ -30,11 +30,12 @@ class Project:
     client: object  # mlflow.tracking.MlflowClient
 
 
-def _project(*checks: Callable[[], object]) -> Project:
+def _project(*checks: Callable[[], object], reads_only: bool = False) -> Project:
     """The project around the current folder, its params and a client on its tracking store.
 
     `checks` (of the command's arguments) run once the project is found, before MLflow is imported: a mistyped
-    argument is one line at once.
+    argument is one line at once. A command that `reads_only` gets bts.lifecycle.sql_client's client where the store
+    is a database (or a server's database is named), and never imports MLflow unless it must read a server's artifacts.
     """
     from bts.params import PARAMS_FILE, load_params
     from bts.project import find_root
@@ -43,6 +44,16 @@ def _project(*checks: Callable[[], object]) -> Project:
     params = load_params(root / PARAMS_FILE)
     for check in checks:
         check()
+    if reads_only:
+        from bts.lifecycle.database import SQLITE_PREFIX, sqlite_path
+        from bts.lifecycle.sql_client import SqlClient
+        from bts.tracking.store import bulk_read_database, tracking_uri
+
+        uri = tracking_uri(root)
+        database = bulk_read_database(uri)
+        missing = database is not None and database.startswith(SQLITE_PREFIX) and not Path(sqlite_path(database)).exists()
+        if database is not None and not missing:  # a store not there yet: MLflow's client makes it and says what it lacks
+            return Project(root, params, SqlClient(uri, database))
     from mlflow.tracking import MlflowClient
 
     from bts.tracking.store import use_store
@@ -54,7 +65,7 @@ def _project(*checks: Callable[[], object]) -> Project:
 def _runs_check(args: argparse.Namespace) -> int:
     from bts.lifecycle.reconcile import format_reconciliation, mark_failed, problems_found, reconcile
 
-    project = _project()
+    project = _project(reads_only=not args.mark_failed)
     experiment = args.experiment or project.params.train.experiment
     report = reconcile(project.client, project.root, experiment, project.params.registry.model_name)
     if args.mark_failed and report["runs_left_running"]:
@@ -76,7 +87,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
     from bts.lifecycle.references import check_reference
 
-    project = _project(lambda: check_reference(args.ref))
+    project = _project(lambda: check_reference(args.ref), reads_only=True)
     from bts.lifecycle.lineage import format_trace, trace
 
     chain = trace(project.client, args.ref, project.root)
@@ -99,8 +110,8 @@ def _publish_card(project: Project, version: object) -> Path:
     """Write the card of this version, then of every other version whose card the registry no longer agrees with (the
     holder an alias left, or what a killed promotion did not finish): registry changes leave every card current."""
     from bts.data.catalogue import load_catalogue
+    from bts.lifecycle.integrity import download_version
     from bts.lifecycle.model_card import cards_folder, publish_card, stale_cards
-    from bts.lifecycle.registry import download_version
     from bts.project import pipeline_argument
 
     catalogue = load_catalogue(project.root / pipeline_argument(project.root, "simulate", "--sensors"))

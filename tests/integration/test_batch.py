@@ -28,7 +28,7 @@ from bts.batch.spark_session import spark_session
 from bts.data.features import FeatureSpec
 from bts.errors import BtsError
 from bts.hashing import file_md5, lock_md5s
-from bts.lifecycle.registry import download_version
+from bts.lifecycle.integrity import download_version
 from bts.model.package import load_package
 from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.params import load_params

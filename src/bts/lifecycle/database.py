@@ -75,7 +75,7 @@ def store_uri() -> str:
     return uri
 
 
-def _placeholders(name: str, items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+def placeholders(name: str, items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     """'(:name_0, :name_1)' and its values: an IN list both sqlite3 and SQLAlchemy's text() take."""
     values = {f"{name}_{index}": item for index, item in enumerate(items)}
     return "(" + ", ".join(f":{key}" for key in values) + ")", values
@@ -99,7 +99,7 @@ def active_runs(read: Reader, experiment: Any) -> list[tuple[str, str | None, st
 
 def latest_metrics(read: Reader, experiment: Any, keys: Sequence[str]) -> list[tuple[str, str, float]]:
     """(run_id, key, latest value) of these metrics in the active runs; NaN where MLflow keeps 0 and its is_nan flag."""
-    listed, values = _placeholders("key", keys)
+    listed, values = placeholders("key", keys)
     rows = read(
         f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({ACTIVE_RUNS}) AND key IN {listed}",
         {"experiment_id": experiment, **values},
@@ -123,7 +123,7 @@ def params_of(read: Reader, run_ids: Sequence[str], prefix: str) -> list[tuple[s
     """(run_id, key, value) of the params of these runs whose key starts with prefix (no LIKE wildcard in it), by key."""
     if not run_ids:
         return []
-    listed, values = _placeholders("run", run_ids)
+    listed, values = placeholders("run", run_ids)
     return read(
         f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN {listed} AND substr(key, 1, :length) = :prefix ORDER BY key",
         {"length": len(prefix), "prefix": prefix, **values},

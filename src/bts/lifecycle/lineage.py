@@ -14,19 +14,15 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
+from bts.lifecycle.integrity import version_integrity
 from bts.lifecycle.references import MODEL_URI, RUN_ID, check_reference
-from bts.lifecycle.registry import version_integrity
 from bts.lifecycle.retrain import RETRAIN_TAGS
-from bts.model.package import package_metadata, tampered_files
+from bts.lifecycle.sql_client import NotFound, mlflow_errors
 from bts.project import git, git_text
-from bts.tracking.runs import find_training_run
 from bts.tracking.tags import (
     CODE_MD5,
     DATASETS,
@@ -42,6 +38,13 @@ from bts.tracking.tags import (
     data_md5_tag,
     dataset_document_path,
 )
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+    from bts.lifecycle.sql_client import Run as SqlRun
+    from bts.lifecycle.sql_client import SqlClient
 
 RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
 AMBIGUOUS_SHOWN = 5
@@ -70,7 +73,7 @@ def describe_ref(ref: str) -> dict[str, str] | None:
     return {"kind": "dvc-experiment", "name": match.group(3)} if match else None
 
 
-def resolve_reference(client: MlflowClient, ref: str, root: Path) -> dict:
+def resolve_reference(client: MlflowClient | SqlClient, ref: str, root: Path) -> dict:
     """{'version', 'run', 'lineage', 'package'} for any kind of model reference; package integrity is checked here."""
     check_reference(ref)
     try:
@@ -82,11 +85,11 @@ def resolve_reference(client: MlflowClient, ref: str, root: Path) -> dict:
         run = client.get_run(full_run_id(client, ref))
         lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
         return {"version": None, "run": run, "lineage": lineage, "package": None}
-    except MlflowException as exc:
+    except (*mlflow_errors(), NotFound) as exc:
         raise BtsError(f"{ref}: not found in {client.tracking_uri} ({exc.message.splitlines()[0]})") from None
 
 
-def full_run_id(client: MlflowClient, prefix: str) -> str:
+def full_run_id(client: MlflowClient | SqlClient, prefix: str) -> str:
     """The run whose id starts with prefix (8 characters or more), or a BtsError: none, or the candidates when several."""
     if RUN_ID.match(prefix):
         return prefix
@@ -111,7 +114,7 @@ def full_run_id(client: MlflowClient, prefix: str) -> str:
     return found[0]
 
 
-def _registry_reference(client: MlflowClient, ref: str) -> dict:
+def _registry_reference(client: MlflowClient | SqlClient, ref: str) -> dict:
     match = MODEL_URI.match(ref)  # its form checked by resolve_reference, the one caller
     if match.group("alias"):
         version = client.get_model_version_by_alias(match.group("name"), match.group("alias"))
@@ -128,6 +131,9 @@ def _registry_reference(client: MlflowClient, ref: str) -> dict:
 
 
 def _package_reference(folder: Path, root: Path) -> dict:
+    from bts.model.package import package_metadata, tampered_files
+    from bts.tracking.runs import find_training_run
+
     lineage = package_metadata(folder)["lineage"]
     md5 = dvc_md5(folder)
     recorded = lock_record(root, folder)
@@ -208,7 +214,7 @@ def _dataset_document(root: Path, commit: str | None, name: str, md5: str | None
     return document if document.get("dvc", {}).get("md5") == md5 else None
 
 
-def _run_summary(run: Run | None) -> dict | None:
+def _run_summary(run: Run | SqlRun | None) -> dict | None:
     if run is None:
         return None
     return {
@@ -225,7 +231,7 @@ def _run_summary(run: Run | None) -> dict | None:
     }
 
 
-def trace(client: MlflowClient, ref: str, root: Path) -> dict:
+def trace(client: MlflowClient | SqlClient, ref: str, root: Path) -> dict:
     """The whole chain: model version -> package -> run -> features -> clean -> raw -> commits."""
     resolved = resolve_reference(client, ref, root)
     lineage, run = resolved["lineage"], resolved["run"]
@@ -275,7 +281,7 @@ def trace(client: MlflowClient, ref: str, root: Path) -> dict:
     }
 
 
-def monitoring_reports(client: MlflowClient, run: Run | None, package_md5: str | None, newest: int = 3) -> dict:
+def monitoring_reports(client: MlflowClient | SqlClient, run: Run | SqlRun | None, package_md5: str | None, newest: int = 3) -> dict:
     """The `bts monitor` reports on this package (in its training experiment's monitoring experiment), newest first."""
     if run is None or not package_md5:
         return {"count": 0, "newest": []}

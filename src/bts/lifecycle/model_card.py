@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Run
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
-
-from bts.files import write_json, write_text
-from bts.model.evaluation import BY_STATION, SCORED_SPLITS
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+    from bts.lifecycle.sql_client import SqlClient
+
+# bts.files and bts.model.evaluation import pandas: imported where a card is made, not by `bts runs check`'s stale_cards.
 
 CARDS_DIR = "models/cards"  # under the project root: one card per version, `<model name>-<version>.json` and `.md`
 
@@ -91,6 +95,8 @@ def sensor_quality(metrics: dict[str, float], catalogue: dict, split: str = "tes
 
 def station_quality(metrics: dict[str, float]) -> list[dict]:
     """Each station the run was scored on: its rows and skill in each split (None where it has none)."""
+    from bts.model.evaluation import BY_STATION, SCORED_SPLITS
+
     found: dict[str, dict] = {}
     for key, value in metrics.items():
         split, _, rest = key.partition(f"{BY_STATION}.")
@@ -165,6 +171,8 @@ def _iso(milliseconds: int) -> str:
 
 
 def render_model_card(card: dict) -> str:
+    from bts.model.evaluation import SCORED_SPLITS
+
     lines = [f"# Model card: {card['model_id']}", "", card["description"] or "", ""]
     lines += ["| field | value |", "| --- | --- |"]
     for key in ["model_id", "name", "version", "time_created", "training_run_started"]:
@@ -237,7 +245,7 @@ def card_path(cards_dir: Path, name: str, version: str | int) -> Path:
     return cards_dir / f"{name}-{version}.json"
 
 
-def stale_cards(client: MlflowClient, name: str, cards_dir: Path) -> list[tuple[str, list[str], list[str]]]:
+def stale_cards(client: MlflowClient | SqlClient, name: str, cards_dir: Path) -> list[tuple[str, list[str], list[str]]]:
     """(version, status its card in cards_dir gives, status the registry gives) for every card that disagrees with the
     registry (a promotion killed half-way). A version without a card here is not stale: it was never published here.
 
@@ -267,6 +275,8 @@ def publish_card(
 
     Called whenever the registry changes for the version (registration, alias moves), so the card never goes stale.
     """
+    from bts.files import write_json, write_text
+
     version = client.get_model_version(version.name, str(version.version))  # current aliases
     card = model_card(version, client.get_run(version.run_id), package_dir, license_name, catalogue)
     stem = card_path(cards_dir, version.name, version.version).with_suffix("")

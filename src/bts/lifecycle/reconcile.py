@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-
-from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from bts.errors import BtsError
+from bts.lifecycle.integrity import version_integrity
 from bts.lifecycle.lineage import experiment_refs
 from bts.lifecycle.model_card import cards_folder, stale_cards
-from bts.lifecycle.registry import version_integrity
+from bts.lifecycle.sql_client import mlflow_errors
 from bts.params import PARAMS_FILE
 from bts.project import git_text
 from bts.tracking.store import bulk_read_database, shown_store, store_is_idle
 from bts.tracking.tags import EXP_NAME, REGISTRATION_COMPLETE, TRAINING_PROCESS, training_process_gone
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from bts.lifecycle.sql_client import SqlClient
 
 EVALUATED_METRIC = "test.rmse"
 RERUN_PARAM_PREFIX = "train."  # the params of the `dvc exp run -S ...` that recreates a lost experiment
@@ -32,7 +35,7 @@ RERUN_PARAM_PREFIX = "train."  # the params of the `dvc exp run -S ...` that rec
 STALE_RUNNING_HOURS = 6
 
 
-def experiment_runs(client: MlflowClient, experiment: str) -> list:
+def experiment_runs(client: MlflowClient | SqlClient, experiment: str) -> list:
     """Every run of the MLflow experiment."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -46,7 +49,7 @@ def experiment_runs(client: MlflowClient, experiment: str) -> list:
             return runs
 
 
-def run_records(client: MlflowClient, experiment: str) -> list[dict]:
+def run_records(client: MlflowClient | SqlClient, experiment: str) -> list[dict]:
     """What reconciling needs of each run of the experiment: run_id, name, status, exp_name, evaluated, and `params` (its
     train.* params) where they came at no cost.
 
@@ -94,7 +97,7 @@ def _records_from_database(uri: str, experiment: str) -> list[dict]:
     ]
 
 
-def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[str, str]]:
+def rerun_params(client: MlflowClient | SqlClient, records: list[dict]) -> dict[str, dict[str, str]]:
     """{run_id: its train.* params} for these runs (the few whose experiment is gone); read in one query where needed."""
     found = {record["run_id"]: record["params"] for record in records if "params" in record}
     missing = [record["run_id"] for record in records if "params" not in record]
@@ -109,12 +112,12 @@ def rerun_params(client: MlflowClient, records: list[dict]) -> dict[str, dict[st
     return found
 
 
-def registry_problems(client: MlflowClient, model_name: str, cards_dir: Path) -> list[dict]:
+def registry_problems(client: MlflowClient | SqlClient, model_name: str, cards_dir: Path) -> list[dict]:
     """Versions whose registration did not complete, whose package does not match its recorded md5, or whose model card
     gives another status than the registry."""
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException:
+    except mlflow_errors():
         return []
     problems = []
     for version in sorted(versions, key=lambda v: int(v.version)):
@@ -136,7 +139,7 @@ def interrupted_experiment(root: Path) -> list[str]:
     return [f"{PARAMS_FILE} staged in git"] if staged else []
 
 
-def reconcile(client: MlflowClient, root: Path, experiment: str, model_name: str) -> dict:
+def reconcile(client: MlflowClient | SqlClient, root: Path, experiment: str, model_name: str) -> dict:
     """Experiments without a run, runs without an experiment ref, runs left RUNNING or unevaluated, broken versions."""
     refs = experiment_refs(root)
     runs = run_records(client, experiment)
@@ -177,6 +180,8 @@ def left_running(runs: list[dict], idle: bool | None) -> list[dict]:
 
 
 def mark_failed(client: MlflowClient, run_ids: list[str]) -> None:
+    from mlflow.entities import RunStatus
+
     for run_id in run_ids:
         client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 

@@ -28,8 +28,9 @@ from bts.errors import BtsError, ConfigError
 from bts.files import read_parquet
 from bts.hashing import dvc_md5
 from bts.kill_points import kill_point
+from bts.lifecycle.integrity import download_version, version_integrity
 from bts.lifecycle.references import check_alias, check_version
-from bts.model.package import PACKAGE_ARTIFACT, load_package, tampered_files
+from bts.model.package import PACKAGE_ARTIFACT, load_package
 from bts.tracking.tags import PACKAGE_MD5, REGISTRATION_COMPLETE, TRANSITION_PREFIX, data_md5_tag
 
 CANDIDATE = "candidate"
@@ -121,26 +122,6 @@ def register(
         record_transition(client, version, CANDIDATE, previous.version if previous else None, "new version registered", False)
     client.set_model_version_tag(name, str(version.version), REGISTRATION_COMPLETE, "true")
     return client.get_model_version(name, str(version.version)), state
-
-
-def download_version(client: MlflowClient, version: ModelVersion, into: Path) -> Path:
-    """The version's package files, downloaded into a folder (not loaded)."""
-    try:
-        return Path(client.download_artifacts(version.run_id, PACKAGE_ARTIFACT, str(into)))
-    except (MlflowException, OSError) as exc:
-        raise BtsError(f"{version.name} version {version.version}: its package cannot be read from its run ({exc})") from None
-
-
-def version_integrity(client: MlflowClient, version: ModelVersion) -> list[str]:
-    """The version's tampered package files ([] when every file matches the recorded package md5)."""
-    expected = version.tags.get(PACKAGE_MD5)
-    if not expected:
-        return [f"no {PACKAGE_MD5} tag: the version was not registered by `bts register`"]
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            return tampered_files(download_version(client, version, Path(scratch)), expected)
-        except BtsError as exc:
-            return [str(exc)]
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def retrain(
     from mlflow.exceptions import MlflowException
 
     from bts.hashing import dvc_md5
-    from bts.lifecycle.registry import alias_holder, get_version, promote, rescored, version_integrity
+    from bts.lifecycle.integrity import version_integrity
+    from bts.lifecycle.registry import alias_holder, get_version, promote, rescored
 
     data_md5 = dvc_md5(export)
     plan_path = root / RETRAIN_DIR / f"{name}@{alias}-{data_md5}.json"

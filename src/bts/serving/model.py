@@ -35,8 +35,8 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
 from bts.hashing import dvc_md5
+from bts.lifecycle.integrity import download_version
 from bts.lifecycle.lineage import lock_record, resolve_reference
-from bts.lifecycle.registry import download_version
 from bts.model.package import load_package, package_metadata, tampered_files
 from bts.serving.payload import KEY_COLUMNS
 from bts.tracking.tags import CODE_MD5, DATASETS, GIT_COMMIT, MODEL_MD5, PACKAGE_MD5, PARAMS_MD5, SCHEMAS, data_md5_tag, schema_md5_tag
