@@ -10,12 +10,13 @@ from its database (BTS_TRACKING_DATABASE_URI, the read-only role `make team-up` 
 - `bts compare` (the default ranking over every run of the experiment),
 - `bts lineage <run id>`,
 - `bts runs check` (every run against the experiment refs and the registry; the ten lost ones are reported),
+- `bts history` (the alias transitions of the registered model),
 - the best-run search: the lowest test.rmse among the runs trained on one features md5
   (MlflowClient.search_runs with a tag filter, ordered by the metric, one result),
 
 in-process (imports done: what the command itself costs; median of --repeat calls after one warm-up) and as a new
-process (what a user waits for, Python and MLflow imports included, with its CPU seconds), and prints a table against
-the targets (each command under 2 s, the search under 0.5 s) with the machine's load while timing (benchmarks/measure.py:
+process (what a user waits for, Python's imports included, with its CPU seconds), and prints a table against the
+targets (each command at most 1 s as a new process, the search under 0.5 s) with the machine's load while timing (benchmarks/measure.py:
 flagged as disturbed when processes other than the benchmark, its stores and its server used over a quarter of a
 core). Through the server's API alone, `bts compare` and `bts runs check` read whole runs (minutes at 10,000): they are
 timed once. Figures only: the exit code is 0 whether or not a target is met.
@@ -53,7 +54,7 @@ from bts.tracking.store import BULK_READ_DATABASE  # noqa: E402
 from compare_10k import EXPERIMENT, MODELS, run_metrics, run_params, run_tags  # noqa: E402
 from measure import Machine  # noqa: E402
 
-COMMAND_TARGET_SECONDS = 2.0
+COMMAND_TARGET_SECONDS = 1.0  # as a new process: what a user waits for
 SEARCH_TARGET_SECONDS = 0.5
 MARKER = "benchmark.json"
 BTS = REPO / ".venv" / "bin" / "bts"
@@ -293,7 +294,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for label, name, inside, target, wall, cpu, calls in rows:
         process = f"{wall:.2f} ({cpu:.2f})" if wall is not None else "-"
-        print(f"| {label} | {name} | {inside:.3f} | {calls} | {target} | {'meets' if inside < target else 'MISSES'} | {process} |")
+        waited = wall if wall is not None else inside  # a command's target is on its new process, when timed as one
+        print(f"| {label} | {name} | {inside:.3f} | {calls} | {target} | {'meets' if waited <= target else 'MISSES'} | {process} |")
 
 
 def time_stores(stores: list[Store], repo: Path, repeat: int, rows: list[tuple]) -> None:
@@ -304,6 +306,7 @@ def time_stores(stores: list[Store], repo: Path, repeat: int, rows: list[tuple])
             "bts compare": (["compare", "--experiment", EXPERIMENT], store.whole_runs),
             "bts lineage": (["lineage", run_id], False),
             "bts runs check": (["runs", "check", "--experiment", EXPERIMENT], store.whole_runs),
+            "bts history": (["history"], False),
         }
         for name, (arguments, once) in commands.items():
             if once:
