@@ -28,6 +28,7 @@ from bts import team
 from bts.errors import BtsError
 from bts.hashing import file_md5
 from bts.kill_points import STOP_POINT_VARIABLE
+from bts.tracking.store import BULK_READ_DATABASE
 from tests.integration.conftest import make_project_repo
 from tests.integration.workspace import (
     DATASETS,
@@ -152,6 +153,11 @@ def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server
     assert f"{len(GRID_POINTS)} matched" in check.stdout and "nothing lost" in check.stdout
     compared = bts(["compare"], repo, env=env).stdout
     assert f"{len(GRID_POINTS) + 1} runs on the workspace's data" in compared, compared
+    # With the server's database named, the same answers read with SQL (the package through the server's artifacts).
+    reading = {**env, BULK_READ_DATABASE: server.reader_uri, "PGPASSFILE": str(server.password_file)}
+    assert json.loads(bts(["lineage", f"models:/{MODEL}/1", "--json"], repo, env=reading).stdout) == chain
+    assert bts(["runs", "check"], repo, env=reading).stdout == check.stdout
+    assert bts(["compare"], repo, env=reading).stdout == compared
     assert list(repo.rglob("mlflow.db")) == []
 
 
