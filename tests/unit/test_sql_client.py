@@ -119,7 +119,7 @@ def test_artifacts_are_read_from_the_local_artifact_folder(store, tmp_path: Path
     ours = sql.download_artifacts(runs["second"], "package", str(tmp_path / "ours"))
     theirs = mlflow.download_artifacts(runs["second"], "package", str(tmp_path / "theirs"))
     assert dir_manifest(Path(ours)) == dir_manifest(Path(theirs)) and dir_manifest(Path(ours))
-    with pytest.raises(BtsError, match="no artifact nope"):
+    with pytest.raises(FileNotFoundError, match="no artifact nope"):
         sql.download_artifacts(runs["second"], "nope", str(tmp_path / "none"))
 
 
@@ -157,3 +157,17 @@ def test_mlflow_errors_are_caught_only_once_mlflow_is_imported(monkeypatch) -> N
     assert mlflow_errors() == (MlflowException,)
     monkeypatch.delitem(sys.modules, "mlflow.exceptions")
     assert mlflow_errors() == ()
+
+
+def test_a_version_whose_package_is_gone_is_a_problem_of_that_version_with_either_client(tmp_path: Path) -> None:
+    from bts.lifecycle.integrity import version_integrity
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow = MlflowClient(tracking_uri=uri)
+    run = mlflow.create_run(mlflow.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri()))
+    mlflow.create_registered_model(MODEL)
+    mlflow.create_model_version(MODEL, f"runs:/{run.info.run_id}/package", run_id=run.info.run_id)
+    mlflow.set_model_version_tag(MODEL, "1", PACKAGE_MD5, "p" * 32)  # registered, but nothing was ever logged
+    for client in (mlflow, SqlClient(uri, uri)):
+        problems = version_integrity(client, client.get_model_version(MODEL, "1"))
+        assert len(problems) == 1 and problems[0].startswith(f"{MODEL} version 1: its package cannot be read from its run ("), problems

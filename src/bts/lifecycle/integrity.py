@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bts.errors import BtsError
-from bts.lifecycle.sql_client import mlflow_errors
+from bts.lifecycle.sql_client import NotFound, mlflow_errors
 from bts.tracking.tags import PACKAGE_MD5
 
 if TYPE_CHECKING:
@@ -20,14 +20,18 @@ if TYPE_CHECKING:
     from bts.lifecycle import sql_client
 
 
+class UnreadablePackage(BtsError):
+    """A version's package that its run's artifacts do not give back (gone, or unreadable)."""
+
+
 def download_version(client: MlflowClient | sql_client.SqlClient, version: ModelVersion | sql_client.ModelVersion, into: Path) -> Path:
     """The version's package files, downloaded into a folder (not loaded)."""
     from bts.model.package import PACKAGE_ARTIFACT
 
     try:
         return Path(client.download_artifacts(version.run_id, PACKAGE_ARTIFACT, str(into)))
-    except (*mlflow_errors(), OSError) as exc:
-        raise BtsError(f"{version.name} version {version.version}: its package cannot be read from its run ({exc})") from None
+    except (*mlflow_errors(), NotFound, OSError) as exc:
+        raise UnreadablePackage(f"{version.name} version {version.version}: its package cannot be read from its run ({exc})") from None
 
 
 def version_integrity(client: MlflowClient | sql_client.SqlClient, version: ModelVersion | sql_client.ModelVersion) -> list[str]:
@@ -38,7 +42,11 @@ def version_integrity(client: MlflowClient | sql_client.SqlClient, version: Mode
     if not expected:
         return [f"no {PACKAGE_MD5} tag: the version was not registered by `bts register`"]
     with tempfile.TemporaryDirectory() as scratch:
+        try:  # only this package's files: a store that cannot be reached at all stops the caller
+            folder = download_version(client, version, Path(scratch))
+        except UnreadablePackage as exc:
+            return [str(exc)]
         try:
-            return tampered_files(download_version(client, version, Path(scratch)), expected)
-        except BtsError as exc:
+            return tampered_files(folder, expected)
+        except BtsError as exc:  # an MLmodel that cannot be read
             return [str(exc)]

@@ -176,7 +176,7 @@ class SqlClient:
         if parsed.scheme in ("", "file"):
             source = Path(unquote(parsed.path)) / path
             if not source.exists():
-                raise BtsError(f"run {run_id}: no artifact {path} in {uri}")
+                raise FileNotFoundError(f"run {run_id}: no artifact {path} in {uri}")  # as MLflow's local store says it
             target = Path(dst_path) / source.name
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
             return str(target)
