@@ -81,6 +81,7 @@ REAL_EXPORTS = PROJECT.parent / "shared" / "data" / "bts"  # CI has it: the test
 COMMAND_TIMEOUT_SECONDS = 1800
 SERVER_START_SECONDS = 180
 SERVER_STOP_SECONDS = 60
+SERVER_OUTPUT_SECONDS = 10  # a server's lines reach its reader thread after it answers: how long a check waits for them
 POLL_SECONDS = 10  # each `dvc queue status` costs a few CPU seconds the queue's workers would use
 POLL_TIMEOUT_SECONDS = 1800
 
@@ -398,7 +399,19 @@ class Walk:
         path.write_text(yaml.safe_dump(content, sort_keys=False))
 
     def check(self, title: str, outputs: list[list[str]], entries: list[Entry], problems: list[str]) -> None:
-        """Each expected paragraph, in order, as consecutive lines of what the commands printed together."""
+        """Each expected paragraph, in order, as consecutive lines of what the commands printed together; a server's
+        lines may still be on their way (read by a thread), so with a server among the entries a miss is checked again
+        until SERVER_OUTPUT_SECONDS have passed."""
+        deadline = time.monotonic() + SERVER_OUTPUT_SECONDS
+        while True:
+            missed: list[str] = []
+            self._check_once(title, outputs, entries, missed)
+            if not missed or not any(isinstance(result, Server) for _, result in entries) or time.monotonic() > deadline:
+                problems += missed
+                return
+            time.sleep(0.2)
+
+    def _check_once(self, title: str, outputs: list[list[str]], entries: list[Entry], problems: list[str]) -> None:
         actual: list[str] = []
         for _, result in entries:
             text = result.text() if isinstance(result, Server) else result
