@@ -1,5 +1,5 @@
-"""Benchmark of `bts compare` on a SQLite MLflow store holding 10,000 runs (target: the table printed in under 2 s,
-as a new process).
+"""Benchmark of `bts compare` on a SQLite MLflow store holding 10,000 runs (target: the table printed within 1 s as a
+new process; within 2 s over 100,000 runs, `--runs 100000`).
 
 It fills a store with --runs runs in one experiment (about 12 params, 40 metrics
 and 25 tags each, shaped like the train and evaluate stages' runs), logged with
@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from measure import MIN_ROUNDS, Machine, alternate, median, summary  # noqa: E402
 
-TARGET_SECONDS = 2.0
+# The target of a new process by the runs in the store: 1 s up to 10,000 runs, 2 s beyond (up to 100,000).
+TARGETS_SECONDS = {10_000: 1.0, 100_000: 2.0}
 EXPERIMENT = "bts-next-reading"  # params.yaml's train.experiment, copied so concurrent edits there do not move the benchmark
 MODELS = ["elasticnet", "ridge", "hist_gradient_boosting", "random_forest"]
 PARAMETER_IDS = ["122", "121", "111", "141"]
@@ -246,8 +247,11 @@ def time_search(uri: str) -> float:
     return time.perf_counter() - started
 
 
-def verdict(seconds: float) -> str:
-    return f"{'meets' if seconds < TARGET_SECONDS else 'MISSES'} the {TARGET_SECONDS:g} s target"
+def verdict(seconds: float, runs: int) -> str:
+    target = next((target for size, target in sorted(TARGETS_SECONDS.items()) if runs <= size), None)
+    if target is None:
+        return f"no target beyond {max(TARGETS_SECONDS):,} runs"
+    return f"{'meets' if seconds <= target else 'MISSES'} the {target:g} s target"
 
 
 def main() -> None:
@@ -275,7 +279,7 @@ def main() -> None:
         figures = alternate(trials, rounds=args.rounds, progress=lambda line: print(f"  {line} s", flush=True))
     print(processes[0].output.rstrip())
     print(f"\n`bts compare` over {args.runs} runs, {args.rounds} alternating rounds:")
-    print(f"  console script (new process):   {summary(figures['new process'])}: {verdict(median(figures['new process']))}")
+    print(f"  console script (new process):   {summary(figures['new process'])}: {verdict(median(figures['new process']), args.runs)}")
     print(f"    CPU time of that process:     {summary([timing.cpu for timing in processes])} (its floor on an idle machine)")
     print(f"  in-process (reading + ranking): {summary(figures['in-process'])}")
     print(f"  of which reading the runs:      {summary(figures['search alone'])}")
