@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bts.tracking.store import BULK_READ_DATABASE  # noqa: E402
-from compare_10k import EXPERIMENT, MODELS, run_metrics, run_params, run_tags  # noqa: E402
+from compare_10k import EXPERIMENT, fill  # noqa: E402
 from measure import Machine  # noqa: E402
 
 COMMAND_TARGET_SECONDS = 1.0  # as a new process: what a user waits for
@@ -66,54 +66,6 @@ def data_version(index: int, versions: int) -> dict[str, str]:
     """The data md5 tags of run `index`: one of `versions` data versions, as a team's runs share a few."""
     rng = random.Random(f"data-{index % versions}")
     return {f"data.{name}_md5": f"{rng.getrandbits(128):032x}" for name in ["raw", "clean", "features"]}
-
-
-def fill(uri: str, runs: int, versions: int, artifact_location: str) -> None:
-    """Write `runs` finished runs into the database at `uri`, in one experiment, as MLflow's store writes them.
-
-    Rows go straight into MLflow's own tables (its ORM models' tables), a thousand runs per statement: the API
-    writes 15 runs/s on this loaded machine, which made a fill of 10,000 runs take 12 minutes per store.
-    """
-    import sqlalchemy
-    from mlflow import MlflowClient
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
-
-    experiment_id = int(MlflowClient(tracking_uri=uri).create_experiment(EXPERIMENT, artifact_location=artifact_location))
-    engine = sqlalchemy.create_engine(uri)
-    rng = random.Random(7)
-    started = time.perf_counter()
-    now_ms = int(time.time() * 1000)
-    rows: dict[sqlalchemy.Table, list[dict]] = {}
-    for index in range(runs):
-        model = MODELS[index % len(MODELS)]
-        start_ms = now_ms - (runs - index) * 60_000
-        run_id, name = f"{rng.getrandbits(128):032x}", f"exp-{index:05d}"
-        tags = {**run_tags(rng, index), **data_version(index, versions), "mlflow.runName": name}
-        run = {
-            "run_uuid": run_id, "name": name, "source_type": "UNKNOWN", "source_name": "", "entry_point_name": "",
-            "user_id": "benchmark", "status": "FINISHED", "start_time": start_ms, "end_time": start_ms + 30_000,
-            "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
-            "artifact_uri": f"{artifact_location}/{run_id}/artifacts", "experiment_id": experiment_id,
-        }  # fmt: skip
-        metrics = [
-            {"key": key, "value": value, "timestamp": start_ms, "step": 0, "is_nan": False, "run_uuid": run_id}
-            for key, value in run_metrics(rng, model).items()
-        ]
-        rows.setdefault(SqlRun.__table__, []).append(run)
-        rows.setdefault(SqlTag.__table__, []).extend({"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items())
-        rows.setdefault(SqlParam.__table__, []).extend(
-            {"key": k, "value": v, "run_uuid": run_id} for k, v in run_params(rng, model).items()
-        )
-        rows.setdefault(SqlMetric.__table__, []).extend(metrics)
-        rows.setdefault(SqlLatestMetric.__table__, []).extend(metrics)
-        if (index + 1) % 1000 == 0 or index + 1 == runs:
-            with engine.begin() as connection:
-                for table, values in rows.items():  # runs first: the others refer to them
-                    connection.execute(table.insert(), values)
-            rows = {}
-            elapsed = time.perf_counter() - started
-            print(f"  {index + 1:>6} / {runs} runs written ({elapsed:.0f} s, {(index + 1) / elapsed:.0f} runs/s)", flush=True)
-    engine.dispose()
 
 
 def filled(folder: Path, runs: int, versions: int) -> bool:
@@ -134,7 +86,7 @@ def sqlite_store(folder: Path, runs: int, versions: int) -> str:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     print(f"filling SQLite with {runs} runs")
-    fill(uri, runs, versions, (folder / "mlartifacts").as_uri())
+    fill(uri, runs, (folder / "mlartifacts").as_uri(), lambda index: data_version(index, versions))
     mark_filled(folder, runs, versions)
     return uri
 
@@ -152,7 +104,8 @@ def team_store(folder: Path, runs: int, versions: int):
         print(f"reusing {runs} runs in {folder}")
         return setup
     print(f"filling PostgreSQL with {runs} runs")
-    fill(setup.backend_uri, runs, versions, f"mlflow-artifacts:/{EXPERIMENT}")  # into the database: the server only adds HTTP
+    # Into the database: the server only adds HTTP.
+    fill(setup.backend_uri, runs, f"mlflow-artifacts:/{EXPERIMENT}", lambda index: data_version(index, versions))
     import psycopg2
 
     with contextlib.closing(
