@@ -2,7 +2,7 @@
 
 Importing MLflow alone takes about 2 s, more than these commands' own work over 10,000 runs. On a database store (the
 SQLite file, or a team server's PostgreSQL that BTS_TRACKING_DATABASE_URI names), SqlClient reads the same records
-with one query each (bts.lifecycle.database) and gives them in the shape of MLflow's entities (the attributes these
+with a few queries each (bts.lifecycle.database) and gives them in the shape of MLflow's entities (the attributes these
 commands read), so the commands keep one code path for both clients. Artifacts are read from their folder when the
 run's artifact URI is a local one; a server's proxied artifacts (mlflow-artifacts:) go through MLflow's client, made
 when first needed. Writes are not offered: a command that writes uses MLflow's client.
