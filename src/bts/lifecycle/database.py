@@ -182,3 +182,70 @@ def version_tags(read: Reader, name: str, prefix: str) -> list[tuple[int, str, s
         f" WHERE t.name = :name AND v.current_stage != '{DELETED_VERSION}' AND substr(t.key, 1, :length) = :prefix",
         {"name": name, "length": len(prefix), "prefix": prefix},
     )
+
+
+# -- whole records, for bts.lifecycle.sql_client (the read calls of MlflowClient) --------------------------------------
+
+RUN_COLUMNS = "run_uuid, experiment_id, name, status, start_time, artifact_uri"
+VERSION_COLUMNS = "name, version, run_id, source, description, current_stage"
+
+
+def run_rows(read: Reader, run_id: str) -> list[tuple]:
+    """(RUN_COLUMNS) of the active run with this id: one row, or none."""
+    return read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_uuid = :run_id AND lifecycle_stage = '{ACTIVE}'", {"run_id": run_id})
+
+
+def runs_tagged(read: Reader, experiment_ids: Sequence[int], key: str, value: str) -> list[tuple]:
+    """(RUN_COLUMNS) of the active runs of these experiments whose tag `key` equals value."""
+    if not experiment_ids:
+        return []
+    listed, values = placeholders("experiment", experiment_ids)
+    return read(
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE experiment_id IN {listed} AND lifecycle_stage = '{ACTIVE}'"
+        " AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = :key AND value = :value)",
+        {**values, "key": key, "value": value},
+    )
+
+
+def run_values(read: Reader, run_ids: Sequence[str]) -> dict[str, list[tuple[str, str, Any]]]:
+    """{'params', 'tags', 'metrics'}: (run_id, key, value) rows of these runs; a metric's latest value, NaN as MLflow
+    keeps it (0 and its is_nan flag)."""
+    listed, values = placeholders("run", run_ids)
+    metrics = read(f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN {listed}", values)
+    return {
+        "params": read(f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN {listed}", values),
+        "tags": read(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN {listed}", values),
+        "metrics": [(run_id, key, float("nan") if is_nan else float(value)) for run_id, key, value, is_nan in metrics],
+    }
+
+
+def experiment_with_id(read: Reader, experiment_id: int) -> tuple | None:
+    """(experiment_id, name) of the experiment with this id, None if there is none."""
+    rows = read("SELECT experiment_id, name FROM experiments WHERE experiment_id = :id", {"id": experiment_id})
+    return rows[0] if rows else None
+
+
+def experiment_named(read: Reader, name: str) -> tuple | None:
+    """(experiment_id, name) of the active experiment of that name, None if there is none."""
+    rows = read(f"SELECT experiment_id, name FROM experiments WHERE name = :name AND lifecycle_stage = '{ACTIVE}'", {"name": name})
+    return rows[0] if rows else None
+
+
+def version_rows(read: Reader, name: str, version: int | None = None) -> list[tuple]:
+    """(VERSION_COLUMNS) of the registered model's versions that are not deleted (or of the one version given)."""
+    only, values = (" AND version = :version", {"name": name, "version": version}) if version is not None else ("", {"name": name})
+    return read(f"SELECT {VERSION_COLUMNS} FROM model_versions WHERE name = :name{only} AND current_stage != '{DELETED_VERSION}'", values)
+
+
+def version_labels(read: Reader, name: str) -> tuple[list[tuple[int, str, str]], list[tuple[int, str]]]:
+    """The registered model's (version, key, value) tags and (version, alias) aliases."""
+    values = {"name": name}
+    tags = read("SELECT version, key, value FROM model_version_tags WHERE name = :name", values)
+    return tags, read("SELECT version, alias FROM registered_model_aliases WHERE name = :name", values)
+
+
+def model_aliases(read: Reader, name: str) -> list[tuple[str, int]] | None:
+    """(alias, version) of the registered model, by alias; None when no model of that name is registered."""
+    if not read("SELECT name FROM registered_models WHERE name = :name", {"name": name}):
+        return None
+    return sorted(read("SELECT alias, version FROM registered_model_aliases WHERE name = :name", {"name": name}))

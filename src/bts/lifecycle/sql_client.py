@@ -101,10 +101,11 @@ class SqlClient:
         self._open = ExitStack()
         self._reader: database.Reader | None = None
 
-    def _read(self, sql: str, values: dict[str, Any]) -> list[tuple]:
+    @property
+    def _read(self) -> database.Reader:
         if self._reader is None:  # one connection for the client's life
             self._reader = self._open.enter_context(database.reading(self.database_uri))
-        return self._reader(sql, values)
+        return self._reader
 
     def close(self) -> None:
         self._open.close()
@@ -115,58 +116,45 @@ class SqlClient:
 
     # -- runs and experiments -----------------------------------------------------------------------------------------
 
-    def _runs(self, where: str, values: dict[str, Any]) -> list[Run]:
-        columns = "run_uuid, experiment_id, name, status, start_time, artifact_uri"
-        rows = self._read(f"SELECT {columns} FROM runs WHERE {where} AND lifecycle_stage = '{database.ACTIVE}'", values)
+    def _runs(self, rows: list[tuple]) -> list[Run]:
+        """Runs from their database.RUN_COLUMNS rows, with their params, latest metrics and tags."""
         if not rows:
             return []
-        ids = [row[0] for row in rows]
-        listed, named = database.placeholders("run", ids)
-        params: dict[str, dict[str, str]] = {run_id: {} for run_id in ids}
-        metrics: dict[str, dict[str, float]] = {run_id: {} for run_id in ids}
-        tags: dict[str, dict[str, str]] = {run_id: {} for run_id in ids}
-        for run_id, key, value in self._read(f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN {listed}", named):
-            params[run_id][key] = value
-        for run_id, key, value in self._read(f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN {listed}", named):
-            tags[run_id][key] = value
-        latest = f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN {listed}"
-        for run_id, key, value, is_nan in self._read(latest, named):
-            metrics[run_id][key] = float("nan") if is_nan else float(value)
+        values = database.run_values(self._read, [row[0] for row in rows])
+        by_run: dict[str, dict[str, dict[str, Any]]] = {row[0]: {kind: {} for kind in values} for row in rows}
+        for kind, found in values.items():
+            for run_id, key, value in found:
+                by_run[run_id][kind][key] = value
         return [
             Run(
                 RunInfo(run_id, str(experiment), name, status, start_time, artifact_uri),
-                RunData(params[run_id], metrics[run_id], tags[run_id]),
+                RunData(by_run[run_id]["params"], by_run[run_id]["metrics"], by_run[run_id]["tags"]),
             )
             for run_id, experiment, name, status, start_time, artifact_uri in rows
         ]
 
     def get_run(self, run_id: str) -> Run:
-        found = self._runs("run_uuid = :run_id", {"run_id": run_id})
+        found = self._runs(database.run_rows(self._read, run_id))
         if not found:
             raise self._not_found(f"run {run_id}")
         return found[0]
 
     def get_experiment(self, experiment_id: str) -> Experiment:
-        rows = self._read("SELECT experiment_id, name FROM experiments WHERE experiment_id = :id", {"id": int(experiment_id)})
-        if not rows:
+        found = database.experiment_with_id(self._read, int(experiment_id))
+        if found is None:
             raise self._not_found(f"experiment {experiment_id}")
-        return Experiment(str(rows[0][0]), rows[0][1])
+        return Experiment(str(found[0]), found[1])
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
-        sql = f"SELECT experiment_id, name FROM experiments WHERE name = :name AND lifecycle_stage = '{database.ACTIVE}'"
-        rows = self._read(sql, {"name": name})
-        return Experiment(str(rows[0][0]), rows[0][1]) if rows else None
+        found = database.experiment_named(self._read, name)
+        return Experiment(str(found[0]), found[1]) if found else None
 
     def search_runs(self, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None) -> list[Run]:
         """The runs of these experiments whose tag equals a value (the one filter taken), newest first."""
         match = TAG_FILTER.match(filter_string)
         if not match or (order_by or NEWEST_FIRST) != NEWEST_FIRST:
             raise BtsError(f"the SQL reads of {self.tracking_uri} take a tag filter, newest first; not {filter_string!r} {order_by}")
-        if not experiment_ids:
-            return []
-        listed, named = database.placeholders("experiment", [int(e) for e in experiment_ids])
-        where = f"experiment_id IN {listed} AND run_uuid IN (SELECT run_uuid FROM tags WHERE key = :key AND value = :value)"
-        runs = self._runs(where, {**named, **match.groupdict()})
+        runs = self._runs(database.runs_tagged(self._read, [int(e) for e in experiment_ids], match["key"], match["value"]))
         return sorted(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id), reverse=True)
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
@@ -195,52 +183,46 @@ class SqlClient:
 
     # -- the model registry -------------------------------------------------------------------------------------------
 
-    def _versions(self, where: str, values: dict[str, Any]) -> list[ModelVersion]:
-        columns = "name, version, run_id, source, description, current_stage"
-        rows = self._read(f"SELECT {columns} FROM model_versions WHERE {where} AND current_stage != '{database.DELETED_VERSION}'", values)
+    def _versions(self, name: str, version: int | None = None) -> list[ModelVersion]:
+        """The registered model's versions that are not deleted (or the one version given), oldest first."""
+        rows = database.version_rows(self._read, name, version)
         if not rows:
             return []
-        names = sorted({row[0] for row in rows})
-        listed, named = database.placeholders("model", names)
-        tags: dict[tuple[str, str], dict[str, str]] = {}
-        version_tags = f"SELECT name, version, key, value FROM model_version_tags WHERE name IN {listed}"
-        for name, version, key, value in self._read(version_tags, named):
-            tags.setdefault((name, str(version)), {})[key] = value
-        aliases: dict[tuple[str, str], list[str]] = {}
-        model_aliases = f"SELECT name, version, alias FROM registered_model_aliases WHERE name IN {listed}"
-        for name, version, alias in self._read(model_aliases, named):
-            aliases.setdefault((name, str(version)), []).append(alias)
-        found = []
-        for name, number, run_id, source, description, stage in sorted(rows, key=lambda row: (row[0], int(row[1]))):
-            key = (name, str(number))
-            labels = {"tags": tags.get(key, {}), "aliases": sorted(aliases.get(key, []))}
-            found.append(ModelVersion(name, int(number), run_id, source, description, stage, **labels))
-        return found
+        tag_rows, alias_rows = database.version_labels(self._read, name)
+        tags: dict[int, dict[str, str]] = {}
+        for number, key, value in tag_rows:
+            tags.setdefault(int(number), {})[key] = value
+        aliases: dict[int, list[str]] = {}
+        for number, alias in alias_rows:
+            aliases.setdefault(int(number), []).append(alias)
+        return [
+            ModelVersion(
+                name, int(number), run_id, source, description, stage, tags.get(int(number), {}), sorted(aliases.get(int(number), []))
+            )
+            for _, number, run_id, source, description, stage in sorted(rows, key=lambda row: int(row[1]))
+        ]
 
     def search_model_versions(self, filter_string: str) -> list[ModelVersion]:
         """The versions of one registered model (the one filter taken: name = '<name>'), oldest first."""
         match = NAME_FILTER.match(filter_string)
         if not match:
             raise BtsError(f"the SQL reads of {self.tracking_uri} take a name filter; not {filter_string!r}")
-        return self._versions("name = :name", match.groupdict())
+        return self._versions(match["name"])
 
     def get_model_version(self, name: str, version: str) -> ModelVersion:
-        if not str(version).isdigit():
-            raise self._not_found(f"{name} version {version}")
-        found = self._versions("name = :name AND version = :version", {"name": name, "version": int(version)})
+        found = self._versions(name, int(version)) if str(version).isdigit() else []
         if not found:
             raise self._not_found(f"{name} version {version}")
         return found[0]
 
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
-        sql = "SELECT version FROM registered_model_aliases WHERE name = :name AND alias = :alias"
-        rows = self._read(sql, {"name": name, "alias": alias})
-        if not rows:
+        held = dict(database.model_aliases(self._read, name) or [])
+        if alias not in held:
             raise self._not_found(f"{name}@{alias}")
-        return self.get_model_version(name, str(rows[0][0]))
+        return self.get_model_version(name, str(held[alias]))
 
     def get_registered_model(self, name: str) -> RegisteredModel:
-        if not self._read("SELECT name FROM registered_models WHERE name = :name", {"name": name}):
+        aliases = database.model_aliases(self._read, name)
+        if aliases is None:
             raise self._not_found(f"registered model {name}")
-        rows = self._read("SELECT alias, version FROM registered_model_aliases WHERE name = :name", {"name": name})
-        return RegisteredModel(name, {alias: int(version) for alias, version in sorted(rows)})
+        return RegisteredModel(name, {alias: int(version) for alias, version in aliases})
