@@ -61,7 +61,8 @@ class FeaturizeParams(Section):
     """The featurize section; bts.data.features.FeatureSpec is these fields, defaults and checks, plus the columns they give."""
 
     n_lags: Annotated[int, Field(ge=1, le=100)] = 6
-    horizon: Annotated[int, Field(ge=1, le=100)] = 1
+    # Steps ahead the model forecasts, each a target of its own: a list of distinct steps, in increasing order.
+    horizons: list[Annotated[int, Field(ge=1, le=100)]] = Field(default=[1, 5, 15], min_length=1, max_length=10)
     valid_fraction: OpenFraction = 0.15
     test_fraction: OpenFraction = 0.15
     holdout_stations: list[Identifier] = []
@@ -72,6 +73,8 @@ class FeaturizeParams(Section):
     def _fractions_leave_training_data(self) -> FeaturizeParams:
         if self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("valid_fraction + test_fraction must be below 1")
+        if any(later <= earlier for earlier, later in zip(self.horizons, self.horizons[1:], strict=False)):
+            raise ValueError(f"horizons must be distinct steps in increasing order, got {self.horizons}")
         return self
 
 
@@ -96,6 +99,7 @@ class TrainParams(Section):
     model: Literal[MODEL_KINDS]  # type: ignore[valid-type]
     target: Literal[TARGETS] = "scaled_change"  # type: ignore[valid-type]
     shrinkage_folds: Annotated[int, Field(ge=0, le=100)] = 0
+    interval_coverage: OpenFraction = 0.9
     seed: Identifier
     alpha: Annotated[float, Field(ge=0)]
     l1_ratio: Fraction
@@ -105,7 +109,13 @@ class TrainParams(Section):
 
     def model_params(self) -> dict[str, Any]:
         """The params that configure the chosen model (the other kinds' sections are ignored by it)."""
-        common = {"model": self.model, "target": self.target, "shrinkage_folds": self.shrinkage_folds, "seed": self.seed}
+        common = {
+            "model": self.model,
+            "target": self.target,
+            "shrinkage_folds": self.shrinkage_folds,
+            "interval_coverage": self.interval_coverage,
+            "seed": self.seed,
+        }
         if self.model == "elasticnet":
             return {**common, "alpha": self.alpha, "l1_ratio": self.l1_ratio}
         return {**common, self.model: getattr(self, self.model).model_dump()}

@@ -47,7 +47,8 @@ def main() -> None:
         name="BTS features",
         description=f"Per-series examples: the last {spec.n_lags} readings, the gaps between them, the series' step scale, offset "
         f"and range position over its last {spec.scale_window} readings{' and calendar features' if spec.calendar else ''}; "
-        f"target = the reading {spec.horizon} step(s) ahead; split in time order of the target within each station; "
+        f"targets = the readings {', '.join(map(str, spec.horizons))} step(s) ahead; split in time order of the farthest target "
+        "within each station; "
         f"held-out stations ({', '.join(map(str, spec.holdout_stations)) or 'none'}) in split holdout.",
         path=args.out,
         rows=len(features),
@@ -61,7 +62,12 @@ def main() -> None:
         dependencies=[{"dataset_id": "bts-clean", "path": args.clean, "md5": input_md5.result(), "relationship": "input"}],
         stage="featurize",
         params={"featurize": params.model_dump()},
-        extra={"feature_columns": spec.feature_columns, "target": "target", "splits": splits, "row_accounting": accounting},
+        extra={
+            "feature_columns": spec.feature_columns,
+            "target_columns": spec.target_columns,
+            "splits": splits,
+            "row_accounting": accounting,
+        },
     )
     write_json(args.document, document)
     write_text(args.datasheet, render_datasheet(document))

@@ -9,9 +9,10 @@ lag_1 lies from their mean in that unit; range_position, where lag_1 lies
 between their minimum (0) and maximum (1). These describe a series in its own
 terms, so they mean the same on any station and sensor. Calendar features
 (from the latest reading's time) are optional: they learn the training
-stations' daily pattern. The target is the reading `horizon` steps ahead.
-Splits are in time order of the target, so no training example looks at a
-validation or test target. Nothing is fitted here: scaling lives in the model
+stations' daily pattern. There is one target per horizon (featurize.horizons):
+the reading that many steps ahead, and its time. An example needs every one of
+them. Splits are in time order of the farthest target, so no training example
+looks at a validation or test target. Nothing is fitted here: scaling lives in the model
 pipeline and is fitted on train only.
 """
 
@@ -25,6 +26,7 @@ from pydantic import ModelWrapValidatorHandler, ValidationError, model_validator
 
 from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.errors import ConfigError
+from bts.model.horizons import target_column, target_time_column
 from bts.params import FeaturizeParams, describe_problems
 
 SPLITS = ["train", "valid", "test", "holdout"]
@@ -66,6 +68,14 @@ class FeatureSpec(FeaturizeParams):
     @property
     def feature_columns(self) -> list[str]:
         return self.lag_columns + self.gap_columns + WINDOW_COLUMNS + (CALENDAR_COLUMNS if self.calendar else [])
+
+    @property
+    def target_columns(self) -> list[str]:
+        return [target_column(h) for h in self.horizons]
+
+    @property
+    def target_time_columns(self) -> list[str]:
+        return [target_time_column(h) for h in self.horizons]
 
 
 def _trailing(values: np.ndarray, position: np.ndarray, window: int, reduce: np.ufunc) -> np.ndarray:
@@ -165,20 +175,21 @@ class FeatureTable:
         self._value = clean["value"].to_numpy(dtype="float64")
         self._time = clean["reading_time"]
         oldest = shift_within(self._value, self._position, self._left, spec.n_lags - 1)
-        target = shift_within(self._value, self._position, self._left, -spec.horizon)
+        farthest = max(spec.horizons)
         no_history = np.isnan(oldest)
-        no_target = np.isnan(target) & ~no_history
+        no_target = np.isnan(shift_within(self._value, self._position, self._left, -farthest)) & ~no_history
         self._rows = np.flatnonzero(~(no_history | no_target))  # the readings that are an example's latest one
         if not len(self._rows):
             raise ConfigError(
-                f"featurize: no series has the {spec.n_lags + spec.horizon} readings one example needs (n_lags + horizon); "
-                "lower featurize.n_lags or featurize.horizon, or add data"
+                f"featurize: no series has the {spec.n_lags + farthest} readings one example needs (n_lags + the farthest of "
+                "horizons); lower featurize.n_lags or featurize.horizons, or add data"
             )
         self.keys = pd.DataFrame({c: clean[c].to_numpy().take(self._rows) for c in [*SERIES_KEYS, "reading_time"]}, copy=False)
         self.keys["reading_id"] = clean["id"].to_numpy().take(self._rows)  # the example's latest reading
-        self._target = target.take(self._rows)
-        self._target_time = shift_within(self._time.to_numpy(), self._position, self._left, -spec.horizon).take(self._rows)
-        self._split = split_codes(self.keys["station_id"], pd.Series(self._target_time), spec)
+        times = self._time.to_numpy()
+        self._targets = {h: shift_within(self._value, self._position, self._left, -h).take(self._rows) for h in spec.horizons}
+        self._target_times = {h: shift_within(times, self._position, self._left, -h).take(self._rows) for h in spec.horizons}
+        self._split = split_codes(self.keys["station_id"], pd.Series(self._target_times[farthest]), spec)
         counts = np.bincount(self._split, minlength=len(SPLITS))
         self.accounting = {
             "readings_in": len(clean),
@@ -193,8 +204,8 @@ class FeatureTable:
 
     @property
     def targets(self) -> pd.DataFrame:
-        """split and target_time of every example."""
-        return pd.DataFrame({"split": labels(self._split, SPLITS), "target_time": self._target_time})
+        """split and the farthest target's time (target_time) of every example: what the split is cut on."""
+        return pd.DataFrame({"split": labels(self._split, SPLITS), "target_time": self._target_times[max(self.spec.horizons)]})
 
     def rows(self, start: int, stop: int) -> pd.DataFrame:
         """Examples start..stop-1 (index start..stop-1), every column."""
@@ -224,8 +235,8 @@ class FeatureTable:
                 **keys,
                 "split": labels(self._split[start:stop], SPLITS).array,
                 **{name: values.take(at) for name, values in columns.items()},
-                "target": self._target[start:stop],
-                "target_time": self._target_time[start:stop],
+                **{target_column(h): values[start:stop] for h, values in self._targets.items()},
+                **{target_time_column(h): values[start:stop] for h, values in self._target_times.items()},
             },
             index=pd.RangeIndex(start, start + len(rows)),
             copy=False,
@@ -239,7 +250,7 @@ def build_features(clean: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame
 
 
 def split_codes(station: pd.Series, target_time: pd.Series, spec: FeatureSpec) -> np.ndarray:
-    """Each example's index in SPLITS: train / valid / test by target time, cut at each station's own quantiles, so that
+    """Each example's index in SPLITS: train / valid / test by (the farthest) target time, cut at each station's own quantiles, so that
     every station (a real export whose only day is the earliest of the data too) has train, valid and test examples,
     its newest in test; held-out stations apart. Features only read their own series' past, so a station's test
     example earlier than another station's train examples learns nothing from them."""

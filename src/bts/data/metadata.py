@@ -256,8 +256,12 @@ def _feature_columns(columns: list, document: dict) -> list[str]:
     return [f"{len(columns)} columns, in the order the model takes them: " + ", ".join(f"`{c}`" for c in columns) + "."]
 
 
-def _target(target: str, document: dict) -> list[str]:
-    return [f"The column the model forecasts: `{target}`."]
+def _target_columns(targets: list, document: dict) -> list[str]:
+    return [
+        "The columns the model forecasts, one per horizon (the reading that many steps ahead): "
+        + ", ".join(f"`{c}`" for c in targets)
+        + "."
+    ]
 
 
 def _splits(splits: dict, document: dict) -> list[str]:
@@ -275,7 +279,7 @@ SECTIONS = {
     "failure_report": _failure_report,
     "quarantine": _quarantine,
     "feature_columns": _feature_columns,
-    "target": _target,
+    "target_columns": _target_columns,
     "splits": _splits,
 }
 

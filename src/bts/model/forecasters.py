@@ -11,10 +11,16 @@ whose readings move in steps of different sizes then look alike to the model,
 which is what lets it forecast a station it never saw. Out-of-fold shrinkage
 (`train.shrinkage_folds`) pulls the forecast change toward 0, that is toward
 persistence, as far as forecasts of series left out of the fit warrant.
+
+MultiHorizonForecaster holds one such model per horizon (featurize.horizons)
+and puts a calibrated interval around each forecast (split conformal on the
+valid split): the package predicts every horizon, central value and bounds,
+in one call.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +32,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.validation import check_array
 from threadpoolctl import threadpool_limits
+
+from bts.model.horizons import output_columns
 
 if TYPE_CHECKING:
     from bts.params import TrainParams
@@ -133,6 +141,86 @@ class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
         return latest + change
 
 
+class MultiHorizonForecaster(BaseEstimator):
+    """Forecasts every horizon in one call, each with an interval calibrated on examples the fit did not see.
+
+    fit(X, Y): one clone of `estimator` per horizon, fitted to its column of Y (the targets in horizon order).
+    calibrate(X, Y) sets the intervals, by split conformal prediction on other examples (the valid split), normalized
+    by the series' step scale: the score of an example is its absolute error in units of its step scale, and a
+    horizon's interval is the forecast plus or minus the `coverage` quantile of those scores (with the finite-sample
+    correction) times the row's step scale. A sensor that moves in small steps gets a narrow interval, one that moves
+    in large steps a wide one, and a station never seen is covered in its own units. Rows whose step scale is 0 (a
+    series that did not move over its window) form a category of their own, scored in the sensor's unit; with too
+    few of them to reach the coverage, they take the quantile of every example's error in the sensor's unit.
+    The quantiles are computed by crepes' ConformalRegressor (a Mondrian category per kind of row). Only the radii
+    it gives are kept, so the packaged model needs neither crepes nor the calibration examples to predict.
+    predict(X): a frame with forecast_h, lower_h and upper_h of every horizon (bts.model.horizons names them).
+    """
+
+    def __init__(self, estimator: PersistenceResidualRegressor, horizons: tuple[int, ...] = (1,), coverage: float = 0.9) -> None:
+        self.estimator = estimator
+        self.horizons = horizons
+        self.coverage = coverage
+
+    def fit(self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray) -> MultiHorizonForecaster:
+        targets = self._targets(Y, len(X))
+        self.estimators_ = [clone(self.estimator).fit(X, targets[:, i]) for i in range(len(self.horizons))]
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.output_columns_ = output_columns(list(self.horizons))
+        self.radius_ = self.quiet_radius_ = None
+        return self
+
+    def _targets(self, Y: pd.DataFrame | np.ndarray, rows: int) -> np.ndarray:
+        targets = np.asarray(Y, dtype=float)
+        if targets.shape != (rows, len(self.horizons)):
+            raise ValueError(f"expected targets of shape ({rows}, {len(self.horizons)}) (one column per horizon), got {targets.shape}")
+        return targets
+
+    def forecasts(self, X: pd.DataFrame) -> np.ndarray:
+        """The central forecast of every horizon: rows x horizons."""
+        return np.column_stack([estimator.predict(X) for estimator in self.estimators_])
+
+    def calibrate(self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray) -> MultiHorizonForecaster:
+        from crepes import ConformalRegressor  # training only: the fitted model keeps the radii it gives
+
+        errors = self._targets(Y, len(X)) - self.forecasts(X)
+        scale = step_scale(X)
+        quiet = scale <= 0
+        moving = ~quiet
+
+        def radius(residuals: np.ndarray, sigmas: np.ndarray | None) -> float:
+            if not len(residuals):
+                return float("inf")
+            conformal = ConformalRegressor().fit(residuals, sigmas=sigmas)
+            with warnings.catch_warnings():  # too few examples for the coverage: an infinite radius, checked below
+                warnings.simplefilter("ignore", UserWarning)
+                interval = conformal.predict_int(np.zeros(1), sigmas=None if sigmas is None else np.ones(1), confidence=self.coverage)
+            return float(interval[0, 1])
+
+        self.radius_, self.quiet_radius_ = [], []
+        for i, horizon in enumerate(self.horizons):
+            scaled = radius(errors[moving, i], scale[moving])
+            if not np.isfinite(scaled):
+                raise ValueError(
+                    f"{int(moving.sum())} calibration example(s) are too few for an interval of coverage {self.coverage} "
+                    f"at horizon {horizon}: it needs at least {int(np.ceil(1 / (1 - self.coverage))) - 1}"
+                )
+            quiet_radius = radius(errors[quiet, i], None)
+            self.radius_.append(scaled)
+            self.quiet_radius_.append(quiet_radius if np.isfinite(quiet_radius) else radius(errors[:, i], None))
+        return self
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        if self.radius_ is None:
+            raise ValueError("the forecaster has no intervals yet: calibrate it on examples it did not fit")
+        forecasts = self.forecasts(X)
+        scale = step_scale(X)
+        half = np.where((scale > 0)[:, None], scale[:, None] * np.asarray(self.radius_), np.asarray(self.quiet_radius_))
+        output = np.empty((len(X), 3 * len(self.horizons)))
+        output[:, 0::3], output[:, 1::3], output[:, 2::3] = forecasts, forecasts - half, forecasts + half
+        return pd.DataFrame(output, columns=self.output_columns_, index=X.index if isinstance(X, pd.DataFrame) else None)
+
+
 def _forecaster(train: TrainParams, *steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegressor:
     if train.target == "scaled_change":
         prepare = ("scaled_lags", FunctionTransformer(scaled_lags, kw_args={"scale_column": SCALE_COLUMN}))
@@ -141,8 +229,13 @@ def _forecaster(train: TrainParams, *steps: tuple[str, BaseEstimator]) -> Persis
     return PersistenceResidualRegressor(Pipeline([prepare, *steps]), None, train.shrinkage_folds)
 
 
-def build_model(train: TrainParams) -> PersistenceResidualRegressor:
-    """An unfitted, seeded pipeline. Linear models scale their inputs; the scaler is fitted with them, on train only."""
+def build_model(train: TrainParams, horizons: list[int]) -> MultiHorizonForecaster:
+    """An unfitted, seeded forecaster of these horizons, with intervals of train.interval_coverage."""
+    return MultiHorizonForecaster(build_estimator(train), tuple(horizons), train.interval_coverage)
+
+
+def build_estimator(train: TrainParams) -> PersistenceResidualRegressor:
+    """An unfitted, seeded pipeline for one horizon. Linear models scale their inputs; the scaler is fitted with them, on train only."""
     if train.model == "elasticnet":
         # The tutorial's model: alpha and l1_ratio are the knobs to tune.
         estimator = ElasticNet(alpha=train.alpha, l1_ratio=train.l1_ratio, max_iter=5000, random_state=train.seed)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bts.data.catalogue import Sensor
+from bts.model.horizons import FORECAST, LOWER, UPPER, output_column, target_column, target_time_column
 
 matplotlib.use("Agg")
 import matplotlib.dates as mdates
@@ -27,6 +28,18 @@ RESIDUAL_QUANTILE = 0.99  # a histogram spans +-(this quantile of |residual|); r
 SENSORS_PER_ROW = 4
 TEXT_BOX = {"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"}
 COLORS = {"actual": "black", "predicted": "tab:blue", "persistence": "tab:orange", "worse": "tab:red"}
+
+
+def horizon_view(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """The examples as the figure and the CSVs read one horizon: its target and target_time, the forecast (predicted)
+    and its interval (lower, upper), beside station_id, parameter_id and lag_1."""
+    return frame[["station_id", "parameter_id", "lag_1"]].assign(
+        target_time=frame[target_time_column(horizon)],
+        target=frame[target_column(horizon)],
+        predicted=frame[output_column(FORECAST, horizon)],
+        lower=frame[output_column(LOWER, horizon)],
+        upper=frame[output_column(UPPER, horizon)],
+    )
 
 
 def residual_bins(residuals: np.ndarray, bins: int = RESIDUAL_BINS, quantile: float = RESIDUAL_QUANTILE) -> tuple[pd.DataFrame, float]:
@@ -58,6 +71,7 @@ def _plot_forecast(axes: plt.Axes, series: pd.DataFrame, station: int, parameter
     name, unit = sensor_label(parameter, catalogue)
     times = pd.to_datetime(series["target_time"])
     axes.plot(times, series["actual"], color=COLORS["actual"], linewidth=1.2, marker=".", markersize=4, label="actual")
+    axes.fill_between(times, series["lower"], series["upper"], color=COLORS["predicted"], alpha=0.15, linewidth=0, label="interval")
     axes.plot(times, series["predicted"], color=COLORS["predicted"], linewidth=1, label=f"predicted ({model})")
     axes.plot(times, series["persistence"], color=COLORS["persistence"], linewidth=1, linestyle="--", label="persistence (latest reading)")
     first, last = times.min(), times.max()
@@ -87,7 +101,13 @@ def _plot_predicted_vs_actual(axes: plt.Axes, part: pd.DataFrame, name: str, uni
         worse = scores["skill"] < 0
         text = (
             f"{len(part)} examples\nrmse {_number(scores['rmse'])} {unit}\npersistence rmse {_number(scores['persistence_rmse'])} {unit}\n"
-            f"skill {scores['skill']:+.1%}" + ("  WORSE THAN PERSISTENCE" if worse else "")
+            f"skill {scores['skill']:+.1%}"
+            + ("  WORSE THAN PERSISTENCE" if worse else "")
+            + (
+                f"\ninterval holds {scores['coverage']:.1%}, mean width {_number(scores['mean_width'])} {unit}"
+                if "coverage" in scores
+                else ""
+            )
         )
         color = COLORS["worse"] if worse else "black"
         axes.text(0.03, 0.97, text, transform=axes.transAxes, va="top", fontsize="small", color=color, bbox=TEXT_BOX)
@@ -115,13 +135,14 @@ def evaluation_figure(
     catalogue: dict[int, Sensor],
     scores: dict[str, dict],
     model: str,
+    horizon: int = 1,
 ) -> plt.Figure:
     """The test split in one figure: a forecast over time (one series), then per sensor, in its own unit,
     predicted vs actual (with y = x) above its residual histogram (clipped tails counted).
 
-    `test` holds station_id, parameter_id, target_time, target and predicted; `series` target_time, actual,
-    predicted and persistence of the (station_id, parameter_id) `series_key`; `scores` the test scores per
-    parameter id (a string, as in by_parameter.json).
+    `test` holds station_id, parameter_id, target_time, target, predicted, lower and upper of one horizon; `series`
+    target_time, actual, predicted, lower, upper and persistence of the (station_id, parameter_id) `series_key`;
+    `scores` that horizon's test scores per parameter id (a string, as in by_parameter.json).
     """
     parameters = sorted(int(p) for p in test["parameter_id"].unique())
     blocks = max(1, math.ceil(len(parameters) / SENSORS_PER_ROW))
@@ -136,7 +157,8 @@ def evaluation_figure(
         _plot_residuals(figure.add_subplot(grid[row + 1, column]), part, name, unit)
     first, last = test["target_time"].min(), test["target_time"].max()
     figure.suptitle(
-        f"Evaluation on the test split: {model} forecasts of each sensor's next reading, against persistence (the latest reading)\n"
+        f"Evaluation on the test split: {model} forecasts of each sensor's reading {horizon} step(s) ahead, with their intervals, "
+        "against persistence (the latest reading)\n"
         f"{len(test)} examples, {test['station_id'].nunique()} stations, {len(parameters)} sensors, target times "
         f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC; each sensor in its own unit; skill = 1 - rmse / persistence rmse",
         fontsize="large",
@@ -152,9 +174,10 @@ def plot_evaluation(
     scores: dict[str, dict],
     model: str,
     path: Path,
+    horizon: int = 1,
 ) -> None:
     """evaluation_figure as a PNG of fixed size and dpi, with no software version in it: same inputs, same bytes."""
-    figure = evaluation_figure(test, series, series_key, catalogue, scores, model)
+    figure = evaluation_figure(test, series, series_key, catalogue, scores, model, horizon)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80, metadata={"Software": None})
     plt.close(figure)
@@ -163,13 +186,15 @@ def plot_evaluation(
 def plot_tables(test: pd.DataFrame, catalogue: dict[int, Sensor]) -> tuple[dict[str, pd.DataFrame], tuple[int, int]]:
     """The CSV files of plots/ that dvc.yaml's plots draw, by file name, and the (station_id, parameter_id) of the forecast.
 
-    forecast.csv: the last readings of the first test series (target_time, actual, predicted, persistence);
+    forecast.csv: the last readings of the first test series (target_time, actual, predicted, lower, upper, persistence);
     predicted_vs_actual.csv: a sample of test examples (actual, predicted, parameter_id, sensor, unit);
     residuals.csv: the residual histogram of every test example, pooled over sensors (residual, count, clipped).
     """
     station, parameter = min(test.groupby(["station_id", "parameter_id"]).groups)
     one = test[(test["station_id"] == station) & (test["parameter_id"] == parameter)].tail(FORECAST_READINGS)
-    series = one.rename(columns={"target": "actual", "lag_1": "persistence"})[["target_time", "actual", "predicted", "persistence"]]
+    series = one.rename(columns={"target": "actual", "lag_1": "persistence"})[
+        ["target_time", "actual", "predicted", "lower", "upper", "persistence"]
+    ]
     sample = test.sample(n=min(SCATTER_SAMPLE, len(test)), random_state=0).rename(columns={"target": "actual"})
     labels = {pid: sensor_label(pid, catalogue) for pid in sample["parameter_id"].unique()}
     sample = sample[["actual", "predicted", "parameter_id"]].assign(

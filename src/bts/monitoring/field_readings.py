@@ -69,7 +69,7 @@ def serving_rows(clean: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         raise BtsError(f"no series has the {spec.n_lags} readings a request row needs (featurize.n_lags)")
     latest = clean.sort_values([*SERIES_KEYS, "reading_time", "id"], kind="stable").groupby(SERIES_KEYS, sort=False).tail(1)
     placeholder = latest.assign(reading_time=latest["reading_time"] + pd.Timedelta(seconds=1), value=0.0)
-    one_step = spec.but(horizon=1, holdout_stations=[])  # neither changes a feature; splits do not matter here
+    one_step = spec.but(horizons=[1], holdout_stations=[])  # neither changes a feature; splits do not matter here
     features, _ = build_features(pd.concat([clean, placeholder], ignore_index=True), one_step)
     rows = features[[*KEY_COLUMNS, *spec.feature_columns]]
     return rows.sort_values(["reading_time", *SERIES_KEYS], kind="stable").reset_index(drop=True)

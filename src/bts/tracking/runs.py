@@ -114,8 +114,9 @@ def find_training_run(lineage: dict[str, str]) -> Run | None:
     return max(runs, key=lambda run: (run.data.tags.get(EXP_NAME) == experiment_name, run.info.start_time))
 
 
-def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame) -> list:
+def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame, targets: list[str]) -> list:
     """Each dataset as a run input (with its context) whose digest is its DVC md5 (MLflow's own is a weak fingerprint).
+    MLflow's dataset names one target column: the shortest horizon's (the others are in its schema).
 
     Built, schema included, before the store lock is taken: inferring the schema of the training data is the slow part.
     """
@@ -129,7 +130,7 @@ def datasets_to_log(tags: dict[str, str], training_data: pd.DataFrame) -> list:
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(path)
         if name == "features":
-            dataset = mlflow.data.from_pandas(training_data, source=source, targets="target", name=f"bts-{name}", digest=md5)
+            dataset = mlflow.data.from_pandas(training_data, source=source, targets=targets[0], name=f"bts-{name}", digest=md5)
             dataset.__dict__["schema"] = table_schema(training_data)  # the cached_property, set with the same value
             inputs.append((dataset, "training"))
         else:

@@ -127,6 +127,11 @@ def feature_columns(datasets_dir: Path) -> list[str]:
     return json.loads((datasets_dir / "features.json").read_text())["feature_columns"]
 
 
+def target_columns(datasets_dir: Path) -> list[str]:
+    """The columns the model forecasts (one per horizon), as the features document of the same data version lists them."""
+    return json.loads((datasets_dir / "features.json").read_text())["target_columns"]
+
+
 def dataset_document_path(root: Path, name: str) -> str:
     """Where dvc.yaml has the metadata document of a dataset written (relative to the project root)."""
     return pipeline_argument(root, DATASET_STAGES[name], "--document")
