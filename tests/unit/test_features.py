@@ -57,7 +57,9 @@ def test_feature_columns_are_present(clean):
         "offset_in_steps",
         "range_position",
     ]
-    assert set(spec.feature_columns) | {"target", "target_time", "split"} <= set(features.columns)
+    assert spec.target_columns == ["target_h1", "target_h5", "target_h15"]
+    assert spec.target_time_columns == ["target_time_h1", "target_time_h5", "target_time_h15"]
+    assert set(spec.feature_columns) | set(spec.target_columns) | set(spec.target_time_columns) | {"split"} <= set(features.columns)
     assert not set(CALENDAR_COLUMNS) & set(features.columns)  # off unless asked for
 
 
@@ -88,7 +90,7 @@ def test_lag_1_is_the_reading_at_reading_time(clean):
 
 def test_no_example_uses_readings_of_another_series():
     """The first n_lags - 1 readings of each series have no full history, even when another series precedes them."""
-    spec = FeatureSpec(n_lags=4)
+    spec = FeatureSpec(n_lags=4, horizons=[1])
     features, accounting = build_features(clean_frame(stations=(1, 2, 3), readings=10), spec)
     for _, series in features.groupby("station_id"):
         assert position(series["lag_1"]).min() == spec.n_lags - 1
@@ -96,7 +98,7 @@ def test_no_example_uses_readings_of_another_series():
 
 
 def test_gaps_are_seconds_between_consecutive_lags(clean):
-    spec = FeatureSpec(n_lags=4)
+    spec = FeatureSpec(n_lags=4, horizons=[1])
     features, _ = build_features(clean, spec)
     time_of = clean.set_index("value")["reading_time"]
     for k in range(1, spec.n_lags):
@@ -115,35 +117,39 @@ def test_calendar_features_come_from_the_latest_reading(clean):
     assert ((features["hour_sin"] ** 2 + features["hour_cos"] ** 2).round(9) == 1).all()
 
 
-@pytest.mark.parametrize("horizon", [1, 3])
-def test_target_is_the_reading_horizon_steps_ahead(horizon, clean):
-    features, _ = build_features(clean, FeatureSpec(n_lags=3, horizon=horizon))
-    assert (station_of(features["target"]) == features["station_id"]).all()
-    assert (position(features["target"]) == position(features["lag_1"]) + horizon).all()
+@pytest.mark.parametrize("horizons", [[1], [3], [1, 2, 7]])
+def test_each_target_is_the_reading_its_horizon_steps_ahead(horizons, clean):
+    features, _ = build_features(clean, FeatureSpec(n_lags=3, horizons=horizons))
     time_of = clean.set_index("value")["reading_time"]
-    assert (features["target_time"].to_numpy() == time_of.loc[features["target"]].to_numpy()).all()
-    assert (features["target_time"] >= features["reading_time"]).all()
+    for horizon in horizons:
+        target, target_time = features[f"target_h{horizon}"], features[f"target_time_h{horizon}"]
+        assert (station_of(target) == features["station_id"]).all()
+        assert (position(target) == position(features["lag_1"]) + horizon).all()
+        assert (target_time.to_numpy() == time_of.loc[target].to_numpy()).all()
+        assert (target_time >= features["reading_time"]).all()
+    # every example has every target: the farthest one decides which readings are examples
+    assert position(features["lag_1"]).max() == 20 - 1 - max(horizons)
 
 
-@pytest.mark.parametrize(("n_lags", "horizon"), [(1, 1), (4, 1), (6, 2)])
-def test_every_reading_is_accounted_for(n_lags, horizon):
+@pytest.mark.parametrize(("n_lags", "horizons"), [(1, [1]), (4, [1]), (6, [2]), (3, [1, 4])])
+def test_every_reading_is_accounted_for(n_lags, horizons):
     readings, stations = 15, (1, 2)
     clean = clean_frame(stations=stations, readings=readings)
-    features, accounting = build_features(clean, FeatureSpec(n_lags=n_lags, horizon=horizon))
+    features, accounting = build_features(clean, FeatureSpec(n_lags=n_lags, horizons=horizons))
     assert accounting["readings_in"] == len(clean)
     assert accounting["examples_out"] == len(features)
     assert accounting["readings_in"] == (
         accounting["examples_out"] + accounting["readings_without_full_history"] + accounting["readings_without_target"]
     )
     assert accounting["readings_without_full_history"] == len(stations) * (n_lags - 1)
-    assert accounting["readings_without_target"] == len(stations) * horizon
+    assert accounting["readings_without_target"] == len(stations) * max(horizons)
     assert sum(accounting["examples_by_split"].values()) == len(features)
 
 
-def test_splits_are_in_time_order_of_the_target_within_each_station():
+def test_splits_are_in_time_order_of_the_farthest_target_within_each_station():
     features, accounting = build_features(clean_frame(stations=(1, 2, 3), readings=40), FeatureSpec(n_lags=3))
     for station, examples in features.groupby("station_id"):
-        by_split = {split: examples.loc[examples["split"] == split, "target_time"] for split in ["train", "valid", "test"]}
+        by_split = {split: examples.loc[examples["split"] == split, "target_time_h15"] for split in ["train", "valid", "test"]}
         assert all(len(targets) > 0 for targets in by_split.values()), station
         assert by_split["train"].max() <= by_split["valid"].min()
         assert by_split["valid"].max() <= by_split["test"].min()
@@ -158,7 +164,7 @@ def test_a_station_whose_readings_all_come_before_the_others_has_valid_and_test_
     early = one_series([float(v % 7) for v in range(40)], station=1161114004).assign(
         reading_time=lambda f: f["reading_time"] - pd.Timedelta(days=3), source_file="real.csv", source_row=range(2, 42)
     )
-    features, _ = build_features(pd.concat([later, early], ignore_index=True), FeatureSpec(n_lags=3))
+    features, _ = build_features(pd.concat([later, early], ignore_index=True), FeatureSpec(n_lags=3, horizons=[1]))
     assert early["reading_time"].max() < later["reading_time"].min()
     counts = features.groupby(["station_id", "split"]).size().unstack(fill_value=0)
     assert (counts[["train", "valid", "test"]] > 0).all(axis=None), counts
@@ -173,7 +179,8 @@ def test_held_out_stations_go_to_holdout_only():
     assert (features.loc[features["station_id"] != 2, "split"] != "holdout").all()
     assert accounting["examples_by_split"]["holdout"] == int((features["station_id"] == 2).sum()) > 0
     in_time = features[features["split"] != "holdout"]
-    assert in_time.loc[in_time["split"] == "train", "target_time"].max() <= in_time.loc[in_time["split"] == "test", "target_time"].min()
+    train, test = in_time[in_time["split"] == "train"], in_time[in_time["split"] == "test"]
+    assert train["target_time_h15"].max() <= test["target_time_h15"].min()
 
 
 def test_a_held_out_station_from_another_export_leaves_the_others_splits_as_they_were():
@@ -186,7 +193,7 @@ def test_a_held_out_station_from_another_export_leaves_the_others_splits_as_they
     alone, _ = build_features(simulated, spec)
     both, accounting = build_features(pd.concat([simulated, real], ignore_index=True), spec.but(holdout_stations=[1161114004]))
     assert (both.loc[both["station_id"] == 1161114004, "split"] == "holdout").all()
-    assert accounting["examples_by_split"]["holdout"] == 20 - spec.n_lags
+    assert accounting["examples_by_split"]["holdout"] == 20 - (spec.n_lags - 1) - max(spec.horizons)
     kept = both[both["station_id"] != 1161114004].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, alone)
 
@@ -203,13 +210,13 @@ def test_series_too_short_for_any_example_is_not_blamed_on_holdout_stations():
     with pytest.raises(ConfigError) as raised:
         build_features(short, FeatureSpec(n_lags=6))
     assert str(raised.value) == (
-        "featurize: no series has the 7 readings one example needs (n_lags + horizon); "
-        "lower featurize.n_lags or featurize.horizon, or add data"
+        "featurize: no series has the 21 readings one example needs (n_lags + the farthest of horizons); "
+        "lower featurize.n_lags or featurize.horizons, or add data"
     )
 
 
 def test_a_series_just_long_enough_gives_one_example_each():
-    features, accounting = build_features(clean_frame(stations=(1, 2), readings=7), FeatureSpec(n_lags=6))
+    features, accounting = build_features(clean_frame(stations=(1, 2), readings=7), FeatureSpec(n_lags=6, horizons=[1]))
     assert len(features) == 2
     assert accounting["readings_without_full_history"] == 2 * 5
     assert accounting["readings_without_target"] == 2
@@ -256,7 +263,7 @@ def test_window_features_look_back_only_and_never_into_another_series():
     first = [10.0, 12.0, 11.0, 14.0, 13.5, 9.0, 10.5, 11.0]
     second = [200.0, 230.0, 215.0, 240.0, 180.0, 190.0, 210.0, 205.0]
     clean = pd.concat([one_series(first, station=1), one_series(second, station=2)]).sample(frac=1, random_state=3)
-    spec = FeatureSpec(n_lags=2, scale_window=3)
+    spec = FeatureSpec(n_lags=2, horizons=[1], scale_window=3)
     features, _ = build_features(clean, spec)
     for station, values in {1: first, 2: second}.items():
         expected = window_of(values, window=3).iloc[spec.n_lags - 1 : len(values) - 1].reset_index(drop=True)  # rows with lags and target
@@ -280,14 +287,18 @@ def test_window_features_over_windows_longer_than_the_series_use_what_there_is()
     ("kwargs", "message"),
     [
         ({"n_lags": 0}, "featurize.n_lags: Input should be greater than or equal to 1, got 0"),
-        ({"horizon": 0}, "featurize.horizon: Input should be greater than or equal to 1, got 0"),
+        ({"horizons": [1, 0]}, "featurize.horizons[1]: Input should be greater than or equal to 1, got 0"),
+        ({"horizons": []}, "featurize.horizons: needs at least 1 item(s), got []"),
+        ({"horizons": [5, 1]}, "featurize: horizons must be distinct steps in increasing order, got [5, 1]"),
+        ({"horizons": [1, 1]}, "featurize: horizons must be distinct steps in increasing order, got [1, 1]"),
+        ({"horizons": 5}, "featurize.horizons: Input should be a valid list, got 5"),
         ({"valid_fraction": 0.0}, "featurize.valid_fraction: Input should be greater than 0, got 0.0"),
         ({"test_fraction": -0.1}, "featurize.test_fraction: Input should be greater than 0, got -0.1"),
         ({"valid_fraction": 0.5, "test_fraction": 0.5}, "featurize: valid_fraction + test_fraction must be below 1"),
         ({"scale_window": 1}, "featurize.scale_window: Input should be greater than or equal to 2, got 1"),
         ({"holdout_stations": [3, -1]}, "featurize.holdout_stations[1]: Input should be greater than or equal to 0, got -1"),
         ({"n_lag": 3}, "featurize.n_lag: unknown key (allowed: " + ", ".join(FeaturizeParams.model_fields) + ")"),
-        ({"n_lags": 0, "horizon": 0}, "featurize.n_lags: Input should be greater than or equal to 1, got 0 (and 1 more problem(s))"),
+        ({"n_lags": 0, "horizons": [0]}, "featurize.n_lags: Input should be greater than or equal to 1, got 0 (and 1 more problem(s))"),
     ],
 )
 def test_unusable_feature_spec_is_one_config_error_line_naming_the_key(kwargs, message):
@@ -308,12 +319,12 @@ def test_the_spec_is_the_featurize_params_with_no_field_repeated() -> None:
 
 def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
     params = FeaturizeParams(
-        n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=[7, 3], scale_window=12, calendar=True
+        n_lags=4, horizons=[2], valid_fraction=0.1, test_fraction=0.2, holdout_stations=[7, 3], scale_window=12, calendar=True
     )
     spec = FeatureSpec.from_params(params)
     assert isinstance(spec, FeatureSpec) and spec.model_dump() == params.model_dump()  # every param reaches the spec
     assert spec == FeatureSpec(
-        n_lags=4, horizon=2, valid_fraction=0.1, test_fraction=0.2, holdout_stations=(7, 3), scale_window=12, calendar=True
+        n_lags=4, horizons=[2], valid_fraction=0.1, test_fraction=0.2, holdout_stations=(7, 3), scale_window=12, calendar=True
     )
     assert spec.feature_columns == [*spec.lag_columns, *spec.gap_columns, *WINDOW_COLUMNS, *CALENDAR_COLUMNS]
 
@@ -321,9 +332,9 @@ def test_the_spec_of_the_featurize_params_is_built_one_way() -> None:
 def test_a_derived_spec_is_validated_as_any_spec() -> None:
     """serving_rows and the benchmarks derive specs from another with some params changed."""
     spec = FeatureSpec(n_lags=4, holdout_stations=[2])
-    derived = spec.but(horizon=3, holdout_stations=[])
-    assert isinstance(derived, FeatureSpec) and derived == FeatureSpec(n_lags=4, horizon=3)
-    assert spec.horizon == 1 and spec.holdout_stations == [2]  # the original is left as it was
+    derived = spec.but(horizons=[3], holdout_stations=[])
+    assert isinstance(derived, FeatureSpec) and derived == FeatureSpec(n_lags=4, horizons=[3])
+    assert spec.horizons == [1, 5, 15] and spec.holdout_stations == [2]  # the original is left as it was
     with pytest.raises(ConfigError, match=r"^featurize\.n_lags: Input should be greater than or equal to 1, got 0$"):
         spec.but(n_lags=0)
     with pytest.raises(ValidationError):  # frozen, as params are
@@ -402,7 +413,7 @@ def test_features_of_unsorted_input_equal_those_of_sorted_input(clean):
     pd.testing.assert_frame_equal(shuffled, ordered)
 
 
-@pytest.mark.parametrize("spec", [FeatureSpec(n_lags=3, scale_window=4), FeatureSpec(n_lags=2, horizon=2, scale_window=9, calendar=True)])
+@pytest.mark.parametrize("spec", [FeatureSpec(n_lags=3, scale_window=4), FeatureSpec(n_lags=2, horizons=[2, 3], scale_window=9, calendar=True)])
 def test_any_slice_of_the_feature_table_holds_those_rows_of_the_whole_table(spec):
     from bts.data.features import FeatureTable
 
@@ -413,5 +424,6 @@ def test_any_slice_of_the_feature_table_holds_those_rows_of_the_whole_table(spec
     for size in (1, 5, 17):  # slices that start inside a series, past its first windows
         parts = pd.concat([table.rows(start, start + size) for start in range(0, len(table), size)])
         pd.testing.assert_frame_equal(parts, whole, check_exact=True)
-    pd.testing.assert_frame_equal(table.targets, whole[["split", "target_time"]].reset_index(drop=True))
+    farthest = whole[["split", f"target_time_h{max(spec.horizons)}"]].set_axis(["split", "target_time"], axis=1)
+    pd.testing.assert_frame_equal(table.targets, farthest.reset_index(drop=True))
     pd.testing.assert_frame_equal(table.keys, whole[["station_id", "parameter_id", "reading_time", "reading_id"]])

@@ -1,5 +1,6 @@
 """The forecasters: every model kind forecasts the change over persistence (in the sensor's unit or the series' step scale),
-deterministically, shrinks toward persistence where out-of-fold forecasts do not hold up, and survives skops."""
+deterministically, shrinks toward persistence where out-of-fold forecasts do not hold up, and survives skops; the
+multi-horizon forecaster fits one per horizon and puts a split-conformal interval around each forecast."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from threadpoolctl import threadpool_limits
 
 from bts.data import features as featurize
 from bts.model import forecasters
-from bts.model.forecasters import PersistenceResidualRegressor, build_model, relative_lags, scaled_lags, skops_trusted_types, step_scale
+from bts.model.forecasters import (
+    MultiHorizonForecaster,
+    PersistenceResidualRegressor,
+    build_estimator,
+    build_model,
+    relative_lags,
+    scaled_lags,
+    skops_trusted_types,
+    step_scale,
+)
 from bts.params import MODEL_KINDS, TARGETS, TrainParams, load_params
 from tests.conftest import PROJECT
 
@@ -66,7 +76,7 @@ def frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="module", params=MODEL_KINDS)
 def fitted(request, frame) -> PersistenceResidualRegressor:
-    return build_model(train_params(request.param)).fit(frame, momentum_target(frame))
+    return build_estimator(train_params(request.param)).fit(frame, momentum_target(frame))
 
 
 def test_the_synthetic_frame_has_the_feature_columns(frame):
@@ -83,7 +93,7 @@ def test_the_scale_column_is_the_one_featurize_writes():
     ("target", "first_step", "scale_column"), [("change", "relative_lags", None), ("scaled_change", "scaled_lags", "step_scale")]
 )
 def test_build_model_gives_an_unfitted_persistence_residual_regressor(kind, target, first_step, scale_column):
-    model = build_model(train_params(kind, target=target))
+    model = build_estimator(train_params(kind, target=target))
     assert isinstance(model, PersistenceResidualRegressor)
     assert not hasattr(model, "estimator_")
     assert model.estimator.steps[0][0] == first_step
@@ -116,7 +126,7 @@ def test_the_estimator_is_fitted_on_the_change_over_persistence(fitted, frame):
 @pytest.mark.parametrize("offset", [0.0, 2.5])
 def test_a_target_of_lag_1_plus_a_constant_is_forecast_as_such(kind, offset, frame):
     """A target equal to lag_1 (offset 0) is persistence: the model predicts lag_1, whatever its scale."""
-    model = build_model(train_params(kind, target="change")).fit(frame, frame["lag_1"] + offset)
+    model = build_estimator(train_params(kind, target="change")).fit(frame, frame["lag_1"] + offset)
     np.testing.assert_allclose(model.predict(frame), frame["lag_1"].to_numpy() + offset, rtol=0, atol=1e-6)
     shifted = frame.assign(**{f"lag_{k}": frame[f"lag_{k}"] + 1000 for k in range(1, 7)})  # another sensor's scale
     np.testing.assert_allclose(model.predict(shifted), shifted["lag_1"].to_numpy() + offset, rtol=0, atol=1e-6)
@@ -126,21 +136,21 @@ def test_a_target_of_lag_1_plus_a_constant_is_forecast_as_such(kind, offset, fra
 @pytest.mark.parametrize("steps", [0.0, 1.5])
 def test_a_target_of_lag_1_plus_steps_of_its_scale_is_forecast_as_such(kind, steps, frame):
     """A change of a fixed number of steps (0: persistence) is learnt as such in the scaled_change target."""
-    model = build_model(train_params(kind)).fit(frame, frame["lag_1"] + steps * frame["step_scale"])
+    model = build_estimator(train_params(kind)).fit(frame, frame["lag_1"] + steps * frame["step_scale"])
     np.testing.assert_allclose(model.predict(frame), frame["lag_1"] + steps * frame["step_scale"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_a_station_in_another_unit_and_level_gets_the_same_forecast_in_its_own(kind, frame):
     """Learnt at one scale, the scaled model forecasts a series 10 times larger at level + 200 as 10 x forecast + 200."""
-    model = build_model(train_params(kind)).fit(frame, momentum_target(frame))
+    model = build_estimator(train_params(kind)).fit(frame, momentum_target(frame))
     other = frame.assign(**{f"lag_{k}": 10 * frame[f"lag_{k}"] + 200 for k in range(1, 7)}, step_scale=10 * frame["step_scale"])
     np.testing.assert_allclose(model.predict(other), 10 * model.predict(frame) + 200, rtol=0, atol=1e-8)
 
 
 def test_the_unscaled_change_does_not_carry_over_to_larger_steps(frame):
     """Why the scaled target exists: a tree learnt on steps of 0.5 cannot forecast changes of 5."""
-    model = build_model(train_params("hist_gradient_boosting", target="change")).fit(frame, momentum_target(frame))
+    model = build_estimator(train_params("hist_gradient_boosting", target="change")).fit(frame, momentum_target(frame))
     other = frame.assign(**{f"lag_{k}": 10 * frame[f"lag_{k}"] for k in range(1, 7)}, step_scale=10 * frame["step_scale"])
     change = model.predict(other) - other["lag_1"].to_numpy()
     assert np.abs(change).max() < np.abs(momentum_target(other) - other["lag_1"]).max() / 2
@@ -149,7 +159,7 @@ def test_the_unscaled_change_does_not_carry_over_to_larger_steps(frame):
 def test_rows_without_a_seen_change_are_forecast_as_persistence(frame):
     flat = frame.assign(step_scale=np.where(np.arange(len(frame)) % 3 == 0, 0.0, frame["step_scale"]))
     target = momentum_target(flat) + np.where(flat["step_scale"] == 0, 1e6, 0.0)  # wild targets on those rows: not fitted
-    model = build_model(train_params("ridge")).fit(flat, target)
+    model = build_estimator(train_params("ridge")).fit(flat, target)
     predicted = model.predict(flat)
     still = flat["step_scale"].to_numpy() == 0
     np.testing.assert_array_equal(predicted[still], flat["lag_1"].to_numpy()[still])
@@ -176,17 +186,17 @@ def test_scaled_lags_are_differences_from_lag_1_in_steps_without_the_sensor_unit
 def test_shrinkage_pulls_a_change_that_does_not_hold_out_of_fold_to_persistence(frame):
     """Noise the lags cannot explain: each fold's forecast fails on the others, so the shrunk model is close to persistence."""
     noise = pd.Series(np.random.default_rng(5).normal(0, 1, len(frame)))
-    plain = build_model(train_params("hist_gradient_boosting")).fit(frame, frame["lag_1"] + noise)
-    shrunk = build_model(train_params("hist_gradient_boosting", shrinkage_folds=4)).fit(frame, frame["lag_1"] + noise)
+    plain = build_estimator(train_params("hist_gradient_boosting")).fit(frame, frame["lag_1"] + noise)
+    shrunk = build_estimator(train_params("hist_gradient_boosting", shrinkage_folds=4)).fit(frame, frame["lag_1"] + noise)
     assert 0 <= shrunk.shrinkage_ < 0.3
     persistence = frame["lag_1"].to_numpy()
     assert np.abs(shrunk.predict(frame) - persistence).mean() < 0.3 * np.abs(plain.predict(frame) - persistence).mean()
 
 
 def test_shrinkage_keeps_a_change_that_holds_out_of_fold(frame):
-    model = build_model(train_params("ridge", shrinkage_folds=4)).fit(frame, momentum_target(frame))
+    model = build_estimator(train_params("ridge", shrinkage_folds=4)).fit(frame, momentum_target(frame))
     assert 0.8 < model.shrinkage_ <= 1.0
-    unshrunk = build_model(train_params("ridge")).fit(frame, momentum_target(frame))
+    unshrunk = build_estimator(train_params("ridge")).fit(frame, momentum_target(frame))
     np.testing.assert_allclose(model.predict(frame) - frame["lag_1"], model.shrinkage_ * (unshrunk.predict(frame) - frame["lag_1"]))
 
 
@@ -208,8 +218,8 @@ def dumped(model: PersistenceResidualRegressor) -> bytes:
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_same_seed_gives_the_same_model_bytes(kind, frame):
     target = momentum_target(frame)
-    first = dumped(build_model(train_params(kind)).fit(frame, target))
-    second = dumped(build_model(train_params(kind)).fit(frame, target))
+    first = dumped(build_estimator(train_params(kind)).fit(frame, target))
+    second = dumped(build_estimator(train_params(kind)).fit(frame, target))
     assert first == second
 
 
@@ -228,7 +238,7 @@ def test_skops_trusted_types_are_only_this_package_and_scikit_learn(fitted):
 
 
 def test_skops_round_trip_of_the_unscaled_model_predicts_the_same(frame):
-    model = build_model(train_params("ridge", target="change", shrinkage_folds=3)).fit(frame, momentum_target(frame))
+    model = build_estimator(train_params("ridge", target="change", shrinkage_folds=3)).fit(frame, momentum_target(frame))
     loaded = skops.io.loads(skops.io.dumps(model), trusted=skops_trusted_types(model))
     assert "bts.model.forecasters.relative_lags" in skops_trusted_types(model)
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
@@ -246,3 +256,122 @@ def test_a_missing_or_infinite_feature_is_refused_not_forecast(fitted, frame, va
     rows.loc[rows.index[1], "lag_2"] = value
     with pytest.raises(ValueError, match=r"NaN|infinity"):
         fitted.predict(rows)
+
+
+# -- several horizons, with intervals -----------------------------------------------------------------------------------
+
+
+def noisy_targets(frame: pd.DataFrame, horizons: list[int], seed: int) -> np.ndarray:
+    """Per horizon h: lag_1 plus noise of spread sqrt(h) step scales: a series' error grows with how far ahead it looks."""
+    rng = np.random.default_rng(seed)
+    scale = frame["step_scale"].to_numpy()
+    return np.column_stack([frame["lag_1"].to_numpy() + rng.normal(0, 1, len(frame)) * scale * np.sqrt(h) for h in horizons])
+
+
+def wide_frame(rows: int, seed: int) -> pd.DataFrame:
+    """feature_frame with step scales spread over two orders of magnitude (quiet and busy series side by side)."""
+    frame = feature_frame(rows, seed)
+    return frame.assign(step_scale=np.random.default_rng(seed + 1).uniform(0.05, 5.0, rows))
+
+
+def calibrated(horizons: list[int], coverage: float = 0.9, kind: str = "ridge") -> MultiHorizonForecaster:
+    fit_rows, calibration_rows = wide_frame(400, 1), wide_frame(2000, 2)
+    model = build_model(train_params(kind, interval_coverage=coverage), horizons)
+    return model.fit(fit_rows, noisy_targets(fit_rows, horizons, 1)).calibrate(
+        calibration_rows, noisy_targets(calibration_rows, horizons, 2)
+    )
+
+
+def test_the_forecast_has_a_value_and_bounds_per_horizon_in_one_frame():
+    model = calibrated([1, 5, 15])
+    rows = wide_frame(50, 3).set_axis(range(100, 150))
+    forecast = model.predict(rows)
+    expected = [f"{kind}_h{h}" for h in (1, 5, 15) for kind in ("forecast", "lower", "upper")]
+    assert list(forecast.columns) == expected and list(forecast.index) == list(rows.index)
+    for h in (1, 5, 15):
+        assert (forecast[f"lower_h{h}"] <= forecast[f"forecast_h{h}"]).all()
+        assert (forecast[f"forecast_h{h}"] <= forecast[f"upper_h{h}"]).all()
+
+
+def test_each_horizon_is_forecast_by_the_estimator_fitted_on_its_own_target(frame):
+    targets = noisy_targets(frame, [1, 4], 5)
+    model = build_model(train_params("ridge"), [1, 4]).fit(frame, targets)
+    for i, h in enumerate([1, 4]):
+        alone = build_estimator(train_params("ridge")).fit(frame, targets[:, i])
+        np.testing.assert_array_equal(model.forecasts(frame)[:, i], alone.predict(frame))
+
+
+@pytest.mark.parametrize("coverage", [0.8, 0.9])
+def test_the_intervals_hold_the_coverage_on_examples_neither_fitted_nor_calibrated_on(coverage):
+    horizons = [1, 5, 15]
+    model = calibrated(horizons, coverage)
+    fresh = wide_frame(4000, 9)
+    actual = noisy_targets(fresh, horizons, 9)
+    forecast = model.predict(fresh)
+    for i, h in enumerate(horizons):
+        inside = (forecast[f"lower_h{h}"] <= actual[:, i]) & (actual[:, i] <= forecast[f"upper_h{h}"])
+        assert abs(inside.mean() - coverage) < 0.03, (h, inside.mean())
+
+
+def test_the_interval_width_follows_the_series_step_scale_and_grows_with_the_horizon():
+    """A quiet series gets a narrow interval, a busy one a wide one: the width is a fixed multiple of the step scale."""
+    model = calibrated([1, 5, 15])
+    rows = wide_frame(200, 4)
+    forecast = model.predict(rows)
+    widths = {h: (forecast[f"upper_h{h}"] - forecast[f"lower_h{h}"]).to_numpy() for h in (1, 5, 15)}
+    for h, width in widths.items():
+        np.testing.assert_allclose(width / rows["step_scale"].to_numpy(), 2 * model.radius_[[1, 5, 15].index(h)])
+    assert model.radius_[0] < model.radius_[1] < model.radius_[2]
+    assert (widths[1] < widths[5]).all() and (widths[5] < widths[15]).all()
+
+
+def test_rows_of_a_series_that_did_not_move_get_the_interval_of_such_rows_in_the_sensor_unit():
+    fit_rows = wide_frame(400, 1)
+    calibration_rows = wide_frame(600, 2)
+    calibration_rows.loc[calibration_rows.index[:300], "step_scale"] = 0.0
+    targets = noisy_targets(calibration_rows.assign(step_scale=0.7), [1], 2)  # still rows still move a little
+    model = build_model(train_params("ridge"), [1]).fit(fit_rows, noisy_targets(fit_rows, [1], 1)).calibrate(calibration_rows, targets)
+    still = calibration_rows.head(5)
+    forecast = model.predict(still)
+    np.testing.assert_allclose(forecast["upper_h1"] - forecast["forecast_h1"], model.quiet_radius_[0])
+    assert np.all(np.isfinite(model.quiet_radius_)) and model.quiet_radius_[0] > 0
+
+
+def test_too_few_still_rows_take_the_quantile_of_every_calibration_error():
+    fit_rows, calibration_rows = wide_frame(400, 1), wide_frame(600, 2)
+    calibration_rows.loc[calibration_rows.index[:3], "step_scale"] = 0.0  # 3 rows cannot reach 90%
+    model = build_model(train_params("ridge"), [1]).fit(fit_rows, noisy_targets(fit_rows, [1], 1))
+    model.calibrate(calibration_rows, noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2))
+    errors = np.abs(noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2)[:, 0] - model.forecasts(calibration_rows)[:, 0])
+    rank = int(np.ceil(0.9 * (len(errors) + 1)))  # split conformal's finite-sample quantile
+    assert model.quiet_radius_[0] == pytest.approx(np.sort(errors)[rank - 1])
+
+
+def test_too_few_calibration_examples_for_the_coverage_is_an_error_naming_the_horizon():
+    fit_rows, few = wide_frame(400, 1), wide_frame(5, 2)
+    model = build_model(train_params("ridge", interval_coverage=0.9), [1, 5]).fit(fit_rows, noisy_targets(fit_rows, [1, 5], 1))
+    with pytest.raises(
+        ValueError, match=r"^5 calibration example\(s\) are too few for an interval of coverage 0.9 at horizon 1: it needs at least 10$"
+    ):
+        model.calibrate(few, noisy_targets(few, [1, 5], 2))
+
+
+def test_a_forecaster_without_intervals_refuses_to_predict(frame):
+    model = build_model(train_params("ridge"), [1]).fit(frame, noisy_targets(frame, [1], 0))
+    with pytest.raises(ValueError, match="calibrate it"):
+        model.predict(frame)
+
+
+def test_targets_of_the_wrong_shape_are_refused(frame):
+    with pytest.raises(ValueError, match=r"expected targets of shape \(120, 2\) \(one column per horizon\), got \(120, 1\)"):
+        build_model(train_params("ridge"), [1, 5]).fit(frame, noisy_targets(frame, [1], 0))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_the_calibrated_forecaster_survives_skops_and_is_deterministic(kind):
+    first, second = calibrated([1, 5], kind=kind), calibrated([1, 5], kind=kind)
+    assert dumped(first) == dumped(second)
+    loaded = skops.io.loads(skops.io.dumps(first), trusted=skops_trusted_types(first))
+    assert "bts.model.forecasters.MultiHorizonForecaster" in skops_trusted_types(first)
+    rows = wide_frame(30, 7)
+    pd.testing.assert_frame_equal(loaded.predict(rows), first.predict(rows), check_exact=True)

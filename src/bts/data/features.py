@@ -26,7 +26,7 @@ from pydantic import ModelWrapValidatorHandler, ValidationError, model_validator
 
 from bts.data.readings import CLEAN_ORDER, SERIES_KEYS, labels, sorted_by
 from bts.errors import ConfigError
-from bts.model.horizons import target_column, target_time_column
+from bts.horizons import target_column, target_time_column
 from bts.params import FeaturizeParams, describe_problems
 
 SPLITS = ["train", "valid", "test", "holdout"]

@@ -33,7 +33,7 @@ CODE_FOLDER = "code"
 # Files MLflow itself adds when it downloads a registered version; they are not part of what was packaged.
 DOWNLOAD_ADDITIONS = {"registered_model_meta"}
 # The modules the forecaster's classes live in: the only library code a package carries.
-PACKAGED_MODULES = ["__init__.py", "model/__init__.py", "model/forecasters.py", "model/horizons.py"]
+PACKAGED_MODULES = ["__init__.py", "model/__init__.py", "model/forecasters.py", "horizons.py"]
 # Pinned requirements of the package (given, so MLflow need not infer them: that took seconds).
 PACKAGE_REQUIREMENTS = [f"{name}=={version(name)}" for name in ["mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow"]]
 FIXED_TIME = "1970-01-01 00:00:00.000000"
