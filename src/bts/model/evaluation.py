@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bts.model.horizons import FORECAST, LOWER, UPPER, label, output_column, target_column
+from bts.horizons import FORECAST, LOWER, UPPER, label, output_column, target_column
 
 SCORED_SPLITS = ["valid", "test", "holdout"]  # what evaluate scores: the model never fits these
 BY_PARAMETER, BY_STATION = "_by_parameter", "_by_station"  # report keys: f"{split}{BY_STATION}"
@@ -83,7 +83,7 @@ def evaluate(frame: pd.DataFrame, splits: list[str], horizons: list[int], covera
     """{split: scores} for each split present (per horizon, with worst_station_skill among them), plus per-group scores:
     {split_by_parameter: {parameter_id: scores}} and {split_by_station: {station_id: scores}}.
 
-    frame holds every example's targets, lag_1, and the model's forecasts and bounds (bts.model.horizons names them).
+    frame holds every example's targets, lag_1, and the model's forecasts and bounds (bts.horizons names them).
     Pooled scores hide a station whose readings the model gets wrong; the worst station's skill does not.
     """
     report: dict = {}

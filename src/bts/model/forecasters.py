@@ -33,7 +33,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.validation import check_array
 from threadpoolctl import threadpool_limits
 
-from bts.model.horizons import output_columns
+from bts.horizons import output_columns
 
 if TYPE_CHECKING:
     from bts.params import TrainParams
@@ -154,7 +154,7 @@ class MultiHorizonForecaster(BaseEstimator):
     few of them to reach the coverage, they take the quantile of every example's error in the sensor's unit.
     The quantiles are computed by crepes' ConformalRegressor (a Mondrian category per kind of row). Only the radii
     it gives are kept, so the packaged model needs neither crepes nor the calibration examples to predict.
-    predict(X): a frame with forecast_h, lower_h and upper_h of every horizon (bts.model.horizons names them).
+    predict(X): a frame with forecast_h, lower_h and upper_h of every horizon (bts.horizons names them).
     """
 
     def __init__(self, estimator: PersistenceResidualRegressor, horizons: tuple[int, ...] = (1,), coverage: float = 0.9) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bts.data.catalogue import Sensor
-from bts.model.horizons import FORECAST, LOWER, UPPER, output_column, target_column, target_time_column
+from bts.horizons import FORECAST, LOWER, UPPER, output_column, target_column, target_time_column
 
 matplotlib.use("Agg")
 import matplotlib.dates as mdates
