@@ -203,7 +203,7 @@ def sheet_document(**changes) -> dict:
         "schema": None,
         "produced_by": {"stage": "featurize", "params": {"featurize": {"n_lags": 6, "holdout_stations": []}}},
         "feature_columns": ["lag_1", "gap_1_seconds"],
-        "target": "target",
+        "target_columns": ["target_h1", "target_h5"],
         "splits": {
             "test": {"first_target": "2017-04-21 09:59:05", "last_target": "2017-04-21 23:59:59", "examples": 1},
             "train": {"first_target": "2017-04-18 00:01:40", "last_target": "2017-04-20 18:22:47", "examples": 1},
@@ -243,7 +243,7 @@ def test_datasheet_explains_the_raw_label_ratio_and_links_the_failure_report():
         produced_by={"stage": "ingest", "params": {"data.sources": ["simulated", "data/external/a|b.csv"]}},
         failure_report="metadata/datasets/raw_failures.json",
     )
-    for key in ["feature_columns", "target", "splits", "row_accounting"]:
+    for key in ["feature_columns", "target_columns", "splits", "row_accounting"]:
         del raw[key]
     sheet = render_datasheet(raw)
     assert section(sheet, "Quality")[4:] == [
@@ -305,7 +305,9 @@ def test_datasheet_renders_nested_values_as_tables_and_lists_never_json():
         "| holdout | 0 |",
     ]
     assert section(sheet, "Feature columns") == ["2 columns, in the order the model takes them: `lag_1`, `gap_1_seconds`."]
-    assert section(sheet, "Target") == ["The column the model forecasts: `target`."]
+    assert section(sheet, "Target columns") == [
+        "The columns the model forecasts, one per horizon (the reading that many steps ahead): `target_h1`, `target_h5`."
+    ]
     assert section(sheet, "Lineage") == [
         "- Data: `data/processed/features.parquet`, DVC md5 `7e77062274bfb15c16bae1b0d0b08e38`",
         "- Produced by stage `featurize` with params:",

@@ -37,7 +37,9 @@ LINEAGE = {"model_md5": "0123456789abcdef0123456789abcdef", "params_md5": "p", "
 @pytest.fixture(scope="module")
 def model():
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(300, len(COLUMNS))), columns=COLUMNS)
-    return build_model(load_params(PROJECT / "params.yaml").train).fit(frame, frame["lag_1"] * 0.9 + 0.1), frame
+    targets = np.column_stack([frame["lag_1"] * 0.9 + 0.1, frame["lag_1"] * 0.8])
+    model = build_model(load_params(PROJECT / "params.yaml").train, [1, 3]).fit(frame, targets).calibrate(frame, targets)
+    return model, frame
 
 
 def package(model, folder: Path) -> str:
@@ -60,7 +62,7 @@ def test_normalized_skops_bytes_are_stable_and_load_the_same_model(model) -> Non
     assert first == second
     assert {info.date_time for info in zipfile.ZipFile(io.BytesIO(first)).infolist()} == {(1980, 1, 1, 0, 0, 0)}
     back = loads(first, trusted=skops_trusted_types(fitted))
-    assert np.array_equal(back.predict(frame), fitted.predict(frame))
+    pd.testing.assert_frame_equal(back.predict(frame), fitted.predict(frame), check_exact=True)
 
 
 def test_the_same_model_packages_to_the_same_bytes(model, tmp_path: Path) -> None:
@@ -73,6 +75,7 @@ def test_the_same_model_packages_to_the_same_bytes(model, tmp_path: Path) -> Non
     assert "MLmodel" not in manifest and manifest["model.skops"] == file_md5(tmp_path / "a" / "model.skops")
     assert sorted(p for p in manifest if p.startswith("code/")) == [
         "code/bts/__init__.py",
+        "code/bts/horizons.py",
         "code/bts/model/__init__.py",
         "code/bts/model/forecasters.py",
     ]
@@ -114,7 +117,7 @@ def test_a_workspace_model_is_unpickled_only_when_dvc_lock_records_its_md5(model
     lock = tmp_path / "dvc.lock"
     lock.write_text(f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: models/model.joblib\n      md5: {file_md5(path)}\n")
     recorded = file_md5(path)
-    assert np.array_equal(load_workspace_model(path, lock).predict(model[1]), fitted.predict(model[1]))
+    pd.testing.assert_frame_equal(load_workspace_model(path, lock).predict(model[1]), fitted.predict(model[1]), check_exact=True)
     with open(path, "ab") as handle:
         handle.write(b"\x00")
     message = f"md5 {file_md5(path)} does not match {recorded} recorded in dvc.lock; refusing to load it"

@@ -243,14 +243,20 @@ def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
     params = load_params(write_params(params_path, set_value("train.model", kind)))
     assert isinstance(params.train, TrainParams)
     train = PROJECT_PARAMS["train"]
-    common = {"model": kind, "target": train["target"], "shrinkage_folds": train["shrinkage_folds"], "seed": train["seed"]}
+    common = {
+        "model": kind,
+        "target": train["target"],
+        "shrinkage_folds": train["shrinkage_folds"],
+        "interval_coverage": train["interval_coverage"],
+        "seed": train["seed"],
+    }
     expected = {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]} if kind == "elasticnet" else {**common, kind: train[kind]}
     assert params.train.model_params() == expected
 
 
 def test_model_params_ignore_the_other_kinds_sections(params_path):
     params = load_params(write_params(params_path, set_value("train.model", "ridge")))
-    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "seed", "ridge"}
+    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "interval_coverage", "seed", "ridge"}
 
 
 def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
@@ -260,6 +266,7 @@ def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
         "train.model": "ridge",
         "train.target": PROJECT_PARAMS["train"]["target"],
         "train.shrinkage_folds": PROJECT_PARAMS["train"]["shrinkage_folds"],
+        "train.interval_coverage": PROJECT_PARAMS["train"]["interval_coverage"],
         "train.seed": PROJECT_PARAMS["train"]["seed"],
         "train.ridge.alpha": PROJECT_PARAMS["train"]["ridge"]["alpha"],
         **{f"featurize.{key}": value for key, value in featurize.items()},

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bts.model.evaluation import residual_histogram
-from bts.model.plots import evaluation_figure, plot_evaluation, plot_tables, residual_bins, sensor_label
+from bts.model.plots import evaluation_figure, horizon_view, plot_evaluation, plot_tables, residual_bins, sensor_label
 from tests.conftest import PROJECT
 
 SCORES = {
@@ -34,7 +34,7 @@ def scored_test() -> pd.DataFrame:
         rows.append((1161114011, 122, start + pd.Timedelta(seconds=i), 15.0, 15.0 + residual, 15.0))
     rows.append((1161114011, 999, start, 1.0, 1.5, 1.0))
     frame = pd.DataFrame(rows, columns=["station_id", "parameter_id", "target_time", "target", "predicted", "lag_1"])
-    return frame.assign(split="test")
+    return frame.assign(split="test", lower=frame["predicted"] - 1.0, upper=frame["predicted"] + 1.0)
 
 
 def test_residual_bins_count_clipped_tails_in_the_end_bins_and_say_how_many():
@@ -78,7 +78,8 @@ def texts(axes: plt.Axes) -> list[str]:
 
 def test_figure_title_says_it_is_the_test_split(figure):
     assert figure.get_suptitle() == (
-        "Evaluation on the test split: elasticnet forecasts of each sensor's next reading, against persistence (the latest reading)\n"
+        "Evaluation on the test split: elasticnet forecasts of each sensor's reading 1 step(s) ahead, with their intervals, "
+        "against persistence (the latest reading)\n"
         "109 examples, 2 stations, 3 sensors, target times 2017-04-21 10:00 to 2017-04-21 10:03 UTC; "
         "each sensor in its own unit; skill = 1 - rmse / persistence rmse"
     )
@@ -91,6 +92,8 @@ def test_forecast_panel_names_station_sensor_and_unit_and_draws_persistence(figu
     assert forecast.get_xlabel() == "time of the forecast reading, 2017-04-21 (UTC)"
     assert [line.get_label() for line in forecast.get_lines()] == ["actual", "predicted (elasticnet)", "persistence (latest reading)"]
     assert list(forecast.get_lines()[2].get_ydata()) == [24.5, 25.5, 26.5, 27.5]
+    (band,) = forecast.collections  # the interval around the forecast
+    assert band.get_label() == "interval"
 
 
 def test_one_predicted_vs_actual_panel_per_sensor_in_its_unit_with_y_equals_x(figure):
@@ -172,9 +175,36 @@ def test_plot_tables_hold_the_columns_dvc_yaml_plots_read(catalogue):
             for path, fields in spec["y"].items():
                 columns = set(tables[path.removeprefix("plots/")].columns)
                 assert {spec["x"], *([fields] if isinstance(fields, str) else fields)} <= columns, path
-    assert list(tables["forecast.csv"].columns) == ["target_time", "actual", "predicted", "persistence"]
+    assert list(tables["forecast.csv"].columns) == ["target_time", "actual", "predicted", "lower", "upper", "persistence"]
     assert tables["forecast.csv"]["target_time"].iloc[0] == "2017-04-21 10:00:00"
     assert list(tables["predicted_vs_actual.csv"].columns) == ["actual", "predicted", "parameter_id", "sensor", "unit"]
     assert set(tables["predicted_vs_actual.csv"]["unit"]) == {"degC", "A", "unit unknown"}
     assert list(tables["residuals.csv"].columns) == ["residual", "count", "clipped"]
     assert tables["residuals.csv"]["count"].sum() == 109
+
+
+def test_horizon_view_names_one_horizons_columns_as_the_figure_reads_them():
+    frame = pd.DataFrame(
+        {
+            "station_id": [1],
+            "parameter_id": [122],
+            "lag_1": [10.0],
+            "target_h5": [12.0],
+            "target_time_h5": [pd.Timestamp("2017-04-21 10:05")],
+            "forecast_h5": [11.0],
+            "lower_h5": [9.0],
+            "upper_h5": [13.0],
+            "target_h1": [99.0],
+        }
+    )
+    view = horizon_view(frame, 5)
+    assert view.iloc[0].to_dict() == {
+        "station_id": 1,
+        "parameter_id": 122,
+        "lag_1": 10.0,
+        "target_time": pd.Timestamp("2017-04-21 10:05"),
+        "target": 12.0,
+        "predicted": 11.0,
+        "lower": 9.0,
+        "upper": 13.0,
+    }
