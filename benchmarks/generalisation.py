@@ -11,17 +11,21 @@ station left out, the test split (the last readings in time of every
 station), as the evaluate stage scores it; and, when there are real stations,
 a model fitted on them alone scoring the simulated stations on the same
 sensors (one station's day of data, forecasting others: the hard case).
-Skill is 1 - rmse / persistence rmse, pooled over a station's sensors; a kind
-is as good as its worst station.
+Every horizon of featurize.horizons is scored: skill (1 - rmse / persistence
+rmse) and the share of readings inside the interval (coverage, against
+train.interval_coverage; the intervals are calibrated on the valid split of
+the stations fitted on), pooled over a station's sensors; a kind is as good
+as its worst station.
 
     .venv/bin/python benchmarks/generalisation.py                            # every kind, params.yaml as it is
     .venv/bin/python benchmarks/generalisation.py --kinds ridge elasticnet   # some kinds
     .venv/bin/python benchmarks/generalisation.py --set train.target=change --set featurize.calendar=true   # as `dvc exp run -S`
     .venv/bin/python benchmarks/generalisation.py --no-real --json out.json # simulated stations only; every number as JSON
 
-It prints a summary per kind (real stations first, then the simulated ones'
-worst and mean, the worst of all, the test split, the real-only case and the
-seconds the kind took), then the skill on each left-out station. It reports
+It prints a summary per kind and horizon (real stations first, then the
+simulated ones' worst and mean, the worst sensor and pair, the test split,
+the real-only case and the seconds the kind took), then skill and coverage on
+each left-out station and sensor. It reports
 figures only; the exit code is 0 whatever they are (1 on a params or input
 error). Boosting runs on one OpenMP thread (see forecasters.py); the random
 forest takes minutes, the others seconds.
@@ -52,12 +56,14 @@ from bts.data.schemas import clean_schema  # noqa: E402
 from bts.data.simulate import simulate_exports  # noqa: E402
 from bts.errors import BtsError  # noqa: E402
 from bts.files import write_csv  # noqa: E402
+from bts.horizons import label  # noqa: E402
 from bts.model.evaluation import score  # noqa: E402
 from bts.model.forecasters import build_model  # noqa: E402
 from bts.params import MODEL_KINDS, Params, load_params  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "bts"
 TEST, HOLDOUT = "test", "holdout"
+SCORES = ("skill", "coverage", "mean_width")  # what the benchmark keeps of each horizon's scores
 
 
 def clean(files: list[Path], root: Path, catalogue: dict) -> pd.DataFrame:
@@ -98,19 +104,29 @@ def feature_spec(params: Params) -> FeatureSpec:
     return FeatureSpec.from_params(params.featurize).but(holdout_stations=[])
 
 
-def forecast(features: pd.DataFrame, columns: list[str], params: Params, kind: str, *splits: str) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """For each split: its rows, and the forecasts of `kind` fitted on the train split."""
-    train = features[features["split"] == "train"]
-    model = build_model(params.train.model_copy(update={"model": kind})).fit(train[columns], train["target"])
-    return [(rows, model.predict(rows[columns])) for rows in (features[features["split"] == split] for split in splits)]
+def forecast(features: pd.DataFrame, columns: list[str], params: Params, kind: str, *splits: str) -> list[pd.DataFrame]:
+    """For each split: its rows with the forecasts and intervals of `kind`, fitted on the train split and calibrated on
+    the valid split, as the train stage does."""
+    train, valid = (features[features["split"] == split] for split in ("train", "valid"))
+    targets = FeatureSpec.from_params(params.featurize).target_columns
+    model = build_model(params.train.model_copy(update={"model": kind}), params.featurize.horizons)
+    model.fit(train[columns], train[targets], train["station_id"]).calibrate(valid[columns], valid[targets], valid["station_id"])
+    return [rows.join(model.predict(rows[columns])) for rows in (features[features["split"] == split] for split in splits)]
 
 
-def skills_by(scored: pd.DataFrame, predicted: np.ndarray, key: str | list[str], parameters: set[int] | None = None) -> dict:
-    """The skill of each group of `key` (a station, a parameter, a (station, parameter) pair), on these parameters only if given."""
-    kept = scored.assign(predicted=predicted)
+def scores_by(scored: pd.DataFrame, key: str | list[str] | None, params: Params, parameters: set[int] | None = None) -> dict:
+    """{group of key: {horizon: {"skill", "coverage", "mean_width"}}} (key None: all rows), on these parameters only if given."""
     if parameters is not None:
-        kept = kept[kept["parameter_id"].isin(parameters)]
-    return {_group(group): score(rows, rows["predicted"].to_numpy())["skill"] for group, rows in kept.groupby(key)}
+        scored = scored[scored["parameter_id"].isin(parameters)]
+    horizons, coverage = params.featurize.horizons, params.train.interval_coverage
+
+    def of(rows: pd.DataFrame) -> dict:
+        scores = score(rows, horizons, coverage)
+        return {h: {name: scores[label(h)][name] for name in SCORES} for h in horizons}
+
+    if key is None:
+        return of(scored)
+    return {_group(group): of(rows) for group, rows in scored.groupby(key)}
 
 
 def _group(group: object) -> int | tuple[int, ...]:
@@ -118,16 +134,15 @@ def _group(group: object) -> int | tuple[int, ...]:
 
 
 def benchmark(readings: pd.DataFrame, params: Params, kinds: list[str], real_stations: set[int]) -> dict:
-    """{kind: {"test": skill, "left_out": {station: skill}, "worst_station": skill, "left_out_by_sensor": {parameter: skill},
-    "worst_sensor": skill, "worst_pair": [station, parameter, skill], "real_only_test": skill, "from_real": {station: skill},
-    "from_real_all_sensors": {station: skill}, "seconds": s}}.
+    """{kind: {"test": scores, "left_out": {station: scores}, "left_out_by_sensor": {parameter: scores},
+    "left_out_by_pair": {(station, parameter): scores}, "real_only_test": scores, "from_real": {station: scores},
+    "from_real_all_sensors": {station: scores}, "seconds": s}}, where scores is {horizon: {"skill", "coverage", "mean_width"}}.
 
     test: the pooled test split with no station left out; left_out: each station scored by a model fitted on the
     others, pooled over its sensors; left_out_by_sensor: those forecasts pooled per sensor parameter over the
-    left-out stations; worst_pair: the (station, sensor) of all left-out forecasts where the skill is lowest.
-    With real stations: real_only_test is the test split of the real stations scored by a model fitted on them
-    alone, and from_real each simulated station scored by that model, on the sensors the real stations have (a
-    station it never saw, not a sensor it never saw; from_real_all_sensors: on every sensor).
+    left-out stations. With real stations: real_only_test is the test split of the real stations scored by a model
+    fitted on them alone, and from_real each simulated station scored by that model, on the sensors the real stations
+    have (a station it never saw, not a sensor it never saw; from_real_all_sensors: on every sensor).
     """
     stations = sorted((int(s) for s in readings["station_id"].unique()), key=lambda s: (s not in real_stations, s))
     spec = feature_spec(params)
@@ -141,27 +156,20 @@ def benchmark(readings: pd.DataFrame, params: Params, kinds: list[str], real_sta
     for kind in kinds:
         started = time.perf_counter()
         with threadpool_limits(limits=1, user_api="openmp"):  # predictions too: OpenMP's 2 threads on a busy 2-core machine spin
-            test = score(*forecast(pooled, columns, params, kind, TEST)[0])["skill"]
-            held_out = [forecast(left_out[station], columns, params, kind, HOLDOUT)[0] for station in stations]
-            scored = pd.concat([rows for rows, _ in held_out])
-            predicted = np.concatenate([forecast for _, forecast in held_out])
-            by_station = skills_by(scored, predicted, "station_id")
-            by_sensor = skills_by(scored, predicted, "parameter_id")
-            by_pair = skills_by(scored, predicted, ["station_id", "parameter_id"])
-            real_only, real_all, real_test = {}, {}, float("nan")
+            test = scores_by(forecast(pooled, columns, params, kind, TEST)[0], None, params)
+            scored = pd.concat([forecast(left_out[station], columns, params, kind, HOLDOUT)[0] for station in stations])
+            real_only, real_all, real_test = {}, {}, None
             if from_real is not None:
-                (sim_rows, sim_forecast), own_test = forecast(from_real, columns, params, kind, HOLDOUT, TEST)
-                real_only = skills_by(sim_rows, sim_forecast, "station_id", real_sensors)
-                real_all = skills_by(sim_rows, sim_forecast, "station_id")
-                real_test = score(*own_test)["skill"]
-        pair = min(by_pair, key=by_pair.__getitem__)
+                simulated_rows, own_test = forecast(from_real, columns, params, kind, HOLDOUT, TEST)
+                real_only = scores_by(simulated_rows, "station_id", params, real_sensors)
+                real_all = scores_by(simulated_rows, "station_id", params)
+                real_test = scores_by(own_test, None, params)
+        by_station = scores_by(scored, "station_id", params)
         results[kind] = {
             "test": test,
             "left_out": {station: by_station[station] for station in stations},
-            "worst_station": min(by_station.values()),
-            "left_out_by_sensor": by_sensor,
-            "worst_sensor": min(by_sensor.values()),
-            "worst_pair": [*pair, by_pair[pair]],
+            "left_out_by_sensor": scores_by(scored, "parameter_id", params),
+            "left_out_by_pair": scores_by(scored, ["station_id", "parameter_id"], params),
             "real_only_test": real_test,
             "from_real": real_only,
             "from_real_all_sensors": real_all,
@@ -180,45 +188,59 @@ def _aligned(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def summary_table(results: dict, real_stations: set[int]) -> str:
-    """Per kind: each real station left out, the simulated ones left out (worst, mean), the worst station, sensor and
-    (station, sensor) of all, the test split, and with real stations the model fitted on them alone."""
+def _both(scores: dict) -> str:
+    """skill / coverage, as a cell shows them."""
+    return f"{scores['skill']:+.3f} / {scores['coverage']:.1%}"
+
+
+def _worst(by_group: dict, horizon: int) -> str:
+    """The lowest skill and the coverage range over the groups, as a cell shows them."""
+    if not by_group:
+        return "-"
+    skills = [scores[horizon]["skill"] for scores in by_group.values()]
+    coverages = [scores[horizon]["coverage"] for scores in by_group.values()]
+    return f"{min(skills):+.3f} / {min(coverages):.1%}..{max(coverages):.1%}"
+
+
+def summary_table(results: dict, real_stations: set[int], horizons: list[int]) -> str:
+    """Per kind and horizon: each real station left out, the simulated ones left out (worst skill, mean skill, coverage
+    range), the worst sensor and (station, sensor) of all, the test split, and with real stations the model fitted on
+    them alone: its own test split and the simulated stations it never saw."""
     real = sorted(real_stations)
-    header = ["model kind", *(f"real {s} left out" for s in real), "sim left out: worst", "mean", "worst station", "worst sensor"]
-    header += ["worst station x sensor", "test split"]
+    header = ["model kind", "horizon", *(f"real {s} left out" for s in real), "sim left out: worst / coverage", "mean skill"]
+    header += ["worst sensor", "worst station x sensor", "test split"]
     if real:
-        header += ["real only: own test", "-> sim: worst (same sensors)", "(all sensors)"]
+        header += ["real only: own test", "-> sim (same sensors)", "(all sensors)"]
     header.append("seconds")
     rows = []
     for kind, r in results.items():
-        sim = [skill for station, skill in r["left_out"].items() if station not in real_stations]
-        row = [kind, *(f"{r['left_out'][s]:+.3f}" for s in real)]
-        row += [f"{min(sim):+.3f}", f"{np.mean(sim):+.3f}"] if sim else ["-", "-"]
-        station, parameter, skill = r["worst_pair"]
-        row += [f"{r['worst_station']:+.3f}", f"{r['worst_sensor']:+.3f}", f"{skill:+.3f} ({station}, {parameter})", f"{r['test']:+.3f}"]
-        if real:
-            row += [f"{r['real_only_test']:+.3f}", _worst(r["from_real"]), _worst(r["from_real_all_sensors"])]
-        rows.append([*row, f"{r['seconds']:.0f}"])
+        for index, h in enumerate(horizons):
+            simulated = {s: scores for s, scores in r["left_out"].items() if s not in real_stations}
+            row = [kind, label(h), *(_both(r["left_out"][s][h]) for s in real)]
+            row += [_worst(simulated, h), f"{np.mean([v[h]['skill'] for v in simulated.values()]):+.3f}"] if simulated else ["-", "-"]
+            pairs = r["left_out_by_pair"]
+            (station, parameter) = min(pairs, key=lambda pair: pairs[pair][h]["skill"])
+            row += [f"{min(v[h]['skill'] for v in r['left_out_by_sensor'].values()):+.3f}"]
+            row += [f"{pairs[(station, parameter)][h]['skill']:+.3f} ({station}, {parameter})", _both(r["test"][h])]
+            if real:
+                row += [_both(r["real_only_test"][h]), _worst(r["from_real"], h), _worst(r["from_real_all_sensors"], h)]
+            rows.append([*row, f"{r['seconds']:.0f}" if index == 0 else ""])
     return _aligned(header, rows)
 
 
-def _worst(skills: dict) -> str:
-    return f"{min(skills.values()):+.3f}" if skills else "-"
-
-
-def station_table(results: dict, real_stations: set[int]) -> str:
-    """Per kind, the skill on each station left out."""
+def station_table(results: dict, real_stations: set[int], horizons: list[int]) -> str:
+    """Per kind and horizon, the skill / coverage on each station left out."""
     stations = list(next(iter(results.values()))["left_out"])
-    header = ["model kind", *(f"{s} ({'real' if s in real_stations else 'sim'})" for s in stations)]
-    rows = [[kind, *(f"{r['left_out'][s]:+.3f}" for s in stations)] for kind, r in results.items()]
+    header = ["model kind", "horizon", *(f"{s} ({'real' if s in real_stations else 'sim'})" for s in stations)]
+    rows = [[kind, label(h), *(_both(r["left_out"][s][h]) for s in stations)] for kind, r in results.items() for h in horizons]
     return _aligned(header, rows)
 
 
-def sensor_table(results: dict) -> str:
-    """Per kind, the skill on each sensor parameter, pooled over the stations left out."""
+def sensor_table(results: dict, horizons: list[int]) -> str:
+    """Per kind and horizon, the skill / coverage on each sensor parameter, pooled over the stations left out."""
     parameters = list(next(iter(results.values()))["left_out_by_sensor"])
-    header = ["model kind", *(f"parameter {p}" for p in parameters)]
-    rows = [[kind, *(f"{r['left_out_by_sensor'][p]:+.3f}" for p in parameters)] for kind, r in results.items()]
+    header = ["model kind", "horizon", *(f"parameter {p}" for p in parameters)]
+    rows = [[kind, label(h), *(_both(r["left_out_by_sensor"][p][h]) for p in parameters)] for kind, r in results.items() for h in horizons]
     return _aligned(header, rows)
 
 
@@ -250,13 +272,19 @@ def main() -> None:
     except BtsError as exc:
         sys.exit(f"generalisation: error: {exc}")
     settings = ", ".join(args.overrides) or "params.yaml as it is"
-    print(f"Skill over persistence (1 - rmse / persistence rmse), pooled over each station's sensors; {settings}")
-    print(summary_table(results, real_stations))
-    print("\nEach station left out (fitted on the others):")
-    print(station_table(results, real_stations))
-    print("\nEach sensor, over the stations left out:")
-    print(sensor_table(results))
+    horizons, coverage = params.featurize.horizons, params.train.interval_coverage
+    print(
+        f"Per horizon (steps ahead): skill over persistence (1 - rmse / persistence rmse) / share of readings inside the "
+        f"{coverage:.0%} interval, pooled over each station's sensors; {settings}"
+    )
+    print(summary_table(results, real_stations, horizons))
+    print("\nEach station left out (fitted on the others), skill / coverage:")
+    print(station_table(results, real_stations, horizons))
+    print("\nEach sensor, over the stations left out, skill / coverage:")
+    print(sensor_table(results, horizons))
     if args.json:
+        for result in results.values():  # JSON keys are text
+            result["left_out_by_pair"] = {f"{s}/{p}": scores for (s, p), scores in result["left_out_by_pair"].items()}
         document = {"overrides": args.overrides, "real_stations": sorted(real_stations), "results": results}
         args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
 

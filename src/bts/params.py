@@ -100,6 +100,7 @@ class TrainParams(Section):
     target: Literal[TARGETS] = "scaled_change"  # type: ignore[valid-type]
     shrinkage_folds: Annotated[int, Field(ge=0, le=100)] = 0
     interval_coverage: OpenFraction = 0.9
+    calibration_folds: Annotated[int, Field(ge=0, le=100)] = 2
     seed: Identifier
     alpha: Annotated[float, Field(ge=0)]
     l1_ratio: Fraction
@@ -114,6 +115,7 @@ class TrainParams(Section):
             "target": self.target,
             "shrinkage_folds": self.shrinkage_folds,
             "interval_coverage": self.interval_coverage,
+            "calibration_folds": self.calibration_folds,
             "seed": self.seed,
         }
         if self.model == "elasticnet":

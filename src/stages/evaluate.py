@@ -10,8 +10,8 @@ import mlflow
 
 from bts.data.catalogue import load_catalogue
 from bts.files import read_parquet, write_csv, write_json, write_parquet
-from bts.model.evaluation import BY_PARAMETER, BY_STATION, FEW_ROWS, SCORED_SPLITS, dvc_metrics, evaluate, worst
 from bts.horizons import label, output_columns, target_column, target_time_column
+from bts.model.evaluation import BY_PARAMETER, BY_STATION, FEW_ROWS, SCORED_SPLITS, dvc_metrics, evaluate, worst
 from bts.model.package import load_workspace_model
 from bts.model.plots import horizon_view, name_sensors, plot_evaluation, plot_tables
 from bts.params import flatten, load_params

@@ -39,9 +39,9 @@ def main() -> None:
     model = build_model(params.train, params.featurize.horizons)
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    model.fit(train_rows[columns], train_rows[targets])
+    model.fit(train_rows[columns], train_rows[targets], groups=train_rows["station_id"])
     try:
-        model.calibrate(valid_rows[columns], valid_rows[targets])
+        model.calibrate(valid_rows[columns], valid_rows[targets], groups=valid_rows["station_id"])
     except ValueError as exc:
         raise ConfigError(f"train.interval_coverage: {exc} (the valid split; raise featurize.valid_fraction or add data)") from None
     cost = {

@@ -413,7 +413,9 @@ def test_features_of_unsorted_input_equal_those_of_sorted_input(clean):
     pd.testing.assert_frame_equal(shuffled, ordered)
 
 
-@pytest.mark.parametrize("spec", [FeatureSpec(n_lags=3, scale_window=4), FeatureSpec(n_lags=2, horizons=[2, 3], scale_window=9, calendar=True)])
+@pytest.mark.parametrize(
+    "spec", [FeatureSpec(n_lags=3, scale_window=4), FeatureSpec(n_lags=2, horizons=[2, 3], scale_window=9, calendar=True)]
+)
 def test_any_slice_of_the_feature_table_holds_those_rows_of_the_whole_table(spec):
     from bts.data.features import FeatureTable
 

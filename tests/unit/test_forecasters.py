@@ -22,6 +22,7 @@ from bts.model.forecasters import (
     PersistenceResidualRegressor,
     build_estimator,
     build_model,
+    interval_scale,
     relative_lags,
     scaled_lags,
     skops_trusted_types,
@@ -296,7 +297,7 @@ def test_the_forecast_has_a_value_and_bounds_per_horizon_in_one_frame():
 def test_each_horizon_is_forecast_by_the_estimator_fitted_on_its_own_target(frame):
     targets = noisy_targets(frame, [1, 4], 5)
     model = build_model(train_params("ridge"), [1, 4]).fit(frame, targets)
-    for i, h in enumerate([1, 4]):
+    for i in range(2):
         alone = build_estimator(train_params("ridge")).fit(frame, targets[:, i])
         np.testing.assert_array_equal(model.forecasts(frame)[:, i], alone.predict(frame))
 
@@ -313,14 +314,19 @@ def test_the_intervals_hold_the_coverage_on_examples_neither_fitted_nor_calibrat
         assert abs(inside.mean() - coverage) < 0.03, (h, inside.mean())
 
 
-def test_the_interval_width_follows_the_series_step_scale_and_grows_with_the_horizon():
-    """A quiet series gets a narrow interval, a busy one a wide one: the width is a fixed multiple of the step scale."""
+def test_the_interval_scale_is_the_step_scale_plus_the_recent_drift_per_step():
+    rows = pd.DataFrame({"lag_1": [10.0, 10.0, 5.0], "lag_2": [9.0, 10.0, 5.0], "lag_3": [7.0, 10.0, 5.0], "step_scale": [1.5, 0.5, 0.0]})
+    np.testing.assert_allclose(interval_scale(rows), [1.5 + 3.0 / 2, 0.5, 0.0])  # 0: a series that did not move
+
+
+def test_the_interval_width_follows_the_series_scale_and_grows_with_the_horizon():
+    """A quiet series gets a narrow interval, a busy one a wide one: the width is a fixed multiple of its scale."""
     model = calibrated([1, 5, 15])
     rows = wide_frame(200, 4)
     forecast = model.predict(rows)
     widths = {h: (forecast[f"upper_h{h}"] - forecast[f"lower_h{h}"]).to_numpy() for h in (1, 5, 15)}
     for h, width in widths.items():
-        np.testing.assert_allclose(width / rows["step_scale"].to_numpy(), 2 * model.radius_[[1, 5, 15].index(h)])
+        np.testing.assert_allclose(width / interval_scale(rows), 2 * model.radius_[[1, 5, 15].index(h)])
     assert model.radius_[0] < model.radius_[1] < model.radius_[2]
     assert (widths[1] < widths[5]).all() and (widths[5] < widths[15]).all()
 
@@ -328,18 +334,21 @@ def test_the_interval_width_follows_the_series_step_scale_and_grows_with_the_hor
 def test_rows_of_a_series_that_did_not_move_get_the_interval_of_such_rows_in_the_sensor_unit():
     fit_rows = wide_frame(400, 1)
     calibration_rows = wide_frame(600, 2)
-    calibration_rows.loc[calibration_rows.index[:300], "step_scale"] = 0.0
+    still = calibration_rows.index[:300]
+    calibration_rows.loc[still, "step_scale"] = 0.0
+    calibration_rows.loc[still, [f"lag_{k}" for k in range(2, 7)]] = calibration_rows.loc[still, ["lag_1"] * 5].to_numpy()
     targets = noisy_targets(calibration_rows.assign(step_scale=0.7), [1], 2)  # still rows still move a little
     model = build_model(train_params("ridge"), [1]).fit(fit_rows, noisy_targets(fit_rows, [1], 1)).calibrate(calibration_rows, targets)
-    still = calibration_rows.head(5)
-    forecast = model.predict(still)
+    forecast = model.predict(calibration_rows.head(5))
     np.testing.assert_allclose(forecast["upper_h1"] - forecast["forecast_h1"], model.quiet_radius_[0])
     assert np.all(np.isfinite(model.quiet_radius_)) and model.quiet_radius_[0] > 0
 
 
 def test_too_few_still_rows_take_the_quantile_of_every_calibration_error():
     fit_rows, calibration_rows = wide_frame(400, 1), wide_frame(600, 2)
-    calibration_rows.loc[calibration_rows.index[:3], "step_scale"] = 0.0  # 3 rows cannot reach 90%
+    still = calibration_rows.index[:3]  # 3 rows cannot reach 90%
+    calibration_rows.loc[still, "step_scale"] = 0.0
+    calibration_rows.loc[still, [f"lag_{k}" for k in range(2, 7)]] = calibration_rows.loc[still, ["lag_1"] * 5].to_numpy()
     model = build_model(train_params("ridge"), [1]).fit(fit_rows, noisy_targets(fit_rows, [1], 1))
     model.calibrate(calibration_rows, noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2))
     errors = np.abs(noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2)[:, 0] - model.forecasts(calibration_rows)[:, 0])
@@ -375,3 +384,47 @@ def test_the_calibrated_forecaster_survives_skops_and_is_deterministic(kind):
     assert "bts.model.forecasters.MultiHorizonForecaster" in skops_trusted_types(first)
     rows = wide_frame(30, 7)
     pd.testing.assert_frame_equal(loaded.predict(rows), first.predict(rows), check_exact=True)
+
+
+def station_frame(stations: int, rows_each: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """wide_frame rows of several stations, each with errors of its own size: stations are not alike."""
+    frame = wide_frame(stations * rows_each, seed)
+    station = np.repeat(np.arange(stations), rows_each)
+    return frame, station
+
+
+def test_with_calibration_folds_each_calibration_example_is_scored_by_a_model_that_never_saw_its_station():
+    fit_rows, fit_station = station_frame(4, 150, 1)
+    calibration_rows, calibration_station = station_frame(4, 300, 2)
+    targets = noisy_targets(fit_rows, [1, 5], 1)
+    calibration_targets = noisy_targets(calibration_rows, [1, 5], 2)
+    model = build_model(train_params("ridge", calibration_folds=2), [1, 5]).fit(fit_rows, targets, fit_station)
+    folds = [list(fold) for fold, _ in model._out_of_fold]
+    assert folds == [[0, 1], [2, 3]]  # stations cut into 2 folds
+    expected = model.forecasts(calibration_rows)
+    for fold in ([0, 1], [2, 3]):  # what calibrate must score each calibration row with
+        rest = ~np.isin(fit_station, fold)
+        alone = build_model(train_params("ridge"), [1, 5]).fit(fit_rows[rest], targets[rest])
+        rows = np.isin(calibration_station, fold)
+        expected[rows] = alone.forecasts(calibration_rows[rows])
+    model.calibrate(calibration_rows, calibration_targets, calibration_station)
+    scale = interval_scale(calibration_rows)
+    for i in range(2):
+        scores = np.sort(np.abs(calibration_targets[:, i] - expected[:, i]) / scale)
+        assert model.radius_[i] == pytest.approx(scores[int(np.ceil(0.9 * (len(scores) + 1))) - 1])
+    assert model._out_of_fold == []  # dropped: the packaged model carries the fitted horizons only
+    assert "_out_of_fold" not in skops_trusted_types(model)
+
+
+def test_without_stations_or_folds_the_model_itself_scores_the_calibration_examples():
+    fit_rows, fit_station = station_frame(3, 150, 1)
+    calibration_rows, _ = station_frame(3, 300, 2)
+    targets, calibration_targets = noisy_targets(fit_rows, [1], 1), noisy_targets(calibration_rows, [1], 2)
+    plain = build_model(train_params("ridge", calibration_folds=0), [1]).fit(fit_rows, targets, fit_station)
+    assert plain._out_of_fold == []
+    one_station = build_model(train_params("ridge", calibration_folds=2), [1]).fit(fit_rows, targets, np.zeros(len(fit_rows)))
+    assert one_station._out_of_fold == []  # a single station cannot be left out
+    for model in (plain, one_station):
+        model.calibrate(calibration_rows, calibration_targets)
+        scores = np.sort(np.abs(calibration_targets[:, 0] - model.forecasts(calibration_rows)[:, 0]) / interval_scale(calibration_rows))
+        assert model.radius_[0] == pytest.approx(scores[int(np.ceil(0.9 * (len(scores) + 1))) - 1])

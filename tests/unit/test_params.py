@@ -248,6 +248,7 @@ def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
         "target": train["target"],
         "shrinkage_folds": train["shrinkage_folds"],
         "interval_coverage": train["interval_coverage"],
+        "calibration_folds": train["calibration_folds"],
         "seed": train["seed"],
     }
     expected = {**common, "alpha": train["alpha"], "l1_ratio": train["l1_ratio"]} if kind == "elasticnet" else {**common, kind: train[kind]}
@@ -256,7 +257,7 @@ def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
 
 def test_model_params_ignore_the_other_kinds_sections(params_path):
     params = load_params(write_params(params_path, set_value("train.model", "ridge")))
-    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "interval_coverage", "seed", "ridge"}
+    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "interval_coverage", "calibration_folds", "seed", "ridge"}
 
 
 def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
@@ -267,6 +268,7 @@ def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):
         "train.target": PROJECT_PARAMS["train"]["target"],
         "train.shrinkage_folds": PROJECT_PARAMS["train"]["shrinkage_folds"],
         "train.interval_coverage": PROJECT_PARAMS["train"]["interval_coverage"],
+        "train.calibration_folds": PROJECT_PARAMS["train"]["calibration_folds"],
         "train.seed": PROJECT_PARAMS["train"]["seed"],
         "train.ridge.alpha": PROJECT_PARAMS["train"]["ridge"]["alpha"],
         **{f"featurize.{key}": value for key, value in featurize.items()},

@@ -141,34 +141,65 @@ class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
         return latest + change
 
 
+def interval_scale(features: pd.DataFrame) -> np.ndarray:
+    """Each row's unit of uncertainty: its step scale plus its recent drift per step (|lag_1 - lag_N| / (N - 1)); a series
+    that trends is harder to forecast steps ahead than one that only jitters by the same steps. 0 where neither is known."""
+    lags = _lags(features)
+    drift = np.zeros(len(features))
+    if len(lags) > 1:
+        drift = np.abs(features[lags[0]].to_numpy(dtype=float) - features[lags[-1]].to_numpy(dtype=float)) / (len(lags) - 1)
+    scale = step_scale(features) + np.where(np.isfinite(drift), drift, 0.0)
+    return np.where(np.isfinite(scale) & (scale > 0), scale, 0.0)
+
+
 class MultiHorizonForecaster(BaseEstimator):
     """Forecasts every horizon in one call, each with an interval calibrated on examples the fit did not see.
 
-    fit(X, Y): one clone of `estimator` per horizon, fitted to its column of Y (the targets in horizon order).
-    calibrate(X, Y) sets the intervals, by split conformal prediction on other examples (the valid split), normalized
-    by the series' step scale: the score of an example is its absolute error in units of its step scale, and a
-    horizon's interval is the forecast plus or minus the `coverage` quantile of those scores (with the finite-sample
-    correction) times the row's step scale. A sensor that moves in small steps gets a narrow interval, one that moves
-    in large steps a wide one, and a station never seen is covered in its own units. Rows whose step scale is 0 (a
-    series that did not move over its window) form a category of their own, scored in the sensor's unit; with too
-    few of them to reach the coverage, they take the quantile of every example's error in the sensor's unit.
-    The quantiles are computed by crepes' ConformalRegressor (a Mondrian category per kind of row). Only the radii
-    it gives are kept, so the packaged model needs neither crepes nor the calibration examples to predict.
+    fit(X, Y, groups): one clone of `estimator` per horizon, fitted to its column of Y (the targets in horizon order).
+    calibrate(X, Y, groups) sets the intervals by split conformal prediction on other examples (the valid split),
+    normalized: the score of an example is its absolute error in units of its interval_scale (the series' step scale
+    plus its recent drift per step), and a horizon's interval is the forecast plus or minus the `coverage` quantile of
+    those scores (with the finite-sample correction) times the row's scale. A sensor that moves in small steps gets a
+    narrow interval, one that moves in large steps or trends a wide one, and a station never seen is covered in its
+    own units. Rows whose scale is 0 (a series that did not move over its window) form a category of their own,
+    scored in the sensor's unit; with too few of them to reach the coverage, they take the quantile of every
+    example's error in the sensor's unit.
+
+    groups (the station of each row): with calibration_folds >= 2 and at least two stations, the stations are cut
+    into that many folds; fit also fits each horizon on the rows of the other folds, and calibrate scores each
+    calibration example with the model that never saw its station. The intervals then hold for a station the model
+    never saw, not only for the stations it was fitted on (where they are a little wider than they need be).
+    The quantiles are computed by crepes' ConformalRegressor. Only the radii it gives are kept (and the out-of-fold
+    models are dropped), so the packaged model needs neither crepes nor the calibration examples to predict.
     predict(X): a frame with forecast_h, lower_h and upper_h of every horizon (bts.horizons names them).
     """
 
-    def __init__(self, estimator: PersistenceResidualRegressor, horizons: tuple[int, ...] = (1,), coverage: float = 0.9) -> None:
+    def __init__(
+        self, estimator: PersistenceResidualRegressor, horizons: tuple[int, ...] = (1,), coverage: float = 0.9, calibration_folds: int = 0
+    ) -> None:
         self.estimator = estimator
         self.horizons = horizons
         self.coverage = coverage
+        self.calibration_folds = calibration_folds
 
-    def fit(self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray) -> MultiHorizonForecaster:
+    def fit(self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray, groups: pd.Series | np.ndarray | None = None) -> MultiHorizonForecaster:
         targets = self._targets(Y, len(X))
-        self.estimators_ = [clone(self.estimator).fit(X, targets[:, i]) for i in range(len(self.horizons))]
+        self.estimators_ = self._fitted(X, targets)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.output_columns_ = output_columns(list(self.horizons))
         self.radius_ = self.quiet_radius_ = None
+        self._out_of_fold: list[tuple[np.ndarray, list]] = []
+        if groups is not None and self.calibration_folds >= 2:
+            groups = np.asarray(groups)
+            stations = np.unique(groups)
+            if len(stations) >= 2:
+                for fold in np.array_split(stations, min(self.calibration_folds, len(stations))):
+                    rest = ~np.isin(groups, fold)
+                    self._out_of_fold.append((fold, self._fitted(X[rest], targets[rest])))
         return self
+
+    def _fitted(self, X: pd.DataFrame, targets: np.ndarray) -> list:
+        return [clone(self.estimator).fit(X, targets[:, i]) for i in range(len(self.horizons))]
 
     def _targets(self, Y: pd.DataFrame | np.ndarray, rows: int) -> np.ndarray:
         targets = np.asarray(Y, dtype=float)
@@ -176,15 +207,25 @@ class MultiHorizonForecaster(BaseEstimator):
             raise ValueError(f"expected targets of shape ({rows}, {len(self.horizons)}) (one column per horizon), got {targets.shape}")
         return targets
 
-    def forecasts(self, X: pd.DataFrame) -> np.ndarray:
+    def forecasts(self, X: pd.DataFrame, estimators: list | None = None) -> np.ndarray:
         """The central forecast of every horizon: rows x horizons."""
-        return np.column_stack([estimator.predict(X) for estimator in self.estimators_])
+        return np.column_stack([estimator.predict(X) for estimator in (estimators or self.estimators_)])
 
-    def calibrate(self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray) -> MultiHorizonForecaster:
+    def calibrate(
+        self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray, groups: pd.Series | np.ndarray | None = None
+    ) -> MultiHorizonForecaster:
         from crepes import ConformalRegressor  # training only: the fitted model keeps the radii it gives
 
-        errors = self._targets(Y, len(X)) - self.forecasts(X)
-        scale = step_scale(X)
+        forecasts = self.forecasts(X)
+        if groups is not None:
+            groups = np.asarray(groups)
+            for fold, estimators in getattr(self, "_out_of_fold", []):
+                unseen = np.isin(groups, fold)
+                if unseen.any():
+                    forecasts[unseen] = self.forecasts(X[unseen], estimators)
+        self._out_of_fold = []
+        errors = self._targets(Y, len(X)) - forecasts
+        scale = interval_scale(X)
         quiet = scale <= 0
         moving = ~quiet
 
@@ -214,7 +255,7 @@ class MultiHorizonForecaster(BaseEstimator):
         if self.radius_ is None:
             raise ValueError("the forecaster has no intervals yet: calibrate it on examples it did not fit")
         forecasts = self.forecasts(X)
-        scale = step_scale(X)
+        scale = interval_scale(X)
         half = np.where((scale > 0)[:, None], scale[:, None] * np.asarray(self.radius_), np.asarray(self.quiet_radius_))
         output = np.empty((len(X), 3 * len(self.horizons)))
         output[:, 0::3], output[:, 1::3], output[:, 2::3] = forecasts, forecasts - half, forecasts + half
@@ -231,7 +272,7 @@ def _forecaster(train: TrainParams, *steps: tuple[str, BaseEstimator]) -> Persis
 
 def build_model(train: TrainParams, horizons: list[int]) -> MultiHorizonForecaster:
     """An unfitted, seeded forecaster of these horizons, with intervals of train.interval_coverage."""
-    return MultiHorizonForecaster(build_estimator(train), tuple(horizons), train.interval_coverage)
+    return MultiHorizonForecaster(build_estimator(train), tuple(horizons), train.interval_coverage, train.calibration_folds)
 
 
 def build_estimator(train: TrainParams) -> PersistenceResidualRegressor:
