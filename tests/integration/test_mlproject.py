@@ -76,7 +76,7 @@ def test_main_logs_one_run_in_the_project_experiment_none_when_nothing_changed_a
     assert main.info.run_name == f"hist_gradient_boosting-{commit[:7]}"
     assert main.data.tags["mlflow.project.entryPoint"] == "main"
     assert_params_logged_once(main, repo)
-    assert "test.rmse" in main.data.metrics
+    assert "test.h1.rmse" in main.data.metrics
     assert active_runs(client) == {**before, main.info.run_id: experiment}  # nothing in Default
 
     # Nothing changed: no run anywhere, also when `mlflow run` is told the project's experiment.

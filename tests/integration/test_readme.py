@@ -742,7 +742,7 @@ def test_the_queued_grid_lands_every_run_in_the_main_store_traced_to_its_data_an
     for logged in grid:
         for name, path in DATASETS.items():
             assert logged.data.tags[f"data.{name}_md5"] == md5s[path]  # the model param varied, the data did not
-        assert "test.rmse" in logged.data.metrics  # evaluate logged into the same run
+        assert "test.h1.rmse" in logged.data.metrics  # evaluate logged into the same run
         assert logged.data.tags[BASELINE_REV] == head
     assert not client.search_registered_models()  # experiments never touch the registry
 
@@ -764,7 +764,7 @@ def test_mlproject(experiments: Experiments, pages: dict[str, list[Section]]) ->
     client = store(repo)
     experiment = client.get_experiment_by_name(load_params(repo / PARAMS_FILE).train.experiment)
     (trained,) = client.search_runs([experiment.experiment_id], "tags.`mlflow.project.entryPoint` = 'train'")
-    assert trained.info.status == "FINISHED" and "test.rmse" in trained.data.metrics
+    assert trained.info.status == "FINISHED" and "test.h1.rmse" in trained.data.metrics
     assert trained.info.run_name == trained.data.tags[EXP_NAME]
     assert trained.data.tags[EXP_NAME] in experiments.walk.shell("dvc exp list --name-only").stdout.split()
     expected = {key: str(value) for key, value in load_params(repo / PARAMS_FILE).run_params().items()}  # applied to the workspace

@@ -135,7 +135,7 @@ def test_pipeline_grid_and_registry_land_on_the_server_with_their_lineage(server
     for logged in runs:
         inputs = {i.dataset.name: i.dataset.digest for i in logged.inputs.dataset_inputs}
         assert inputs == {f"bts-{name}": md5s[path] for name, path in DATASETS.items()}
-        assert "test.rmse" in logged.data.metrics and logged.info.status == "FINISHED"
+        assert "test.h1.rmse" in logged.data.metrics and logged.info.status == "FINISHED"
         assert [a.path for a in client.list_artifacts(logged.info.run_id, "package")]  # read back through the server
         stored = Path(server.artifacts) / EXPERIMENT / logged.info.run_id / "artifacts" / "package" / "MLmodel"
         assert stored.is_file()  # and kept by the server, where every client finds it
