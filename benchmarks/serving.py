@@ -4,8 +4,8 @@
     python benchmarks/serving.py --seconds 5 --package models/package
 
 Starts the three servers on 127.0.0.1 (stock MLflow, `bts serve` with its
-monitoring log, `bts serve --no-log`), checks they give the same
-predictions, then measures, for each in turn (alternating, 3 repetitions,
+monitoring log, `bts serve --no-log`), checks they give the same answer
+(a record per row: every horizon's forecast and bounds), then measures, for each in turn (alternating, 3 repetitions,
 the median printed): single-row requests at concurrency 1 and 8 (requests/s,
 p50 and p99 latency) and 1,000-row requests at concurrency 1 (rows/s). The
 client is a lean asyncio loop over keep-alive connections, the same for all
@@ -116,7 +116,7 @@ def payload(rows: list[list[float]], columns: list[str]) -> bytes:
     return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
 
 
-def predictions(port: int, body: bytes) -> list[float]:
+def predictions(port: int, body: bytes) -> list[dict[str, float]]:
     request = urllib.request.Request(f"http://{HOST}:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["predictions"]
@@ -149,7 +149,8 @@ def main() -> None:
             stack.enter_context(server([*command, str(ports[name])], ports[name], root))
         answers = {name: predictions(port, thousand) for name, port in ports.items()}
         agree = all(answer == answers["mlflow models serve"] for answer in answers.values())
-        print(f"servers up; predictions of the 1000-row request identical across the three: {agree}", flush=True)
+        columns = len(answers["mlflow models serve"][0])
+        print(f"servers up; the {columns} output columns of the 1000-row request identical across the three: {agree}", flush=True)
 
         results: dict[tuple[str, str], list[dict]] = {}
         with Machine() as machine:  # the servers are this process's children: their CPU is not counted as others'

@@ -1,7 +1,9 @@
 """`bts serve` as a user runs it: a real process over HTTP on the packaged model and on the registry alias.
 
-Predictions are compared with the verified package loaded in this process
-and with stock `mlflow models serve`; bad requests must each get a short
+Predictions (a record per row: every horizon's forecast and interval
+bounds, under the output column names of bts.horizons) are compared with
+the verified package loaded in this process by MLflow and with stock
+`mlflow models serve`; bad requests must each get a short
 JSON 4xx (no traceback, no path) and leave the server serving; /metrics must
 count what was sent; after SIGTERM (or Ctrl-C) the monitoring Parquet must
 hold exactly the requests and predictions served; a tampered package must be
@@ -28,8 +30,9 @@ import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bts.horizons import label, output_columns, output_horizons
 from bts.model.package import load_package
-from tests.integration.test_serving import examples, model_server
+from tests.integration.test_serving import examples, horizons, model_server
 from tests.integration.workspace import PROJECT, bts, lock_outs, run, set_params, store, training_run, user_env
 
 pytestmark = pytest.mark.integration
@@ -136,9 +139,28 @@ def frame_of(repo: Path, rows: int = 50) -> pd.DataFrame:
     return examples(repo, rows)
 
 
-def expected_predictions(repo: Path, frame: pd.DataFrame) -> list[float]:
-    package = repo / "models/package"
-    return [float(v) for v in load_package(package, lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)]
+def expected_predictions(repo: Path, frame: pd.DataFrame) -> list[dict[str, float]]:
+    """What MLflow's pyfunc of the verified package predicts, as stock MLflow answers it: a record per row."""
+    predicted = load_package(repo / "models/package", lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)
+    assert list(predicted.columns) == output_columns(horizons(repo))
+    return predicted.to_dict(orient="records")
+
+
+def logged_records(predictions: pd.DataFrame, outputs: list[str]) -> dict[str, list[dict[str, float]]]:
+    """The monitoring log's predictions as the answers gave them: per request id, a record per row, in row order."""
+    ordered = predictions.sort_values(["time", "row"], kind="stable")
+    return {request_id: rows[outputs].to_dict(orient="records") for request_id, rows in ordered.groupby("request_id", sort=False)}
+
+
+def assert_forecasts_counted(samples: dict[str, list], answers: list[list[dict[str, float]]], outputs: list[str]) -> None:
+    """bts_prediction counts each row's central forecast under its horizon (the bounds not counted), summing them."""
+    families = samples["bts_prediction"]
+    labels = [label(horizon) for horizon in output_horizons(outputs)]
+    counts = {s.labels["horizon"]: s.value for s in families if s.name == "bts_prediction_count"}
+    assert counts == {horizon: sum(len(answer) for answer in answers) for horizon in labels}
+    sums = {s.labels["horizon"]: s.value for s in families if s.name == "bts_prediction_sum"}
+    served = {horizon: sum(record[f"forecast_{horizon}"] for answer in answers for record in answer) for horizon in labels}
+    assert sums == pytest.approx(served, rel=1e-9)
 
 
 def split(frame: pd.DataFrame) -> bytes:
@@ -209,8 +231,9 @@ def metric_samples(text: str) -> dict[str, list]:
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
-def assert_log_holds(log_dir: Path, server: Server, tags: dict[str, str | None]) -> None:
-    """The monitoring Parquet holds exactly the requests sent (in order, with their status) and every prediction served."""
+def assert_log_holds(log_dir: Path, server: Server, tags: dict[str, str | None], outputs: list[str]) -> None:
+    """The monitoring Parquet holds exactly the requests sent (in order, with their status) and every prediction served:
+    each output column of the model (every horizon's forecast and bounds) as a float64 column of its own."""
     requests = pd.read_parquet(log_dir / "requests").sort_values("time", kind="stable").reset_index(drop=True)
     assert requests["status"].tolist() == [sent["status"] for sent in server.sent]
     answered = [sent["request_id"] for sent in server.sent if sent.get("request_id")]  # the id each response carried
@@ -221,7 +244,8 @@ def assert_log_holds(log_dir: Path, server: Server, tags: dict[str, str | None])
     assert requests.loc[requests["status"] != 200, "error_code"].notna().all()
     assert requests.loc[requests["status"] == 200, "error_code"].isna().all()
     predictions = pd.read_parquet(log_dir / "predictions")
-    by_request = predictions.sort_values(["time", "row"], kind="stable").groupby("request_id", sort=False)["prediction"].apply(list)
+    assert "prediction" not in predictions.columns and (predictions[outputs].dtypes == "float64").all()
+    by_request = logged_records(predictions, outputs)
     ordered = requests.loc[requests["status"] == 200, "request_id"]
     assert [by_request[request_id] for request_id in ordered] == [sent["predictions"] for sent in served]
     for name, value in tags.items():
@@ -233,19 +257,21 @@ def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everyt
     repo, log_dir = built_repo, tmp_path / "monitoring"
     frame = frame_of(repo)
     expected = expected_predictions(repo, frame)
+    outputs = output_columns(horizons(repo))
     package_md5 = lock_outs(repo / "dvc.lock")["models/package"]
     with bts_server(repo, "models/package", "--log-dir", str(log_dir), "--max-rows", "200") as server:
         assert f"package md5 {package_md5} (verified against dvc.lock)" in server.start_line
         for kind, (body, content_type) in payloads(frame).items():
             status, answer = server.score(body, content_type)
             assert status == 200, f"{kind}: {answer}"
-            assert answer["predictions"] == expected, kind  # exactly, not approximately
+            assert answer["predictions"] == expected, kind  # every horizon's forecast and bounds, exactly, not approximately
+            assert all(list(record) == outputs for record in answer["predictions"]), kind  # in the signature's order
         status, answer = server.score(split(frame.head(1)))
         assert answer["predictions"] == expected[:1]
         host, port = server.url.removeprefix("http://").split(":")
         client = ScoringServerClient(host, int(port))  # MLflow's own client of a scoring server
         client.wait_server_ready(timeout=10)
-        through_mlflow = [float(v) for v in client.invoke(frame).get_predictions(predictions_format="ndarray")]
+        through_mlflow = client.invoke(frame).get_predictions(predictions_format="dataframe").to_dict(orient="records")
         assert through_mlflow == expected
         server.sent.append({"status": 200, "predictions": through_mlflow})
 
@@ -285,18 +311,20 @@ def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everyt
         assert counted == sent_by_status
         rows = sum(len(sent["predictions"]) for sent in server.sent if sent["status"] == 200)
         assert next(s.value for s in samples["bts_rows_scored"] if s.name == "bts_rows_scored_total") == rows
-        assert next(s.value for s in samples["bts_prediction"] if s.name == "bts_prediction_count") == rows
+        assert_forecasts_counted(samples, [sent["predictions"] for sent in server.sent if sent["status"] == 200], outputs)
         latency_count = next(s.value for s in samples["bts_request_duration_seconds"] if s.name == "bts_request_duration_seconds_count")
         assert latency_count == len(server.sent)
         assert next(s.value for s in samples["process_resident_memory_bytes"]) > 0
         assert any(s.name == "process_cpu_seconds_total" for s in samples["process_cpu_seconds"])
 
-        with model_server(repo, "models/package") as stock_url:  # stock MLflow on the same package: the same numbers
+        with model_server(repo, "models/package") as stock_url:  # stock MLflow on the same package: the same answer
             stock = Server(stock_url, None, "")
-            status, content = stock.request("POST", "/invocations", split(frame), "application/json")
-            assert status == 200 and json.loads(content)["predictions"] == expected
-            status, content = stock.request("POST", "/invocations", split(frame.head(1)), "application/json")
-            assert json.loads(content)["predictions"] == expected[:1]
+            for rows in (frame, frame.head(1)):
+                status, content = stock.request("POST", "/invocations", split(rows), "application/json")
+                our_status, ours = server.score(split(rows))
+                assert status == our_status == 200 and json.loads(content)["predictions"] == expected[: len(rows)]
+                assert ours == json.loads(content)  # the whole body: a record per row, every output column
+                assert [list(record) for record in ours["predictions"]] == [outputs] * len(rows)
     assert server.returncode in (0, -signal.SIGTERM), server.stderr
     assert "Traceback" not in server.stderr, server.stderr
     lineage = model["lineage"]["data_md5"]
@@ -307,7 +335,7 @@ def test_package_folder_serves_every_format_refuses_bad_requests_and_logs_everyt
         "run_id": run_id,
         "data_features_md5": lineage["features"],
     }
-    assert_log_holds(log_dir, server, tags)
+    assert_log_holds(log_dir, server, tags, outputs)
     keyed = pd.read_parquet(log_dir / "predictions").dropna(subset=["station_id"])
     assert len(keyed) == 2 * len(frame) and (keyed["station_id"] == 1161114004).all() and (keyed["parameter_id"] == 122).all()
     assert (keyed["reading_time"] == pd.Timestamp("2017-04-18 10:00:00", tz="UTC")).all()
@@ -346,7 +374,7 @@ def test_registry_alias_serves_the_same_model_and_tampering_is_refused(built_rep
         assert taken.stderr.startswith(f"bts: error: cannot listen on 127.0.0.1:{busy_port}"), taken.stderr
     assert "Traceback" not in server.stderr, server.stderr
     tags = {"package_md5": package_md5, "model_name": "bts-next-reading", "model_version": "1", "run_id": model["run_id"]}
-    assert_log_holds(repo / "monitoring", server, tags)
+    assert_log_holds(repo / "monitoring", server, tags, output_columns(horizons(repo)))
 
     tampered = tmp_path / "package"
     shutil.copytree(repo / "models/package", tampered)
@@ -432,8 +460,9 @@ def stalled_request(url: str) -> bytes:
     return reply
 
 
-def assert_metrics_count(server: Server) -> None:
-    """/metrics counts every request sent, by status, and every row scored, whichever worker answers the scrape."""
+def assert_metrics_count(server: Server, outputs: list[str]) -> None:
+    """/metrics counts every request sent, by status, and every row scored and its forecasts, whichever worker answers
+    the scrape."""
     samples = metric_samples(server.request("GET", "/metrics")[1].decode())
     counted: dict[str, float] = {}
     for sample in samples["bts_requests"]:
@@ -445,7 +474,7 @@ def assert_metrics_count(server: Server) -> None:
     assert counted == sent
     rows = sum(len(request["predictions"]) for request in server.sent if request["status"] == 200)
     assert next(s.value for s in samples["bts_rows_scored"] if s.name == "bts_rows_scored_total") == rows
-    assert next(s.value for s in samples["bts_prediction"] if s.name == "bts_prediction_count") == rows
+    assert_forecasts_counted(samples, [request["predictions"] for request in server.sent if request["status"] == 200], outputs)
     latency = next(s.value for s in samples["bts_request_duration_seconds"] if s.name == "bts_request_duration_seconds_count")
     assert latency == len(server.sent)
     assert next(s.value for s in samples["bts_model_info"]) == 1
@@ -465,7 +494,8 @@ def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_pa
 
     repo, log_dir = built_repo, tmp_path / "monitoring"
     frame = frame_of(repo, 5)
-    expected: list[float] = []  # the first answer: every worker must give the same (the first test checks it against the package)
+    outputs = output_columns(horizons(repo))
+    expected = expected_predictions(repo, frame)  # what every worker must answer
 
     def score_concurrently(server: Server, count: int) -> None:
         sizes = [1 + i % len(frame) for i in range(count)]
@@ -486,14 +516,13 @@ def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_pa
             time.sleep(0.05)
         assert first[0] not in workers and first[1] in workers
         status, answer = server.score(split(frame))
-        assert status == 200 and len(answer["predictions"]) == len(frame)
-        expected.extend(answer["predictions"])
+        assert status == 200 and answer["predictions"] == expected
 
         for paused in workers:  # all connections go to the other one meanwhile
             os.kill(paused, signal.SIGSTOP)
             try:
                 score_concurrently(server, 8)
-                assert_metrics_count(server)
+                assert_metrics_count(server, outputs)
                 reply = stalled_request(server.url)
                 assert reply.startswith(b"HTTP/1.1 408 ") and b'"error_code":"REQUEST_TIMEOUT"' in reply
                 request_id = re.search(rb"x-request-id: (\w+)", reply).group(1).decode()
@@ -502,7 +531,7 @@ def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_pa
                 os.kill(paused, signal.SIGCONT)
         score_concurrently(server, 12)
         for _ in range(4):
-            assert_metrics_count(server)
+            assert_metrics_count(server, outputs)
     assert server.returncode == 0, server.stderr
     assert f"bts serve: worker {first[0]} was killed by SIGKILL; starting another" in server.stderr
     assert "Traceback" not in server.stderr, server.stderr
@@ -514,8 +543,8 @@ def test_workers_share_the_port_the_metrics_and_the_log(built_repo: Path, tmp_pa
     requests = pd.read_parquet(log_dir / "requests").set_index("request_id")
     assert requests.index.is_unique and len(requests) == len(server.sent)
     assert requests.loc[[sent["request_id"] for sent in server.sent], "status"].tolist() == [sent["status"] for sent in server.sent]
-    predictions = pd.read_parquet(log_dir / "predictions").sort_values(["time", "row"], kind="stable")
-    by_request = predictions.groupby("request_id")["prediction"].apply(list)
+    predictions = pd.read_parquet(log_dir / "predictions")
+    by_request = logged_records(predictions, outputs)
     served = [sent for sent in server.sent if sent["status"] == 200]
     assert len(predictions) == sum(len(sent["predictions"]) for sent in served)
     assert [by_request[sent["request_id"]] for sent in served] == [sent["predictions"] for sent in served]
@@ -612,4 +641,5 @@ def test_a_followed_alias_swaps_versions_under_load_and_refuses_a_tampered_one(o
     assert (predictions["model_version"] == predictions["request_id"].map(requests["model_version"])).all()
     assert (predictions["package_md5"] == predictions["model_version"].map(md5s)).all()
     expected = [by_version[version][row] for version, row in zip(predictions["model_version"], predictions["row"], strict=True)]
-    assert predictions["prediction"].tolist() == expected  # each row's prediction is that of the version it names
+    outputs = output_columns(horizons(repo))
+    assert predictions[outputs].to_dict(orient="records") == expected  # each row's forecasts are those of the version it names

@@ -1,4 +1,5 @@
-"""Stock `mlflow models serve` on the packaged model and on the registry alias, over real HTTP."""
+"""Stock `mlflow models serve` on the packaged model and on the registry alias, over real HTTP: a record per row, every
+horizon's forecast and interval bounds under the output column names of bts.horizons."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from bts.horizons import output_columns
 from bts.model.package import load_package
 from tests.integration.workspace import bts, lock_outs, user_env
 
@@ -94,17 +97,26 @@ def bad_requests(frame: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
     }
 
 
+def horizons(repo: Path) -> list[int]:
+    return [int(h) for h in yaml.safe_load((repo / "params.yaml").read_text())["featurize"]["horizons"]]
+
+
 def assert_serves(url: str, repo: Path) -> None:
     frame = examples(repo)
-    expected = load_package(repo / "models/package", lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)
+    predicted = load_package(repo / "models/package", lock_outs(repo / "dvc.lock")["models/package"]).predict(frame)
+    assert list(predicted.columns) == output_columns(horizons(repo))  # forecast, lower, upper of every horizon of params.yaml
+    expected = predicted.to_dict(orient="records")
     status, body = post(url, split_payload(frame))
     assert status == 200, body
-    assert json.loads(body)["predictions"] == pytest.approx(list(expected), rel=1e-12)
+    assert json.loads(body)["predictions"] == expected  # a record per row: every horizon's forecast and bounds, exactly
     records = json.dumps({"dataframe_records": frame.head(3).to_dict(orient="records")}).encode()
     status, body = post(url, records)
-    assert status == 200 and json.loads(body)["predictions"] == pytest.approx(list(expected[:3]), rel=1e-12)
+    assert status == 200 and json.loads(body)["predictions"] == expected[:3]
     status, body = post(url, frame.head(3).to_csv(index=False).encode(), "text/csv")
-    assert status == 200 and json.loads(body)["predictions"] == pytest.approx(list(expected[:3]), rel=1e-12)
+    assert status == 200
+    answered = pd.DataFrame(json.loads(body)["predictions"])  # MLflow's CSV reader may round a feature's last digit
+    assert list(answered.columns) == list(predicted.columns)
+    assert answered.to_numpy() == pytest.approx(predicted.head(3).to_numpy(), rel=1e-12)
 
     for kind, (payload, content_type) in bad_requests(frame).items():
         status, body = post(url, payload, content_type)

@@ -257,7 +257,15 @@ def test_model_params_are_those_of_the_chosen_kind(kind, params_path):
 
 def test_model_params_ignore_the_other_kinds_sections(params_path):
     params = load_params(write_params(params_path, set_value("train.model", "ridge")))
-    assert set(params.train.model_params()) == {"model", "target", "shrinkage_folds", "interval_coverage", "calibration_folds", "seed", "ridge"}
+    assert set(params.train.model_params()) == {
+        "model",
+        "target",
+        "shrinkage_folds",
+        "interval_coverage",
+        "calibration_folds",
+        "seed",
+        "ridge",
+    }
 
 
 def test_run_params_are_the_chosen_model_and_featurize_params_flat(params_path):

@@ -26,12 +26,27 @@ from prometheus_client.parser import text_string_to_metric_families
 import bts
 from bts.cli import build_parser
 from bts.errors import ConfigError
+from bts.horizons import output_columns
 from bts.serving.follow import followed_alias
 from bts.serving.metrics import PREDICTION_BUCKETS, PredictionHistogram, ServingMetrics, forget_worker
 from bts.serving.model import CurrentModel, ServedModel
 from bts.serving.request_log import Entry, MonitoringLog
 
 COLUMNS = ["lag_1", "lag_2"]
+OUTPUTS = output_columns([1, 5])
+
+
+def forecasts(matrix: np.ndarray, offset: float) -> np.ndarray:
+    """Rows x OUTPUTS: lag_1 + offset at h1 and lag_1 + 10 * offset at h5, each within 0.5 either side."""
+    central = matrix[:, :1] + np.array([offset, 10 * offset])
+    return np.column_stack(
+        [central[:, 0], central[:, 0] - 0.5, central[:, 0] + 0.5, central[:, 1], central[:, 1] - 0.5, central[:, 1] + 0.5]
+    )
+
+
+def records(matrix: np.ndarray) -> list[dict[str, float]]:
+    """The answer's records of these outputs: one per row, keyed by output column."""
+    return [dict(zip(OUTPUTS, row, strict=True)) for row in matrix.tolist()]
 
 
 def serve_args(*given: str) -> object:
@@ -70,6 +85,7 @@ def served(version: str, predict: Callable[[np.ndarray], np.ndarray]) -> ServedM
         verified_against="registry tag package.md5",
         lineage={},
         feature_columns=COLUMNS,
+        output_columns=OUTPUTS,
         predict=predict,
         name="m",
         version=version,
@@ -101,7 +117,7 @@ def running(app: object) -> Iterator[str]:
         sock.close()
 
 
-def post(url: str, rows: list[list[float]]) -> list[float]:
+def post(url: str, rows: list[list[float]]) -> list[dict[str, float]]:
     body = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": rows}}).encode()
     request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -122,27 +138,28 @@ def test_a_request_in_flight_finishes_on_its_version_and_the_version_swapped_out
     def slow_first(matrix: np.ndarray) -> np.ndarray:  # version 1, held mid-request until version 2 is in place
         entered.set()
         assert swapped.wait(60)
-        return matrix[:, 0] + 1
+        return forecasts(matrix, 1)
 
     first = served("1", slow_first)
     current = CurrentModel(first)
-    log = MonitoringLog(tmp_path, first.log_tags, COLUMNS, max_bytes=10**9)
-    metrics = ServingMetrics(first.metric_labels, {"package_md5": "md5-1.dir", "run_id": "run1"}, log)
+    log = MonitoringLog(tmp_path, first.log_tags, COLUMNS, OUTPUTS, max_bytes=10**9)
+    metrics = ServingMetrics(first.metric_labels, {"package_md5": "md5-1.dir", "run_id": "run1"}, OUTPUTS, log)
     app = create_app(current, PayloadParser(COLUMNS, 100), metrics, log, 10**6)
     released = weakref.ref(first)
     del first
     log.open()
     with running(app) as url:
-        answers: list[list[float]] = []
+        answers: list[list[dict[str, float]]] = []
         in_flight = threading.Thread(target=lambda: answers.append(post(url, [[10.0, 0.0]])))
         in_flight.start()
         assert entered.wait(60)
-        current.served = served("2", lambda matrix: matrix[:, 0] + 2)  # the swap, as the follower makes it
+        current.served = served("2", lambda matrix: forecasts(matrix, 2))  # the swap, as the follower makes it
         metrics.serve(current.served.metric_labels, {"package_md5": "md5-2.dir", "run_id": "run2"})
         swapped.set()
         in_flight.join(60)
-        assert answers == [[11.0]]  # started on version 1, answered by it
-        assert post(url, [[10.0, 0.0], [20.0, 0.0]]) == [12.0, 22.0]
+        assert answers == [records(forecasts(np.array([[10.0, 0.0]]), 1))]  # started on version 1, answered by it
+        assert answers[0][0]["forecast_h1"] == 11.0 and answers[0][0]["upper_h5"] == 20.5
+        assert post(url, [[10.0, 0.0], [20.0, 0.0]]) == records(forecasts(np.array([[10.0, 0.0], [20.0, 0.0]]), 2))
         assert json.loads(get(url, "/model"))["version"] == "2"
         families = {f.name: f for f in text_string_to_metric_families(get(url, "/metrics").decode())}
     log.close()
@@ -152,25 +169,36 @@ def test_a_request_in_flight_finishes_on_its_version_and_the_version_swapped_out
     rows = {s.labels["version"]: s.value for s in families["bts_rows_scored"].samples if s.name == "bts_rows_scored_total"}
     assert rows == {"1": 1, "2": 2}
     assert {s.labels["version"]: s.value for s in families["bts_model_info"].samples} == {"1": 0, "2": 1}
-    counts = {s.labels["version"]: s.value for s in families["bts_prediction"].samples if s.name == "bts_prediction_count"}
-    assert counts == {"1": 1, "2": 2}
+    counts = {
+        (s.labels["version"], s.labels["horizon"]): s.value for s in families["bts_prediction"].samples if s.name == "bts_prediction_count"
+    }
+    assert counts == {("1", "h1"): 1, ("1", "h5"): 1, ("2", "h1"): 2, ("2", "h5"): 2}
     assert {s.labels["version"] for s in families["process_resident_memory_bytes"].samples} == {"2"}  # the version answering now
     requests = pd.read_parquet(tmp_path / "requests").sort_values("rows")
     assert requests[["rows", "model_version", "package_md5", "run_id"]].values.tolist() == [
         [1, "1", "md5-1.dir", "run1"],
         [2, "2", "md5-2.dir", "run2"],
     ]
-    predictions = pd.read_parquet(tmp_path / "predictions").sort_values("prediction")
-    assert predictions[["prediction", "model_version"]].values.tolist() == [[11.0, "1"], [12.0, "2"], [22.0, "2"]]
+    predictions = pd.read_parquet(tmp_path / "predictions").sort_values("forecast_h1")
+    assert predictions[["forecast_h1", "forecast_h5", "model_version"]].values.tolist() == [
+        [11.0, 20.0, "1"],
+        [12.0, 30.0, "2"],
+        [22.0, 40.0, "2"],
+    ]
+    assert predictions[OUTPUTS].values.tolist() == [
+        *forecasts(np.array([[10.0]]), 1).tolist(),
+        *forecasts(np.array([[10.0], [20.0]]), 2).tolist(),
+    ]
 
 
 def test_one_write_of_requests_answered_by_two_versions_names_each_rows_version(tmp_path: Path) -> None:
     old, new = served("1", np.sum), served("2", np.sum)
-    log = MonitoringLog(tmp_path, old.log_tags, COLUMNS, max_bytes=10**9, flush_seconds=60)
+    log = MonitoringLog(tmp_path, old.log_tags, COLUMNS, OUTPUTS, max_bytes=10**9, flush_seconds=60)
     log.open()
     for request_id, rows, model in (("a", 2, old), ("b", 3, new), ("c", 1, old)):
         features = np.zeros((rows, 2))
-        log.add(Entry(request_id, time.time_ns(), 1.0, rows, 200, None, "dataframe_split", features, None, np.zeros(rows), model.log_tags))
+        outputs = np.zeros((rows, len(OUTPUTS)))
+        log.add(Entry(request_id, time.time_ns(), 1.0, rows, 200, None, "dataframe_split", features, None, outputs, model.log_tags))
     log.flush()  # one write of all three, with a process row of the model answering then
     log.tags = new.log_tags  # the swap: process rows from now on name version 2
     log.close()
@@ -187,11 +215,11 @@ def observe_then_maybe_swap(folder: str, swap: bool, done: Event) -> None:
     """In a fresh interpreter whose PROMETHEUS_MULTIPROC_DIR is folder: a worker answering with version 1, then with
     version 2 when `swap`."""
     labels = {"model": "m", "version": "1"}
-    metrics = ServingMetrics(labels, {"package_md5": "md5-1.dir", "run_id": ""}, None, Path(folder), os.getppid())
-    metrics.observe(200, None, 0.002, np.array([14.0]), labels)
+    metrics = ServingMetrics(labels, {"package_md5": "md5-1.dir", "run_id": ""}, OUTPUTS, None, Path(folder), os.getppid())
+    metrics.observe(200, None, 0.002, forecasts(np.array([[14.0]]), 0), labels)
     if swap:
         metrics.serve({"model": "m", "version": "2"}, {"package_md5": "md5-2.dir", "run_id": ""})
-        metrics.observe(200, None, 0.002, np.array([230.5, 3.0]), {"model": "m", "version": "2"})
+        metrics.observe(200, None, 0.002, forecasts(np.array([[230.5], [3.0]]), 0), {"model": "m", "version": "2"})
     done.set()
 
 
@@ -220,8 +248,9 @@ def test_workers_on_two_versions_each_count_under_their_own(tmp_path: Path, monk
         return {s.labels["version"]: s.value for s in families["bts_model_info"].samples}
 
     assert info() == {"1": 1, "2": 1}  # a worker still answers with version 1
-    totals = PredictionHistogram("bts_prediction", "", {"model": "m", "version": "1"}, PREDICTION_BUCKETS, shared).totals()
-    assert {labels[1]: (values[:-1].sum(), values[-1]) for labels, values in totals.items()} == {"1": (2, 28.0), "2": (2, 233.5)}
+    totals = PredictionHistogram("bts_prediction", "", ["model", "version", "horizon"], PREDICTION_BUCKETS, shared).totals()
+    counted = {labels[1:]: (values[:-1].sum(), values[-1]) for labels, values in totals.items()}
+    assert counted == {("1", "h1"): (2, 28.0), ("1", "h5"): (2, 28.0), ("2", "h1"): (2, 233.5), ("2", "h5"): (2, 233.5)}
     forget_worker(shared, workers[1].pid)  # the one behind died
     assert info() == {"1": 0, "2": 1}
 

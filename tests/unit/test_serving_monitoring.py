@@ -12,12 +12,20 @@ import pytest
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from bts.horizons import output_columns
 from bts.serving.metrics import PredictionHistogram, ServingMetrics
 from bts.serving.request_log import Entry, MonitoringLog
 
 FEATURES = ["lag_1", "lag_2"]
+OUTPUTS = output_columns([1, 5])  # forecast_h1, lower_h1, upper_h1, forecast_h5, lower_h5, upper_h5
 TAGS = {"package_md5": "abc.dir", "model_name": "m", "model_version": "3", "run_id": "r" * 32, "data_features_md5": "f" * 32}
 DAY_NS = 86_400 * 10**9
+
+
+def forecast(features: np.ndarray) -> np.ndarray:
+    """Rows x OUTPUTS: lag_1 + 0.5 at h1 and lag_1 + 5.5 at h5, each within 1 either side."""
+    central = features[:, :1] + np.array([0.5, 5.5])
+    return np.column_stack([central[:, 0], central[:, 0] - 1, central[:, 0] + 1, central[:, 1], central[:, 1] - 1, central[:, 1] + 1])
 
 
 def entry(time_ns: int, rows: int = 2, status: int = 200, keys: dict | None = None) -> Entry:
@@ -33,12 +41,12 @@ def entry(time_ns: int, rows: int = 2, status: int = 200, keys: dict | None = No
         format="dataframe_split",
         features=features if ok else None,
         keys=keys if ok else None,
-        predictions=features[:, 0] + 0.5 if ok else None,
+        predictions=forecast(features) if ok else None,
     )
 
 
 def test_close_writes_every_request_and_prediction(tmp_path: Path) -> None:
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=60)
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=60)
     log.open()
     now = time.time_ns()
     reading = datetime(2017, 4, 18, 10, tzinfo=UTC)
@@ -55,7 +63,13 @@ def test_close_writes_every_request_and_prediction(tmp_path: Path) -> None:
     assert len(predictions) == 5
     assert predictions["row"].tolist() == [0, 1, 0, 1, 2]
     assert predictions["lag_1"].tolist() == [0.0, 2.0, 0.0, 2.0, 4.0]
-    assert predictions["prediction"].tolist() == [0.5, 2.5, 0.5, 2.5, 4.5]
+    assert "prediction" not in predictions.columns
+    logged = predictions[OUTPUTS]  # one float64 column per output column of the model, in its order
+    assert list(logged.columns) == OUTPUTS and (logged.dtypes == np.float64).all()
+    assert logged["forecast_h1"].tolist() == [0.5, 2.5, 0.5, 2.5, 4.5]
+    assert logged["forecast_h5"].tolist() == [5.5, 7.5, 5.5, 7.5, 9.5]
+    assert (logged["lower_h1"] == logged["forecast_h1"] - 1).all() and (logged["upper_h5"] == logged["forecast_h5"] + 1).all()
+    assert logged.values.tolist() == forecast(predictions[FEATURES].to_numpy()).tolist()
     assert predictions["station_id"].iloc[0] == 7 and predictions["station_id"].iloc[1:].isna().all()
     assert predictions["reading_time"].iloc[0] == pd.Timestamp(reading)
     assert predictions["request_id"].nunique() == 2 and (predictions["run_id"] == "r" * 32).all()
@@ -68,7 +82,7 @@ def test_close_writes_every_request_and_prediction(tmp_path: Path) -> None:
 
 
 def test_the_process_is_sampled_when_it_starts_and_at_each_write(tmp_path: Path) -> None:
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=0.05, roll_seconds=0)
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=0.05, roll_seconds=0)
     log.open()
     deadline = time.monotonic() + 10
     while log.written["process"] < 1 and time.monotonic() < deadline:  # the baseline, before any request
@@ -87,7 +101,7 @@ def test_the_writer_thread_writes_row_groups_and_rolls_files(tmp_path: Path) -> 
     """Each flush is a row group of the open file; a file shows (renamed from its hidden name) once it is old enough."""
     import pyarrow.parquet as pq
 
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=0.05, roll_seconds=2.0)
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=0.05, roll_seconds=2.0)
     log.open()
     log.add(entry(time.time_ns()))
     deadline = time.monotonic() + 10
@@ -111,7 +125,7 @@ def test_the_writer_thread_writes_row_groups_and_rolls_files(tmp_path: Path) -> 
 
 
 def test_a_batch_across_midnight_goes_to_two_days(tmp_path: Path) -> None:
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=60)
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=60)
     log.open()
     midnight = (time.time_ns() // DAY_NS) * DAY_NS
     log.add(entry(midnight - 1000))
@@ -122,7 +136,7 @@ def test_a_batch_across_midnight_goes_to_two_days(tmp_path: Path) -> None:
 
 
 def test_the_size_cap_deletes_the_oldest_days_first(tmp_path: Path) -> None:
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=60, roll_seconds=0)  # a file per flush
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=60, roll_seconds=0)  # a file per flush
     log.open()
     today = (time.time_ns() // DAY_NS) * DAY_NS
     for days_ago in (3, 2, 1, 0):  # large entries: the process samples (all dated today) weigh little beside them
@@ -140,7 +154,7 @@ def test_the_size_cap_deletes_the_oldest_days_first(tmp_path: Path) -> None:
 
 
 def test_when_only_today_is_left_its_oldest_files_go(tmp_path: Path) -> None:
-    log = MonitoringLog(tmp_path, TAGS, FEATURES, max_bytes=10**9, flush_seconds=60, roll_seconds=0)
+    log = MonitoringLog(tmp_path, TAGS, FEATURES, OUTPUTS, max_bytes=10**9, flush_seconds=60, roll_seconds=0)
     log.open()
     now = time.time_ns()
     for second in range(3):
@@ -161,26 +175,37 @@ def test_an_unwritable_folder_is_one_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(BtsError, match="cannot write there"):
-        MonitoringLog(blocker / "log", TAGS, FEATURES, max_bytes=1).open()
+        MonitoringLog(blocker / "log", TAGS, FEATURES, OUTPUTS, max_bytes=1).open()
 
 
-def test_prediction_histogram_matches_prometheus_own() -> None:
-    values = np.array([-20.0, 0.0, 0.5, 5.0, 5.0001, 219.9, 230.0, 1e6, 25.0])
-    ours = PredictionHistogram("x", "x", {"model": "m"}, (0.0, 5.0, 230.0))
-    ours.observe(values[:4])
-    ours.observe(values[4:])
-    reference = Histogram("y", "y", buckets=(0.0, 5.0, 230.0), registry=None)
-    for value in values:
-        reference.observe(value)
-    ours_samples = {s.labels["le"]: s.value for s in next(iter(ours.collect())).samples if s.name == "x_bucket"}
-    reference_samples = {s.labels["le"]: s.value for s in next(iter(reference.collect())).samples if s.name == "y_bucket"}
-    assert ours_samples == reference_samples
-    assert next(s.value for s in next(iter(ours.collect())).samples if s.name == "x_sum") == pytest.approx(values.sum())
+def test_prediction_histogram_matches_prometheus_own_for_each_series() -> None:
+    """Each column of what it observes counts under its own series, as prometheus-client's histogram of that series would."""
+    values = np.array([-20.0, 0.0, 0.5, 5.0, 5.0001, 219.9, 230.0, 1e6, 25.0, 4.0])
+    columns = np.column_stack([values, values[::-1] * 2])  # two series, each with values of every bucket
+    ours = PredictionHistogram("x", "x", ["model", "horizon"], (0.0, 5.0, 230.0))
+    series = [("m", "h1"), ("m", "h5")]
+    ours.observe(columns[:4], series)
+    ours.observe(columns[4:], series)
+    reference = Histogram("y", "y", ["model", "horizon"], buckets=(0.0, 5.0, 230.0), registry=None)
+    for row in columns:
+        for value, labels in zip(row, series, strict=True):
+            reference.labels(*labels).observe(value)
+
+    def samples(histogram: object, name: str) -> dict[tuple[str, str], float]:
+        family = next(iter(histogram.collect()))
+        return {
+            (s.labels["horizon"], s.labels.get("le", "")): s.value for s in family.samples if s.name in (f"{name}_bucket", f"{name}_sum")
+        }
+
+    ours_samples, reference_samples = samples(ours, "x"), samples(reference, "y")
+    assert ours_samples == pytest.approx(reference_samples, rel=1e-12)
+    assert ours_samples[("h1", "5.0")] == 5 and ours_samples[("h5", "5.0")] == 3  # the series are apart
+    assert ours_samples[("h1", "")] == pytest.approx(values.sum()) and ours_samples[("h5", "")] == pytest.approx(2 * values.sum())
 
 
 def test_metrics_are_labelled_with_the_model_and_parse() -> None:
-    metrics = ServingMetrics({"model": "bts-next-reading", "version": "2"}, {"package_md5": "abc.dir", "run_id": ""}, None)
-    metrics.observe(200, None, 0.004, np.array([14.0, 230.5]))
+    metrics = ServingMetrics({"model": "bts-next-reading", "version": "2"}, {"package_md5": "abc.dir", "run_id": ""}, OUTPUTS, None)
+    metrics.observe(200, None, 0.004, forecast(np.array([[14.0, 0.0], [230.0, 0.0]])))
     metrics.observe(400, "WRONG_TYPE", 0.001, None)
     metrics.observe(400, "WRONG_TYPE", 0.001, None)
     families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
@@ -189,6 +214,13 @@ def test_metrics_are_labelled_with_the_model_and_parse() -> None:
     }
     assert requests == {("200", ""): 1, ("400", "WRONG_TYPE"): 2}
     assert next(s.value for s in families["bts_rows_scored"].samples if s.name == "bts_rows_scored_total") == 2
+    forecasts = families["bts_prediction"].samples  # the central forecasts of each horizon, the bounds not counted
+    assert {s.labels["horizon"]: s.value for s in forecasts if s.name == "bts_prediction_count"} == {"h1": 2, "h5": 2}
+    assert {s.labels["horizon"]: s.value for s in forecasts if s.name == "bts_prediction_sum"} == {"h1": 245.0, "h5": 255.0}
+    assert {s.labels["horizon"]: s.value for s in forecasts if s.name == "bts_prediction_bucket" and s.labels["le"] == "15.0"} == {
+        "h1": 1,
+        "h5": 0,
+    }
     assert "process_cpu_seconds" in families
     for family in families.values():
         for sample in family.samples:

@@ -1,14 +1,19 @@
-"""The request bodies of `bts serve`: every payload format, MLflow's own parsing as the reference, and every bad request."""
+"""The request bodies of `bts serve`: every payload format, MLflow's own parsing as the reference, and every bad request;
+and its answers: a forecast package's output columns, scored as MLflow scores them and written as stock MLflow writes them."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from bts.errors import BtsError
+from bts.horizons import output_columns
+from bts.serving.app import Records
 from bts.serving.payload import PayloadParser, RequestError, media_type
 
 FEATURES = ["lag_1", "lag_2", "gap_1_seconds"]
@@ -377,3 +382,110 @@ def test_a_reply_never_echoes_what_the_client_sent(parser: PayloadParser, conten
 def test_media_type() -> None:
     assert media_type("Application/JSON; charset=UTF-8") == "application/json"
     assert media_type('text/csv; charset="utf-8"') == "text/csv"
+
+
+OUTPUTS = output_columns([1, 5, 15])
+EDGES = [1e-05, 1e16, -0.0, 12.0, 5e-324, 1.7976931348623157e308, -2.2250738585072014e-308, 0.1 + 0.2, -123456.789]
+
+
+def stock_answer(frame: pd.DataFrame) -> bytes:
+    """What stock `mlflow models serve` writes for a model's predictions."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    written = io.StringIO()
+    predictions_to_json(frame, written)
+    return written.getvalue().encode()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 1000])
+def test_the_answer_is_stock_mlflows_record_per_row(rows: int) -> None:
+    values = np.random.default_rng(rows).normal(20, 80, size=(rows, len(OUTPUTS))) * 10.0 ** np.random.default_rng(1).integers(-9, 9)
+    if rows:
+        values[0] = EDGES
+    frame = pd.DataFrame(values, columns=OUTPUTS)
+    ours = json.loads(Records(tuple(OUTPUTS)).body(values))
+    assert ours == json.loads(stock_answer(frame))
+    assert len(ours["predictions"]) == rows
+    assert all(list(record) == OUTPUTS for record in ours["predictions"])  # each record's keys in the model's order
+    assert all(type(value) is float for record in ours["predictions"] for value in record.values())
+    if rows:
+        assert list(ours["predictions"][0].values()) == EDGES  # every float back exactly, the smallest and largest too
+
+
+def test_the_answer_of_a_matrix_that_is_not_contiguous_is_in_row_order() -> None:
+    values = np.arange(4 * len(OUTPUTS), dtype=np.float64).reshape(len(OUTPUTS), 4).T  # a transposed view
+    frame = pd.DataFrame(values, columns=OUTPUTS)
+    assert json.loads(Records(tuple(OUTPUTS)).body(values)) == json.loads(stock_answer(frame))
+
+
+@pytest.fixture(scope="module")
+def forecast_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, pd.DataFrame]:
+    """A multi-horizon forecaster saved by MLflow as the pipeline packages it (signature from its predictions), loaded back
+    as a pyfunc; and rows to score."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import Ridge
+
+    from bts.model.forecasters import MultiHorizonForecaster, PersistenceResidualRegressor
+
+    columns = ["lag_1", "lag_2", "lag_3", "step_scale"]
+    frame = pd.DataFrame(np.random.default_rng(0).normal(20, 3, size=(400, len(columns))), columns=columns).assign(step_scale=1.5)
+    targets = np.column_stack([frame["lag_1"] * 0.9 + 2, frame["lag_1"] * 0.7 + 6, frame["lag_2"] * 0.5 + 10])
+    model = MultiHorizonForecaster(PersistenceResidualRegressor(Ridge(), "step_scale"), (1, 5, 15)).fit(frame, targets)
+    model.calibrate(frame, targets)
+    path, example = tmp_path_factory.mktemp("forecast") / "package", frame.head(3)
+    signature = infer_signature(example, model.predict(example))
+    mlflow.sklearn.save_model(
+        model, str(path), serialization_format="pickle", signature=signature, input_example=example, pip_requirements=[]
+    )
+    return mlflow.pyfunc.load_model(str(path)), frame
+
+
+def test_a_forecast_package_is_scored_lean_with_every_output_column_as_mlflow_gives_it(forecast_package) -> None:
+    from bts.serving.model import scorer
+
+    pyfunc, frame = forecast_package
+    columns, outputs, predict, fast = scorer("pkg", pyfunc)
+    assert columns == list(frame.columns) and outputs == OUTPUTS and fast  # the startup check found both paths the same
+    predicted = predict(frame.to_numpy(dtype=np.float64))
+    through_mlflow = pyfunc.predict(frame)
+    assert list(through_mlflow.columns) == OUTPUTS
+    assert predicted.dtype == np.float64 and predicted.shape == (len(frame), len(OUTPUTS))
+    assert np.array_equal(predicted, through_mlflow.to_numpy())
+    assert (predicted[:, 1::3] < predicted[:, 0::3]).all() and (predicted[:, 0::3] < predicted[:, 2::3]).all()  # bounds apart
+    assert json.loads(Records(tuple(outputs)).body(predicted[:7])) == json.loads(stock_answer(through_mlflow.head(7)))
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        (None, "pkg: the model's signature names no output columns; `bts serve` serves forecasts (forecast, lower, upper per horizon"),
+        ("unnamed", "pkg: the model's signature names no output columns; `bts serve` serves forecasts (forecast, lower, upper per horizon"),
+        (
+            ["prediction"],
+            "pkg: the model's output columns (prediction) are not a forecast's; `bts serve` serves forecasts (forecast, lower, upper",
+        ),
+        (["forecast_h1", "upper_h1", "lower_h1"], "pkg: the model's output columns (forecast_h1, upper_h1, lower_h1) are not a forecast's"),
+    ],
+)
+def test_a_model_whose_signature_names_no_forecast_columns_is_refused_with_one_line(outputs: object, message: str, tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    from bts.serving.model import scorer
+
+    frame = pd.DataFrame(EXPECTED, columns=FEATURES)
+    model = LinearRegression().fit(frame, EXPECTED[:, 0])
+    if outputs is None:
+        signature = infer_signature(frame)
+    elif outputs == "unnamed":
+        signature = infer_signature(frame, model.predict(frame))
+    else:
+        signature = infer_signature(frame, pd.DataFrame({name: model.predict(frame) for name in outputs}))
+    mlflow.sklearn.save_model(model, str(tmp_path / "package"), serialization_format="pickle", signature=signature, pip_requirements=[])
+    with pytest.raises(BtsError) as refused:
+        scorer("pkg", mlflow.pyfunc.load_model(str(tmp_path / "package")))
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)

@@ -3,11 +3,13 @@
 `payload` turns a request body into a float matrix of the model's feature
 columns (plus the optional key columns) or a short client error; `model`
 resolves a reference (registry or package folder), verifies and loads the
-package; `request_log` appends every request and prediction to a local
-Parquet log off the request path; `metrics` keeps the Prometheus metrics;
-`app` is the Starlette application; `server` runs it under uvicorn, in one
-process or, with `workers`, in several forked onto the same socket; `follow`
-keeps a registry alias's server on the version the alias names.
+package: a forecaster whose answer per row is every horizon's forecast and
+interval bounds (the output columns of bts.horizons), as stock MLflow gives
+it; `request_log` appends every request and prediction to a local Parquet
+log off the request path; `metrics` keeps the Prometheus metrics; `app` is
+the Starlette application; `server` runs it under uvicorn, in one process
+or, with `workers`, in several forked onto the same socket; `follow` keeps a
+registry alias's server on the version the alias names.
 
 This module holds only the defaults the `bts` parser shows, so `bts --help`
 stays fast.

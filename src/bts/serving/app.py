@@ -1,10 +1,15 @@
 """The Starlette application of `bts serve`: MLflow's scoring protocol, health, version, model, metrics.
 
-    POST /invocations   JSON (dataframe_split, dataframe_records, instances, inputs) or text/csv -> {"predictions": [...]}
+    POST /invocations   JSON (dataframe_split, dataframe_records, instances, inputs) or text/csv
+                        -> {"predictions": [{"forecast_h1": ..., "lower_h1": ..., "upper_h1": ..., ...}, ...]}
     GET  /ping, /health 200 once the model is loaded
     GET  /version       {"bts": ..., "mlflow": ...}
     GET  /model         what is served: name, version, aliases, package md5, lineage, run id, columns
     GET  /metrics       Prometheus text format
+
+The answer is stock `mlflow models serve`'s for the same package: one record
+per row, each output column of the model (forecast, lower and upper bound per
+horizon, in the signature's order) a JSON number.
 
 A client error is a 4xx whose body is {"error_code": ..., "message": ...}:
 a short message naming the problem, never a stack trace, a path or the
@@ -17,6 +22,7 @@ keeps it to its end: its predictions, metrics and log rows name that version.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 import traceback
@@ -25,6 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
+import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -44,6 +51,33 @@ JSON_TYPE = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
 ENDPOINTS = "POST /invocations; GET /ping, /health, /version, /model, /metrics"
 DRAIN_FACTOR = 4  # an over-limit body is read (and dropped) up to this many times the limit, so the client gets its 413
+
+
+class Records:
+    """The body {"predictions": [{column: value, ...}, ...]} of a float matrix (rows x columns), built without a Python
+    dict per row: orjson writes every value at once (the shortest text that reads back as the same float), then each
+    value is put after its column's key. orjson writes a number or `null`, never a comma: splitting at commas gives the
+    values back one by one."""
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        keys = [orjson.dumps(column) + b":" for column in columns]
+        self.first = b"{" + keys[0]
+        self.heads = [b"},{" + keys[0], *(b"," + key for key in keys[1:])]  # what goes before each value of a row
+
+    def body(self, matrix: np.ndarray) -> bytes:
+        if not matrix.size:
+            return b'{"predictions":[]}'
+        values = orjson.dumps(np.ascontiguousarray(matrix).ravel(), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+        parts = [b""] * (2 * len(values))
+        parts[0::2] = self.heads * len(matrix)
+        parts[1::2] = values
+        parts[0] = self.first
+        return b'{"predictions":[' + b"".join(parts) + b"}]}"
+
+
+@functools.lru_cache(maxsize=8)
+def records(columns: tuple[str, ...]) -> Records:
+    return Records(columns)
 
 
 def json_response(content: object, status: int = 200) -> Response:
@@ -103,7 +137,7 @@ def create_app(
                 raise RequestError(408, "REQUEST_TIMEOUT", f"the body did not arrive whole within {read_timeout:g} s") from None
             batch = parser.parse(body, request.headers.get("content-type"))
             predictions = served.predict(batch.features)
-            response = Response(orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON_TYPE)
+            response = Response(records(tuple(served.output_columns)).body(predictions), media_type=JSON_TYPE)
         except RequestError as error:
             status, code, predictions = error.status, error.code, None
             response = error_response(error.status, error.code, error.message)

@@ -4,8 +4,9 @@ names another version, verifies and loads it, then swaps it in.
 Each serving process follows on its own (with --workers, each worker, from its first second: one started in place of
 a worker that died begins with the version loaded at start and catches up at once). Requests never wait for a load:
 the swap is one assignment (`CurrentModel`). A version that cannot be served (tampered, unloadable, other feature
-columns) is refused with one line and not tried again until the alias moves; a registry that does not answer is one
-line until it answers again; either way the version before goes on serving.
+columns, or other output columns: other horizons than those the log's tables and the metrics' series were made for) is
+refused with one line and not tried again until the alias moves; a registry that does not answer is one line until it
+answers again; either way the version before goes on serving.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ class AliasFollower:
             if loaded.feature_columns != before.feature_columns:
                 raise BtsError(
                     f"its feature columns ({', '.join(loaded.feature_columns)}) are not those served; restart `bts serve` to serve it"
+                )
+            if loaded.output_columns != before.output_columns:
+                raise BtsError(
+                    f"its output columns ({', '.join(loaded.output_columns)}) are not those served; restart `bts serve` to serve it"
                 )
         except Exception as exc:  # TAMPERED, not loadable, not servable here: refused once, not every interval
             self.refused = named

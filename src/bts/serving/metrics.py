@@ -3,7 +3,7 @@
     bts_requests_total{model, version, status, error_code}   scoring requests (POST /invocations) by HTTP status
     bts_request_duration_seconds{model, version}             histogram of their latency, body read to response ready
     bts_rows_scored_total{model, version}                    rows of the successful requests
-    bts_prediction{model, version}                           histogram of the predicted values
+    bts_prediction{model, version, horizon}                  histogram of the central forecasts, per horizon (h1, h5, ...)
     bts_model_info{model, version, package_md5, run_id}      1 (0: a version answering here before)
     bts_monitoring_*{model, version}                         the monitoring log: records pending, written, dropped, bytes
     process_*{model, version}                                CPU seconds, resident and virtual memory, open fds, start time
@@ -11,19 +11,22 @@
 A request is counted under the version that answered it: when a followed
 alias moves, the new version's series start beside the old one's, and
 bts_model_info, bts_monitoring_* and process_* name the version answering
-now. The prediction histogram takes a whole request's predictions at once
-(numpy), not one Python call per row.
+now. The prediction histogram counts each row's central forecast of every
+horizon the model forecasts (its `forecast_h5` column under horizon="h5"; the
+interval bounds are not counted), a whole request at once (numpy), not one
+Python call per row or per horizon.
 
 With several workers (`bts serve --workers N`) every worker keeps its figures
 in files of its own in a folder they share, and whichever worker answers a
-scrape reads them all: counters and histograms are summed
-(prometheus-client's multiprocess mode; the prediction histogram and the
-monitoring figures in numpy files of the same kind), bts_model_info is the
-live workers' maximum, bts_monitoring_bytes the largest worker's count of the
-folder (each counts it anew every minute), and process_* describe the server
-as one, read from /proc at the scrape: the supervisor and its workers'
-CPU seconds (those of workers that died included), memory and open files
-summed (pages they share are counted in each), the supervisor's start time.
+scrape reads them all: counters and histograms are summed (prometheus-client's
+multiprocess mode; the prediction histogram, a file per series of model,
+version and horizon, and the monitoring figures in numpy files of the same
+kind), bts_model_info is the live workers' maximum, bts_monitoring_bytes the
+largest worker's count of the folder (each counts it anew every minute), and
+process_* describe the server as one, read from /proc at the scrape: the
+supervisor and its workers' CPU seconds (those of workers that died included),
+memory and open files summed (pages they share are counted in each), the
+supervisor's start time.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from prometheus_client import values as prometheus_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from bts.horizons import FORECAST, label, output_column, output_horizons
 from bts.serving.request_log import FIGURES, MonitoringLog
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -87,23 +91,23 @@ def forget_worker(folder: Path, pid: int) -> None:
 
 
 class PredictionHistogram:
-    """A histogram collector fed with arrays: one searchsorted and bincount per request, a series per model version.
+    """A histogram collector fed with matrices: one searchsorted and bincount per request for all its series (a series
+    per column: per model version and horizon).
 
     A series' counts per bucket (+Inf last) and sum are one array; with `shared`, a file of this worker's per series
     (its labels in a file beside it, named by their md5), which every worker's collect() sums.
     """
 
     def __init__(
-        self, name: str, documentation: str, labels: dict[str, str], bounds: tuple[float, ...], shared: Path | None = None
+        self, name: str, documentation: str, label_names: list[str], bounds: tuple[float, ...], shared: Path | None = None
     ) -> None:
         self.name, self.documentation, self.shared = name, documentation, shared
-        self.label_names = list(labels)
+        self.label_names = list(label_names)
         self.bounds = np.asarray(bounds, dtype=np.float64)
         self.size = len(bounds) + 2
         self._series: dict[tuple[str, ...], np.ndarray] = {}
         self._shared_labels: dict[str, tuple[str, ...]] = {}  # series file key -> label values, as read
         self._lock = threading.Lock()
-        self.values = self.series(tuple(labels.values()))  # the first model's series, there from the start
 
     def series(self, labels: tuple[str, ...]) -> np.ndarray:
         """The counts and sum of the series of these label values, made at 0 when new."""
@@ -126,14 +130,18 @@ class PredictionHistogram:
             os.replace(temporary, named)
         return worker_figures(self.shared, self.name, self.size, key)
 
-    def observe(self, values: np.ndarray, labels: tuple[str, ...] | None = None) -> None:
-        """Count values under the series of `labels` (label values; the first model's when None)."""
-        series = self.values if labels is None else self.series(labels)
+    def observe(self, values: np.ndarray, labels: list[tuple[str, ...]]) -> None:
+        """Count each column of values (rows x series) under the series of its label values in `labels`."""
+        series = [self.series(values_of) for values_of in labels]
+        buckets = len(self.bounds) + 1
         positions = np.searchsorted(self.bounds, values, side="left")  # bucket i holds values <= bounds[i] (Prometheus' le)
-        counts = np.bincount(positions, minlength=len(self.bounds) + 1)
+        positions += buckets * np.arange(len(series))  # each column's buckets apart: one bincount counts them all
+        counts = np.bincount(positions.ravel(), minlength=buckets * len(series)).reshape(len(series), buckets)
+        sums = values.sum(axis=0)
         with self._lock:
-            series[:-1] += counts
-            series[-1] += float(np.sum(values))
+            for values_of, counted, total in zip(series, counts, sums, strict=True):
+                values_of[:-1] += counted
+                values_of[-1] += total
 
     def totals(self) -> dict[tuple[str, ...], np.ndarray]:
         """Each series' counts and sum: this process's, or with `shared` every worker's (those that died included)."""
@@ -245,13 +253,15 @@ class ServerProcesses:
 class ServingMetrics:
     """The metrics of one server process; with `shared` (the workers' folder, PROMETHEUS_MULTIPROC_DIR), of all workers.
 
-    `labels` and `info` are the first model's; serve() names the next one.
+    `labels` and `info` are the first model's; serve() names the next one. `output_columns` are those of every model
+    served (a follower swaps in no other): the central forecast of each horizon is what bts_prediction counts.
     """
 
     def __init__(
         self,
         labels: dict[str, str],
         info: dict[str, str],
+        output_columns: list[str],
         log: MonitoringLog | None,
         shared: Path | None = None,
         supervisor: int | None = None,
@@ -271,12 +281,17 @@ class ServingMetrics:
             "bts_request_duration_seconds", "Latency of scoring requests", names, buckets=LATENCY_BUCKETS, registry=own
         )
         self.rows = Counter("bts_rows_scored", "Rows scored by successful requests", names, registry=own)
-        self.predictions = PredictionHistogram("bts_prediction", "Predicted values", labels, PREDICTION_BUCKETS, shared)
+        horizons = output_horizons(output_columns)
+        self._forecasts = [output_columns.index(output_column(FORECAST, horizon)) for horizon in horizons]  # their positions
+        self._horizons = [label(horizon) for horizon in horizons]
+        self.predictions = PredictionHistogram(
+            "bts_prediction", "Central forecasts, by horizon", [*names, "horizon"], PREDICTION_BUCKETS, shared
+        )
         self.registry.register(self.predictions)
         # livemax: a version is 1 while a live worker answers with it (forget_worker drops a dead worker's)
         self.model_info = Gauge("bts_model_info", "The served model", [*names, *info], registry=own, multiprocess_mode="livemax")
         self._children: dict[tuple[tuple[str, ...], int, str], object] = {}  # (labels, status, error code) -> its counter
-        self._series: dict[tuple[str, ...], tuple[object, object]] = {}  # labels -> (latency histogram, rows counter)
+        self._series: dict[tuple[str, ...], tuple[object, object, list]] = {}  # labels -> (latency, rows, forecast series)
         self._info: tuple[str, ...] | None = None
         self.labels = labels  # the model answering now
         self.serve(labels, info)
@@ -293,20 +308,22 @@ class ServingMetrics:
             self.model_info.labels(*self._info).set(0)
         self._info = (*labels.values(), *info.values())
         self.model_info.labels(*self._info).set(1)
-        self._series_of(tuple(labels.values()))
-        self.predictions.series(tuple(labels.values()))
+        for series in self._series_of(tuple(labels.values()))[2]:
+            self.predictions.series(series)
         self.labels = labels
 
-    def _series_of(self, values: tuple[str, ...]) -> tuple[object, object]:
+    def _series_of(self, values: tuple[str, ...]) -> tuple[object, object, list[tuple[str, ...]]]:
         series = self._series.get(values)
         if series is None:
-            series = self._series[values] = (self.latency.labels(*values), self.rows.labels(*values))
+            forecasts = [(*values, horizon) for horizon in self._horizons]
+            series = self._series[values] = (self.latency.labels(*values), self.rows.labels(*values), forecasts)
         return series
 
     def observe(
         self, status: int, error_code: str | None, seconds: float, predictions: np.ndarray | None, labels: dict[str, str] | None = None
     ) -> None:
-        """One scoring request, counted under the labels of the model that answered it (the one answering now when None)."""
+        """One scoring request, counted under the labels of the model that answered it (the one answering now when None);
+        predictions: its rows x output columns."""
         values = tuple((labels or self.labels).values())
         key = (values, status, error_code or "")
         child = self._children.get(key)
@@ -314,11 +331,11 @@ class ServingMetrics:
             child = self._children[key] = self.requests.labels(*values, str(status), error_code or "")
         child.inc()
         self.requests_served += 1
-        latency, rows = self._series_of(values)
+        latency, rows, forecasts = self._series_of(values)
         latency.observe(seconds)
         if predictions is not None and len(predictions):
             rows.inc(len(predictions))
-            self.predictions.observe(predictions, values)
+            self.predictions.observe(predictions[:, self._forecasts], forecasts)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,12 +9,18 @@ is the workspace's pipeline output), and only then loaded: what is loaded is
 exactly what was verified. `CurrentModel` holds the model a server process
 answers with: one reference, replaced whole when a followed alias moves.
 
+A model is served when its signature names its inputs (all double) and its
+outputs: a multi-horizon forecast's columns, forecast, lower and upper bound
+per horizon, in horizon order (`bts.horizons.output_columns`). predict takes
+a float matrix of the feature columns and gives a float matrix of the output
+columns, one row per row, in the signature's order.
+
 Scoring bypasses MLflow's per-call schema enforcement, whose work the
 payload parser has already done (every feature column there, float64, in
 the signature's order, nothing else): the fitted scikit-learn model's own
 predict gets the same frame MLflow would give it. A startup check on the
-package's input example proves both paths give the same bytes, and falls
-back to the pyfunc's predict if they ever do not.
+package's input example proves both paths give the same values in every
+output column, and falls back to the pyfunc's predict if they ever do not.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError, ConfigError
 from bts.hashing import dvc_md5
+from bts.horizons import KINDS, label, output_column, output_horizons
 from bts.lifecycle.integrity import download_version
 from bts.lifecycle.lineage import lock_record, resolve_reference
 from bts.model.package import load_package, package_metadata, tampered_files
@@ -42,17 +49,20 @@ from bts.serving.payload import KEY_COLUMNS
 from bts.tracking.tags import CODE_MD5, DATASETS, GIT_COMMIT, MODEL_MD5, PACKAGE_MD5, PARAMS_MD5, SCHEMAS, data_md5_tag, schema_md5_tag
 
 SERVABLE = "models:/name@alias, models:/name/<version>, or a package folder"
+OUTPUTS = f"{', '.join(KINDS)} per horizon, e.g. {', '.join(output_column(kind, 1) for kind in KINDS)}"
 
 
 @dataclass
 class ServedModel:
-    """What is served: the model's identity and lineage, its feature columns, and predict(matrix) -> predictions."""
+    """What is served: the model's identity and lineage, its feature and output columns, and predict(features) -> outputs
+    (a float64 matrix: rows x feature columns in, rows x output columns out)."""
 
     reference: str
     package_md5: str
     verified_against: str
     lineage: dict[str, str]
     feature_columns: list[str]
+    output_columns: list[str]
     predict: Callable[[np.ndarray], np.ndarray]
     name: str | None = None
     version: str | None = None
@@ -60,6 +70,11 @@ class ServedModel:
     run_id: str | None = None
     git_commit: str | None = None  # the commit the training run recorded
     fast_path: bool = True
+
+    @cached_property
+    def horizons(self) -> list[int]:
+        """The horizons it forecasts, in the order of its output columns."""
+        return output_horizons(self.output_columns)
 
     def labels(self) -> dict[str, str]:
         """Prometheus labels: the registered name and version, or the package folder and md5."""
@@ -107,6 +122,8 @@ class ServedModel:
             },
             "feature_columns": self.feature_columns,
             "key_columns": list(KEY_COLUMNS),
+            "output_columns": self.output_columns,
+            "horizons": [label(horizon) for horizon in self.horizons],
         }
 
 
@@ -162,13 +179,14 @@ def load_served(client: MlflowClient, ref: str, root: Path, scratch: Path) -> Se
     except BtsError as exc:
         raise BtsError(str(exc).replace(str(copy), ref)) from None
     run = resolved["run"]
-    columns, predict, fast = scorer(ref, pyfunc)
+    columns, outputs, predict, fast = scorer(ref, pyfunc)
     return ServedModel(
         reference=display_reference(ref, root),
         package_md5=expected or dvc_md5(copy),
         verified_against=against,
         lineage=lineage,
         feature_columns=columns,
+        output_columns=outputs,
         predict=predict,
         name=version.name if version is not None else None,
         version=str(version.version) if version is not None else None,
@@ -189,8 +207,8 @@ def display_reference(ref: str, root: Path) -> str:
         return ref
 
 
-def scorer(ref: str, pyfunc: object) -> tuple[list[str], Callable[[np.ndarray], np.ndarray], bool]:
-    """The model's feature columns and predict(float matrix in their order), the lean one when it is provably the same."""
+def input_columns(ref: str, pyfunc: object) -> list[str]:
+    """The model's feature columns, as its signature names them; a BtsError unless they are all required doubles."""
     from mlflow.types import DataType
 
     schema = pyfunc.metadata.get_input_schema()
@@ -199,22 +217,75 @@ def scorer(ref: str, pyfunc: object) -> tuple[list[str], Callable[[np.ndarray], 
     not_double = [spec.name for spec in schema.inputs if spec.type != DataType.double]
     if not_double:
         raise BtsError(f"{ref}: `bts serve` scores models whose inputs are all double columns; not: {', '.join(not_double[:5])}")
+    return schema.input_names()
+
+
+def forecast_columns(ref: str, pyfunc: object) -> list[str]:
+    """The model's output columns, as its signature names them; a BtsError unless they are a forecast's (OUTPUTS), all
+    doubles."""
+    from mlflow.types import DataType
+
+    schema = pyfunc.metadata.get_output_schema()
+    if schema is None or not schema.has_input_names():
+        raise BtsError(f"{ref}: the model's signature names no output columns; `bts serve` serves forecasts ({OUTPUTS})")
     columns = schema.input_names()
+    try:
+        output_horizons(columns)
+    except ValueError:
+        shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
+        raise BtsError(
+            f"{ref}: the model's output columns ({shown}) are not a forecast's; `bts serve` serves forecasts ({OUTPUTS})"
+        ) from None
+    not_double = [spec.name for spec in schema.inputs if spec.type != DataType.double]
+    if not_double:
+        raise BtsError(f"{ref}: `bts serve` serves forecasts whose outputs are all double columns; not: {', '.join(not_double[:5])}")
+    return columns
+
+
+def output_matrix(predicted: object, columns: list[str], rows: int) -> np.ndarray:
+    """A predict result as a float64 matrix of rows x the output columns, in their order (a frame's columns are picked
+    by name; an array must have that shape already)."""
+    if isinstance(predicted, pd.DataFrame):
+        if list(predicted.columns) != columns:
+            predicted = predicted[columns]
+        matrix = predicted.to_numpy(dtype=np.float64)
+    else:
+        matrix = np.asarray(predicted, dtype=np.float64)
+    if matrix.shape != (rows, len(columns)):
+        raise ValueError(f"the model gave predictions of shape {matrix.shape} for {rows} rows and {len(columns)} output columns")
+    return matrix
+
+
+def scorer(ref: str, pyfunc: object) -> tuple[list[str], list[str], Callable[[np.ndarray], np.ndarray], bool]:
+    """The model's feature and output columns, and predict(float matrix of the features) -> float matrix of the outputs:
+    the lean one when it is provably the same."""
+    columns, outputs = input_columns(ref, pyfunc), forecast_columns(ref, pyfunc)
 
     def through_pyfunc(matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(pyfunc.predict(pd.DataFrame(matrix, columns=columns)))
+        return output_matrix(pyfunc.predict(pd.DataFrame(matrix, columns=columns)), outputs, len(matrix))
 
+    example = pyfunc.input_example
+    checked = isinstance(example, pd.DataFrame) and set(columns) <= set(example.columns)
+    if checked:
+        matrix = example[columns].to_numpy(dtype=np.float64)
+        predicted = pyfunc.predict(example)
+        try:
+            expected = output_matrix(predicted, outputs, len(example))
+        except (KeyError, ValueError) as exc:
+            raise BtsError(f"{ref}: the model's predictions on its input example are not its signature's outputs ({exc})") from None
     if pyfunc.loader_module != "mlflow.sklearn":
-        return columns, through_pyfunc, False
+        return columns, outputs, through_pyfunc, False
     raw = pyfunc.get_raw_model()
 
     def lean(matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(raw.predict(pd.DataFrame(matrix, columns=columns)))
+        return output_matrix(raw.predict(pd.DataFrame(matrix, columns=columns)), outputs, len(matrix))
 
-    example = pyfunc.input_example
-    if isinstance(example, pd.DataFrame) and set(columns) <= set(example.columns):
-        matrix = example[columns].to_numpy(dtype=np.float64)
-        if not np.array_equal(lean(matrix), np.asarray(pyfunc.predict(example)), equal_nan=True):
+    if checked:
+        try:
+            same = np.array_equal(lean(matrix), expected, equal_nan=True)
+        except (KeyError, ValueError):
+            same = False
+        if not same:
             print(f"bts serve: {ref}: the lean path's predictions differ from MLflow's; scoring through pyfunc", file=sys.stderr)
-            return columns, through_pyfunc, False
-    return columns, lean, True
+            return columns, outputs, through_pyfunc, False
+    return columns, outputs, lean, True

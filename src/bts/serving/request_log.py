@@ -4,16 +4,19 @@
     <log dir>/predictions/date=YYYY-MM-DD/<HHMMSSffffff>-<pid>-<seq>.parquet   one row per scored row
     <log dir>/process/date=YYYY-MM-DD/<HHMMSSffffff>-<pid>-<seq>.parquet       one row per write: the server's cost
 
-A request row holds its id, UTC time, latency in ms, rows, HTTP status,
-error code (null when it succeeded) and payload format; a prediction row its
-request id and time, its row in the request, the key columns (station_id,
-parameter_id, reading_id, reading_time: null when not given), every feature value and
-the prediction; a process row the server's pid, CPU seconds and resident
-and peak memory when it started, at each write and when it stopped (what
-`bts monitor` reports as cost). All carry the package md5, registered name
-and version, training run id and data md5s of the model that answered the
-request (a process row: of the model answering when it was written), so a
-server following an alias logs each version's rows under its own name.
+A request row holds its id, UTC time, latency in ms, rows, HTTP status, error
+code (null when it succeeded) and payload format; a prediction row its request
+id and time, its row in the request, the key columns (station_id,
+parameter_id, reading_id, reading_time: null when not given), every feature
+value and the model's forecast: one float64 column per output column of the
+model, named as its signature and the answer name them (`forecast_h1`,
+`lower_h1`, `upper_h1`, ... per horizon: bts.horizons.output_columns); a
+process row the server's pid, CPU seconds and resident and peak memory when it
+started, at each write and when it stopped (what `bts monitor` reports as
+cost). All carry the package md5, registered name and version, training run id
+and data md5s of the model that answered the request (a process row: of the
+model answering when it was written), so a server following an alias logs each
+version's rows under its own name.
 
 The request path only appends to a list in memory. A background thread
 writes what has gathered every second (sooner once 50,000 records wait) as
@@ -123,9 +126,9 @@ class Entry:
     status: int
     error_code: str | None
     format: str | None
-    features: np.ndarray | None = None
+    features: np.ndarray | None = None  # rows x feature columns
     keys: dict | None = None
-    predictions: np.ndarray | None = None
+    predictions: np.ndarray | None = None  # rows x output columns
     tags: dict[str, str | None] | None = None  # of the model that answered it (ServedModel.log_tags); None: the log's
 
 
@@ -135,6 +138,7 @@ class MonitoringLog:
         folder: Path,
         tags: dict[str, str | None],
         feature_columns: list[str],
+        output_columns: list[str],
         max_bytes: int,
         flush_seconds: float = 1.0,
         flush_records: int = 50_000,
@@ -145,6 +149,7 @@ class MonitoringLog:
         self.folder = Path(folder)
         self.tags = tags  # of the model answering now: the process rows', and a request's given none of its own
         self.feature_columns = list(feature_columns)
+        self.output_columns = list(output_columns)  # those of every model answering: a follower swaps in no other
         self.max_bytes = max_bytes
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
@@ -375,6 +380,7 @@ class MonitoringLog:
                 given = (e.keys or {}).get(column)
                 values.extend(given if given is not None else [None] * e.rows)
         features = np.concatenate([e.features for e in scored]) if scored else np.empty((0, len(self.feature_columns)))
+        outputs = np.concatenate([e.predictions for e in scored]) if scored else np.empty((0, len(self.output_columns)))
         columns = {
             "request_id": pa.array(np.concatenate(request_ids) if scored else [], pa.string()),
             "time": pa.array(np.concatenate(times) if scored else [], pa.int64()).cast(TIMESTAMP),
@@ -382,7 +388,7 @@ class MonitoringLog:
             **{column: pa.array(keys[column], pa.int64()) for column in ID_COLUMNS},
             TIME_COLUMN: pa.array(keys[TIME_COLUMN], TIMESTAMP),
             **{column: pa.array(features[:, i]) for i, column in enumerate(self.feature_columns)},
-            "prediction": pa.array(np.concatenate([e.predictions for e in scored]) if scored else [], pa.float64()),
+            **{column: pa.array(outputs[:, i], pa.float64()) for i, column in enumerate(self.output_columns)},
         }
         return pa.table({**columns, **self._tag_columns(scored, [e.rows for e in scored])})
 

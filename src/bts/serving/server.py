@@ -148,7 +148,7 @@ def serve_in(client: MlflowClient, root: Path, args: argparse.Namespace, log_fol
     parser = PayloadParser(served.feature_columns, args.max_rows)
     log = None
     if log_folder is not None:
-        log = MonitoringLog(log_folder, served.log_tags, served.feature_columns, int(args.log_max_mb * 1024 * 1024))
+        log = MonitoringLog(log_folder, served.log_tags, served.feature_columns, served.output_columns, int(args.log_max_mb * 1024 * 1024))
     sock = listen(args.host, args.port)
     line = start_line(served, url_of(sock), log, int(args.workers))
     current = CurrentModel(served)
@@ -220,7 +220,7 @@ def serve_alone(
     from bts.serving.app import create_app
     from bts.serving.metrics import ServingMetrics
 
-    metrics = ServingMetrics(current.served.metric_labels, model_info(current.served), log)
+    metrics = ServingMetrics(current.served.metric_labels, model_info(current.served), current.served.output_columns, log)
     following = follower(client, root, current, metrics, log, args)
 
     def started() -> None:
@@ -279,7 +279,9 @@ def serve_with_workers(
 
     def worker(ready: Callable[[], None]) -> int:
         drop_inherited_connections()
-        metrics = ServingMetrics(current.served.metric_labels, model_info(current.served), log, shared, supervisor)
+        metrics = ServingMetrics(
+            current.served.metric_labels, model_info(current.served), current.served.output_columns, log, shared, supervisor
+        )
         following = follower(client, root, current, metrics, log, args, os.getpid())
 
         def started() -> None:
