@@ -1,10 +1,11 @@
 """`bts batch-predict` on a built repository with its registered model: pandas and a real local Spark give the same rows.
 
 A simulated export (the built repository's own) and a real one (../shared/data/bts, required) are scored with both
-engines: the predictions agree to 1e-9 and equal the model's on the pipeline's own features, every row names the
-registered version, its run and its data md5s, the rows add up (in = clean + quarantined, clean = scored + too short a
-history), and a row leads back through `bts lineage` to the commit whose dvc.lock holds its data. Bad inputs, an
-unknown or tampered model and a missing Java runtime stop the command with one line and leave no output behind.
+engines: every horizon's forecast and interval bounds agree to 1e-9 and equal what the registered package, loaded by
+MLflow in this process, predicts on the pipeline's own features; every row names the registered version, its run and
+its data md5s, the rows add up (in = clean + quarantined, clean = scored + too short a history), and a row leads back
+through `bts lineage` to the commit whose dvc.lock holds its data. Bad inputs, an unknown or tampered model and a
+missing Java runtime stop the command with one line and leave no output behind.
 One Spark session serves the module (the Spark runs that need no command line); one run goes through `bts` itself.
 """
 
@@ -17,19 +18,20 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from bts.batch.command import BatchRequest, run_batch
-from bts.batch.scoring import LINEAGE_COLUMNS, OUTPUT_COLUMNS
+from bts.batch.scoring import LINEAGE_COLUMNS, batch_columns
 from bts.batch.spark_session import spark_session
 from bts.data.features import FeatureSpec
 from bts.errors import BtsError
 from bts.hashing import file_md5, lock_md5s
+from bts.horizons import FORECAST, LOWER, UPPER, output_column, output_columns
 from bts.lifecycle.integrity import download_version
-from bts.model.package import load_package
 from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.params import load_params
 from tests.integration.workspace import BIN, PROJECT, bts, lock_outs, run
@@ -66,6 +68,11 @@ def quarantine_of(output: Path) -> Path:
 
 def predictions(output: Path) -> pd.DataFrame:
     return pd.read_parquet(output).sort_values("reading_id").reset_index(drop=True)
+
+
+def outputs_of(repo: Path) -> list[str]:
+    """The output columns of a model of the repository's horizons (params.yaml's featurize.horizons)."""
+    return output_columns(load_params(repo / "params.yaml").featurize.horizons)
 
 
 def one_error_line(result) -> str:
@@ -109,30 +116,41 @@ def scored(repo: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.
 
 
 @pytest.mark.parametrize("export", ["simulated", "real"])
-def test_both_engines_give_the_same_rows_with_the_same_lineage(scored, export) -> None:
+def test_both_engines_give_the_same_rows_with_the_same_lineage(repo, scored, export) -> None:
     by_pandas, by_spark = predictions(scored[export, "pandas"]), predictions(scored[export, "spark"])
-    assert list(by_pandas.columns) == list(by_spark.columns) == OUTPUT_COLUMNS
-    assert by_pandas.dtypes.equals(by_spark.dtypes)
+    outputs = outputs_of(repo)
+    assert list(by_pandas.columns) == list(by_spark.columns) == batch_columns(outputs) == [*KEYS, *outputs, *LINEAGE_COLUMNS]
+    assert by_pandas.dtypes.equals(by_spark.dtypes) and (by_pandas[outputs].dtypes == "float64").all()
     assert len(by_pandas) > 0 and by_pandas[KEYS].equals(by_spark[KEYS])
-    assert np.abs(by_pandas["prediction"] - by_spark["prediction"]).max() <= TOLERANCE
+    for column in outputs:
+        assert np.abs(by_pandas[column] - by_spark[column]).max() <= TOLERANCE, column
     assert by_pandas[LINEAGE_COLUMNS].equals(by_spark[LINEAGE_COLUMNS])
+    assert manifest_of(scored[export, "pandas"])["outputs"]["columns"] == manifest_of(scored[export, "spark"])["outputs"]["columns"]
     quarantine = [pd.read_parquet(quarantine_of(scored[export, engine])) for engine in ("pandas", "spark")]
     assert quarantine[0].equals(quarantine[1])
     assert manifest_of(scored[export, "pandas"])["rows"] == manifest_of(scored[export, "spark"])["rows"]
 
 
 @pytest.mark.parametrize("export", ["simulated", "real"])
-def test_the_predictions_are_the_registered_model_on_the_pipeline_features(repo, scored, export, tmp_path) -> None:
+def test_every_horizon_and_bound_is_the_registered_package_on_the_pipeline_features(repo, scored, export, tmp_path) -> None:
     source = repo / SIMULATED if export == "simulated" else REAL
-    spec = FeatureSpec.from_params(load_params(repo / "params.yaml").featurize)
+    params = load_params(repo / "params.yaml").featurize
+    spec = FeatureSpec.from_params(params)
     rows = serving_rows(read_readings(source, repo, repo / "metadata/sensors.yaml"), spec).sort_values("reading_id")
     client = store(repo)
     version = client.get_model_version_by_alias(NAME, "candidate")
-    model = load_package(download_version(client, version, tmp_path), version.tags["package.md5"])
-    expected = model.predict(rows[spec.feature_columns])
-    found = predictions(scored[export, "pandas"])
-    assert found["reading_id"].tolist() == rows["reading_id"].tolist() and (found["value"] == rows["lag_1"].to_numpy()).all()
-    assert np.abs(found["prediction"].to_numpy() - np.asarray(expected)).max() <= TOLERANCE
+    package = mlflow.pyfunc.load_model(str(download_version(client, version, tmp_path)))
+    expected = package.predict(rows[spec.feature_columns])
+    outputs = outputs_of(repo)
+    assert list(expected.columns) == outputs and len(outputs) == 3 * len(params.horizons) > 3
+    for engine in ("pandas", "spark"):
+        found = predictions(scored[export, engine])
+        assert found["reading_id"].tolist() == rows["reading_id"].tolist() and (found["value"] == rows["lag_1"].to_numpy()).all()
+        for column in outputs:
+            assert np.abs(found[column].to_numpy() - expected[column].to_numpy()).max() <= TOLERANCE, (engine, column)
+        for horizon in params.horizons:  # each bound on its side of its own horizon's forecast
+            lower, forecast, upper = (found[output_column(kind, horizon)] for kind in (LOWER, FORECAST, UPPER))
+            assert (lower <= forecast).all() and (forecast <= upper).all() and (lower < upper).any(), (engine, horizon)
 
 
 @pytest.mark.parametrize("export", ["simulated", "real"])

@@ -18,11 +18,12 @@ from bts.batch.command import ENGINES, BatchRequest, add_arguments, parse_conf
 from bts.batch.inputs import RAW_COLUMNS, InputFile, input_files, read_input
 from bts.batch.output import MANIFEST, MANIFEST_KIND, PREDICTIONS, QUARANTINE, OutputPaths, check_output, staged_output
 from bts.batch.scoring import (
+    KEY_COLUMNS,
     LINEAGE_COLUMNS,
-    PREDICTION_COLUMNS,
-    PREDICTION_DTYPES,
+    batch_columns,
     feature_spec,
     merge_accounting,
+    prediction_dtypes,
     row_counts,
     score_readings,
     training_featurize,
@@ -38,6 +39,7 @@ from bts.batch.spark_engine import (
     RAW,
     READ_DTYPES,
     clean_group,
+    ddl,
     decode,
     encode,
     note,
@@ -52,10 +54,13 @@ from bts.data.ingest import read_export
 from bts.data.schemas import clean_schema, raw_schema
 from bts.errors import BtsError, ConfigError, DataContractError, InputFileError
 from bts.hashing import file_md5
+from bts.horizons import FORECAST, LOWER, UPPER, output_column, output_columns
 from bts.monitoring.field_readings import serving_rows
 from tests.unit.test_features import clean_frame
 
 SPEC = FeatureSpec(n_lags=3)
+HORIZONS = [1, 4]
+OUTPUTS = output_columns(HORIZONS)
 EXPORT_ROWS = [  # two series, dirt of every kind the rules catch, a row delivered late and a resent row
     "101,20.0,1161114004,122,2017-04-18 00:00:00",
     "102,21.0,1161114004,122,2017-04-18 00:01:00",
@@ -77,8 +82,9 @@ EXPORT_ROWS = [  # two series, dirt of every kind the rules catch, a row deliver
 
 
 def plus_half(matrix: np.ndarray) -> np.ndarray:
-    """A stand-in model: the latest reading plus 0.5."""
-    return matrix[:, 0] + 0.5
+    """A stand-in model of OUTPUTS: h steps ahead, the latest reading plus h / 2, within 1 either side."""
+    latest = matrix[:, :1]
+    return np.hstack([latest + horizon / 2 + offset for horizon in HORIZONS for offset in (0.0, -1.0, 1.0)])
 
 
 @pytest.fixture
@@ -96,14 +102,14 @@ def raw_of(export: Path) -> pd.DataFrame:
 def test_the_features_are_built_with_the_featurize_params_the_model_was_trained_with() -> None:
     logged = {
         "featurize.n_lags": "3",
-        "featurize.horizon": "1",
+        "featurize.horizons": "[1, 5, 15]",
         "featurize.valid_fraction": "0.15",
         "featurize.test_fraction": "0.15",
         "featurize.holdout_stations": "[]",
         "train.alpha": "0.1",
     }
     featurize = training_featurize(logged)  # MLflow keeps params as text
-    assert featurize == {"n_lags": 3, "horizon": 1, "valid_fraction": 0.15, "test_fraction": 0.15, "holdout_stations": []}
+    assert featurize == {"n_lags": 3, "horizons": [1, 5, 15], "valid_fraction": 0.15, "test_fraction": 0.15, "holdout_stations": []}
     assert feature_spec(SPEC.feature_columns, featurize) == SPEC
     assert feature_spec(SPEC.feature_columns, {**featurize, "a_param_this_library_lacks": 1}) == SPEC
     with pytest.raises(BtsError, match=r"the model's inputs \(lag_1, .*\) are not the features this library builds .*n_lags=3"):
@@ -118,42 +124,68 @@ def test_the_features_are_built_with_the_featurize_params_the_model_was_trained_
 
 def test_every_reading_with_full_history_is_scored_the_last_of_each_series_included() -> None:
     clean = clean_frame(stations=(1, 2), readings=10)
-    scored = score_readings(clean, SPEC, plus_half)
-    assert list(scored.columns) == PREDICTION_COLUMNS and scored.dtypes.astype(str).to_dict() == PREDICTION_DTYPES
+    scored = score_readings(clean, SPEC, plus_half, OUTPUTS)
+    assert list(scored.columns) == KEY_COLUMNS + OUTPUTS and scored.dtypes.astype(str).to_dict() == prediction_dtypes(OUTPUTS)
     assert len(scored) == 2 * (10 - SPEC.n_lags + 1)
     served = serving_rows(clean, SPEC)
     assert scored["reading_id"].tolist() == served["reading_id"].tolist()
-    assert (scored["value"] == served["lag_1"]).all() and (scored["prediction"] == scored["value"] + 0.5).all()
+    assert (scored["value"] == served["lag_1"]).all()
+    for horizon in HORIZONS:  # each answer column lands under its own name
+        forecast = scored[output_column(FORECAST, horizon)]
+        assert (forecast == scored["value"] + horizon / 2).all()
+        assert (scored[output_column(LOWER, horizon)] == forecast - 1).all()
+        assert (scored[output_column(UPPER, horizon)] == forecast + 1).all()
     last_ids = clean.groupby(SERIES_KEYS)["id"].max()
     assert set(last_ids) <= set(scored["reading_id"])  # the forecast after each series' last reading
 
 
 def test_scoring_groups_of_whole_series_gives_the_rows_of_scoring_everything() -> None:
     clean = clean_frame(stations=(1, 2, 3, 4), readings=12)
-    whole = score_readings(clean, SPEC, plus_half)
-    groups = [score_readings(group, SPEC, plus_half) for _, group in clean.groupby(clean["station_id"] % 2)]
+    whole = score_readings(clean, SPEC, plus_half, OUTPUTS)
+    groups = [score_readings(group, SPEC, plus_half, OUTPUTS) for _, group in clean.groupby(clean["station_id"] % 2)]
     parts = pd.concat(groups).sort_values("reading_id").reset_index(drop=True)
     assert parts.equals(whole.sort_values("reading_id").reset_index(drop=True))
 
 
 def test_series_too_short_to_fill_the_lags_are_left_out() -> None:
     clean = pd.concat([clean_frame(stations=(1,), readings=5), clean_frame(stations=(2,), readings=2).assign(id=lambda f: f["id"] + 100)])
-    scored = score_readings(clean, SPEC, plus_half)
+    scored = score_readings(clean, SPEC, plus_half, OUTPUTS)
     assert set(scored["station_id"]) == {1} and len(scored) == 5 - SPEC.n_lags + 1
-    empty = score_readings(clean_frame(stations=(1,), readings=2), SPEC, plus_half)
-    assert empty.empty and empty.dtypes.astype(str).to_dict() == PREDICTION_DTYPES
+    empty = score_readings(clean_frame(stations=(1,), readings=2), SPEC, plus_half, OUTPUTS)
+    assert empty.empty and empty.dtypes.astype(str).to_dict() == prediction_dtypes(OUTPUTS)
 
 
-def test_a_model_answering_the_wrong_number_of_predictions_is_an_error() -> None:
-    with pytest.raises(BtsError, match="predictions for"):
-        score_readings(clean_frame(readings=5), SPEC, lambda matrix: matrix[:1, 0])
+@pytest.mark.parametrize(
+    ("answer", "shape"),
+    [
+        (lambda matrix: plus_half(matrix)[:1], (1, 6)),  # too few rows
+        (lambda matrix: plus_half(matrix)[:, :3], (4, 3)),  # one horizon short
+        (lambda matrix: matrix[:, 0] + 0.5, (4,)),  # one forecast per row: a single-horizon model
+    ],
+    ids=["rows", "columns", "one column"],
+)
+def test_a_model_answering_other_than_rows_by_output_columns_is_an_error(answer, shape) -> None:
+    message = f"the model returned {shape} predictions for 4 rows x 6 output columns (forecast_h1, lower_h1, upper_h1, ...)"
+    with pytest.raises(BtsError) as wrong:
+        score_readings(clean_frame(stations=(1,), readings=6), SPEC, answer, OUTPUTS)
+    assert str(wrong.value) == message
+
+
+def test_the_prediction_columns_are_the_keys_then_the_model_s_outputs_in_both_engines() -> None:
+    dtypes = prediction_dtypes(OUTPUTS)
+    assert list(dtypes) == [*KEY_COLUMNS, "forecast_h1", "lower_h1", "upper_h1", "forecast_h4", "lower_h4", "upper_h4"]
+    assert [dtypes[column] for column in OUTPUTS] == ["float64"] * len(OUTPUTS)
+    spark_schema = ddl(dtypes)  # the Spark engine's schema of the scoring UDF
+    assert spark_schema.startswith("station_id long, parameter_id long, reading_id long, reading_time timestamp_ntz, value double, ")
+    assert spark_schema.endswith("forecast_h4 double, lower_h4 double, upper_h4 double")
+    assert batch_columns(OUTPUTS) == [*dtypes, *LINEAGE_COLUMNS]
 
 
 def test_lineage_columns_are_text_on_every_row() -> None:
-    scored = score_readings(clean_frame(readings=5), SPEC, plus_half)
+    scored = score_readings(clean_frame(readings=5), SPEC, plus_half, OUTPUTS)
     lineage = dict.fromkeys(LINEAGE_COLUMNS, "x") | {"model_name": None}
     marked = with_lineage(scored, lineage)
-    assert list(marked.columns) == PREDICTION_COLUMNS + LINEAGE_COLUMNS
+    assert list(marked.columns) == batch_columns(OUTPUTS)
     assert (marked["run_id"] == "x").all() and marked["model_name"].isna().all()
     assert all(str(marked[column].dtype) == "str" for column in LINEAGE_COLUMNS)
 
@@ -232,7 +264,7 @@ def test_cleaning_groups_of_ids_gives_the_result_of_cleaning_everything(export, 
 def test_score_group_scores_the_clean_readings_spark_hands_it() -> None:
     clean = clean_frame(readings=6)
     handed = clean[["station_id", "parameter_id", "reading_time", "id", "value"]].astype({"reading_time": "datetime64[ns]"})
-    assert score_group(handed, SPEC, plus_half).equals(score_readings(clean, SPEC, plus_half))
+    assert score_group(handed, SPEC, plus_half, OUTPUTS).equals(score_readings(clean, SPEC, plus_half, OUTPUTS))
 
 
 def test_a_spark_failure_is_told_by_the_line_that_names_it() -> None:

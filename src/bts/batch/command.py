@@ -151,7 +151,7 @@ def run_batch(
         if request.engine == "pandas":
             from bts.batch.pandas_engine import score_with_pandas
 
-            result = score_with_pandas(files, catalogue, spec, model.predict, lineage, staging, say)
+            result = score_with_pandas(files, catalogue, spec, model.predict, model.output_columns, lineage, staging, say)
         else:
             from bts.batch.spark_engine import score_with_spark
             from bts.batch.spark_session import spark_session
@@ -160,7 +160,7 @@ def run_batch(
             with nullcontext(session) if session is not None else spark_session(request.master, request.conf) as spark:
                 seconds["start_spark"] = time.perf_counter() - clock
                 say(f"spark {spark.version} on {spark.sparkContext.master}")
-                result = score_with_spark(spark, files, catalogue, spec, model.predict, lineage, staging, say)
+                result = score_with_spark(spark, files, catalogue, spec, model.predict, model.output_columns, lineage, staging, say)
         if result.predicted == 0:
             raise BtsError(f"{request.input}: no series has the {spec.n_lags} clean readings a prediction needs; nothing written")
         rows = row_counts(sum(record["rows"] for record in result.files), result.accounting, result.predicted, result.series)
@@ -188,7 +188,7 @@ def build_manifest(
 ) -> dict:
     """What the batch read, with which model, what it wrote and how long it took (JSON)."""
     from bts.batch.output import MANIFEST_KIND
-    from bts.batch.scoring import OUTPUT_COLUMNS
+    from bts.batch.scoring import batch_columns
 
     engine = dict(result.engine)
     if request.conf:
@@ -202,7 +202,7 @@ def build_manifest(
         "outputs": {
             "predictions": paths.predictions.name,
             "quarantine": paths.quarantine.name,
-            "columns": OUTPUT_COLUMNS,
+            "columns": batch_columns(model.output_columns),
         },
         "rows": rows,
         "seconds": seconds,

@@ -29,11 +29,12 @@ def score_with_pandas(
     catalogue: dict[int, Sensor],
     spec: FeatureSpec,
     predict: Predict,
+    outputs: list[str],
     lineage: dict[str, str | None],
     staging: Path,
     say: Callable[[str], None],
 ) -> EngineResult:
-    """Score the files into staging (PREDICTIONS/part-00000.parquet and QUARANTINE)."""
+    """Score the files into staging (PREDICTIONS/part-00000.parquet and QUARANTINE); predict answers the output columns."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     schema = raw_schema(catalogue)
@@ -56,7 +57,7 @@ def score_with_pandas(
     say(f"cleaned: {accounting['rows_in']} in = {accounting['rows_out']} clean + {accounting['rows_quarantined']} quarantined")
     seconds["clean"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    scored = score_readings(result.clean[SCORED_READING_COLUMNS], spec, predict)
+    scored = score_readings(result.clean[SCORED_READING_COLUMNS], spec, predict, outputs)
     series = len(scored.drop_duplicates(SERIES_KEYS))
     say(f"scored {len(scored)} readings of {series} series")
     seconds["score"], clock = time.perf_counter() - clock, time.perf_counter()

@@ -32,19 +32,18 @@ if TYPE_CHECKING:  # their modules import MLflow, which Spark's Python workers n
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
-# One row per scored reading: its series, its id and time, its value (lag_1) and the forecast of the reading after it.
-PREDICTION_DTYPES = {
+# One row per scored reading: its series, its id and time, its value (lag_1), then the model's forecast of each horizon
+# after it with its interval (prediction_dtypes: the output columns are the served model's, named by bts.horizons).
+KEY_DTYPES = {
     "station_id": "int64",
     "parameter_id": "int64",
     "reading_id": "int64",
     "reading_time": "datetime64[us]",
     "value": "float64",
-    "prediction": "float64",
 }
-PREDICTION_COLUMNS = list(PREDICTION_DTYPES)
+KEY_COLUMNS = list(KEY_DTYPES)
 # What every row says about the model that made it: enough for `bts lineage` to find its run, data and commit.
 LINEAGE_COLUMNS = ["model_name", "model_version", "run_id", "model_md5", "package_md5", *[f"data_{name}_md5" for name in DATASETS]]
-OUTPUT_COLUMNS = PREDICTION_COLUMNS + LINEAGE_COLUMNS
 # The clean columns scoring reads (the rest of a clean reading is not needed to score it).
 SCORED_READING_DTYPES = {
     "station_id": "int64",
@@ -130,12 +129,24 @@ def _shown(columns: list[str], count: int = 16) -> str:
     return ", ".join(columns[:count]) + (", ..." if len(columns) > count else "")
 
 
-def empty_predictions() -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in PREDICTION_DTYPES.items()})
+def prediction_dtypes(outputs: list[str]) -> dict[str, str]:
+    """The columns of a batch's prediction rows for a model with these output columns, with their dtypes: KEY_DTYPES,
+    then every output as float64. The one schema of both engines (the Spark engine's DDL is made of it)."""
+    return {**KEY_DTYPES, **dict.fromkeys(outputs, "float64")}
 
 
-def score_readings(clean: pd.DataFrame, spec: FeatureSpec, predict: Predict) -> pd.DataFrame:
-    """PREDICTION_COLUMNS for every reading with spec.n_lags readings of history, the last of each series included.
+def batch_columns(outputs: list[str]) -> list[str]:
+    """Every column of a batch's output, in order: the prediction columns, then LINEAGE_COLUMNS."""
+    return [*prediction_dtypes(outputs), *LINEAGE_COLUMNS]
+
+
+def empty_predictions(outputs: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in prediction_dtypes(outputs).items()})
+
+
+def score_readings(clean: pd.DataFrame, spec: FeatureSpec, predict: Predict, outputs: list[str]) -> pd.DataFrame:
+    """prediction_dtypes' columns for every reading with spec.n_lags readings of history, the last of each series
+    included: predict returns one row per reading and one column per output, in the order of outputs.
 
     Series too short to fill the lags are left out (an empty frame when none is long enough); rows are in
     serving_rows' order (time, then series).
@@ -143,21 +154,21 @@ def score_readings(clean: pd.DataFrame, spec: FeatureSpec, predict: Predict) -> 
     length = clean.groupby(SERIES_KEYS, sort=False)["id"].transform("size")
     scorable = clean[length >= spec.n_lags]
     if scorable.empty:
-        return empty_predictions()
+        return empty_predictions(outputs)
     rows = serving_rows(scorable, spec)
     prediction = np.asarray(predict(rows[spec.feature_columns].to_numpy(dtype=np.float64)), dtype=np.float64)
-    if prediction.shape != (len(rows),):
-        raise BtsError(f"the model returned {prediction.shape} predictions for {len(rows)} rows")
-    return pd.DataFrame(
-        {
-            "station_id": rows["station_id"],
-            "parameter_id": rows["parameter_id"],
-            "reading_id": rows["reading_id"],
-            "reading_time": rows["reading_time"],
-            "value": rows["lag_1"],
-            "prediction": prediction,
-        }
-    ).astype(PREDICTION_DTYPES)
+    if prediction.shape != (len(rows), len(outputs)):
+        raise BtsError(
+            f"the model returned {prediction.shape} predictions for {len(rows)} rows x {len(outputs)} output columns ({_shown(outputs, 3)})"
+        )
+    keys = {
+        "station_id": rows["station_id"],
+        "parameter_id": rows["parameter_id"],
+        "reading_id": rows["reading_id"],
+        "reading_time": rows["reading_time"],
+        "value": rows["lag_1"],
+    }
+    return pd.DataFrame({**keys, **dict(zip(outputs, prediction.T, strict=True))}).astype(prediction_dtypes(outputs))
 
 
 def lineage_values(model: ServedModel) -> dict[str, str | None]:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from bts.batch.inputs import RAW_DTYPES, InputFile, read_input
 from bts.batch.output import PREDICTIONS, QUARANTINE, write_frame
-from bts.batch.scoring import PREDICTION_DTYPES, SCORED_READING_DTYPES, EngineResult, Predict, merge_accounting, score_readings
+from bts.batch.scoring import SCORED_READING_DTYPES, EngineResult, Predict, merge_accounting, prediction_dtypes, score_readings
 from bts.batch.spark_session import SparkProgress, quiet_python_warnings, spark_step
 from bts.data.catalogue import Sensor
 from bts.data.cleaning import clean_readings
@@ -187,9 +187,9 @@ def quarantine_rows(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     return ordered.reset_index(drop=True)
 
 
-def score_group(frame: pd.DataFrame, spec: FeatureSpec, predict: Predict) -> pd.DataFrame:
+def score_group(frame: pd.DataFrame, spec: FeatureSpec, predict: Predict, outputs: list[str]) -> pd.DataFrame:
     """applyInPandas over a group of whole series: score_readings on its clean readings."""
-    return score_readings(frame.astype(SCORED_READING_DTYPES), spec, predict)
+    return score_readings(frame.astype(SCORED_READING_DTYPES), spec, predict, outputs)
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -210,9 +210,9 @@ def _cleaner(catalogue: dict[int, Sensor], labels: list[str]) -> Callable[[pd.Da
     return clean
 
 
-def _scorer(spec: FeatureSpec, predict: Predict) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _scorer(spec: FeatureSpec, predict: Predict, outputs: list[str]) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def score(frame: pd.DataFrame) -> pd.DataFrame:
-        return score_group(frame, spec, predict)
+        return score_group(frame, spec, predict, outputs)
 
     return score
 
@@ -236,11 +236,13 @@ def score_with_spark(
     catalogue: dict[int, Sensor],
     spec: FeatureSpec,
     predict: Predict,
+    outputs: list[str],
     lineage: dict[str, str | None],
     staging: Path,
     say: Callable[[str], None],
 ) -> EngineResult:
-    """Score the files into staging (PREDICTIONS written by Spark, QUARANTINE by the driver)."""
+    """Score the files into staging (PREDICTIONS written by Spark, QUARANTINE by the driver); predict answers the output
+    columns."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -281,7 +283,7 @@ def score_with_spark(
                 *[F.col("clean_time").alias(name) if name == "reading_time" else name for name in SCORED_READING_DTYPES]
             )
             scored = readings.groupBy(_bucket(buckets, "station_id", "parameter_id")).applyInPandas(
-                _scorer(spec, predict), ddl(PREDICTION_DTYPES)
+                _scorer(spec, predict, outputs), ddl(prediction_dtypes(outputs))
             )
             scored = scored.select(*scored.columns, *[F.lit(value).cast("string").alias(column) for column, value in lineage.items()])
             with spark_step("scoring"):
