@@ -4,14 +4,16 @@ A registered version is served; the last simulated day is replayed through
 it (good traffic), then replayed again with lag_1 shifted (drift). The
 report must count every request sent, flag lag_1 and nothing else, carry the
 served version's lineage as tags, be listed by `bts lineage`, and score live
-accuracy exactly as an offline computation on the same rows does. The HTML
-page is opened in headless Chromium.
+accuracy at every horizon (error, skill, coverage of the intervals) exactly
+as an offline computation on the same rows does. The HTML page is opened in
+headless Chromium.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,9 @@ import pandas as pd
 import pytest
 
 from bts.data.features import FeatureSpec, build_features
+from bts.horizons import FORECAST, LOWER, UPPER, label, metric_name, output_column, target_column
 from bts.monitoring.field_readings import read_readings
+from bts.params import load_params
 from bts.tracking.tags import MONITOR_REPORT, MONITORED_NAME, MONITORED_RUN, MONITORED_VERSION, PACKAGE_MD5, data_md5_tag
 from tests.integration.test_bts_serve import bts_server, environment
 from tests.integration.workspace import bts, run, store
@@ -101,24 +105,47 @@ def test_monitor_counts_every_request_flags_the_shifted_feature_and_links_the_re
     assert chain["monitoring"]["newest"][0]["run_id"] == report_run.info.run_id
 
 
-def test_live_accuracy_joins_the_replay_with_its_next_readings_exactly(served: dict, tmp_path: Path) -> None:
+def test_live_accuracy_at_every_horizon_equals_an_offline_join_of_the_replay_with_its_later_readings(served: dict, tmp_path: Path) -> None:
     repo, export = served["repo"], served["export"]
     options = ("--log-dir", str(served["log_dir"]), "--until", served["boundary"], "--actuals", str(export))
-    _, report = monitor(repo, tmp_path / "good", *options)
+    stdout, report = monitor(repo, tmp_path / "good", *options)
     live = report["live"]
     assert report["drift"]["drifted"] == []  # the good traffic alone has not drifted
-    assert live["joined_share"] >= 0.95
+    params = load_params(repo / "params.yaml")
+    assert live["horizons"] == params.featurize.horizons == [1, 5, 15] and live["target_coverage"] == params.train.interval_coverage
 
     predictions = pd.read_parquet(served["log_dir"] / "predictions")
     predictions = predictions[predictions["time"] < pd.Timestamp(served["boundary"])]
-    assert len(predictions) == live["predictions"]
-    examples, _ = build_features(read_readings(export, repo, repo / "metadata/sensors.yaml"), FeatureSpec())
+    assert len(predictions) == live["predictions"] and live["without_keys"] == 0
+    readings = read_readings(export, repo, repo / "metadata/sensors.yaml")
     keys = ["station_id", "parameter_id", "reading_id"]  # each request row named its latest reading
-    joined = predictions.astype({key: "int64" for key in keys}).merge(examples[[*keys, "target"]], on=keys)
-    assert len(joined) == live["joined"]
-    offline_rmse = float(np.sqrt(np.mean((joined["prediction"] - joined["target"]) ** 2)))
-    assert live["overall"]["rmse"] == pytest.approx(offline_rmse, rel=1e-6)
-    assert report["offline"]["overall"]["rmse"] > 0  # shown beside the run's own test score
+    report_run = store(repo).get_run(re.search(r"MLflow run ([0-9a-f]{32}) in ", stdout).group(1))
+    for horizon in live["horizons"]:
+        # The examples build_features makes for this horizon alone: each reading with its history and the reading
+        # `horizon` steps later in its series (target_h<horizon>), what the model was trained to forecast.
+        examples, _ = build_features(readings, FeatureSpec.from_params(params.featurize).but(horizons=[horizon]))
+        target = target_column(horizon)
+        joined = predictions.astype({key: "int64" for key in keys}).merge(examples[[*keys, target]], on=keys)
+        actual, latest = joined[target].to_numpy(), joined["lag_1"].to_numpy()
+        forecast, lower, upper = (joined[output_column(kind, horizon)].to_numpy() for kind in (FORECAST, LOWER, UPPER))
+        rmse, persistence_rmse = np.sqrt(np.mean((forecast - actual) ** 2)), np.sqrt(np.mean((latest - actual) ** 2))
+        inside = (lower <= actual) & (actual <= upper)
+        coverage = inside.mean()
+
+        scored = live["by_horizon"][label(horizon)]
+        assert scored["horizon"] == horizon and scored["joined"] == len(joined) and scored["joined_share"] >= 0.95
+        overall = scored["overall"]
+        assert overall["rmse"] == pytest.approx(rmse, abs=1e-6)
+        assert overall["skill"] == pytest.approx(1 - rmse / persistence_rmse, abs=1e-6)
+        assert overall["coverage"] == pytest.approx(coverage, abs=1e-6) and 0 < coverage < 1
+        assert overall["mean_width"] == pytest.approx(np.mean(upper - lower), abs=1e-6)
+        by_series = joined.assign(inside=inside).groupby(["station_id", "parameter_id"])["inside"]
+        assert [row["rows"] for row in scored["by_series"]] == by_series.size().tolist()
+        assert [row["coverage"] for row in scored["by_series"]] == pytest.approx(by_series.mean().tolist(), abs=1e-6)
+        assert report["offline"]["by_horizon"][label(horizon)]["coverage"] > 0  # shown beside the run's own test scores
+        assert report_run.data.metrics[metric_name("live", horizon, "coverage")] == overall["coverage"]
+        assert f"  live {label(horizon)}: {len(joined)} of {len(predictions)} predictions joined; " in stdout
+    assert live["by_horizon"]["h1"]["joined"] > live["by_horizon"]["h15"]["joined"]  # a series' last 15 readings have no h15 truth
 
 
 def test_the_html_report_renders_in_a_headless_browser(served: dict, tmp_path: Path) -> None:

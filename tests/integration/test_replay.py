@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bts.data.features import FeatureSpec
+from bts.horizons import output_columns
 from bts.model.package import load_package
 from bts.monitoring.field_readings import read_readings, serving_rows
 from bts.params import load_params
@@ -51,7 +52,9 @@ def test_replayed_rows_are_each_scored_once_logged_with_their_keys_and_scored_as
     assert (logged["reading_time"] == sent["reading_time"].dt.tz_localize("UTC")).all()
     assert logged[spec.feature_columns].equals(sent[spec.feature_columns])  # the features arrive exactly
     model = load_package(repo / "models/package", lock_outs(repo / "dvc.lock")["models/package"])
-    assert np.allclose(logged["prediction"], model.predict(sent[spec.feature_columns]))
+    expected = model.predict(sent[spec.feature_columns])
+    assert list(expected.columns) == output_columns(spec.horizons)  # forecast, lower, upper of every horizon
+    assert np.allclose(logged[list(expected.columns)], expected)  # each logged in its own column
 
 
 def said(result: subprocess.CompletedProcess) -> list[str]:

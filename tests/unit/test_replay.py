@@ -30,7 +30,7 @@ from bts.monitoring.replay import add_arguments, encode, replay, served_model, s
 from bts.serving.payload import KEY_COLUMNS, PayloadParser
 from tests.unit.test_features import clean_frame
 
-SPEC = FeatureSpec(n_lags=3)
+SPEC = FeatureSpec(n_lags=3, horizons=[1])  # build_features then makes an example of every reading with history and a next one
 KEYS = list(KEY_COLUMNS)
 EXPORT_ROWS = [  # two series of 5 readings, one out of order, plus a sentinel and an unknown parameter (quarantined)
     "101,20.0,1161114004,122,2017-04-18 00:00:00",
@@ -63,11 +63,13 @@ def latest_of_series(served: pd.DataFrame, readings: int) -> pd.Series:
 # --- serving_rows: build_features' rows, plus each series' last reading ----------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [SPEC, FeatureSpec(n_lags=5, horizon=3, holdout_stations=(2,))], ids=["n_lags 3", "horizon 3, holdout"])
+@pytest.mark.parametrize(
+    "spec", [SPEC, FeatureSpec(n_lags=5, horizons=[3, 7], holdout_stations=(2,))], ids=["n_lags 3", "horizons 3 and 7, holdout"]
+)
 def test_serving_rows_are_build_features_rows_plus_the_last_reading_of_each_series(spec):
     clean = clean_frame(stations=(1, 2, 3), readings=25).sample(frac=1, random_state=1)  # input order must not matter
     served, _ = serving_and_training(clean, spec)
-    _, training = serving_and_training(clean, FeatureSpec(n_lags=spec.n_lags))  # every reading with a next one
+    _, training = serving_and_training(clean, SPEC.but(n_lags=spec.n_lags))  # every reading with a next one
     assert list(served.columns) == [*KEYS, *spec.feature_columns]
     assert served["reading_time"].is_monotonic_increasing
     latest = latest_of_series(served, 25)

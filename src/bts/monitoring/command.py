@@ -23,11 +23,12 @@ from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
 from bts.files import output_place, shown_path, write_json, write_text
 from bts.hashing import dvc_md5
+from bts.horizons import metric_name
 from bts.lifecycle.lineage import lock_record, resolve_reference
 from bts.model.profile import PROFILE_ARTIFACT
 from bts.monitoring.field_readings import read_readings
 from bts.monitoring.page import render
-from bts.monitoring.report import build_report, parse_time, read_log
+from bts.monitoring.report import build_report, flagged_horizons, parse_time, read_log
 from bts.params import PARAMS_FILE, load_params
 from bts.project import pipeline_argument
 from bts.serving import DEFAULT_LOG_DIR
@@ -46,6 +47,8 @@ from bts.tracking.tags import (
 )
 
 REPORTS_DIR = "reports"  # under the monitoring log folder
+LIVE = "live"  # the report run's live scores are live.h1.rmse, ... as the training run's are test.h1.rmse, ...
+COVERAGE_PARAM = "train.interval_coverage"
 
 
 def monitored_model(client: MlflowClient, ref: str, root: Path) -> dict:
@@ -99,6 +102,7 @@ def report_tags(model: dict) -> dict[str, str]:
 
 
 def report_metrics(report: dict) -> dict[str, float]:
+    """What the run logs: service, drift and, per horizon, live scores (`live.h5.skill`, named as evaluate names a split's)."""
     service, live = report["service"], report["live"]
     metrics = {
         "service.requests": service["requests"],
@@ -110,17 +114,18 @@ def report_metrics(report: dict) -> dict[str, float]:
     }
     if service["cost"]["cpu_seconds_per_1000_predictions"] is not None:
         metrics["service.cpu_seconds_per_1000_predictions"] = service["cost"]["cpu_seconds_per_1000_predictions"]
-    if live is not None and live["overall"] is not None:
-        metrics.update({f"live.{k}": v for k, v in live["overall"].items() if v is not None})
-        metrics["live.joined_share"] = live["joined_share"]
+    for scored in live["by_horizon"].values() if live is not None else []:
+        horizon = scored["horizon"]
+        metrics[metric_name(LIVE, horizon, "joined_share")] = scored["joined_share"]
+        if scored["overall"] is not None:
+            metrics.update({metric_name(LIVE, horizon, k): v for k, v in scored["overall"].items() if v is not None})
     return metrics
 
 
 def retrain_command(model: dict, report: dict, run_id: str) -> str | None:
     """The `bts retrain` that would learn from these readings, when live skill fell below the threshold and a registered
     version (by an alias it holds) was served; None otherwise."""
-    live = report["live"]
-    if live is None or not (live["overall_flagged"] or live["flagged"]) or model["version"] is None:
+    if not flagged_horizons(report["live"]) or model["version"] is None:
         return None
     ref = model["reference"]
     if "@" not in ref:
@@ -161,7 +166,8 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     run = client.get_run(model["run_id"]) if model["run_id"] else None
     catalogue = load_catalogue(root / pipeline_argument(root, "ingest", "--sensors"))
     actuals = read_readings(Path(args.actuals), root, root / pipeline_argument(root, "ingest", "--sensors")) if args.actuals else None
-    horizon = int(run.data.params.get("featurize.horizon", params.featurize.horizon)) if run else params.featurize.horizon
+    # The coverage the intervals were calibrated for: the training run's (params.yaml's when the run is not in the store).
+    coverage = float(run.data.params.get(COVERAGE_PARAM, params.train.interval_coverage)) if run else params.train.interval_coverage
     window = {
         "since": since.isoformat() if since is not None else None,
         "until": until.isoformat() if until is not None else None,
@@ -172,7 +178,7 @@ def monitor_command(client: MlflowClient, root: Path, args: argparse.Namespace) 
     }
     profile = training_profile(client, model["run_id"])
     metrics = run.data.metrics if run else {}
-    report = build_report(model, log, profile, metrics, actuals, horizon, catalogue, params.monitor, window)
+    report = build_report(model, log, profile, metrics, actuals, coverage, catalogue, params.monitor, window)
     experiment = (client.get_experiment(run.info.experiment_id).name if run else params.train.experiment) + MONITORING_SUFFIX
     run_id = log_report(client, root, experiment, model, report, out)
     print(summary(report, out, experiment, run_id))
@@ -192,13 +198,8 @@ def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
             else f"not judged ({drift['reason']})"
         ),
     ]
-    if live is not None and live["overall"] is not None:
-        overall, offline = live["overall"], report["offline"]["overall"]
-        offline_text = f"; offline test RMSE {offline['rmse']:.4g}, skill {offline['skill']:+.1%}" if offline["rmse"] is not None else ""
-        lines.append(
-            f"  live: {live['joined']} of {live['predictions']} predictions joined; RMSE {overall['rmse']:.4g}, "
-            f"skill {overall['skill']:+.1%} over persistence{offline_text}"
-        )
+    if live is not None:
+        lines += live_lines(live, report["offline"])
     for alert in report["alerts"]:
         lines.append(f"  ALERT: {alert}")
     if report["retrain"]:
@@ -207,3 +208,28 @@ def summary(report: dict, out: Path, experiment: str, run_id: str) -> str:
         lines.append(f"  log: {len(report['window']['skipped_files'])} unreadable file(s) left out (named above)")
     lines.append(f"  report: {shown_path(out / 'report.html')}; MLflow run {run_id} in {experiment}")
     return "\n".join(lines)
+
+
+def live_lines(live: dict, offline: dict) -> list[str]:
+    """One line per horizon: rows joined, live RMSE, skill, coverage against the target and width, beside the run's test
+    scores."""
+    if not live["by_horizon"]:
+        return [f"  live: {live['predictions']} predictions to join"]
+    lines = []
+    for key, scored in live["by_horizon"].items():
+        overall, test = scored["overall"], offline["by_horizon"].get(key, {})
+        head = f"  live {key}: {scored['joined']} of {live['predictions']} predictions joined"
+        if overall is None:
+            lines.append(f"{head} (none with the reading {scored['horizon']} step(s) later)")
+            continue
+        skill = "n/a" if overall["skill"] is None else f"{overall['skill']:+.1%}"
+        offline_text = (
+            f"; offline test RMSE {test['rmse']:.4g}, skill {test['skill']:+.1%}, coverage {test['coverage']:.1%}"
+            if None not in (test.get("rmse"), test.get("skill"), test.get("coverage"))
+            else ""
+        )
+        lines.append(
+            f"{head}; RMSE {overall['rmse']:.4g}, skill {skill} over persistence, coverage {overall['coverage']:.1%} "
+            f"(target {live['target_coverage']:.1%}), mean width {overall['mean_width']:.4g}{offline_text}"
+        )
+    return lines

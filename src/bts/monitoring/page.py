@@ -2,8 +2,11 @@
 
 Three plots: requests and latency over time; drift per feature (population
 stability index against its threshold); live against offline error per
-sensor. Nothing is fetched from elsewhere, so the page opens anywhere (a
-browser, the MLflow UI's artifact view, an email).
+sensor, a panel per horizon. Live accuracy is a table per horizon (error,
+skill over persistence, the intervals' coverage against the coverage they
+were calibrated for, their width) beside the run's test scores, then one
+row per series and horizon. Nothing is fetched from elsewhere, so the page
+opens anywhere (a browser, the MLflow UI's artifact view, an email).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+
+from bts.horizons import label
 
 SERVICE_COLUMNS = [
     "requests", "failed", "error rate", "predictions", "p50 ms", "p95 ms", "p99 ms", "requests/s",
@@ -36,6 +41,7 @@ img { max-width: 100%; } code { background: #f4f4f4; padding: 0 0.2em; }
 
 
 FLAGGED = "FLAGGED"  # the verdict of a series whose live skill fell below the threshold
+SCORE_COLUMNS = ["RMSE", "MAE", "persistence RMSE", "skill", "coverage", "mean width"]  # score_cells' columns
 
 
 def png(figure: plt.Figure) -> str:
@@ -86,16 +92,30 @@ def drift_figure(features: list[dict], threshold: float) -> plt.Figure:
 
 
 def accuracy_figure(live: dict, offline: dict) -> plt.Figure:
-    rows = pd.DataFrame(live["by_series"])
+    """Per horizon (a panel each), per sensor: live RMSE, live persistence RMSE and the run's offline test RMSE."""
+    scored = [entry for entry in live["by_horizon"].values() if entry["by_series"]]
+    figure, panels = plt.subplots(len(scored), 1, figsize=(10, 3.2 * len(scored) + 0.6), squeeze=False)
+    for axes, entry in zip(panels[:, 0], scored, strict=True):
+        horizon_panel(axes, entry, offline)
+    legend_outside(panels[0, 0])
+    figure.suptitle("Live against offline error per sensor")
+    figure.tight_layout()
+    return figure
+
+
+def horizon_panel(axes: plt.Axes, entry: dict, offline: dict) -> None:
+    key = label(entry["horizon"])
+    rows = pd.DataFrame(entry["by_series"])
     by_parameter = rows.groupby(["parameter_id", "sensor", "unit"], dropna=False).apply(
         lambda g: pd.Series({"live": np.sqrt(np.average(g["rmse"] ** 2, weights=g["rows"])),
                              "persistence": np.sqrt(np.average(g["persistence_rmse"] ** 2, weights=g["rows"]))}),
         include_groups=False,
     ).reset_index()  # fmt: skip
     labels = [f"{row.sensor or row.parameter_id}\n({row.unit})" for row in by_parameter.itertuples()]
-    offline_rmse = [offline["by_parameter"].get(str(pid), {}).get("rmse", np.nan) for pid in by_parameter["parameter_id"]]
+    offline_rmse = [
+        (offline["by_parameter"].get(str(pid), {}).get(key) or {}).get("rmse") or np.nan for pid in by_parameter["parameter_id"]
+    ]
     x = np.arange(len(labels))
-    figure, axes = plt.subplots(figsize=(10, 3.8))
     bars = [
         axes.bar(x - 0.27, by_parameter["live"], 0.27, color=COLORS["live"], label="live RMSE"),
         axes.bar(x, by_parameter["persistence"], 0.27, color=COLORS["persistence"], label="live persistence RMSE"),
@@ -109,10 +129,8 @@ def accuracy_figure(live: dict, offline: dict) -> plt.Figure:
     smallest = np.nanmin(values[values > 0]) if (values > 0).any() else 1.0
     axes.set_yscale("log")
     axes.set_ylim(bottom=10 ** np.floor(np.log10(smallest) - 0.5), top=np.nanmax(values) * 3)  # room for the labels
-    axes.set_ylabel("RMSE (sensor's unit, log scale)")
-    legend_outside(axes)
-    axes.set_title("Live against offline error per sensor")
-    return figure
+    axes.set_ylabel("RMSE (unit, log scale)")
+    axes.set_title(f"{key}: {entry['horizon']} step(s) ahead", fontsize=10)
 
 
 def table(header: list[str] | None, rows: list[list], classes: list[str] | None = None, flag_cells: str | None = None) -> str:
@@ -151,6 +169,52 @@ def when(iso: str | None) -> str | None:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
+
+
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def verdict(scored: dict) -> str:
+    return FLAGGED if scored["flagged"] else "ok"
+
+
+def score_cells(scores: dict) -> list:
+    """RMSE, MAE, persistence RMSE, skill, coverage and mean width of live or offline scores ("-" where missing)."""
+    return [scores.get("rmse"), scores.get("mae"), scores.get("persistence_rmse"), percent(scores.get("skill")),
+            share(scores.get("coverage")), scores.get("mean_width")]  # fmt: skip
+
+
+def live_section(live: dict, offline: dict) -> list[str]:
+    """Live accuracy per horizon beside the run's test scores, the plot, then every series at every horizon."""
+    if not live["by_horizon"]:
+        return [f'<p class="muted">None of the {live["predictions"]} predictions to join with later readings.</p>']
+    joined = "; ".join(f"{key}: {entry['joined']} ({entry['joined_share']:.1%})" for key, entry in live["by_horizon"].items())
+    intro = (
+        f"Each of the {live['predictions']} predictions is joined, for each horizon h, with the reading h steps later in its "
+        f"series ({live['without_keys']} without key columns). Joined: {joined}. Coverage: the share of those readings inside "
+        f"the interval, calibrated to hold {live['target_coverage']:.1%} of them."
+    )
+    parts = [f"<p>{escape(intro)}</p>"]
+    header = ["horizon", "", "rows", *SCORE_COLUMNS, "target coverage", "verdict"]
+    rows, classes = [], []
+    for key, entry in live["by_horizon"].items():
+        overall, test = entry["overall"] or {}, offline["by_horizon"].get(key, {})
+        judged = (FLAGGED if entry["overall_flagged"] else "ok") if overall else None
+        rows.append([key, "live", entry["joined"], *score_cells(overall), share(live["target_coverage"]), judged])
+        rows.append(["", "offline (test split)", None, *score_cells(test), None, None])
+        classes += ["", "muted"]
+    parts.append(table(header, rows, classes, flag_cells=FLAGGED))
+    if any(entry["by_series"] for entry in live["by_horizon"].values()):
+        parts.append(f'<img alt="live against offline error" src="{png(accuracy_figure(live, offline))}">')
+    series = sorted(
+        ((row, entry["horizon"]) for entry in live["by_horizon"].values() for row in entry["by_series"]),
+        key=lambda item: (item[0]["station_id"], item[0]["parameter_id"], item[1]),
+    )
+    rows = [[r["station_id"], r["sensor"] or r["parameter_id"], r["unit"], label(h), r["rows"], *score_cells(r), verdict(r)]
+            for r, h in series]  # fmt: skip
+    parts.append(table(["station", "sensor", "unit", "horizon", "rows", *SCORE_COLUMNS, "verdict"], rows, flag_cells=FLAGGED))
+    return parts
 
 
 def render(report: dict) -> str:
@@ -205,31 +269,8 @@ def render(report: dict) -> str:
     parts.append("<h2>Live accuracy</h2>")
     if live is None:
         parts.append('<p class="muted">No actuals given (<code>--actuals</code>): live accuracy not measured.</p>')
-    elif live["overall"] is None:
-        parts.append(f'<p class="alert">None of the {live["predictions"]} predictions could be joined with a later reading.</p>')
     else:
-        overall, offline = live["overall"], report["offline"]["overall"]
-        parts.append(
-            "<p>"
-            + escape(
-                f"{live['joined']} of {live['predictions']} predictions ({live['joined_share']:.1%}) joined with the next reading "
-                f"({live['without_keys']} without key columns, {live['without_next_reading']} without a next reading in the actuals)."
-            )
-            + "</p>"
-        )
-        parts.append(
-            table(
-                ["", "RMSE", "MAE", "persistence RMSE", "skill over persistence"],
-                [["live", overall["rmse"], overall["mae"], overall["persistence_rmse"], percent(overall["skill"])],
-                 ["offline (test split)", offline["rmse"], offline["mae"], offline["persistence_rmse"], percent(offline["skill"])]],
-                ["alert" if live["overall_flagged"] else "", ""],
-            )
-        )  # fmt: skip
-        parts.append(f'<img alt="live against offline error" src="{png(accuracy_figure(live, report["offline"]))}">')
-        rows = [[r["station_id"], r["sensor"] or r["parameter_id"], r["unit"], r["rows"], r["rmse"], r["mae"], r["persistence_rmse"],
-                 percent(r["skill"]), FLAGGED if r["flagged"] else "ok"] for r in live["by_series"]]  # fmt: skip
-        header = ["station", "sensor", "unit", "rows", "RMSE", "MAE", "persistence RMSE", "skill", "verdict"]
-        parts.append(table(header, rows, flag_cells=FLAGGED))
+        parts += live_section(live, report["offline"])
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
