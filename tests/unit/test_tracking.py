@@ -27,7 +27,7 @@ from bts.tracking.tags import data_tags, dataset_document_path, training_process
     [("min", 0.5, 0.7, True), ("min", 0.7, 0.5, False), ("min", 0.5, 0.5, False), ("max", 0.3, 0.2, True), ("max", 0.2, 0.3, False)],
 )
 def test_the_gate_wants_strictly_better_in_its_direction(direction: str, challenger: float, holder: float, better: bool) -> None:
-    gate = Gate("test.rmse", direction)
+    gate = Gate("test.h1.rmse", direction)
     assert gate.better(challenger, holder) is better
     assert gate.describe() == ("lower is better" if direction == "min" else "higher is better")
 
