@@ -441,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "batch-predict",
         help="score raw exports in bulk with a verified model, with pandas or on Apache Spark",
         description="Read raw exports (a CSV, a folder of them, or Parquet), validate them with the raw schema, clean them "
-        "with the pipeline's rules and predict the next reading after every reading with full history, with pandas in this "
-        "process or on Spark (grouped by series). Writes a Parquet folder whose rows carry the model's lineage, and beside it "
+        "with the pipeline's rules and forecast every horizon of the model, with its interval, after every reading with full "
+        "history, with pandas in this process or on Spark (grouped by series). Writes a Parquet folder whose rows carry the "
+        "model's lineage, and beside it "
         "the quarantined rows with their reasons and a manifest (input md5s, model lineage, row counts, timings). Nothing "
         "is written unless the whole batch succeeds.",
     )
