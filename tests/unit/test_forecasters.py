@@ -294,11 +294,13 @@ def test_the_forecast_has_a_value_and_bounds_per_horizon_in_one_frame():
         assert (forecast[f"forecast_h{h}"] <= forecast[f"upper_h{h}"]).all()
 
 
-def test_each_horizon_is_forecast_by_the_estimator_fitted_on_its_own_target(frame):
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_each_horizon_is_forecast_by_the_estimator_fitted_on_its_own_target(kind, frame):
+    """The horizons share one check of the rows and one build of their scaled features: the numbers are each model's own."""
     targets = noisy_targets(frame, [1, 4], 5)
-    model = build_model(train_params("ridge"), [1, 4]).fit(frame, targets)
+    model = build_model(train_params(kind), [1, 4]).fit(frame, targets)
     for i in range(2):
-        alone = build_estimator(train_params("ridge")).fit(frame, targets[:, i])
+        alone = build_estimator(train_params(kind)).fit(frame, targets[:, i])
         np.testing.assert_array_equal(model.forecasts(frame)[:, i], alone.predict(frame))
 
 

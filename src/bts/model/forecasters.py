@@ -132,12 +132,29 @@ class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
         # Every feature is required: a missing or infinite one is refused (a ValueError naming it, as the linear kinds
         # give), not forecast from, as boosting would, taking NaN for a value of its own.
         check_array(X, dtype="numeric", ensure_all_finite=True)
+        return self.checked_predict(X, {})
+
+    def checked_predict(self, X: pd.DataFrame, prepared: dict) -> np.ndarray:
+        """predict of rows already checked; `prepared` keeps what other models of the same X may reuse (the rows with a
+        scale, and their features as the pipeline's stateless first steps give them), so several horizons read X once."""
         latest = X[PERSISTENCE].to_numpy(dtype=float)
         scale = self._scale(X)
         usable = scale > 0
         change = np.zeros(len(X))
         if usable.any():
-            change[usable] = self.shrinkage_ * scale[usable] * self.estimator_.predict(X[usable])
+            key = ("rows", self.scale_column)
+            if key not in prepared:
+                prepared[key] = X if usable.all() else X[usable]
+            rows = prepared[key]
+            steps = self.estimator_.steps if isinstance(self.estimator_, Pipeline) else []
+            if steps and all(isinstance(step, FunctionTransformer) for _, step in steps[:-1]):
+                shape = (key, tuple((step.func, repr(step.kw_args)) for _, step in steps[:-1]))
+                if shape not in prepared:
+                    prepared[shape] = self.estimator_[:-1].transform(rows)
+                forecast = steps[-1][1].predict(prepared[shape])
+            else:
+                forecast = self.estimator_.predict(rows)
+            change[usable] = self.shrinkage_ * scale[usable] * forecast
         return latest + change
 
 
@@ -208,8 +225,11 @@ class MultiHorizonForecaster(BaseEstimator):
         return targets
 
     def forecasts(self, X: pd.DataFrame, estimators: list | None = None) -> np.ndarray:
-        """The central forecast of every horizon: rows x horizons."""
-        return np.column_stack([estimator.predict(X) for estimator in (estimators or self.estimators_)])
+        """The central forecast of every horizon: rows x horizons. X is checked once and its scaled features built once
+        for all horizons (each horizon's model alone gives the same numbers)."""
+        check_array(X, dtype="numeric", ensure_all_finite=True)
+        prepared: dict = {}
+        return np.column_stack([estimator.checked_predict(X, prepared) for estimator in (estimators or self.estimators_)])
 
     def calibrate(
         self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray, groups: pd.Series | np.ndarray | None = None
