@@ -26,17 +26,19 @@ from tests.integration.workspace import run as user_run
 pytestmark = pytest.mark.integration
 
 EXPERIMENT = "bts-compare-test"
-METRICS = ("test.rmse", "training.seconds", "model.size_bytes", "test.skill")
-QUALITY_AND_COST = "test.rmse:min,training.seconds:min,model.size_bytes:min,test.skill:max"
+METRICS = ("test.h1.rmse", "training.seconds", "model.size_bytes", "test.h1.skill")
+QUALITY_AND_COST = "test.h1.rmse:min,training.seconds:min,model.size_bytes:min,test.h1.skill:max"
+LONG_SKILL = "test.h5.skill"  # every run with a test.h1.skill has this too, 0.1 below it
 CURRENT_DATA = "0123456789abcdef0123456789abcdef"  # the features md5 the workspace's dvc.lock records, and the runs' own
 
 
 def known_runs() -> dict[str, dict]:
-    """Name -> metrics (test.rmse, training.seconds, model.size_bytes, test.skill), params and tags.
+    """Name -> metrics (test.h1.rmse, training.seconds, model.size_bytes, test.h1.skill), params and tags.
 
     "best" is better than every filler on every metric; "fast", its twin "fast-twin", "small" and "accurate" are
     each the best on one metric. So on all four metrics the front is those five, and with equal weights "best" ranks
-    first; on the default quality metrics (test.rmse, test.skill) "accurate" beats every run and is the front alone.
+    first; on the default, the test skill of each horizon (test.h1.skill and LONG_SKILL), "accurate" beats every run
+    and is the front alone.
     Elasticnet runs have a train.alpha (ridge runs none); featurize.n_lags is the same everywhere.
     """
     runs: dict[str, dict] = {
@@ -45,7 +47,7 @@ def known_runs() -> dict[str, dict]:
         "fast-twin": {"metrics": (0.9, 0.1, 5000, 0.2), "model": "ridge"},
         "small": {"metrics": (0.8, 2.0, 100, 0.3), "model": "ridge"},
         "accurate": {"metrics": (0.45, 10.0, 9000, 0.65), "model": "elasticnet"},
-        "unevaluated": {"metrics": (0.4, 0.05, 50, None), "model": "ridge"},  # no test.skill: left out
+        "unevaluated": {"metrics": (0.4, 0.05, 50, None), "model": "ridge"},  # no skill: left out
     }
     for i in range(24):
         metrics = (0.55 + i * 0.45 / 23, 1.5 + (i * 7 % 24) * 3.5 / 23, 1500 + (i * 5 % 24) * 6500 / 23, 0.55 - (i * 11 % 24) * 0.45 / 23)
@@ -82,6 +84,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         tags |= {"sweep": spec["sweep"]} if "sweep" in spec else {}
         run = client.create_run(experiment_id, run_name=name)
         metrics = [Metric(key, float(value), 0, 0) for key, value in zip(METRICS, spec["metrics"], strict=True) if value is not None]
+        skill = spec["metrics"][METRICS.index("test.h1.skill")]
+        metrics += [Metric(LONG_SKILL, round(skill - 0.1, 6), 0, 0)] if skill is not None else []
         params = [Param("train.model", spec["model"]), Param("featurize.n_lags", "6")]
         if spec["model"] == "elasticnet":
             params.append(Param("train.alpha", "0.1" if name.startswith("filler") else "0.01"))
@@ -120,23 +124,24 @@ def test_default_table_ranks_on_quality_and_shows_the_params_that_differ(trackin
     lines = out.splitlines()
     assert lines[:7] == [
         f"experiment '{EXPERIMENT}': 29 runs on the workspace's data, features md5 {CURRENT_DATA[:12]} (dvc.lock)",
-        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "ranked on test skill per horizon: test.h1.skill and test.h5.skill (higher is better), equal weights",
         "1 run without all metrics was left out",
         "params that differ between them: train.alpha, train.model",
         "Pareto front: 1 run, marked *; 1 of them in the top 3",
         "",
-        "rank  run                     features md5  dirty  test.rmse  test.skill   score  front  alpha  model",
+        "rank  run                     features md5  dirty  h1.skill  h5.skill   score  front  alpha  model",
     ]
     rows = table_rows(out)
     md5 = CURRENT_DATA[:12]
     assert [row[0:2] + row[3:] for row in rows] == [
-        ["1", "exp-accurate", md5, "no", "0.45", "0.65", "1.0000", "*", "0.01", "elasticnet"],
-        ["2", "exp-best", md5, "no", "0.5", "0.6", "0.9091", "0.01", "elasticnet"],  # 0.05 / 0.55 below the best on each metric
-        ["3", "exp-filler-00", md5, "no", "0.55", "0.55", "0.8182", "0.1", "elasticnet"],
+        ["1", "exp-accurate", md5, "no", "0.65", "0.55", "1.0000", "*", "0.01", "elasticnet"],
+        ["2", "exp-best", md5, "no", "0.6", "0.5", "0.9091", "0.01", "elasticnet"],  # 0.05 / 0.55 below the best on each metric
+        ["3", "exp-filler-00", md5, "no", "0.55", "0.45", "0.8182", "0.1", "elasticnet"],
     ]
     run_ids = {run["run_name"]: run["run_id"] for run in compare_json(capsys)["ranking"]}
     assert [row[2] for row in rows] == [run_ids[name][:8] for name in ("accurate", "best", "filler-00")]
     assert "training.seconds" not in out and "featurize.n_lags" not in out  # cost only on request; a param all runs share is noise
+    assert "test.h1.rmse" not in out  # skill ranks the runs of one data version as rmse does
 
 
 def test_a_param_a_run_lacks_shows_as_a_dash(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,8 +158,8 @@ def test_table_on_quality_and_cost_shows_front_best_run_and_left_out_count(track
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1:3] == [  # wrapped to fit 120 columns
-        "ranked on test.rmse (lower is better), training.seconds (lower is better), model.size_bytes (lower is better) and",
-        "  test.skill (higher is better), equal weights",
+        "ranked on test.h1.rmse (lower is better), training.seconds (lower is better), model.size_bytes (lower is better) and",
+        "  test.h1.skill (higher is better), equal weights",
     ]
     assert "1 run without all metrics was left out" in out
     assert "Pareto front: 5 runs" in out
@@ -169,7 +174,7 @@ def test_table_on_quality_and_cost_shows_front_best_run_and_left_out_count(track
 def test_unequal_weights_are_stated_with_each_metric(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "--experiment", EXPERIMENT, "--weights", "3,1"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
-        "ranked on test.rmse (lower is better, weight 3) and test.skill (higher is better, weight 1)"
+        "ranked on test skill per horizon: test.h1.skill (weight 3) and test.h5.skill (weight 1), higher is better"
     )
 
 
@@ -182,7 +187,13 @@ def test_json_holds_every_compared_run_with_front_and_ranking(tracking: str, cap
     by_id = {run["run_id"]: run["run_name"] for run in document["ranking"]}
     assert {by_id[run_id] for run_id in document["pareto_front"]} == FRONT
     assert document["ranking"][0]["run_name"] == "best"
-    assert document["ranking"][0]["metrics"] == {"test.rmse": 0.5, "training.seconds": 1.0, "model.size_bytes": 1000.0, "test.skill": 0.6}
+    assert document["ranking"][0]["metrics"] == {
+        "test.h1.rmse": 0.5,
+        "training.seconds": 1.0,
+        "model.size_bytes": 1000.0,
+        "test.h1.skill": 0.6,
+    }
+    assert document["default_metrics"] is False
     assert [run["rank"] for run in document["ranking"]] == list(range(1, 30))
     scores = [run["score"] for run in document["ranking"]]
     assert scores == sorted(scores, reverse=True)
@@ -192,14 +203,15 @@ def test_json_holds_every_compared_run_with_front_and_ranking(tracking: str, cap
     assert {run["run_name"]: run["params"] for run in document["ranking"]}["small"] == {"train.alpha": None, "train.model": "ridge"}
 
 
-def test_json_by_default_ranks_on_quality_only(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_by_default_ranks_on_the_skill_of_every_horizon(tracking: str, capsys: pytest.CaptureFixture[str]) -> None:
     document = compare_json(capsys)
     assert document["metrics"] == [
-        {"name": "test.rmse", "direction": "min", "weight": 1.0},
-        {"name": "test.skill", "direction": "max", "weight": 1.0},
+        {"name": "test.h1.skill", "direction": "max", "weight": 1.0},
+        {"name": "test.h5.skill", "direction": "max", "weight": 1.0},
     ]
+    assert document["default_metrics"] is True
     assert document["ranking"][0]["run_name"] == "accurate"
-    assert document["ranking"][0]["metrics"] == {"test.rmse": 0.45, "test.skill": 0.65}
+    assert document["ranking"][0]["metrics"] == {"test.h1.skill": 0.65, "test.h5.skill": 0.55}
     assert document["pareto_front"] == [document["ranking"][0]["run_id"]]
 
 
@@ -219,9 +231,10 @@ def test_tag_param_and_filter_narrow_the_runs(tracking: str, capsys: pytest.Capt
     assert names(ridge) == {name for name, spec in RUNS.items() if spec["model"] == "ridge"} - {"unevaluated"}
     sweep_a = compare_json(capsys, "--tag", "sweep=a", "--param", "train.model=elasticnet")
     assert names(sweep_a) == {f"filler-{i:02d}" for i in range(0, 10, 2)}
-    accurate = compare_json(capsys, "--filter", "metrics.`test.rmse` < 0.6 AND params.`featurize.n_lags` = '6'")
+    accurate = compare_json(capsys, "--filter", "metrics.`test.h1.rmse` < 0.6 AND params.`featurize.n_lags` = '6'")
     assert names(accurate) == {"best", "accurate", "filler-00", "filler-01", "filler-02"}
-    assert accurate["runs_left_out"] == 1  # "unevaluated" (rmse 0.4) matched the filter but lacks test.skill
+    assert [metric["name"] for metric in accurate["metrics"]] == ["test.h1.skill", "test.h5.skill"]  # MLflow's search, the same
+    assert accurate["runs_left_out"] == 1  # "unevaluated" (rmse 0.4) matched the filter but has no skill
 
 
 def test_plot_writes_a_png(tracking: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -252,8 +265,8 @@ def test_experiment_defaults_to_params_yaml(tracking: str, tmp_path: Path, monke
             ["--experiment", EXPERIMENT, "--tag", "sweep=zzz"],
             "no runs matched in experiment 'bts-compare-test' with filter \"tags.`sweep` = 'zzz'\"",
         ),
-        (["--experiment", EXPERIMENT, "--metrics", "test.rmse:min,test.nope:max"], "none of the 30 runs matched"),
-        (["--experiment", EXPERIMENT, "--metrics", "test.rmse:best"], "--metrics: 'test.rmse:best' is not NAME:min or NAME:max"),
+        (["--experiment", EXPERIMENT, "--metrics", "test.h1.rmse:min,test.nope:max"], "none of the 30 runs matched"),
+        (["--experiment", EXPERIMENT, "--metrics", "test.h1.rmse:best"], "--metrics: 'test.h1.rmse:best' is not NAME:min or NAME:max"),
         (["--experiment", EXPERIMENT, "--weights", "1,1,1"], "--weights: 3 weights for 2 metrics"),
         (["--experiment", EXPERIMENT, "--filter", "metrics.rmse lower 1"], 'invalid filter "metrics.rmse lower 1"'),
         (["--experiment", EXPERIMENT, "--filter", "params.`train.model` > 'a'"], "invalid filter"),
@@ -283,7 +296,8 @@ def test_database_read_matches_the_search_api(tracking: str) -> None:
     client = MlflowClient(tracking_uri=tracking)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     doomed = client.create_run(experiment_id, run_name="deleted")
-    client.log_metric(doomed.info.run_id, "test.rmse", 0.01)
+    client.log_metric(doomed.info.run_id, "test.h1.rmse", 0.01)
+    client.log_metric(doomed.info.run_id, "test.h3.skill", 0.9)  # a horizon no active run has
     client.delete_run(doomed.info.run_id)
     direct, _ = fetch_runs(EXPERIMENT, "", list(METRICS))
     searched, _ = fetch_runs(EXPERIMENT, "attributes.run_name != 'no such run'", list(METRICS))
@@ -309,7 +323,12 @@ def test_database_read_matches_the_search_api(tracking: str) -> None:
     assert comparable(direct) == comparable(searched)
     alpha = {run["run_name"]: run["params.train.alpha"] for run in direct}
     assert (alpha["best"], alpha["filler-00"], alpha["small"]) == ("0.01", "0.1", None)
-    assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "unevaluated"))
+    assert math.isnan(next(run["test.h1.skill"] for run in direct if run["run_name"] == "unevaluated"))
+    # The default metrics: the skill of every horizon the runs have, read from the newest runs on a database store.
+    direct, _ = fetch_runs(EXPERIMENT, "", None)
+    searched, _ = fetch_runs(EXPERIMENT, "attributes.run_name != 'no such run'", None)
+    assert [key for key in direct[0] if key.startswith("test.")] == ["test.h1.skill", "test.h5.skill"]
+    assert comparable(direct) == comparable(searched)
 
 
 def comparable(runs: list[dict]) -> list[dict]:
@@ -368,13 +387,13 @@ def test_a_run_without_params_does_not_make_every_param_differ(tracking: str, ca
     runs = {"trained-1": {"train.model": "ridge", "train.seed": "42"}, "trained-2": {"train.model": "ridge"}, "eval": {}}
     for name, params in runs.items():
         run = client.create_run(experiment_id, run_name=name)
-        metrics = [Metric("test.rmse", 0.7, 0, 0), Metric("test.skill", 0.3, 0, 0)]
+        metrics = [Metric("test.h1.rmse", 0.7, 0, 0), Metric("test.h1.skill", 0.3, 0, 0)]
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     assert main(["compare", "--experiment", "with-evaluation-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "params that differ between them: train.seed (1 run logged no params)" in lines  # not train.model
-    direct, _ = fetch_runs("with-evaluation-run", "", ["test.rmse"])
-    searched, _ = fetch_runs("with-evaluation-run", "attributes.run_name != 'x'", ["test.rmse"])
+    direct, _ = fetch_runs("with-evaluation-run", "", ["test.h1.rmse"])
+    searched, _ = fetch_runs("with-evaluation-run", "attributes.run_name != 'x'", ["test.h1.rmse"])
     assert {run["run_name"]: run["has_params"] for run in direct} == {"trained-1": True, "trained-2": True, "eval": False}
     assert comparable(direct) == comparable(searched)
 
@@ -443,13 +462,29 @@ def test_a_nan_metric_reads_as_nan_and_its_run_is_left_out(tracking: str, capsys
     experiment_id = client.create_experiment("with-nan-metric")
     for name, skill in [("scored", 0.3), ("diverged", math.nan)]:
         run = client.create_run(experiment_id, run_name=name)
-        client.log_batch(run.info.run_id, metrics=[Metric("test.rmse", 0.7, 0, 0), Metric("test.skill", skill, 0, 0)])
-    direct, _ = fetch_runs("with-nan-metric", "", ["test.rmse", "test.skill"])
-    searched, _ = fetch_runs("with-nan-metric", "attributes.run_name != 'x'", ["test.rmse", "test.skill"])
+        client.log_batch(run.info.run_id, metrics=[Metric("test.h1.rmse", 0.7, 0, 0), Metric("test.h1.skill", skill, 0, 0)])
+    direct, _ = fetch_runs("with-nan-metric", "", ["test.h1.rmse", "test.h1.skill"])
+    searched, _ = fetch_runs("with-nan-metric", "attributes.run_name != 'x'", ["test.h1.rmse", "test.h1.skill"])
     assert comparable(direct) == comparable(searched)
-    assert math.isnan(next(run["test.skill"] for run in direct if run["run_name"] == "diverged"))
+    assert math.isnan(next(run["test.h1.skill"] for run in direct if run["run_name"] == "diverged"))
     assert main(["compare", "--experiment", "with-nan-metric"]) == 0
     assert "1 run without all metrics was left out" in capsys.readouterr().out.splitlines()
+
+
+def test_runs_without_a_skill_per_horizon_are_not_ranked_by_default_and_metrics_may_name_theirs(tracking: str, capsys) -> None:
+    """Runs scored before scores were logged per horizon (test.rmse, test.skill) have none of the default's metrics."""
+    client = MlflowClient(tracking_uri=tracking)
+    experiment_id = client.create_experiment("single-horizon")
+    for name, rmse in [("older", 0.5), ("oldest", 0.6)]:
+        run = client.create_run(experiment_id, run_name=name, tags={data_md5_tag("features"): CURRENT_DATA})
+        client.log_batch(run.info.run_id, metrics=[Metric("test.rmse", rmse, 0, 0), Metric("test.skill", 1 - rmse, 0, 0)])
+    for argv in [[], ["--filter", "attributes.status != 'nothing'"]]:  # the database read, then MLflow's search
+        assert main(["compare", "--experiment", "single-horizon", *argv]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("bts: error: none of the 2 runs matched in experiment 'single-horizon'")
+        assert "has a test skill per horizon (test.h<H>.skill), the default ranking; name the metrics to rank on with --metrics" in error
+    assert main(["compare", "--experiment", "single-horizon", "--metrics", "test.rmse:min", "--json"]) == 0
+    assert [run["run_name"] for run in json.loads(capsys.readouterr().out)["ranking"]] == ["older", "oldest"]
 
 
 OTHER_DATA = "fedcba9876543210fedcba9876543210"
@@ -470,7 +505,7 @@ def test_runs_on_other_data_are_counted_and_all_data_ranks_each_version_on_its_o
     for md5, dirty, rmse in made:
         made_run = client.create_run(experiment_id, run_name="hist_gradient_boosting-41214a8")
         tags = [RunTag(key, value) for key, value in {data_md5_tag("features"): md5, GIT_DIRTY: dirty}.items() if value]
-        metrics = [Metric("test.rmse", rmse, 0, 0), Metric("test.skill", 1 - rmse, 0, 0)]
+        metrics = [Metric("test.h1.rmse", rmse, 0, 0), Metric("test.h1.skill", 1 - rmse, 0, 0)]
         client.log_batch(made_run.info.run_id, metrics=metrics, params=[Param("train.model", "hist_gradient_boosting")], tags=tags)
     assert main(["compare", "--experiment", "data-versions"]) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bts.hashing import file_md5
+from bts.horizons import label, metric_name
 from tests.integration.workspace import bts, commit_all, lineage_json, lock_outs, run, set_params, store, training_run
 
 pytestmark = pytest.mark.integration
@@ -64,10 +66,40 @@ def test_registration_is_explicit_idempotent_and_completes_after_a_kill(repo: Pa
         scored = {int(station): scores["rows"] for station, scores in metrics[f"{split}_by_station"].items()}
         assert {row["station_id"]: row[f"{split}_rows"] for row in card["stations_scored"]} == scored
     assert "## Stations scored" in (repo / f"models/cards/{NAME}-1.md").read_text()
+    check_scores_per_horizon(repo, client, card, version)
     bts(["promote", "1", "--to", "champion"], repo)
     card = json.loads((repo / f"models/cards/{NAME}-1.json").read_text())
     assert card["status"] == ["candidate", "champion"]
     assert any(a.path.startswith("model_card") for a in client.list_artifacts(version.run_id))
+
+
+def check_scores_per_horizon(repo: Path, client: object, card: dict, version: object) -> None:
+    """The card, the version's description and `bts lineage` give the scores of every horizon the pipeline forecasts, as
+    the run logged them and metrics/metrics.json holds them."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    horizons = params["featurize"]["horizons"]
+    metrics = client.get_run(version.run_id).data.metrics
+    test = json.loads((repo / "metrics/metrics.json").read_text())["test"]
+    assert card["horizons"] == horizons and card["interval_coverage"] == params["train"]["interval_coverage"]
+    assert [row["horizon"] for row in card["quality_by_horizon"]] == horizons
+    for row in card["quality_by_horizon"]:
+        assert row["rmse"] == metrics[metric_name("test", row["horizon"], "rmse")] == test[label(row["horizon"])]["rmse"]
+        assert 0.8 < row["coverage"] < 1 and row["winkler"] > row["mean_width"] > 0  # the intervals hold about 90% of readings
+    by_parameter = json.loads((repo / "metrics/by_parameter.json").read_text())["test_by_parameter"]
+    assert {str(row["parameter_id"]): list(row["by_horizon"]) for row in card["quality_by_sensor"]} == {
+        pid: [label(h) for h in horizons] for pid in by_parameter
+    }
+    for row in card["quality_by_sensor"]:
+        pid = str(row["parameter_id"])
+        assert [row["by_horizon"][label(h)]["skill"] for h in horizons] == [by_parameter[pid][label(h)]["skill"] for h in horizons]
+    assert all(list(row["test_skill"]) == [label(h) for h in horizons] for row in card["stations_scored"])
+    markdown = (repo / f"models/cards/{NAME}-1.md").read_text()
+    table = markdown.split("## Quality by horizon (test split)")[1].split("##")[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("|")][2:]  # after the header and rule
+    assert rows == [label(h) for h in horizons]
+    shown = ", ".join(f"{label(h)} {test[label(h)]['rmse']:.4g}" for h in horizons)
+    assert f"test RMSE {shown}; skill over persistence " in version.description
+    assert f"metrics: test RMSE {shown}; skill over persistence " in bts(["lineage", f"models:/{NAME}/1"], repo).stdout
 
 
 def test_tampered_models_are_refused_before_anything_is_loaded(repo: Path) -> None:
@@ -139,7 +171,7 @@ def test_the_gate_compares_like_with_like(repo: Path) -> None:
     experiment_refs = [r for r in chain["first_commit"]["refs"] if r["kind"] == "dvc-experiment"]
     assert experiment_refs and experiment_refs[0]["name"] == chain["run"]["dvc_experiment"]
     refused = bts(["promote", "2", "--to", "champion"], repo, check=False)
-    assert refused.returncode == 1 and "does not beat @champion (version 1) on test.rmse (lower is better)" in refused.stderr
+    assert refused.returncode == 1 and "does not beat @champion (version 1) on test.h1.rmse (lower is better)" in refused.stderr
     assert "both scored on features" in refused.stderr
     assert "needs --reason" in bts(["promote", "2", "--to", "champion", "--force"], repo, check=False).stderr
 

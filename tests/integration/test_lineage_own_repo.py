@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from bts.hashing import dvc_md5
+from bts.horizons import metric_name
+from bts.lifecycle.reproduce import COMPARED_SCORES
 from bts.project import code_md5
 from tests.integration.conftest import REAL_SAMPLE, REAL_STATION
 from tests.integration.test_lineage import NAME
@@ -37,7 +39,12 @@ def test_reproduce_runs_the_commits_own_code_and_detects_tampered_data(real_expo
     before = run(["git", "status", "--porcelain"], repo).stdout
     verdict = run(["bts", "reproduce", f"models:/{NAME}/1"], repo)
     assert "verdict: REPRODUCED" in verdict.stdout and "DIFF" not in verdict.stdout
-    assert f"ok   code_md5 (ran)   {code_a}" in verdict.stdout  # the code the stages imported was A's
+    assert f"ok   {'code_md5 (ran)':<20} {code_a}" in verdict.stdout  # the code the stages imported was A's
+    horizons = yaml.safe_load((repo / "params.yaml").read_text())["featurize"]["horizons"]  # A's, which B kept
+    compared = [line.split()[1] for line in verdict.stdout.splitlines() if line.split()[1:2] and "." in line.split()[1]]
+    assert [name for name in compared if name.startswith(("valid.", "test."))] == [
+        metric_name(split, h, score) for split, scores in COMPARED_SCORES.items() for h in horizons for score in scores
+    ]  # every horizon's scores, recorded and reproduced alike
     assert run(["git", "status", "--porcelain"], repo).stdout == before  # the user's tree is untouched
     assert len(run(["git", "worktree", "list"], repo).stdout.splitlines()) == 1
 

@@ -99,10 +99,10 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
     decision = done.stdout.strip()
     assert re.fullmatch(
         r"retrain: version 2 from version 1 \(experiment retrain-v1-\d{8}T\d{6}, data/external/shifted md5 [0-9a-f]{32}\.dir\): "
-        r"promoted to @champion \(test\.rmse (\S+) vs (\S+) of version 1, both on the candidate's test split\)",
+        r"promoted to @champion \(test\.h1\.rmse (\S+) vs (\S+) of version 1, both on the candidate's test split\)",
         decision,
     ), decision
-    new, old = map(float, re.search(r"test\.rmse (\S+) vs (\S+)", decision).groups())
+    new, old = map(float, re.search(r"test\.h1\.rmse (\S+) vs (\S+)", decision).groups())
     assert new < old
 
     client = store(repo)
@@ -118,7 +118,7 @@ def test_monitor_asks_for_a_retrain_that_completes_after_a_kill_at_every_step_an
     assert (tags[RETRAINED_FROM], tags[RETRAIN_REPORT], tags[RETRAIN_EXPERIMENT]) == ("1", report, experiment)
     assert md5 in (repo / "data/external/shifted.dvc").read_text()
     transitions = [json.loads(v) for k, v in tags.items() if k.startswith(TRANSITION_PREFIX) and k.endswith(".champion")]
-    assert len(transitions) == 1 and transitions[0]["reason"].startswith("retrained from version 1: test.rmse")  # recorded once
+    assert len(transitions) == 1 and transitions[0]["reason"].startswith("retrained from version 1: test.h1.rmse")  # recorded once
     assert "retrained from version 1" in bts(["history"], repo).stdout
 
     # The lineage of the new version names the report, the version it replaced, the experiment and the commit (the
@@ -142,9 +142,9 @@ def test_a_candidate_that_does_not_beat_the_champion_on_the_same_rows_is_not_pro
     result = run(["bts", "retrain", f"models:/{MODEL}@champion", "--with", str(new_day)], repo)
     decision = result.stdout.strip()
     assert re.search(
-        r"^retrain: version 2 from version 1 .*: not promoted, @champion stays on version 1 \(test\.rmse (\S+) vs (\S+)", decision
+        r"^retrain: version 2 from version 1 .*: not promoted, @champion stays on version 1 \(test\.h1\.rmse (\S+) vs (\S+)", decision
     )
-    new, old = map(float, re.search(r"test\.rmse (\S+) vs (\S+)", decision).groups())
+    new, old = map(float, re.search(r"test\.h1\.rmse (\S+) vs (\S+)", decision).groups())
     assert new > old, decision
     client = store(repo)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from bts.cli import build_parser, main
-from bts.errors import ConfigError
+from bts.errors import BtsError, ConfigError
 from bts.lifecycle.compare import (
-    DEFAULT_METRICS,
+    PROBED_RUNS,
     Comparison,
     axis_label,
+    check_plot,
     compare,
     comparison_from_args,
     data_versions,
@@ -27,6 +28,7 @@ from bts.lifecycle.compare import (
     parse_metrics,
     parse_pairs,
     parse_weights,
+    probed_runs,
     rank_runs,
     ranked_on,
     result_document,
@@ -36,7 +38,7 @@ from bts.lifecycle.compare import (
     weighted_scores,
     workspace_features_md5,
 )
-from bts.lifecycle.compare_table import Column, fit_columns, format_table, short_param_names
+from bts.lifecycle.compare_table import Column, fit_columns, format_table, metric_headers, short_param_names
 
 MIN_MIN = {"rmse": "min", "seconds": "min"}
 
@@ -153,11 +155,23 @@ def test_every_permutation_of_rows_gives_the_same_ranking() -> None:
 
 
 def test_metrics_keep_their_order_and_direction() -> None:
-    assert parse_metrics(" test.rmse:min , test.skill:MAX") == {"test.rmse": "min", "test.skill": "max"}
-    assert parse_metrics(DEFAULT_METRICS) == {"test.rmse": "min", "test.skill": "max"}  # quality only: no wall-clock seconds
+    assert parse_metrics(" test.h1.rmse:min , test.h5.skill:MAX") == {"test.h1.rmse": "min", "test.h5.skill": "max"}
+    assert parse_metrics("test.h15.coverage:max,test_by_parameter.122.h1.skill:max") == {
+        "test.h15.coverage": "max",
+        "test_by_parameter.122.h1.skill": "max",
+    }
 
 
-@pytest.mark.parametrize("text", ["test.rmse", "test.rmse:lowest", ":min", "test.rmse:min,", "a:min,a:max"])
+def test_without_metrics_the_ranking_waits_for_the_runs_horizons_and_keeps_the_weights_given() -> None:
+    parser = build_parser()
+    comparison = comparison_from_args(parser.parse_args(["compare", "--weights", "2,1,1", "--plot", "front.png"]))
+    assert (comparison.directions, comparison.default, comparison.weights_text) == ({}, True, "2,1,1")
+    assert not comparison.resolved
+    explicit = comparison_from_args(parser.parse_args(["compare", "--metrics", "test.h1.rmse:min"]))
+    assert explicit.resolved and not explicit.default
+
+
+@pytest.mark.parametrize("text", ["test.h1.rmse", "test.h1.rmse:lowest", ":min", "test.h1.rmse:min,", "a:min,a:max"])
 def test_bad_metrics_are_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="--metrics"):
         parse_metrics(text)
@@ -190,8 +204,8 @@ def test_pairs_need_an_equals_sign() -> None:
 
 
 def test_filter_quotes_keys_and_values() -> None:
-    text = search_filter("metrics.`test.rmse` < 1", {"dvc.exp_name": "it's"}, {"train.model": "ridge"})
-    assert text == "metrics.`test.rmse` < 1 AND tags.`dvc.exp_name` = \"it's\" AND params.`train.model` = 'ridge'"
+    text = search_filter("metrics.`test.h1.rmse` < 1", {"dvc.exp_name": "it's"}, {"train.model": "ridge"})
+    assert text == "metrics.`test.h1.rmse` < 1 AND tags.`dvc.exp_name` = \"it's\" AND params.`train.model` = 'ridge'"
     assert search_filter(None, {}, {}) == ""
     with pytest.raises(ConfigError, match="both kinds of quote"):
         search_filter(None, {"note": 'it\'s "x"'}, {})
@@ -204,14 +218,14 @@ def test_top_and_plot_arguments_are_checked() -> None:
     with pytest.raises(ConfigError, match="--top"):
         comparison_from_args(parser.parse_args(["compare", "--top", "0"]))
     with pytest.raises(ConfigError, match="--plot"):
-        comparison_from_args(parser.parse_args(["compare", "--metrics", "test.rmse:min", "--plot", "front.png"]))
+        comparison_from_args(parser.parse_args(["compare", "--metrics", "test.h1.rmse:min", "--plot", "front.png"]))
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--metrics", "test.rmse"], "bts: error: --metrics: 'test.rmse' is not NAME:min or NAME:max"),
-        (["--weights", "1,2,3"], "bts: error: --weights: 3 weights for 2 metrics"),
+        (["--metrics", "test.h1.rmse"], "bts: error: --metrics: 'test.h1.rmse' is not NAME:min or NAME:max"),
+        (["--metrics", "test.h1.rmse:min,test.h1.skill:max", "--weights", "1,2,3"], "bts: error: --weights: 3 weights for 2 metrics"),
         (["--param", "train.model"], "bts: error: --param: 'train.model' is not KEY=VALUE"),
     ],
 )
@@ -231,7 +245,7 @@ def test_varying_params_are_those_with_two_values_or_missing_somewhere() -> None
             "params.train.model": ["elasticnet", "elasticnet", "elasticnet", None],
             "params.train.ridge.alpha": [None, None, "1.0", None],
             "params.featurize.n_lags": [None, None, None, None],
-            "test.rmse": [1.0, 2.0, 3.0, 4.0],
+            "test.h1.rmse": [1.0, 2.0, 3.0, 4.0],
         }
     )
     # train.model is the same wherever it was logged: the run that logged no params at all does not make it differ
@@ -242,8 +256,18 @@ def test_varying_params_are_those_with_two_values_or_missing_somewhere() -> None
 
 
 def test_ranked_on_states_each_metric_with_its_direction() -> None:
-    quality = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
-    assert ranked_on(quality) == "test.rmse (lower is better) and test.skill (higher is better), equal weights"
+    quality = Comparison({"test.h1.rmse": "min", "test.h1.skill": "max"}, {"test.h1.rmse": 1.0, "test.h1.skill": 1.0}, "")
+    assert ranked_on(quality) == "test.h1.rmse (lower is better) and test.h1.skill (higher is better), equal weights"
+    skills = Comparison(dict.fromkeys(["test.h1.skill", "test.h5.skill", "test.h15.skill"], "max"), {}, "", default=True)
+    skills = Comparison(skills.directions, dict.fromkeys(skills.directions, 1.0), "", default=True)
+    assert ranked_on(skills) == (
+        "test skill per horizon: test.h1.skill, test.h5.skill and test.h15.skill (higher is better), equal weights"
+    )
+    weighted = Comparison(skills.directions, dict(zip(skills.directions, [3.0, 1.0, 1.0], strict=True)), "", default=True)
+    assert ranked_on(weighted) == (
+        "test skill per horizon: test.h1.skill (weight 3), test.h5.skill (weight 1) and test.h15.skill (weight 1), higher is better"
+    )
+    assert ranked_on(Comparison({"a": "min", "b": "min"}, {"a": 1.0, "b": 1.0}, "")) == "a and b (lower is better), equal weights"
     three = Comparison({"a": "min", "b": "max", "c": "min"}, {"a": 2.0, "b": 1.0, "c": 0.5}, "")
     assert ranked_on(three) == "a (lower is better, weight 2), b (higher is better, weight 1) and c (lower is better, weight 0.5)"
     assert ranked_on(Comparison({"a": "max"}, {"a": 1.0}, "")) == "a (higher is better)"
@@ -254,7 +278,7 @@ def rows(columns: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
-QUALITY = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
+QUALITY = Comparison({"test.h1.rmse": "min", "test.h1.skill": "max"}, {"test.h1.rmse": 1.0, "test.h1.skill": 1.0}, "")
 DATA = "d" * 32  # the workspace's features md5 in these tests
 OTHER = "0" * 32
 
@@ -266,7 +290,7 @@ def compared(runs: list[dict[str, Any]], comparison: Comparison = QUALITY, works
 
 
 def sample_runs() -> list[dict[str, Any]]:
-    """Three runs on the workspace's data with both metrics, and one without test.skill."""
+    """Three runs on the workspace's data with both metrics, and one without test.h1.skill."""
     return rows(
         {
             "run_id": ["a" * 32, "b" * 32, "c" * 32, "e" * 32],
@@ -274,8 +298,8 @@ def sample_runs() -> list[dict[str, Any]]:
             "dvc_exp_name": ["exp-1", None, "exp-3", None],
             "features_md5": [DATA] * 4,
             "dirty": ["false", "true", None, "false"],
-            "test.rmse": [0.5, 0.7, 0.9, 0.4],
-            "test.skill": [0.6, 0.4, 0.2, math.nan],
+            "test.h1.rmse": [0.5, 0.7, 0.9, 0.4],
+            "test.h1.skill": [0.6, 0.4, 0.2, math.nan],
             "has_params": [True] * 4,
             "params.train.alpha": [None, "0.3", "0.01", None],
             "params.train.model": ["ridge", "elasticnet", "elasticnet", "ridge"],
@@ -283,57 +307,54 @@ def sample_runs() -> list[dict[str, Any]]:
     )
 
 
-def ranked_result(filter_string: str = "") -> tuple[dict, Comparison]:
-    comparison = Comparison(QUALITY.directions, QUALITY.weights, filter_string)
-    return compared(sample_runs(), comparison), comparison
+def ranked_result(filter_string: str = "") -> dict:
+    return compared(sample_runs(), Comparison(QUALITY.directions, QUALITY.weights, filter_string))
 
 
 def test_table_states_the_data_version_the_ranking_metrics_and_the_params_that_differ() -> None:
-    result, comparison = ranked_result("tags.`sweep` = 'a'")
-    assert format_table(result, comparison, top=2, width=120).splitlines() == [
+    result = ranked_result("tags.`sweep` = 'a'")
+    assert format_table(result, top=2, width=120).splitlines() == [
         "experiment 'e': 3 runs on the workspace's data, features md5 dddddddddddd (dvc.lock)",
-        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "ranked on test.h1.rmse (lower is better) and test.h1.skill (higher is better), equal weights",
         "filter: tags.`sweep` = 'a'",
         "1 run without all metrics was left out",
         "params that differ between them: train.alpha, train.model",
         "Pareto front: 1 run, marked *; 1 of them in the top 2",
         "",
-        "rank  run              features md5  dirty  test.rmse  test.skill   score  front  model       alpha",
-        "----  ---------------  ------------  -----  ---------  ----------  ------  -----  ----------  -----",
-        "   1  exp-1 aaaaaaaa   dddddddddddd  no           0.5         0.6  1.0000  *      ridge       -",
-        "   2  enet-2 bbbbbbbb  dddddddddddd  yes          0.7         0.4  0.5000         elasticnet  0.3",
+        "rank  run              features md5  dirty  h1.rmse  h1.skill   score  front  model       alpha",
+        "----  ---------------  ------------  -----  -------  --------  ------  -----  ----------  -----",
+        "   1  exp-1 aaaaaaaa   dddddddddddd  no         0.5       0.6  1.0000  *      ridge       -",
+        "   2  enet-2 bbbbbbbb  dddddddddddd  yes        0.7       0.4  0.5000         elasticnet  0.3",
     ]
 
 
 def test_table_without_differing_params_says_so_and_counts_runs_without_params() -> None:
     runs = [{key: value for key, value in run.items() if not key.startswith("params.")} for run in sample_runs()]
     result = compared(runs)
-    lines = format_table(result, QUALITY, top=1, width=120).splitlines()
+    lines = format_table(result, top=1, width=120).splitlines()
     assert lines[3] == "no param differs between them"
-    assert lines[6] == "rank  run             features md5  dirty  test.rmse  test.skill   score  front"
+    assert lines[6] == "rank  run             features md5  dirty  h1.rmse  h1.skill   score  front"
     runs[1]["has_params"] = False
-    assert (
-        format_table(compared(runs), QUALITY, top=1, width=120).splitlines()[3] == "no param differs between them (1 run logged no params)"
-    )
+    assert format_table(compared(runs), top=1, width=120).splitlines()[3] == "no param differs between them (1 run logged no params)"
 
 
 def test_params_no_run_shown_sets_are_named_but_kept_out_of_the_table() -> None:
     runs = sample_runs()
     runs[1]["params.train.alpha"] = None  # only the 3rd run sets it
     result = compared(runs)
-    lines = format_table(result, QUALITY, top=2, width=120).splitlines()
+    lines = format_table(result, top=2, width=120).splitlines()
     assert lines[3:6] == [
         "params that differ between them: train.alpha, train.model",
         "not set in any run shown, so not in the table: train.alpha",
         "Pareto front: 1 run, marked *; 1 of them in the top 2",
     ]
     assert lines[7].split()[-2:] == ["front", "model"]
-    assert "alpha" in format_table(result, QUALITY, top=3, width=120).splitlines()[6]
+    assert "alpha" in format_table(result, top=3, width=120).splitlines()[6]
 
 
 def test_json_holds_each_run_data_version_dirty_flag_and_params_with_null_where_a_run_lacks_one() -> None:
-    result, comparison = ranked_result()
-    document = result_document(result, comparison)
+    result = ranked_result()
+    document = result_document(result)
     assert document["params"] == ["train.alpha", "train.model"]
     assert [run["params"] for run in document["ranking"]] == [
         {"train.alpha": None, "train.model": "ridge"},
@@ -357,8 +378,8 @@ def on_data(versions: dict[str, str | None], dirty: str = "false") -> list[dict[
             "dvc_exp_name": None,
             "features_md5": md5,
             "dirty": dirty,
-            "test.rmse": 0.5 + index / 10,
-            "test.skill": 0.5 - index / 10,
+            "test.h1.rmse": 0.5 + index / 10,
+            "test.h1.skill": 0.5 - index / 10,
             "has_params": True,
         }
         for index, md5 in enumerate(versions.values(), start=1)
@@ -371,9 +392,9 @@ def test_runs_on_other_data_are_left_out_and_counted_by_version() -> None:
     assert [run["run_id"][0] for run in result["ranked"]] == ["1", "4"]
     assert result["runs_on_other_data"] == [(OTHER, 2), ("3" * 32, 1), (None, 1)]
     assert result["runs_matched"] == 6 and not result["all_data"]
-    lines = format_table(result, QUALITY, top=20, width=120).splitlines()
+    lines = format_table(result, top=20, width=120).splitlines()
     assert lines[2] == "4 runs on other data left out (2 on 000000000000, 1 on 333333333333, 1 with no md5 recorded): --all-data shows them"
-    document = result_document(result, QUALITY)
+    document = result_document(result)
     assert (document["runs_compared"], document["runs_on_other_data"]) == (2, 4)
 
 
@@ -388,7 +409,7 @@ def test_all_data_ranks_each_version_on_its_own_the_workspace_first() -> None:
     assert [run["rank"] for run in result["ranked"]] == [1, 1, 2, 1]  # each version ranked on its own
     assert [run["pareto"] for run in result["ranked"]] == [True, True, False, True]
     assert result["runs_on_other_data"] == []
-    text = format_table(result, QUALITY, top=20, width=120)
+    text = format_table(result, top=20, width=120)
     lines = text.splitlines()
     assert lines[0] == "experiment 'e': 4 runs on 3 data versions, each version ranked on its own"
     assert lines[2] == "data versions (features md5): dddddddddddd (the workspace's): 1 run; 000000000000: 2 runs; none recorded: 1 run"
@@ -396,20 +417,129 @@ def test_all_data_ranks_each_version_on_its_own_the_workspace_first() -> None:
     assert [line.split()[3] if line[0] != "-" else "rule" for line in table[2:]] == [
         "dddddddddddd", "rule", "000000000000", "000000000000", "rule", "-",
     ]  # fmt: skip
-    assert [version["features_md5"] for version in result_document(result, QUALITY)["data_versions"]] == [DATA, OTHER, None]
+    assert [version["features_md5"] for version in result_document(result)["data_versions"]] == [DATA, OTHER, None]
 
 
 def test_every_version_is_ranked_on_its_own_when_no_run_trained_on_the_workspace_data() -> None:
     result = compared(on_data({"other": OTHER, "older": None}))
     assert result["all_data"] and [group["features_md5"] for group in result["groups"]] == [OTHER, None]
     note = "data: no run matched trained on the workspace's data (features md5 dddddddddddd): every data version is shown"
-    assert note in format_table(result, QUALITY, top=20, width=120).splitlines()
+    assert note in format_table(result, top=20, width=120).splitlines()
     outside = compared(on_data({"other": OTHER}), workspace_md5=None, why="no BTS project here")
-    assert format_table(outside, QUALITY, top=20, width=120).splitlines()[:3] == [
+    assert format_table(outside, top=20, width=120).splitlines()[:3] == [
         "experiment 'e': 1 run on one data version, features md5 000000000000",
-        "ranked on test.rmse (lower is better) and test.skill (higher is better), equal weights",
+        "ranked on test.h1.rmse (lower is better) and test.h1.skill (higher is better), equal weights",
         "data: no BTS project here: every data version is shown",
     ]
+
+
+def by_horizon(skills: dict[str, dict[int, float]], md5s: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Runs named by run_id with these test skills by horizon, as fetch_runs gives them for the default ranking: every
+    row has the skill of every horizon any run has (NaN where it has none); on the workspace's data unless md5s says."""
+    horizons = sorted({horizon for values in skills.values() for horizon in values})
+    return [
+        {
+            "run_id": name,
+            "run_name": name,
+            "dvc_exp_name": None,
+            "features_md5": (md5s or {}).get(name, DATA),
+            "dirty": "false",
+            **{f"test.h{h}.skill": values.get(h, math.nan) for h in horizons},
+            "has_params": True,
+        }
+        for name, values in skills.items()
+    ]
+
+
+DEFAULT = Comparison({}, {}, "", default=True)
+SKILLS = ["test.h1.skill", "test.h5.skill", "test.h15.skill"]
+
+
+def test_the_default_ranks_on_the_test_skill_of_every_horizon_and_keeps_each_horizons_best_on_the_front() -> None:
+    runs = by_horizon(
+        {
+            "short": {1: 0.7, 5: 0.5, 15: 0.2},  # the best at h1
+            "long": {1: 0.5, 5: 0.5, 15: 0.4},  # the best at h15
+            "even": {1: 0.6, 5: 0.6, 15: 0.3},  # the best at h5, and on average
+            "worse": {1: 0.4, 5: 0.4, 15: 0.1},
+            "unfinished": {1: 0.9, 5: 0.9},  # no h15 score: left out
+        }
+    )
+    result = compared(runs, DEFAULT)
+    comparison = result["comparison"]
+    assert comparison.directions == dict.fromkeys(SKILLS, "max") and comparison.weights == dict.fromkeys(SKILLS, 1.0)
+    assert [(run["run_id"], run["pareto"]) for run in result["ranked"]] == [
+        ("even", True),
+        ("long", True),
+        ("short", True),
+        ("worse", False),
+    ]
+    lines = format_table(result, top=20, width=120).splitlines()
+    assert lines[1] == "ranked on test skill per horizon: test.h1.skill, test.h5.skill and test.h15.skill (higher is better), equal weights"
+    assert lines[2] == "1 run without all metrics was left out"
+    header = lines[lines.index("") + 1].split()
+    assert header[header.index("dirty") + 1 : header.index("score")] == ["h1.skill", "h5.skill", "h15.skill"]  # the split said above
+    document = result_document(result)
+    assert document["default_metrics"] is True and [metric["name"] for metric in document["metrics"]] == SKILLS
+    assert document["ranking"][0]["metrics"] == {"test.h1.skill": 0.6, "test.h5.skill": 0.6, "test.h15.skill": 0.3}
+
+
+def test_weights_given_with_the_default_are_one_per_horizon() -> None:
+    runs = by_horizon({"short": {1: 0.7, 5: 0.1}, "long": {1: 0.5, 5: 0.5}})
+    weighted = compared(runs, Comparison({}, {}, "", default=True, weights_text="3,1"))
+    assert weighted["comparison"].weights == {"test.h1.skill": 3.0, "test.h5.skill": 1.0}
+    assert [run["run_id"] for run in weighted["ranked"]] == ["short", "long"]
+    assert [run["run_id"] for run in compared(runs, Comparison({}, {}, "", default=True, weights_text="1,3"))["ranked"]] == [
+        "long",
+        "short",
+    ]
+    with pytest.raises(ConfigError, match=r"--weights: 3 weights for 2 metrics \(test.h1.skill, test.h5.skill\)"):
+        compared(runs, Comparison({}, {}, "", default=True, weights_text="1,1,1"))
+
+
+def test_with_all_data_the_default_ranks_on_the_horizons_every_version_forecasts() -> None:
+    older = {"old-1": None, "old-2": None}  # runs scored before per-horizon metrics: none of the default's
+    runs = by_horizon(
+        {"a": {1: 0.6, 5: 0.5}, "b": {1: 0.5, 5: 0.7}, "c": {1: 0.3, 3: 0.4}, "old-1": {}, "old-2": {}},
+        {"c": OTHER, **older},
+    )
+    result = compared(runs, Comparison({}, {}, "", all_data=True, default=True))
+    assert list(result["comparison"].directions) == ["test.h1.skill"]  # h5 on the workspace's data, h3 on the other
+    assert [(group["features_md5"], [run["run_id"] for run in group["ranked"]]) for group in result["groups"]] == [
+        (DATA, ["a", "b"]),
+        (OTHER, ["c"]),
+    ]
+    assert result["runs_left_out"] == 2
+    alone = compared(runs, DEFAULT)  # the workspace's data alone: both of its horizons
+    assert list(alone["comparison"].directions) == ["test.h1.skill", "test.h5.skill"]
+
+
+def test_the_default_says_what_to_do_when_the_runs_have_no_horizon_to_rank_on() -> None:
+    with pytest.raises(
+        BtsError, match=r"none of the 2 runs matched in experiment 'e' on the workspace's data .* has a test skill per horizon "
+    ):
+        compared(by_horizon({"old-1": {}, "old-2": {}}), DEFAULT)
+    apart = by_horizon({"a": {5: 0.5}, "b": {3: 0.4}}, {"b": OTHER})
+    with pytest.raises(BtsError, match=r"forecast no horizon in common \(dddddddddddd: h5; 000000000000: h3\): name the metrics"):
+        compared(apart, Comparison({}, {}, "", all_data=True, default=True))
+
+
+def test_the_plot_of_the_default_needs_two_horizons() -> None:
+    one = Comparison({"test.h1.skill": "max"}, {"test.h1.skill": 1.0}, "", default=True)
+    with pytest.raises(ConfigError, match=r"give at least two in --metrics \(the runs compared forecast one horizon"):
+        check_plot("front.png", one)
+    check_plot(None, one)
+    check_plot("front.png", Comparison(dict.fromkeys(SKILLS[:2], "max"), dict.fromkeys(SKILLS[:2], 1.0), "", default=True))
+
+
+def test_the_horizons_of_a_database_store_are_read_from_the_newest_finished_runs_of_each_data_version() -> None:
+    runs = [(f"{version}-{index}", None, "FINISHED", index) for version in ["a", "b"] for index in range(PROBED_RUNS + 2)]
+    runs += [("a-running", None, "RUNNING", 999), ("unknown-0", None, "FINISHED", 1)]
+    md5s = {run_id: run_id.split("-")[0] for run_id, *_ in runs if not run_id.startswith("unknown")}
+    md5s["a-running"] = "a"
+    probed = probed_runs(runs, md5s)
+    newest = [str(index) for index in range(PROBED_RUNS + 1, 1, -1)]
+    assert probed == [*(f"a-{i}" for i in newest), *(f"b-{i}" for i in newest), "unknown-0"]  # not the running one, newest as it is
 
 
 def test_runs_of_one_name_get_unique_names() -> None:
@@ -440,6 +570,13 @@ def test_short_param_names_are_the_shortest_ending_that_names_one_param() -> Non
     assert short_param_names(["train.model"]) == {"train.model": "model"}
 
 
+def test_metric_headers_leave_out_a_split_every_metric_shares() -> None:
+    assert metric_headers(SKILLS) == dict(zip(SKILLS, ["h1.skill", "h5.skill", "h15.skill"], strict=True))
+    assert metric_headers(["test.h1.rmse", "training.seconds"]) == {"test.h1.rmse": "test.h1.rmse", "training.seconds": "training.seconds"}
+    assert metric_headers(["test.h1.rmse", "valid.h1.rmse"]) == {"test.h1.rmse": "test.h1.rmse", "valid.h1.rmse": "valid.h1.rmse"}
+    assert metric_headers(["training.seconds", "training.cpu_seconds"])["training.seconds"] == "training.seconds"  # no split
+
+
 def test_columns_that_do_not_fit_are_left_out_and_the_next_ones_tried() -> None:
     kept = Column("rank", ["1"], numeric=True, kept=True)
     wide, narrow, last = Column("model", ["hist_gradient_boosting"]), Column("alpha", ["0.1"]), Column("l1_ratio", ["0.2"])
@@ -466,35 +603,32 @@ def many_params_result() -> dict:
 
 @pytest.mark.parametrize("width", [70, 80, 100, 120, 200])
 def test_every_line_fits_the_width_and_the_ranking_stays(width: int) -> None:
-    text = format_table(many_params_result(), QUALITY, top=20, width=width)
+    text = format_table(many_params_result(), top=20, width=width)
     assert max(len(line) for line in text.splitlines()) <= width
     header = next(line for line in text.splitlines() if line.startswith("rank  run"))
-    assert header.split()[:2] == ["rank", "run"] and {"test.rmse", "test.skill", "score", "front"} <= set(header.split())
+    assert header.split()[:2] == ["rank", "run"] and {"h1.rmse", "h1.skill", "score", "front"} <= set(header.split())
     assert sum(line.startswith("   ") for line in text.splitlines()) == 6  # every row, its name cut if need be
 
 
 def test_at_120_columns_the_params_that_do_not_fit_are_named_and_wide_shows_every_column() -> None:
     result = many_params_result()
-    lines = format_table(result, QUALITY, top=20, width=120).splitlines()
+    lines = format_table(result, top=20, width=120).splitlines()
     header = lines[lines.index("") + 1].split()
-    assert header == ["rank", "run", "features", "md5", "dirty", "test.rmse", "test.skill", "score", "front", "alpha"]
-    assert (
-        lines[lines.index("") - 1]
-        == "not shown for width: model, l1_ratio, learning_rate, max_iter, max_leaf_nodes (--wide shows every column)"
-    )
+    assert header == ["rank", "run", "features", "md5", "dirty", "h1.rmse", "h1.skill", "score", "front", "alpha", "l1_ratio"]
+    assert lines[lines.index("") - 1] == "not shown for width: model, learning_rate, max_iter, max_leaf_nodes (--wide shows every column)"
     assert lines[lines.index("") + 3].startswith("   1  hist_gradient_boosting-41214a8 11111111  dddddddddddd  no ")
-    wide = format_table(result, QUALITY, top=20, width=120, wide=True).splitlines()
+    wide = format_table(result, top=20, width=120, wide=True).splitlines()
     assert wide[wide.index("") + 1].split()[9:] == ["model", "alpha", "l1_ratio", "learning_rate", "max_iter", "max_leaf_nodes"]
     assert not any(line.startswith("not shown for width") for line in wide)
     assert max(len(line) for line in wide[: wide.index("")]) <= 120  # the sentences still wrap
 
 
 def test_on_a_narrow_terminal_names_are_cut_but_keep_their_run_id() -> None:
-    lines = format_table(many_params_result(), QUALITY, top=20, width=80).splitlines()
+    lines = format_table(many_params_result(), top=20, width=70).splitlines()
     assert "features md5, dirty" in " ".join(lines[: lines.index("")])
     first = lines[lines.index("") + 3]
-    assert first.split()[1:3] == ["hist_gradient_boosting-41..", "11111111"]
-    narrowest = format_table(many_params_result(), QUALITY, top=20, width=40).splitlines()
+    assert first.split()[1:3] == ["hist_gradient_boost..", "11111111"]
+    narrowest = format_table(many_params_result(), top=20, width=40).splitlines()
     assert narrowest[narrowest.index("") + 3].split()[:3] == ["1", "hist_gra..", "11111111"]  # wider than 40: the ranking stays
 
 
@@ -515,26 +649,26 @@ def test_plot_axes_say_which_way_is_better() -> None:
     import matplotlib.pyplot as plt
 
     assert axis_label("training.seconds", "min") == "training.seconds (lower is better)"
-    result, comparison = ranked_result()
-    figure = front_figure(result["ranked"], comparison)
+    result = ranked_result()
+    figure = front_figure(result["ranked"], result["comparison"])
     (axes,) = figure.axes
-    assert (axes.get_xlabel(), axes.get_ylabel()) == ("test.rmse (lower is better)", "test.skill (higher is better)")
-    assert axes.get_title() == "bts compare: 3 runs ranked on test.rmse, test.skill"
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("test.h1.rmse (lower is better)", "test.h1.skill (higher is better)")
+    assert axes.get_title() == "bts compare: 3 runs ranked on test.h1.rmse, test.h1.skill"
     plt.close(figure)
 
 
 def test_the_plot_names_every_run_few_enough_apart_from_each_other_and_the_title() -> None:
     import matplotlib.pyplot as plt
 
-    comparison = Comparison({"test.rmse": "min", "test.skill": "max"}, {"test.rmse": 1.0, "test.skill": 1.0}, "")
+    comparison = Comparison({"test.h1.rmse": "min", "test.h1.skill": "max"}, {"test.h1.rmse": 1.0, "test.h1.skill": 1.0}, "")
     count = 8  # a trade-off: each run better on one metric and worse on the other, all on the front, close together
     runs = rows(
         {
             "run_id": [f"{i:032x}" for i in range(count)] + ["f" * 32],
             "run_name": [f"run-{i}" for i in range(count)] + ["off-front"],
             "dvc_exp_name": [f"exp-{i}" for i in range(count)] + [None],
-            "test.rmse": [0.50 + 0.001 * i for i in range(count)] + [0.9],
-            "test.skill": [0.40 + 0.001 * i for i in range(count)] + [0.1],
+            "test.h1.rmse": [0.50 + 0.001 * i for i in range(count)] + [0.9],
+            "test.h1.skill": [0.40 + 0.001 * i for i in range(count)] + [0.1],
             "has_params": [True] * (count + 1),
         }
     )

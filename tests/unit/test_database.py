@@ -39,7 +39,7 @@ def store(tmp_path: Path) -> str:
             connection.execute(insert(models.SqlParam.__table__).values(run_uuid=run_id, key="train.model", value=f"model-{run_id}"))
             connection.execute(insert(models.SqlTag.__table__).values(run_uuid=run_id, key="dvc.exp_name", value=f"exp-{run_id}"))
             is_nan = run_id == "c"  # MLflow keeps NaN as 0 and the flag
-            row = {"run_uuid": run_id, "key": "test.rmse", "value": 0.0 if is_nan else 0.5, "is_nan": is_nan, "timestamp": 0, "step": 0}
+            row = {"run_uuid": run_id, "key": "test.h1.rmse", "value": 0.0 if is_nan else 0.5, "is_nan": is_nan, "timestamp": 0, "step": 0}
             connection.execute(insert(models.SqlLatestMetric.__table__).values(**row))
         connection.execute(insert(models.SqlParam.__table__).values(run_uuid="b", key="featurize.n_lags", value="6"))
     engine.dispose()
@@ -56,7 +56,7 @@ def test_reads_the_active_runs_of_one_experiment(store: str) -> None:
             ("b", "train.model", "model-b"),
             ("c", "train.model", "model-c"),
         ]
-        metrics = dict((run_id, value) for run_id, _, value in database.latest_metrics(read, experiment, ["test.rmse", "test.skill"]))
+        metrics = dict((run_id, value) for run_id, _, value in database.latest_metrics(read, experiment, ["test.h1.rmse", "test.h1.skill"]))
         assert metrics["b"] == 0.5 and math.isnan(metrics["c"])
         assert database.params_of(read, ["b", "d"], "train.") == [("b", "train.model", "model-b"), ("d", "train.model", "model-d")]
         assert database.params_of(read, [], "train.") == []
@@ -83,7 +83,7 @@ def test_other_databases_are_read_through_sqlalchemy(store: str) -> None:
         experiment = database.experiment_id(read, "bts", through_sqlalchemy)
         assert sorted(database.active_runs(read, experiment))[0] == ("b", "run-b", "FINISHED", 1000)
         assert database.params_of(read, ["b"], "train.") == [("b", "train.model", "model-b")]
-        assert math.isnan(dict((r, v) for r, _, v in database.latest_metrics(read, experiment, ["test.rmse"]))["c"])
+        assert math.isnan(dict((r, v) for r, _, v in database.latest_metrics(read, experiment, ["test.h1.rmse"]))["c"])
 
 
 @pytest.mark.parametrize(("content", "reason"), [(b"not a database at all\n", "file is not a database"), (None, "no such table")])

@@ -51,9 +51,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowClient, SqlCl
     for index, name in enumerate(["first", "second"]):
         run = client.create_run(experiment, run_name=name, tags={EXP_NAME: f"exp-{name}", "data.features_md5": "f" * 32})
         client.log_param(run.info.run_id, "train.model", f"model-{index}")
-        client.log_metric(run.info.run_id, "test.rmse", 0.5 + index)
-        client.log_metric(run.info.run_id, "test.rmse", 0.25 + index)  # the latest value is the one read
-        client.log_metric(run.info.run_id, "test.skill", math.nan if index else 0.3)
+        client.log_metric(run.info.run_id, "test.h1.rmse", 0.5 + index)
+        client.log_metric(run.info.run_id, "test.h1.rmse", 0.25 + index)  # the latest value is the one read
+        client.log_metric(run.info.run_id, "test.h1.skill", math.nan if index else 0.3)
         client.log_artifacts(run.info.run_id, str(package(tmp_path / f"package-{name}", name.encode())), PACKAGE_ARTIFACT)
         client.set_terminated(run.info.run_id)
         runs[name] = run.info.run_id

@@ -7,10 +7,16 @@ runs from the store is kept apart, and so is the text table (compare_table).
 Runs are compared only with runs trained on the same data (the features md5
 each run records): by default those on the workspace's current data version;
 with --all-data each data version is ranked on its own.
-By default runs are ranked on quality alone (test.rmse, test.skill): cost
-metrics such as training.seconds depend on the machine's load, so they are
-compared only when --metrics names them. The params that differ between the
-compared runs are shown beside them, so the table says which setting won.
+By default runs are ranked on quality alone: the test skill over persistence at
+every horizon the compared runs forecast (test.h1.skill, test.h5.skill, ...).
+Skill is 1 - rmse / persistence rmse on the same rows, so on one data version it
+ranks runs as their rmse does, and it puts every horizon on one scale; the
+Pareto front keeps both a run best at one horizon and one best at another.
+Cost metrics such as training.seconds depend on the machine's load, so they
+are compared only when --metrics names them, as is any other metric a run
+logged (test.h15.coverage, test.h5.winkler, test_by_parameter.<id>.h1.skill).
+The params that differ between the compared runs are shown beside them, so
+the table says which setting won.
 """
 
 from __future__ import annotations
@@ -32,10 +38,19 @@ from typing import Any
 
 from bts.errors import BtsError, ConfigError
 from bts.hashing import lock_md5s
+from bts.horizons import label, metric_horizons, metric_name
 from bts.project import TRAINING_STAGE, find_root, pipeline_argument
 from bts.tracking.tags import EXP_NAME, GIT_DIRTY, data_md5_tag
 
-DEFAULT_METRICS = "test.rmse:min,test.skill:max"  # quality only: wall-clock seconds would rank the machine's load
+# The default ranking: this score on this split at every horizon the compared runs forecast (quality only: wall-clock
+# seconds would rank the machine's load).
+DEFAULT_SPLIT, DEFAULT_SCORE, DEFAULT_DIRECTION = "test", "skill", "max"
+DEFAULT_PATTERN = metric_name(DEFAULT_SPLIT, "<H>", DEFAULT_SCORE)  # type: ignore[arg-type]  # test.h<H>.skill, for the help
+EXAMPLE_METRICS = f"{metric_name('test', 1, 'rmse')}:min,{metric_name('test', 1, 'winkler')}:min"  # what --metrics takes
+# Runs of one data version (features md5) forecast the same horizons: the newest few of each, finished ones first, tell
+# which on a database store, where reading every metric name of every run would cost more than the comparison.
+PROBED_RUNS = 5
+FINISHED = "FINISHED"  # MLflow's status of a run that ended well
 COST_METRICS = "training.seconds:min,training.cpu_seconds:min,training.peak_memory_mb:min,model.size_bytes:min"
 DIRECTIONS = ("min", "max")
 BETTER = {"min": "lower is better", "max": "higher is better"}
@@ -52,7 +67,7 @@ SCORE_DECIMALS = 12  # sums of the same normalized values in another order may d
 
 FILTER_HELP = """\
 MLflow search filter, passed through: clauses joined by AND (no OR), e.g.
-  "params.`train.model` = 'elasticnet' AND metrics.`test.skill` > 0"
+  "params.`train.model` = 'elasticnet' AND metrics.`test.h1.skill` > 0"
   "tags.`dvc.exp_name` LIKE 'sweep-%%'"   "attributes.status = 'FINISHED'"
 Names with dots (all of this pipeline's params, metrics and tags) need backticks;
 string values take single quotes; metrics compare as numbers (= != < <= > >=),
@@ -61,12 +76,34 @@ params and tags as strings (= != LIKE ILIKE)."""
 
 @dataclass(frozen=True)
 class Comparison:
-    """What to compare: metric directions and weights (in the order given), and the runs' search filter."""
+    """What to compare: metric directions and weights (in the order given), and the runs' search filter.
+
+    The default ranking (default=True) leaves directions and weights empty until the runs say which horizons they
+    forecast (default_comparison); weights_text holds the --weights given meanwhile.
+    """
 
     directions: dict[str, str]
     weights: dict[str, float]
     filter_string: str
     all_data: bool = False  # every data version, each ranked on its own; else only the workspace's
+    default: bool = False  # ranked on DEFAULT_SCORE at every horizon of the compared runs
+    weights_text: str | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.directions)
+
+
+def default_metrics(horizons: Sequence[int]) -> list[str]:
+    """test.h1.skill, test.h5.skill, ...: the default ranking's metrics for these horizons."""
+    return [metric_name(DEFAULT_SPLIT, horizon, DEFAULT_SCORE) for horizon in horizons]
+
+
+def default_comparison(comparison: Comparison, horizons: Sequence[int]) -> Comparison:
+    """The default ranking on these horizons, with the --weights given (one per horizon) or equal weights."""
+    names = default_metrics(horizons)
+    directions = dict.fromkeys(names, DEFAULT_DIRECTION)
+    return Comparison(directions, parse_weights(comparison.weights_text, names), comparison.filter_string, comparison.all_data, True)
 
 
 Run = dict[str, Any]  # one run: run_id, run_name, the ROW_TAGS keys, each metric, has_params, params.<key>, in that order
@@ -134,13 +171,13 @@ def _oriented(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str]) 
 
 
 def parse_metrics(text: str) -> dict[str, str]:
-    """'test.rmse:min,test.skill:max' -> {'test.rmse': 'min', 'test.skill': 'max'} (in that order)."""
+    """'test.h1.rmse:min,test.h5.skill:max' -> {'test.h1.rmse': 'min', 'test.h5.skill': 'max'} (in that order)."""
     directions: dict[str, str] = {}
     for item in text.split(","):
         name, separator, direction = item.strip().rpartition(":")
         name, direction = name.strip(), direction.strip().lower()
         if not separator or not name or direction not in DIRECTIONS:
-            raise ConfigError(f"--metrics: '{item.strip()}' is not NAME:min or NAME:max (e.g. {DEFAULT_METRICS})")
+            raise ConfigError(f"--metrics: '{item.strip()}' is not NAME:min or NAME:max (e.g. {EXAMPLE_METRICS})")
         if name in directions:
             raise ConfigError(f"--metrics: '{name}' is given twice")
         directions[name] = direction
@@ -199,15 +236,26 @@ def _quoted_value(value: str, kind: str) -> str:
 
 
 def comparison_from_args(args: argparse.Namespace) -> Comparison:
-    """The metrics, weights and filter the arguments ask for, or a ConfigError saying what is wrong with them."""
-    directions = parse_metrics(args.metrics)
-    weights = parse_weights(args.weights, list(directions))
+    """The metrics, weights and filter the arguments ask for, or a ConfigError saying what is wrong with them.
+
+    Without --metrics, the metrics (and the weights given) wait for the runs: see Comparison.
+    """
     if args.top < 1:
         raise ConfigError(f"--top: {args.top}: give at least 1")
-    if args.plot and len(directions) < 2:
-        raise ConfigError("--plot draws the first two metrics: give at least two in --metrics")
     filter_string = search_filter(args.filter, parse_pairs(args.tag, "--tag"), parse_pairs(args.param, "--param"))
-    return Comparison(directions, weights, filter_string, args.all_data)
+    if args.metrics is None:
+        return Comparison({}, {}, filter_string, args.all_data, default=True, weights_text=args.weights)
+    directions = parse_metrics(args.metrics)
+    comparison = Comparison(directions, parse_weights(args.weights, list(directions)), filter_string, args.all_data)
+    check_plot(args.plot, comparison)
+    return comparison
+
+
+def check_plot(plot: str | None, comparison: Comparison) -> None:
+    """A ConfigError if --plot is asked for with fewer than the two metrics it draws."""
+    if plot and len(comparison.directions) < 2:
+        why = " (the runs compared forecast one horizon: the default ranks on its skill alone)" if comparison.default else ""
+        raise ConfigError(f"--plot draws the first two metrics: give at least two in --metrics{why}")
 
 
 @contextmanager
@@ -223,21 +271,27 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
+def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str] | None) -> tuple[list[Run], str]:
     """The same rows as `fetch_runs`, read with SQL: only the columns compared, not whole runs.
 
     MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
     unfiltered comparison of a database store reads just the latest values of the compared metrics, the ROW_TAGS
     (dvc experiment name, data version, dirty flag), and the runs' params, whose values are kept only for the params
-    that differ between the runs.
+    that differ between the runs. For the default metrics (None), the horizons are those of the newest runs of each
+    data version (PROBED_RUNS).
     """
     from bts.lifecycle import database
 
     with database.reading(uri) as read:
         experiment_id = database.experiment_id(read, experiment, uri)
-        found = [(run_id, name) for run_id, name, _, _ in database.active_runs(read, experiment_id)]
-        metric_rows = database.latest_metrics(read, experiment_id, metrics)
+        active = database.active_runs(read, experiment_id)
+        found = [(run_id, name) for run_id, name, _, _ in active]
         tags = {key: dict(database.tag_values(read, experiment_id, tag)) for key, tag in ROW_TAGS.items()}
+        if metrics is None:
+            probed = probed_runs(active, tags["features_md5"])
+            names = {key for _, key, _ in database.run_values(read, probed)["metrics"]} if probed else set()
+            metrics = default_metrics(metric_horizons(names, DEFAULT_SPLIT, DEFAULT_SCORE))
+        metric_rows = database.latest_metrics(read, experiment_id, metrics) if metrics else []
         # Every param of the runs in one pass (about 12 a run): on SQLite, reading only the params of a few keys costs
         # an index search per key and run, and finding those keys first a grouped query, together twice the time.
         logged_params = database.params(read, experiment_id)
@@ -263,6 +317,15 @@ def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str]) 
         for run_id, run_name in found
     ]
     return rows, str(experiment_id)
+
+
+def probed_runs(runs: Sequence[tuple[str, str | None, str, int | None]], features_md5: Mapping[str, str]) -> list[str]:
+    """The ids of the PROBED_RUNS newest runs of each data version, finished ones first: whose metric names tell the
+    version's horizons (a run still training, or one that failed, may have none yet)."""
+    by_version: dict[str | None, list[tuple[bool, int, str]]] = {}
+    for run_id, _, status, start_time in runs:
+        by_version.setdefault(features_md5.get(run_id), []).append((status == FINISHED, start_time or 0, run_id))
+    return [run_id for found in by_version.values() for _, _, run_id in sorted(found, reverse=True)[:PROBED_RUNS]]
 
 
 def _by_run(rows: Iterable[tuple]) -> dict[str, dict[str, Any]]:
@@ -295,13 +358,13 @@ def _run(
     }
 
 
-def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> tuple[list[Run], str]:
+def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str] | None) -> tuple[list[Run], str]:
     """One row per matching active run, and the experiment id.
 
     Keys of each row: run_id, run_name, the ROW_TAGS keys (dvc_exp_name, features_md5, dirty: the tags' values, None
     where a run lacks one), each metric (NaN where a run lacks it), has_params (the run logged any param), then
     params.<key> for each param whose value differs between the matched runs or that some lack (None where a run lacks
-    it), by key.
+    it), by key. Metrics None: the default ranking's metrics (default_metrics) of every horizon the runs forecast.
     """
     from bts.lifecycle.database import store_uri
     from bts.tracking.store import bulk_read_database, check_store, use_uri
@@ -321,6 +384,7 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
         raise BtsError(f"unknown experiment '{experiment}' in {uri}")
     found_runs: list[tuple] = []
     params: list[dict[str, str]] = []
+    logged_metrics: set[str] = set()
     token = None
     # MLflow's public search has no column selection: each run comes whole (every metric, param and tag), about
     # 0.7 ms a run on SQLite, which makes this loop the slow part of the command on large experiments.
@@ -336,11 +400,14 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str]) -> t
                 tags = {key: run.data.tags.get(tag) for key, tag in ROW_TAGS.items()}
                 found_runs.append((run.info.run_id, run.info.run_name, tags, run.data.metrics))
                 params.append(run.data.params)
+                logged_metrics.update(run.data.metrics)
             token = page.token
             if not token:
                 break
     keys = sorted({key for values in params for key in values})
     keys = [key for key in keys if len({values.get(key) for values in params}) > 1]  # differs, or some run lacks it
+    if metrics is None:
+        metrics = default_metrics(metric_horizons(logged_metrics, DEFAULT_SPLIT, DEFAULT_SCORE))
     rows = [
         _run(run_id, run_name, tags, values, bool(logged), logged, metrics, keys)
         for (run_id, run_name, tags, values), logged in zip(found_runs, params, strict=True)
@@ -393,9 +460,9 @@ def dirty_flag(value: str | None) -> bool | None:
 def compare(experiment: str, comparison: Comparison, workspace_md5: str | None = None, why_no_workspace: str = "") -> dict[str, Any]:
     """The runs matched, those left out (on other data, or for want of a metric), and the ranked runs with their front
     membership, in groups by data version: the workspace's alone unless comparison.all_data, or the workspace has no
-    data version (why_no_workspace says why), or no run matched trained on it."""
-    metrics = list(comparison.directions)
-    runs, experiment_id = fetch_runs(experiment, comparison.filter_string, metrics)
+    data version (why_no_workspace says why), or no run matched trained on it. The default ranking is resolved on the
+    horizons of the runs considered; result["comparison"] is the comparison made."""
+    runs, experiment_id = fetch_runs(experiment, comparison.filter_string, list(comparison.directions) if comparison.resolved else None)
     where = f' with filter "{comparison.filter_string}"' if comparison.filter_string else ""
     if not runs:
         raise BtsError(f"no runs matched in experiment '{experiment}'{where}")
@@ -409,9 +476,13 @@ def compare(experiment: str, comparison: Comparison, workspace_md5: str | None =
         data_note = f"no run matched trained on the workspace's data (features md5 {short_md5(workspace_md5)})"
     considered = versions if all_data else versions[:1]
     scope = "" if all_data else f" on the workspace's data (features md5 {short_md5(workspace_md5)})"
+    matched = sum(len(group) for _, group in considered)
+    if not comparison.resolved:
+        matched_runs = f"the {matched} runs matched in experiment '{experiment}'{where}{scope}"
+        comparison = default_comparison(comparison, shared_horizons(considered, matched_runs))
+    metrics = list(comparison.directions)
     groups = [(md5, [run for run in group if all(math.isfinite(run[name]) for name in metrics)]) for md5, group in considered]
     compared = [run for _, group in groups for run in group]
-    matched = sum(len(group) for _, group in considered)
     if not compared:
         raise BtsError(
             f"none of the {matched} runs matched in experiment '{experiment}'{where}{scope} has all of {', '.join(metrics)}"
@@ -431,6 +502,7 @@ def compare(experiment: str, comparison: Comparison, workspace_md5: str | None =
         if group
     ]
     return {
+        "comparison": comparison,
         "experiment": experiment,
         "experiment_id": experiment_id,
         "filter": comparison.filter_string,
@@ -447,29 +519,64 @@ def compare(experiment: str, comparison: Comparison, workspace_md5: str | None =
     }
 
 
+def shared_horizons(considered: Sequence[tuple[str | None, Sequence[Run]]], matched: str) -> list[int]:
+    """The horizons of the default metrics some run of every data version considered has, shortest first (a version
+    whose runs have none, older runs scored on one horizon say, does not count); a BtsError when there are none.
+    `matched` names the runs, for the error."""
+    found = metric_horizons(considered[0][1][0], DEFAULT_SPLIT, DEFAULT_SCORE)  # every row has the same keys
+    named = list(zip(found, default_metrics(found), strict=True))
+    by_version = [(md5, [horizon for horizon, name in named if has_value(group, name)]) for md5, group in considered]
+    scored = [(md5, horizons) for md5, horizons in by_version if horizons]
+    if not scored:
+        raise BtsError(
+            f"none of {matched} has a {DEFAULT_SPLIT} {DEFAULT_SCORE} per horizon ({DEFAULT_PATTERN}), the default ranking; "
+            f"name the metrics to rank on with --metrics (e.g. {EXAMPLE_METRICS})"
+        )
+    shared = sorted(set.intersection(*(set(horizons) for _, horizons in scored)))
+    if not shared:
+        each = "; ".join(f"{short_md5(md5)}: {', '.join(map(label, horizons))}" for md5, horizons in scored)
+        raise BtsError(f"the data versions compared forecast no horizon in common ({each}): name the metrics to rank on with --metrics")
+    return shared
+
+
+def has_value(runs: Sequence[Run], metric: str) -> bool:
+    """Whether some run has a finite value of the metric."""
+    return any(math.isfinite(run[metric]) for run in runs)
+
+
 def cell_text(value: object) -> str:
     """A name cell: missing (None, or NaN) shows as empty."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def ranked_on(comparison: Comparison) -> str:
-    """The metrics of the ranking in words: 'test.rmse (lower is better) and test.skill (higher is better), equal weights'."""
+    """The metrics of the ranking in words: 'test.h1.rmse (lower is better) and test.h1.skill (higher is better), equal
+    weights'; metrics of one direction say it once: 'test.h1.skill and test.h5.skill (higher is better), equal weights',
+    'test.h1.skill (weight 3) and test.h5.skill (weight 1), higher is better'. The default ranking says what it is."""
     equal = len(set(comparison.weights.values())) == 1
-    items = [
-        f"{name} ({BETTER[direction]}{'' if equal else f', weight {comparison.weights[name]:g}'})"
-        for name, direction in comparison.directions.items()
-    ]
+    directions = set(comparison.directions.values())
+    if len(directions) == 1:
+        items = [name if equal else f"{name} (weight {comparison.weights[name]:g})" for name in comparison.directions]
+    else:
+        items = [
+            f"{name} ({BETTER[direction]}{'' if equal else f', weight {comparison.weights[name]:g}'})"
+            for name, direction in comparison.directions.items()
+        ]
     text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-    return text + (", equal weights" if equal and len(items) > 1 else "")
+    if len(directions) == 1:
+        text += f" ({BETTER[next(iter(directions))]})" if equal else f", {BETTER[next(iter(directions))]}"
+    text += ", equal weights" if equal and len(items) > 1 else ""
+    return f"{DEFAULT_SPLIT} {DEFAULT_SCORE} per horizon: {text}" if comparison.default else text
 
 
 def plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
+def result_document(result: dict[str, Any]) -> dict[str, Any]:
     """The whole result as plain JSON-able data: every compared run, ranked within its data version, with its full
     features md5, dirty flag and every param that differs (a table narrower than the data leaves none out here)."""
+    comparison: Comparison = result["comparison"]
     metrics = list(comparison.directions)
     runs = [
         {
@@ -492,6 +599,7 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
         "experiment_id": result["experiment_id"],
         "filter": result["filter"],
         "metrics": [{"name": n, "direction": d, "weight": comparison.weights[n]} for n, d in comparison.directions.items()],
+        "default_metrics": comparison.default,  # the test skill of every horizon, as no --metrics was given
         "workspace_features_md5": result["workspace_features_md5"],
         "all_data": result["all_data"],
         "data_note": result["data_note"] or None,
@@ -516,7 +624,7 @@ def result_document(result: dict[str, Any], comparison: Comparison) -> dict[str,
 
 
 def axis_label(metric: str, direction: str) -> str:
-    """'test.rmse (lower is better)': a direction, never a unit-like '(min)'."""
+    """'test.h1.rmse (lower is better)': a direction, never a unit-like '(min)'."""
     return f"{metric} ({BETTER[direction]})"
 
 
@@ -612,6 +720,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "Only runs trained on the same data are compared: by default those on the workspace's data version (the\n"
         "features md5 dvc.lock records), the others counted; --all-data ranks each data version on its own.\n"
         "Active (not deleted) runs only; runs missing any of the metrics (or with NaN) are left out and counted.\n"
+        f"By default runs are ranked on the {DEFAULT_SPLIT} {DEFAULT_SCORE} over persistence at every horizon they forecast\n"
+        f"({DEFAULT_PATTERN}, higher is better; with --all-data, the horizons every data version has).\n"
         "Each row names its run (DVC experiment or run name, and the start of its run id), its data version\n"
         "(features md5) and whether its code differed from its commit (dirty), then the params that differ.\n"
         f"The table fits the terminal ({PIPED_WIDTH} columns when the output is not one): the columns that do not fit\n"
@@ -620,12 +730,19 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="MLflow experiment name (default: train.experiment in params.yaml)")
     parser.add_argument(
         "--metrics",
-        default=DEFAULT_METRICS,
-        help=f"comma list of NAME:min or NAME:max (default: {DEFAULT_METRICS}, quality only);\n"
-        f"add cost metrics to trade them off, e.g. {DEFAULT_METRICS},{COST_METRICS.split(',')[0]},{COST_METRICS.split(',')[-1]}\n"
-        f"(training.seconds is wall-clock time: it varies with the machine's load; training.cpu_seconds less so)",
+        help="comma list of NAME:min or NAME:max: any metric the runs logged, e.g. scores per horizon such as\n"
+        f"{EXAMPLE_METRICS} (the interval score: width plus misses),\n"
+        f"{metric_name('test_by_parameter.<id>', 1, 'skill')}:max.\n"
+        f"Default: {DEFAULT_PATTERN}:{DEFAULT_DIRECTION} for each horizon H the runs forecast, quality only (skill =\n"
+        "1 - rmse / persistence rmse on the same rows: it ranks as rmse does, on one scale for every horizon).\n"
+        f"Add cost metrics to trade them off, e.g. {metric_name('test', 1, 'skill')}:max,{COST_METRICS.split(',')[0]},"
+        f"{COST_METRICS.split(',')[-1]}\n"
+        "(training.seconds is wall-clock time: it varies with the machine's load; training.cpu_seconds less so)",
     )
-    parser.add_argument("--weights", help="comma list of weights >= 0, one per metric in the same order (default: equal)")
+    parser.add_argument(
+        "--weights",
+        help="comma list of weights >= 0, one per metric in the same order (default: equal);\nwith the default metrics, one per horizon",
+    )
     parser.add_argument("--filter", help=FILTER_HELP)
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag value (repeatable)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="only runs with this param value (repeatable)")
@@ -652,17 +769,19 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """`bts compare`: print the ranking (or JSON), write the plot if asked."""
-    comparison = comparison_from_args(args)
+    asked = comparison_from_args(args)
     experiment = args.experiment or _default_experiment()
-    result = compare(experiment, comparison, *workspace_features_md5())
+    result = compare(experiment, asked, *workspace_features_md5())
+    comparison = result["comparison"]
     if args.plot:
+        check_plot(args.plot, comparison)  # the default ranking's metrics are known now
         plot_front(result["groups"][0]["ranked"], comparison, args.plot)
     if args.json:
-        write_output(json.dumps(result_document(result, comparison), indent=2) + "\n")
+        write_output(json.dumps(result_document(result), indent=2) + "\n")
         return 0
     from bts.lifecycle.compare_table import format_table  # with tabulate, only when a table is printed
 
-    table = format_table(result, comparison, args.top, output_width(), wide=args.wide)
+    table = format_table(result, args.top, output_width(), wide=args.wide)
     plotted = f" (features md5 {short_md5(result['groups'][0]['features_md5'])})" if len(result["groups"]) > 1 else ""
     write_output(table + (f"\n\nplot: {args.plot}{plotted}" if args.plot else "") + "\n")
     return 0

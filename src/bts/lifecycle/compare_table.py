@@ -87,10 +87,10 @@ def param_order(keys: Sequence[str], runs: Sequence[Mapping[str, Any]]) -> list[
     return sorted(keys, key=lambda key: (-sum(run.get(PARAM_PREFIX + key) is not None for run in runs), key))
 
 
-def format_table(result: dict[str, Any], comparison: Comparison, top: int, width: int, wide: bool = False) -> str:
+def format_table(result: dict[str, Any], top: int, width: int, wide: bool = False) -> str:
     """The summary (each line wrapped to width), then the top rows of each data version's ranking as one table, the
     versions apart by a rule; the table's columns fit width unless wide."""
-    groups = result["groups"]
+    groups, comparison = result["groups"], result["comparison"]
     shown_groups: list[list[Run]] = [group["ranked"][:top] for group in groups]
     shown = [run for rows in shown_groups for run in rows]
     lines = [headline(result), f"ranked on {ranked_on(comparison)}"]
@@ -155,16 +155,26 @@ def data_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def metric_headers(metrics: Sequence[str]) -> dict[str, str]:
+    """The metrics' column headers: without the split when every metric is of the same one (test.h1.skill, test.h5.skill:
+    h1.skill, h5.skill, the split named in the line above the table), else whole. Three horizons' names whole would
+    leave no room for the data version and the dirty flag."""
+    splits = {metric.partition(".")[0] for metric in metrics}
+    if len(splits) == 1 and all(metric.count(".") >= 2 for metric in metrics):
+        return {metric: metric.partition(".")[2] for metric in metrics}
+    return {metric: metric for metric in metrics}
+
+
 def table_columns(runs: Sequence[Run], params: Sequence[str], comparison: Comparison) -> list[Column]:
     """Every column the table may show, in their order: rank, run, data version, dirty flag, metrics, score, front,
     then the params (param_order)."""
-    names = short_param_names(params)
+    names, headers = short_param_names(params), metric_headers(list(comparison.directions))
     return [
         Column("rank", [str(run["rank"]) for run in runs], numeric=True, kept=True),
         Column("run", [unique_name(run) for run in runs], kept=True),
         Column("features md5", [short_md5(run.get("features_md5")) if run.get("features_md5") else "-" for run in runs]),
         Column("dirty", [DIRTY_CELLS[dirty_flag(run.get("dirty"))] for run in runs]),
-        *(Column(name, [f"{run[name]:.6g}" for run in runs], numeric=True, kept=True) for name in comparison.directions),
+        *(Column(headers[name], [f"{run[name]:.6g}" for run in runs], numeric=True, kept=True) for name in comparison.directions),
         Column("score", [f"{run['score']:.4f}" for run in runs], numeric=True, kept=True),
         Column("front", ["*" if run["pareto"] else "" for run in runs], kept=True),
         *(Column(names[key], [cell_text(run.get(PARAM_PREFIX + key)) or "-" for run in runs]) for key in param_order(params, runs)),

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
+from bts.horizons import metric_horizons, metric_name
 from bts.lifecycle.integrity import version_integrity
+from bts.lifecycle.model_card import brief_scores
 from bts.lifecycle.references import MODEL_URI, RUN_ID, check_reference
 from bts.lifecycle.retrain import RETRAIN_TAGS
 from bts.lifecycle.sql_client import NotFound, mlflow_errors
@@ -46,7 +48,9 @@ if TYPE_CHECKING:
     from bts.lifecycle.sql_client import Run as SqlRun
     from bts.lifecycle.sql_client import SqlClient
 
-RUN_METRICS = ["test.rmse", "test.skill", "test.persistence_rmse", "valid.rmse", "training.seconds", "training.peak_memory_mb"]
+# What a run's summary keeps of its metrics: these scores of every horizon it forecasts, per split, then its cost.
+RUN_SCORES = {"test": ["rmse", "persistence_rmse", "skill", "coverage", "mean_width"], "valid": ["rmse"]}
+RUN_COSTS = {"training.seconds": "{:.3g} s", "training.peak_memory_mb": "{:.0f} MB peak"}  # as the summary shows them
 AMBIGUOUS_SHOWN = 5
 # refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>; other refs/exps/* are DVC's own bookkeeping.
 EXPERIMENT_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/([^/]+)$")
@@ -214,6 +218,12 @@ def _dataset_document(root: Path, commit: str | None, name: str, md5: str | None
     return document if document.get("dvc", {}).get("md5") == md5 else None
 
 
+def run_metrics(metrics: dict[str, float]) -> list[str]:
+    """The names of RUN_SCORES at every horizon the run forecasts (by split, then horizon), then RUN_COSTS."""
+    horizons = metric_horizons(metrics)
+    return [metric_name(split, h, score) for split, scores in RUN_SCORES.items() for h in horizons for score in scores] + list(RUN_COSTS)
+
+
 def _run_summary(run: Run | SqlRun | None) -> dict | None:
     if run is None:
         return None
@@ -223,7 +233,7 @@ def _run_summary(run: Run | SqlRun | None) -> dict | None:
         "name": run.info.run_name,
         "status": run.info.status,
         "params": dict(sorted(run.data.params.items())),
-        "metrics": {m: run.data.metrics[m] for m in RUN_METRICS if m in run.data.metrics},
+        "metrics": {m: run.data.metrics[m] for m in run_metrics(run.data.metrics) if m in run.data.metrics},
         "machine": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("machine.")},
         "dvc_experiment": run.data.tags.get(EXP_NAME),
         "git_commit": run.data.tags.get(GIT_COMMIT),
@@ -337,7 +347,9 @@ def format_trace(chain: dict) -> str:
         experiment = f", DVC experiment {run['dvc_experiment']}" if run["dvc_experiment"] else ""
         lines.append(f"run      {run['run_id']} ({run['name']}, {run['status']}){experiment}")
         lines.append(f"         params: {', '.join(f'{k}={v}' for k, v in run['params'].items())}")
-        lines.append("         metrics: " + ", ".join(f"{k} {v:.6g}" for k, v in run["metrics"].items()))
+        costs = [shown.format(run["metrics"][name]) for name, shown in RUN_COSTS.items() if name in run["metrics"]]
+        cost = f"; training {', '.join(costs)}" if costs else ""
+        lines.append(f"         metrics: {brief_scores(run['metrics'], run['params'])}{cost}")
         machine = run["machine"]
         lines.append(
             f"         machine: {machine.get('machine.cpu')}, {machine.get('machine.cores')} cores, "

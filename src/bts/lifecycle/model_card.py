@@ -2,16 +2,21 @@
 
 Fields follow the tutorial's model metadata: Model_id, Name, Status, Version,
 Description, Time_created, Artefact (url, format, license), Quality_of_model
-(metric, unit, value), Dataset_dependency, Model_dependency, Package_dependency.
+(metric, unit, value), Dataset_dependency, Model_dependency, Package_dependency;
+beside them, the scores of every horizon the model forecasts, overall, by sensor and
+by station. brief_scores is the same quality in one line, as a version's description
+and `bts lineage` give it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bts.horizons import label, metric_horizons, metric_name
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
 if TYPE_CHECKING:
@@ -42,18 +47,25 @@ def cards_folder(root: Path, tracking_uri: str) -> Path:
     return root / CARDS_DIR / (re.sub(r"[^A-Za-z0-9.]+", "-", place).strip("-") or "store")
 
 
-# Pooled over sensors of different units, so read beside the per-sensor table (R2 pooled over volts and degrees
-# says more about the spread of the units than about the forecast, so it is left to the run).
-QUALITY = [
-    ("test.rmse", "pooled over sensors"),
-    ("test.mae", "pooled over sensors"),
-    ("test.persistence_rmse", "pooled over sensors"),
-    ("test.skill", "ratio (1 - rmse / persistence_rmse)"),
-    ("valid.rmse", "pooled over sensors"),
-    ("training.seconds", "s"),
-    ("training.cpu_seconds", "s"),
-    ("training.peak_memory_mb", "MB"),
-]
+# The run param the card reads: the share of readings the intervals were calibrated to hold.
+COVERAGE_PARAM = "train.interval_coverage"
+POOLED = "pooled over sensors"
+# The scores of each horizon on the test split, in the card's table and its Quality of model, with their units. Those
+# pooled over sensors of different units are read beside the per-sensor table (R2 pooled over volts and degrees says
+# more about the spread of the units than about the forecast, so it is left to the run).
+HORIZON_SCORES = {
+    "rmse": POOLED,
+    "mae": POOLED,
+    "persistence_rmse": POOLED,
+    "skill": "ratio (1 - rmse / persistence_rmse)",
+    "coverage": "share of readings inside the interval",
+    "mean_width": f"interval width, {POOLED}",
+    "winkler": f"interval (Winkler) score: width plus misses, {POOLED}",
+    "worst_station_skill": "ratio, the station it does worst on",
+}
+VALID_SCORES = ["rmse"]
+COST = [("training.seconds", "s"), ("training.cpu_seconds", "s"), ("training.peak_memory_mb", "MB")]
+SENSOR_SCORES = ["rmse", "mae", "persistence_rmse", "skill", "coverage", "mean_width"]
 
 
 def package_dependencies(package_dir: str | Path) -> dict[str, str]:
@@ -66,56 +78,129 @@ def package_dependencies(package_dir: str | Path) -> dict[str, str]:
     return dependencies
 
 
-INTENDED_USE = (
-    "Forecast the next reading of each (station, sensor) series of a BTS monitoring export, as an early signal for "
-    "predictive maintenance: a reading far from its forecast is worth a look."
-)
-SENSOR_SCORES = ["rmse", "mae", "persistence_rmse", "skill"]
+def _percent(value: float | None, sign: str = "") -> str:
+    return "n/a" if value is None else f"{value:{sign}.1%}"
 
 
-def sensor_quality(metrics: dict[str, float], catalogue: dict, split: str = "test") -> list[dict]:
-    """Per-sensor scores of the run (name and unit from the catalogue), flagged where the model loses to persistence."""
-    prefix = f"{split}_by_parameter."
-    pids = sorted({key.removeprefix(prefix).split(".")[0] for key in metrics if key.startswith(prefix)}, key=int)
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def steps_ahead(horizons: Sequence[int]) -> str:
+    """'1, 5 and 15 steps': the horizons in words."""
+    numbers = [str(horizon) for horizon in horizons] or ["no"]
+    listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    return f"{listed} step{'' if numbers == ['1'] else 's'}"
+
+
+def nominal_coverage(params: Mapping[str, str]) -> float | None:
+    """The share of readings the run's intervals were calibrated to hold (its train.interval_coverage), if it says."""
+    try:
+        return float(params[COVERAGE_PARAM])
+    except (KeyError, ValueError):
+        return None
+
+
+def brief_scores(metrics: Mapping[str, float], params: Mapping[str, str] | None = None, split: str = "test") -> str:
+    """A run's scores of every horizon in one line: 'test RMSE h1 0.4282, h5 1.057, h15 1.906; skill over persistence
+    +63.6%, +76.3%, +50.6%; 90% interval coverage 90.4%, 90.0%, 90.5%' (n/a where one is missing)."""
+    horizons = metric_horizons(metrics, split, "rmse")
+    if not horizons:
+        return f"no {split} scores per horizon"
+
+    def each(score: str, show: Callable[[float | None], str]) -> str:
+        return ", ".join(show(metrics.get(metric_name(split, horizon, score))) for horizon in horizons)
+
+    rmse = ", ".join(f"{label(horizon)} {_number(metrics.get(metric_name(split, horizon, 'rmse')))}" for horizon in horizons)
+    text = f"{split} RMSE {rmse}; skill over persistence {each('skill', lambda value: _percent(value, '+'))}"
+    if metric_horizons(metrics, split, "coverage"):
+        nominal = nominal_coverage(params or {})
+        text += f"; {'' if nominal is None else f'{nominal:.0%} '}interval coverage {each('coverage', _percent)}"
+    return text
+
+
+def intended_use(horizons: Sequence[int], coverage: float | None) -> str:
+    interval = "an interval" if coverage is None else f"an interval meant to hold {coverage:.0%} of readings"
+    return (
+        f"Forecast the readings {steps_ahead(horizons)} ahead of each (station, sensor) series of a BTS monitoring export, each "
+        f"with {interval}, as an early signal for predictive maintenance: a reading outside its interval is worth a look."
+    )
+
+
+def horizon_quality(metrics: Mapping[str, float], split: str = "test") -> list[dict]:
+    """Each horizon's scores (HORIZON_SCORES) on the split, shortest first; None where the run lacks one."""
+    return [
+        {"horizon": horizon, **{score: metrics.get(metric_name(split, horizon, score)) for score in HORIZON_SCORES}}
+        for horizon in metric_horizons(metrics, split, "rmse")
+    ]
+
+
+def _group_ids(metrics: Mapping[str, float], group: str) -> list[str]:
+    """The ids of a group's scores in the run's metrics (`test_by_parameter.<id>.h1.rmse`), in numeric order."""
+    prefix = f"{group}."
+    return sorted({key.removeprefix(prefix).split(".")[0] for key in metrics if key.startswith(prefix)}, key=int)
+
+
+def sensor_quality(metrics: Mapping[str, float], catalogue: dict, split: str = "test") -> list[dict]:
+    """Per-sensor scores of the run, each horizon's (name and unit from the catalogue), with the horizons at which the
+    model loses to persistence."""
+    from bts.model.evaluation import BY_PARAMETER
+
+    group, horizons = f"{split}{BY_PARAMETER}", metric_horizons(metrics, split, "rmse")
     rows = []
-    for pid in pids:
+    for pid in _group_ids(metrics, group):
         sensor = catalogue.get(int(pid))
-        scores = {name: metrics.get(f"{prefix}{pid}.{name}") for name in SENSOR_SCORES}
+        by_horizon = {
+            label(horizon): {score: metrics.get(metric_name(f"{group}.{pid}", horizon, score)) for score in SENSOR_SCORES}
+            for horizon in horizons
+        }
+        worse = [name for name, scores in by_horizon.items() if scores["skill"] is not None and scores["skill"] < 0]
         rows.append(
             {
                 "parameter_id": int(pid),
                 "sensor": sensor.name if sensor else "unknown",
                 "unit": sensor.unit if sensor else None,
-                **scores,
-                "worse_than_persistence": scores["skill"] is not None and scores["skill"] < 0,
+                "by_horizon": by_horizon,
+                "worse_than_persistence": worse,  # the horizons at which it loses
             }
         )
     return rows
 
 
-def station_quality(metrics: dict[str, float]) -> list[dict]:
-    """Each station the run was scored on: its rows and skill in each split (None where it has none)."""
+def station_quality(metrics: Mapping[str, float]) -> list[dict]:
+    """Each station the run was scored on: its rows in each split, its skill in each split per horizon, and its test
+    interval coverage per horizon (None where it has none)."""
     from bts.model.evaluation import BY_STATION, SCORED_SPLITS
 
-    found: dict[str, dict] = {}
-    for key, value in metrics.items():
-        split, _, rest = key.partition(f"{BY_STATION}.")
-        station, _, name = rest.partition(".")
-        if split in SCORED_SPLITS and name in ("rows", "skill"):
-            found.setdefault(station, {})[f"{split}_{name}"] = value
+    horizons = metric_horizons(metrics, "test", "rmse")
+    stations = sorted({station for split in SCORED_SPLITS for station in _group_ids(metrics, f"{split}{BY_STATION}")}, key=int)
+
+    def scores(split: str, station: str, score: str) -> dict[str, float | None] | None:
+        found = {label(h): metrics.get(metric_name(f"{split}{BY_STATION}.{station}", h, score)) for h in horizons}
+        return found if any(value is not None for value in found.values()) else None
+
     return [
         {
             "station_id": int(station),
-            **{f"{split}_{name}": found[station].get(f"{split}_{name}") for split in SCORED_SPLITS for name in ("rows", "skill")},
+            **{f"{split}_rows": metrics.get(f"{split}{BY_STATION}.{station}.rows") for split in SCORED_SPLITS},
+            **{f"{split}_skill": scores(split, station, "skill") for split in SCORED_SPLITS},
+            "test_coverage": scores("test", station, "coverage"),
         }
-        for station in sorted(found, key=int)
+        for station in stations
     ]
 
 
 def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license_name: str, catalogue: dict | None = None) -> dict:
     """The card of one registered model version, from the version, its run and its package."""
     lineage = {k: v for k, v in sorted(version.tags.items()) if not k.startswith((TRANSITION_PREFIX, "registration."))}
-    metrics = run.data.metrics
+    metrics, params = run.data.metrics, run.data.params
+    horizons, coverage = metric_horizons(metrics, "test", "rmse"), nominal_coverage(params)
+    quality = [
+        (metric_name(split, horizon, score), HORIZON_SCORES[score])
+        for split, scores in [("test", list(HORIZON_SCORES)), ("valid", VALID_SCORES)]
+        for horizon in horizons
+        for score in scores
+    ]
     return {
         "model_id": f"{version.name}/{version.version}",
         "name": version.name,
@@ -130,20 +215,27 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
             "format": "MLflow Model (python_function and sklearn flavors)",
             "license": license_name,
         },
-        "intended_use": INTENDED_USE,
-        "quality_of_model": [{"metric": m, "unit": unit, "value": metrics[m]} for m, unit in QUALITY if m in metrics],
+        "intended_use": intended_use(horizons, coverage),
+        "horizons": horizons,
+        "interval_coverage": coverage,  # asked of the intervals; what they held is in quality_by_horizon
+        "quality_by_horizon": horizon_quality(metrics),
+        "quality_of_model": [{"metric": m, "unit": unit, "value": metrics[m]} for m, unit in [*quality, *COST] if m in metrics],
         "quality_by_sensor": (by_sensor := sensor_quality(metrics, catalogue or {})),
         "stations_scored": (stations := station_quality(metrics)),
         "limitations": [
-            f"{row['sensor']} (parameter {row['parameter_id']}): loses to persistence on test (skill {row['skill']:+.1%}); "
-            "use the latest reading as its forecast"
+            f"{row['sensor']} (parameter {row['parameter_id']}): loses to persistence on test at "
+            + ", ".join(f"{name} (skill {row['by_horizon'][name]['skill']:+.1%})" for name in row["worse_than_persistence"])
+            + "; use the latest reading as its forecast there"
             for row in by_sensor
             if row["worse_than_persistence"]
         ]
         + [
             f"Trained and scored on {len(stations)} station(s) only (listed under Stations scored): check its skill on a new "
             "station before trusting it there.",
-            "Forecasts one reading ahead; it does not detect faults by itself.",
+            f"Its intervals are calibrated on every series pooled (split conformal on the valid split): about "
+            f"{'the share asked' if coverage is None else f'{coverage:.0%}'} of readings fall inside them overall, more on "
+            "some series and fewer on others (coverage by sensor and station below).",
+            f"Forecasts {steps_ahead(horizons)} ahead; it does not detect faults by itself.",
         ],
         "dataset_dependency": [
             {
@@ -154,13 +246,13 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
             for name in reversed(DATASETS)
         ],
         "model_dependency": [
-            {"model": "persistence (next reading = latest reading)", "relationship": "baseline the skill is measured against"}
+            {"model": "persistence (a later reading = the latest reading)", "relationship": "baseline the skill is measured against"}
         ],
         "package_dependency": package_dependencies(package_dir),
         "training_run": {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
-            "params": dict(sorted(run.data.params.items())),
+            "params": dict(sorted(params.items())),
         },
         "lineage": lineage,
     }
@@ -168,6 +260,11 @@ def model_card(version: ModelVersion, run: Run, package_dir: str | Path, license
 
 def _iso(milliseconds: int) -> str:
     return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _per_horizon(values: Mapping[str, float | None] | None, sign: str = "") -> str:
+    """'+64.8% / +75.5% / +54.9%': one value per horizon, or '-' where the station has none in that split."""
+    return "-" if values is None else " / ".join(_percent(value, sign) for value in values.values())
 
 
 def render_model_card(card: dict) -> str:
@@ -184,35 +281,64 @@ def render_model_card(card: dict) -> str:
     )
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
-    lines += ["", "## Quality by sensor (test split)", ""]
+    horizons = [label(horizon) for horizon in card["horizons"]]
+    coverage = card["interval_coverage"]
+    asked = "" if coverage is None else f" ({coverage:.0%} asked)"
+    lines += ["", "## Quality by horizon (test split)", ""]
     lines += [
-        "| parameter | sensor | unit | rmse | mae | persistence rmse | skill | |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Each horizon is a number of steps (readings of the series) ahead. RMSE, width and Winkler score are pooled over "
+        "sensors of different units (read them beside the tables by sensor); skill = 1 - rmse / persistence rmse; "
+        "coverage is the share of readings inside the interval; the Winkler score is the interval's width plus "
+        "2 / (1 - coverage asked) times how far outside a reading fell.",
+        "",
+        f"| horizon | rmse | mae | persistence rmse | skill | interval coverage{asked} | mean width | Winkler score "
+        "| worst station skill |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in card["quality_by_horizon"]:
+        numbers = " | ".join(_number(row[score]) for score in ["rmse", "mae", "persistence_rmse"])
+        interval = " | ".join(_number(row[score]) for score in ["mean_width", "winkler"])
+        lines.append(
+            f"| {label(row['horizon'])} | {numbers} | {_percent(row['skill'], '+')} | {_percent(row['coverage'])} | {interval} "
+            f"| {_percent(row['worst_station_skill'], '+')} |"
+        )
+    lines += ["", "## Quality by sensor (test split)", "", "RMSE, MAE and interval width in the sensor's unit.", ""]
+    lines += [
+        "| parameter | sensor | unit | horizon | rmse | mae | persistence rmse | skill | interval coverage | mean width | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in card["quality_by_sensor"]:
-        flag = "**worse than persistence**" if row["worse_than_persistence"] else ""
-        values = " | ".join("n/a" if row[k] is None else f"{row[k]:.4g}" for k in ["rmse", "mae", "persistence_rmse"])
-        skill = "n/a" if row["skill"] is None else f"{row['skill']:+.1%}"
-        lines.append(f"| {row['parameter_id']} | {row['sensor']} | {row['unit'] or ''} | {values} | {skill} | {flag} |")
+        for name, scores in row["by_horizon"].items():
+            flag = "**worse than persistence**" if name in row["worse_than_persistence"] else ""
+            numbers = " | ".join(_number(scores[k]) for k in ["rmse", "mae", "persistence_rmse"])
+            lines.append(
+                f"| {row['parameter_id']} | {row['sensor']} | {row['unit'] or ''} | {name} | {numbers} | {_percent(scores['skill'], '+')} "
+                f"| {_percent(scores['coverage'])} | {_number(scores['mean_width'])} | {flag} |"
+            )
+    each = " / ".join(horizons)
     lines += [
         "",
         "## Stations scored",
         "",
-        "Rows scored and skill over persistence, per split (holdout: stations kept out of training).",
+        f"Rows scored per split, skill over persistence per split and horizon ({each}), and the test interval coverage per "
+        "horizon (holdout: stations kept out of training).",
         "",
     ]
-    lines += ["| station | valid rows | valid skill | test rows | test skill | holdout rows | holdout skill |"]
-    lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| station | "
+        + " | ".join(f"{split} rows | {split} skill ({each})" for split in SCORED_SPLITS)
+        + f" | test interval coverage ({each}) |"
+    ]
+    lines += ["| --- |" + " --- | --- |" * len(SCORED_SPLITS) + " --- |"]
     for row in card["stations_scored"]:
         cells = [
-            ("-" if row[f"{split}_rows"] is None else f"{row[f'{split}_rows']:.0f}")
-            + " | "
-            + ("-" if row[f"{split}_skill"] is None else f"{row[f'{split}_skill']:+.1%}")
+            ("-" if row[f"{split}_rows"] is None else f"{row[f'{split}_rows']:.0f}") + " | " + _per_horizon(row[f"{split}_skill"], "+")
             for split in SCORED_SPLITS
         ]
-        lines.append(f"| {row['station_id']} | {' | '.join(cells)} |")
-    lines += ["", "## Quality of model (pooled)", "", "| metric | value | unit |", "| --- | --- | --- |"]
-    lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"]]
+        lines.append(f"| {row['station_id']} | {' | '.join(cells)} | {_per_horizon(row['test_coverage'])} |")
+    tabled = {metric_name("test", row["horizon"], score) for row in card["quality_by_horizon"] for score in HORIZON_SCORES}
+    lines += ["", "## Quality of model (besides the test scores above)", "", "| metric | value | unit |", "| --- | --- | --- |"]
+    lines += [f"| {q['metric']} | {q['value']:.6g} | {q['unit']} |" for q in card["quality_of_model"] if q["metric"] not in tabled]
     lines += ["", "## Dataset dependency", ""]
     lines += [f"- `{d['dataset_id']}` ({d['relationship']}): md5 `{d['md5']}`" for d in card["dataset_dependency"]]
     lines += ["", "## Model dependency", ""]

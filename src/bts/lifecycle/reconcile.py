@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
     from bts.lifecycle.sql_client import SqlClient
 
-EVALUATED_METRIC = "test.rmse"
+# Evaluate logs it with the scores of every horizon (test.h1.rmse, ...), whichever horizons the run forecasts: a run
+# that has it was evaluated, and on a database store one key tells, where the horizons would need every run's metrics.
+EVALUATED_METRIC = "test.rows"
 RERUN_PARAM_PREFIX = "train."  # the params of the `dvc exp run -S ...` that recreates a lost experiment
 # A remote store has no lock to tell a live training from a dead one: a run RUNNING for longer than this (a training
 # takes minutes) is taken for dead; a younger one may be a colleague's training in progress.
@@ -207,7 +209,7 @@ def format_reconciliation(report: dict) -> str:
         lines += [f"  {run['run_id']}  {run['name']}" for run in report["runs_left_running"]]
         lines.append("  fix: `bts runs check --mark-failed` marks them FAILED; `dvc repro` (or the experiment) trains again")
     if report["runs_without_metrics"]:
-        lines.append(f"{len(report['runs_without_metrics'])} finished run(s) without evaluation metrics ({EVALUATED_METRIC}):")
+        lines.append(f"{len(report['runs_without_metrics'])} finished run(s) without evaluation metrics (no {EVALUATED_METRIC}):")
         lines += [f"  {run['run_id']}  {run['name']}" for run in report["runs_without_metrics"]]
         lines.append("  fix: `dvc repro evaluate` (or `dvc repro --force` at their commit) logs them")
     if report["versions"]:

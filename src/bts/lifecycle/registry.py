@@ -27,14 +27,16 @@ from mlflow.tracking import MlflowClient
 from bts.errors import BtsError, ConfigError
 from bts.files import read_parquet
 from bts.hashing import dvc_md5
+from bts.horizons import FORECAST, KINDS, label, metric_horizons, metric_name, output_column, target_column
 from bts.kill_points import kill_point
 from bts.lifecycle.integrity import download_version, version_integrity
+from bts.lifecycle.model_card import brief_scores, nominal_coverage, steps_ahead
 from bts.lifecycle.references import check_alias, check_version
 from bts.model.package import PACKAGE_ARTIFACT, load_package
 from bts.tracking.tags import PACKAGE_MD5, REGISTRATION_COMPLETE, TRANSITION_PREFIX, data_md5_tag
 
 CANDIDATE = "candidate"
-MODEL_DESCRIPTION = "Forecasts the next reading of a BTS sensor series from its latest readings."
+MODEL_DESCRIPTION = "Forecasts the readings of a BTS sensor series a few steps ahead, each with an interval, from its latest readings."
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
@@ -60,14 +62,15 @@ def find_version(client: MlflowClient, name: str, package_md5: str) -> ModelVers
 
 
 def describe_run(run: Run) -> str:
-    """A version's description: the model its run trained, its settings and its test scores."""
+    """A version's description: the model its run trained, its settings, the horizons it forecasts and its test scores
+    at each of them."""
     params, metrics = run.data.params, run.data.metrics
     settings = ", ".join(
         f"{k.removeprefix('train.')}={v}" for k, v in sorted(params.items()) if k.startswith("train.") and k != "train.model"
     )
     return (
-        f"{params.get('train.model')} ({settings}) forecasting the next BTS reading from the last {params.get('featurize.n_lags')}; "
-        f"test RMSE {metrics.get('test.rmse', float('nan')):.4f}, skill {metrics.get('test.skill', float('nan')):+.1%} over persistence"
+        f"{params.get('train.model')} ({settings}) forecasting BTS readings {steps_ahead(metric_horizons(metrics))} ahead from the "
+        f"last {params.get('featurize.n_lags')}; {brief_scores(metrics, params)}"
     )
 
 
@@ -139,19 +142,41 @@ class Gate:
 def recorded_score(client: MlflowClient, version: ModelVersion, gate: Gate) -> float:
     metrics = client.get_run(version.run_id).data.metrics
     if gate.metric not in metrics:
-        raise BtsError(f"version {version.version}: its run {version.run_id} has no metric {gate.metric!r} to gate on")
+        split, _, score = horizon_metric(gate.metric) or (None, None, None)
+        scored = [metric_name(split, h, score) for h in metric_horizons(metrics, split, score)] if split else []
+        hint = f" (it has {', '.join(scored)}: registry.gate_metric in params.yaml names the one to gate on)" if scored else ""
+        raise BtsError(f"version {version.version}: its run {version.run_id} has no metric {gate.metric!r} to gate on{hint}")
     return metrics[gate.metric]
 
 
-def rescored(client: MlflowClient, versions: list[ModelVersion], gate: Gate, features: Path) -> list[float]:
-    """Each version's gate metric, computed anew on one evaluation set (a split of a feature table)."""
-    from bts.model.evaluation import score
+def horizon_metric(metric: str) -> tuple[str, int, str] | None:
+    """('test', 5, 'rmse') of a score of one horizon on one split (test.h5.rmse); None for any other metric."""
+    split, _, rest = metric.partition(".")
+    score = rest.partition(".")[2]
+    horizons = metric_horizons([metric], split, score)
+    return (split, horizons[0], score) if horizons else None
 
-    split, _, metric = gate.metric.partition(".")
+
+def rescored(client: MlflowClient, versions: list[ModelVersion], gate: Gate, features: Path) -> list[float]:
+    """Each version's gate metric, computed anew on one evaluation set (a split of a feature table), as evaluate
+    computes it: the gate metric's horizon scored on the rows of its split, the interval at the coverage each
+    version's run asked for."""
+    from bts.model.evaluation import horizon_score
+
+    parts = horizon_metric(gate.metric)
+    if parts is None:
+        example = metric_name("test", 1, "rmse")
+        raise BtsError(f"{gate.metric}: not a score of one horizon on one split (such as {example}): it cannot be scored anew")
+    split, horizon, metric = parts
     frame = read_parquet(features)
     rows = frame[frame["split"] == split]
     if rows.empty:
         raise BtsError(f"{features}: no '{split}' rows to score {gate.metric} on")
+    if target_column(horizon) not in rows.columns:
+        raise BtsError(
+            f"{features}: no {target_column(horizon)}: its examples hold no reading {horizon} steps ahead to score {gate.metric}"
+        )
+    outputs = [output_column(kind, horizon) for kind in KINDS]
     values = []
     for version in versions:
         with tempfile.TemporaryDirectory() as scratch:
@@ -161,9 +186,17 @@ def rescored(client: MlflowClient, versions: list[ModelVersion], gate: Gate, fea
             missing = [c for c in columns if c not in rows.columns]
             if missing:
                 raise BtsError(f"{features}: lacks the column(s) {missing} that version {version.version} needs")
-            scores = score(rows, model.predict(rows[columns]))
+            predicted = model.predict(rows[columns])
+        if output_column(FORECAST, horizon) not in getattr(predicted, "columns", []):
+            raise BtsError(f"version {version.version} does not forecast {label(horizon)}: it cannot be scored on {gate.metric}")
+        coverage = nominal_coverage(client.get_run(version.run_id).data.params)
+        forecast = predicted[outputs].set_axis(rows.index)  # one row per row given, in order
+        scores = horizon_score(rows.join(forecast), horizon, float("nan") if coverage is None else coverage)
         if metric not in scores:
             raise BtsError(f"{gate.metric}: '{metric}' is not a score this project computes ({', '.join(scores)})")
+        if scores[metric] != scores[metric]:
+            why = "its run records no interval coverage" if coverage is None else "persistence is exact there"
+            raise BtsError(f"version {version.version}: {gate.metric} is undefined on {features} ({why})")
         values.append(scores[metric])
     return values
 

@@ -11,7 +11,7 @@ its cache) and only the stages from train on are rebuilt; otherwise every
 stage is. A `dvc add`ed export whose cached bytes differ from its record
 can never give the recorded data back: it is reported as a difference, and
 nothing is rebuilt. Data md5s, the model and package md5s, the code md5 and the
-recorded metrics must come out equal; the code md5 that the rebuilt stages
+recorded metrics (every horizon's) must come out equal; the code md5 that the rebuilt stages
 computed from the code they imported must equal the worktree's, which proves
 that the commit's own code ran.
 """
@@ -31,12 +31,15 @@ from mlflow.tracking import MlflowClient
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
+from bts.horizons import metric_horizons, metric_name
 from bts.lifecycle.lineage import trace
 from bts.model.package import package_metadata
+from bts.params import flatten
 from bts.project import TRAINING_STAGE, code_md5, pipeline_argument
 from bts.tracking.tags import CODE_MD5, DATASETS, data_md5_tag, dataset_document_path
 
-COMPARED_METRICS = ["valid.rmse", "valid.mae", "test.rmse", "test.mae", "test.r2", "test.skill"]
+# The scores compared, recorded against reproduced, at every horizon the run forecasts.
+COMPARED_SCORES = {"valid": ["rmse"], "test": ["rmse", "skill", "coverage", "mean_width"]}  # the forecasts and their intervals
 STAGE_PREFIXES = ("simulate:", "ingest:", "clean:", "featurize:", "train:", "evaluate:", "serve:")
 
 
@@ -171,11 +174,19 @@ def _compare(chain: dict, tree: Path, recorded_metrics: dict) -> list[dict]:
         worktree_code = None
     checks.append({"what": "code_md5 (ran)", "recorded": worktree_code, "reproduced": built_code})
     checks.append({"what": "code_md5", "recorded": chain["code_md5"], "reproduced": built_code})
-    metrics = json.loads((tree / pipeline_argument(tree, "evaluate", "--metrics")).read_text())
-    for name in COMPARED_METRICS:
-        split, metric = name.split(".")
-        checks.append({"what": name, "recorded": recorded_metrics.get(name), "reproduced": metrics.get(split, {}).get(metric)})
+    reproduced = flatten(json.loads((tree / pipeline_argument(tree, "evaluate", "--metrics")).read_text()))
+    checks += [
+        {"what": name, "recorded": recorded_metrics.get(name), "reproduced": reproduced.get(name)}
+        for name in compared_metrics(recorded_metrics, reproduced)
+    ]
     return checks
+
+
+def compared_metrics(recorded: dict, reproduced: dict) -> list[str]:
+    """COMPARED_SCORES at every horizon the recorded run forecasts (those of the reproduced metrics when no run is
+    recorded), by split, horizon and score."""
+    horizons = metric_horizons(recorded) or metric_horizons(reproduced)
+    return [metric_name(split, horizon, score) for split, scores in COMPARED_SCORES.items() for horizon in horizons for score in scores]
 
 
 def format_verdict(verdict: dict) -> str:
@@ -183,6 +194,6 @@ def format_verdict(verdict: dict) -> str:
     for check in verdict["checks"]:
         mark = "ok  " if check["ok"] else "DIFF"
         detail = f"{check['recorded']}" if check["ok"] else f"recorded {check['recorded']} != reproduced {check['reproduced']}"
-        lines.append(f"  {mark} {check['what']:<16} {detail}")
+        lines.append(f"  {mark} {check['what']:<20} {detail}")
     lines.append("verdict: REPRODUCED" if verdict["ok"] else "verdict: NOT REPRODUCED (see DIFF lines)")
     return "\n".join(lines)

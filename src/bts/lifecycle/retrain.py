@@ -220,6 +220,7 @@ def _experiment_run(client: object, root: Path, experiment: str, sources: list[s
     experiment left RUNNING is marked FAILED first)."""
     from mlflow.entities import RunStatus
 
+    from bts.horizons import headline_metric
     from bts.tracking.tags import EXP_NAME
 
     existing = set(_run(root, ["dvc", "exp", "list", "--name-only"], "dvc exp list").split())
@@ -236,7 +237,7 @@ def _experiment_run(client: object, root: Path, experiment: str, sources: list[s
             f"dvc exp run {experiment}",
         )
         runs = client.search_runs(_experiment_ids(client), filter_string=f"tags.`{EXP_NAME}` = '{experiment}'")
-    finished = [run for run in runs if run.info.status == "FINISHED" and "test.rmse" in run.data.metrics]
+    finished = [run for run in runs if run.info.status == "FINISHED" and headline_metric(run.data.metrics) is not None]  # evaluated
     if not finished:
         raise BtsError(f"experiment {experiment}: no finished run with evaluation metrics in the store; run `bts runs check`")
     return max(finished, key=lambda run: run.info.start_time)
