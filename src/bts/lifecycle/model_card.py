@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bts.horizons import label, metric_horizons, metric_name
+from bts.horizons import COVERAGE_PARAM, label, metric_horizons, metric_name
 from bts.tracking.tags import DATASETS, TRANSITION_PREFIX, data_md5_tag
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ def cards_folder(root: Path, tracking_uri: str) -> Path:
     return root / CARDS_DIR / (re.sub(r"[^A-Za-z0-9.]+", "-", place).strip("-") or "store")
 
 
-# The run param the card reads: the share of readings the intervals were calibrated to hold.
-COVERAGE_PARAM = "train.interval_coverage"
 POOLED = "pooled over sensors"
 # The scores of each horizon on the test split, in the card's table and its Quality of model, with their units. Those
 # pooled over sensors of different units are read beside the per-sensor table (R2 pooled over volts and degrees says

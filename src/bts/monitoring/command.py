@@ -23,7 +23,7 @@ from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
 from bts.files import output_place, shown_path, write_json, write_text
 from bts.hashing import dvc_md5
-from bts.horizons import metric_name
+from bts.horizons import COVERAGE_PARAM, metric_name
 from bts.lifecycle.lineage import lock_record, resolve_reference
 from bts.model.profile import PROFILE_ARTIFACT
 from bts.monitoring.field_readings import read_readings
@@ -48,7 +48,6 @@ from bts.tracking.tags import (
 
 REPORTS_DIR = "reports"  # under the monitoring log folder
 LIVE = "live"  # the report run's live scores are live.h1.rmse, ... as the training run's are test.h1.rmse, ...
-COVERAGE_PARAM = "train.interval_coverage"
 
 
 def monitored_model(client: MlflowClient, ref: str, root: Path) -> dict:
