@@ -16,6 +16,7 @@ import re
 
 FORECAST, LOWER, UPPER = "forecast", "lower", "upper"
 COVERAGE_PARAM = "train.interval_coverage"  # as a run logs it: the share of readings the intervals should hold
+LIVE_SPLIT = "live"  # a `bts monitor` report's scores are named as a split's: live.h5.skill beside test.h5.skill
 KINDS = (FORECAST, LOWER, UPPER)
 _OUTPUT = re.compile(r"^(forecast|lower|upper)_h([1-9][0-9]*)$")
 _METRIC = re.compile(r"^(?P<split>[a-z]+)\.h(?P<horizon>[1-9][0-9]*)\.(?P<score>[a-z_]+)$")

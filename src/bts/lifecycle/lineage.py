@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bts.errors import BtsError
 from bts.hashing import dvc_md5, lock_md5s
-from bts.horizons import metric_horizons, metric_name
+from bts.horizons import LIVE_SPLIT, label, metric_horizons, metric_name
 from bts.lifecycle.integrity import version_integrity
 from bts.lifecycle.model_card import brief_scores
 from bts.lifecycle.references import MODEL_URI, RUN_ID, check_reference
@@ -309,7 +309,10 @@ def monitoring_reports(client: MlflowClient | SqlClient, run: Run | SqlRun | Non
                 "time": datetime.fromtimestamp(report.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "requests": report.data.metrics.get("service.requests"),
                 "features_drifted": report.data.metrics.get("drift.features_drifted"),
-                "live_skill": report.data.metrics.get("live.skill"),
+                "live_skill": {
+                    label(h): report.data.metrics[metric_name(LIVE_SPLIT, h, "skill")]
+                    for h in metric_horizons(report.data.metrics, LIVE_SPLIT, "skill")
+                },
             }
             for report in reports[:newest]
         ],
@@ -319,7 +322,8 @@ def monitoring_reports(client: MlflowClient | SqlClient, run: Run | SqlRun | Non
 def format_reports(reports: dict) -> list[str]:
     lines = []
     for i, report in enumerate(reports["newest"]):
-        live = f", live skill {report['live_skill']:+.1%}" if report["live_skill"] is not None else ""
+        skills = report["live_skill"]
+        live = ", live skill " + ", ".join(f"{key} {skill:+.1%}" for key, skill in skills.items()) if skills else ""
         drifted = f", {report['features_drifted']:.0f} feature(s) drifted" if report["features_drifted"] is not None else ""
         head = f"monitor  {reports['count']} report(s); " if i == 0 else "         "
         lines.append(f"{head}{report['time']}: run {report['run_id']} ({report['requests']:.0f} requests{drifted}{live})")

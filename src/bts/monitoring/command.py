@@ -23,7 +23,7 @@ from bts.data.catalogue import load_catalogue
 from bts.errors import BtsError, ConfigError
 from bts.files import output_place, shown_path, write_json, write_text
 from bts.hashing import dvc_md5
-from bts.horizons import COVERAGE_PARAM, metric_name
+from bts.horizons import COVERAGE_PARAM, LIVE_SPLIT, metric_name
 from bts.lifecycle.lineage import lock_record, resolve_reference
 from bts.model.profile import PROFILE_ARTIFACT
 from bts.monitoring.field_readings import read_readings
@@ -47,7 +47,6 @@ from bts.tracking.tags import (
 )
 
 REPORTS_DIR = "reports"  # under the monitoring log folder
-LIVE = "live"  # the report run's live scores are live.h1.rmse, ... as the training run's are test.h1.rmse, ...
 
 
 def monitored_model(client: MlflowClient, ref: str, root: Path) -> dict:
@@ -115,9 +114,9 @@ def report_metrics(report: dict) -> dict[str, float]:
         metrics["service.cpu_seconds_per_1000_predictions"] = service["cost"]["cpu_seconds_per_1000_predictions"]
     for scored in live["by_horizon"].values() if live is not None else []:
         horizon = scored["horizon"]
-        metrics[metric_name(LIVE, horizon, "joined_share")] = scored["joined_share"]
+        metrics[metric_name(LIVE_SPLIT, horizon, "joined_share")] = scored["joined_share"]
         if scored["overall"] is not None:
-            metrics.update({metric_name(LIVE, horizon, k): v for k, v in scored["overall"].items() if v is not None})
+            metrics.update({metric_name(LIVE_SPLIT, horizon, k): v for k, v in scored["overall"].items() if v is not None})
     return metrics
 
 
