@@ -230,6 +230,8 @@ SHAPES = [
     Shape("time", r"reports/(\d{8}T\d{6}Z-[0-9a-f]{8})/", r"\d{8}T\d{6}Z-[0-9a-f]{8}", False),
     Shape("user", r"\bby ([\w.-]+): ", r"[\w.-]+", False),
     Shape("cost", r"\btraining\.(?:seconds|cpu_seconds|peak_memory_mb) (\d+(?:\.\d+)?)", r"\d+(?:\.\d+)?", False),
+    Shape("cost", r"\btraining (\d+(?:\.\d+)?) s, \d+ MB peak\b", r"\d+(?:\.\d+)?", False),  # bts lineage's run line
+    Shape("cost", r"\btraining \d+(?:\.\d+)? s, (\d+) MB peak\b", r"\d+", False),
     Shape("machine", r"^ *machine: (.+)$", r".+", False),
     Shape("duration", r"\bin (\d+(?:\.\d+)?) m?s\b", r"\d+(?:\.\d+)?", False),
     Shape("duration", r"\bp\d\d (\d+(?:\.\d+)?) ms\b", r"\d+(?:\.\d+)?", False),
