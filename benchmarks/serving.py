@@ -3,13 +3,15 @@
     python benchmarks/serving.py                       # models/package of this project, 3 s per measurement
     python benchmarks/serving.py --seconds 5 --package models/package
 
-Starts the three servers on 127.0.0.1 (stock MLflow, `bts serve` with its
-monitoring log, `bts serve --no-log`), checks they give the same answer
-(a record per row: every horizon's forecast and bounds), then measures, for each in turn (alternating, 3 repetitions,
-the median printed): single-row requests at concurrency 1 and 8 (requests/s,
-p50 and p99 latency) and 1,000-row requests at concurrency 1 (rows/s). The
-client is a lean asyncio loop over keep-alive connections, the same for all
-three. Every measurement is bounded in time and in requests. It prints each
+Starts five servers on 127.0.0.1: stock MLflow, `bts serve` with its
+monitoring log, `bts serve --no-log`, and stock MLflow and `bts serve` (log
+on) with two worker processes, one per core. It checks they give the same
+answer (a record per row: every horizon's forecast and bounds), then
+measures, for each in turn (alternating, 3 repetitions, the median printed):
+single-row requests at concurrency 1 and 8 (requests/s, p50 and p99 latency)
+and 1,000-row requests at concurrency 1 (rows/s), each against stock MLflow
+with as many workers. The client is a lean asyncio loop over keep-alive
+connections, the same for all. Every measurement is bounded in time and in requests. It prints each
 figure's median with its spread, and the machine's load while measuring
 (benchmarks/measure.py): figures taken while other processes used more than a
 quarter of a core are flagged as disturbed. It checks nothing.
@@ -32,6 +34,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 HOST = "127.0.0.1"
+WORKERS = "--workers 2"  # one process per core: each server's second configuration, against the other's
 WARMUP_SECONDS = 0.5
 MAX_REQUESTS_PER_MEASUREMENT = 200_000
 START_TIMEOUT_SECONDS = 120
@@ -139,12 +142,16 @@ def main() -> None:
     scenarios = [("1 row, concurrency 1", single, 1), ("1 row, concurrency 8", single, 8), ("1000 rows, concurrency 1", thousand, 1)]
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bts-serve-bench-") as scratch:
-        ports = {name: free_port() for name in ("mlflow models serve", "bts serve", "bts serve --no-log")}
+        stock = ["mlflow", "models", "serve", "-m", str(package), "--env-manager", "local", "--host", HOST]
+        ours = ["bts", "serve", str(package), "--host", HOST]
         commands = {
-            "mlflow models serve": ["mlflow", "models", "serve", "-m", str(package), "--env-manager", "local", "--host", HOST, "-p"],
-            "bts serve": ["bts", "serve", str(package), "--host", HOST, "--log-dir", scratch, "--port"],
-            "bts serve --no-log": ["bts", "serve", str(package), "--host", HOST, "--no-log", "--port"],
+            "mlflow models serve": [*stock, "-p"],
+            "bts serve": [*ours, "--log-dir", f"{scratch}/1", "--port"],
+            "bts serve --no-log": [*ours, "--no-log", "--port"],
+            f"mlflow {WORKERS}": [*stock, *WORKERS.split(), "-p"],
+            f"bts serve {WORKERS}": [*ours, "--log-dir", f"{scratch}/2", *WORKERS.split(), "--port"],
         }
+        ports = {name: free_port() for name in commands}
         for name, command in commands.items():
             stack.enter_context(server([*command, str(ports[name])], ports[name], root))
         answers = {name: predictions(port, thousand) for name, port in ports.items()}
@@ -163,20 +170,21 @@ def main() -> None:
 
     print(f"\nmedian of {args.repetitions} alternating repetitions, {args.seconds:g} s each, on {HOST}:")
     print(
-        f"{'scenario':<26} {'server':<20} {'req/s':>8} {'(min to max)':>17} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'scenario':<26} {'server':<22} {'req/s':>8} {'(min to max)':>17} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'vs mlflow':>9} {'failed':>6}"
     )
     for scenario, body, _ in scenarios:
         rows_per_request = 1000 if body is thousand else 1
-        baseline = median([r["requests_per_s"] for r in results[(scenario, "mlflow models serve")]])
         for name in ports:
+            stock_name = f"mlflow {WORKERS}" if WORKERS in name else "mlflow models serve"
+            baseline = median([r["requests_per_s"] for r in results[(scenario, stock_name)]])
             runs = results[(scenario, name)]
             rates = [r["requests_per_s"] for r in runs]
             rate, p50, p99 = median(rates), median([r["p50_ms"] for r in runs]), median([r["p99_ms"] for r in runs])
             failed = sum(r["failures"] for r in runs)
             spread = f"({min(rates):.1f} to {max(rates):.1f})"
             print(
-                f"{scenario:<26} {name:<20} {rate:>8.1f} {spread:>17} {rate * rows_per_request:>9.0f} {p50:>8.2f} {p99:>8.2f} "
+                f"{scenario:<26} {name:<22} {rate:>8.1f} {spread:>17} {rate * rows_per_request:>9.0f} {p50:>8.2f} {p99:>8.2f} "
                 f"{rate / baseline:>8.2f}x {failed:>6}"
             )
     print(machine.describe())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 
 import joblib
 import numpy as np
@@ -22,6 +23,7 @@ from bts.model.forecasters import (
     PersistenceResidualRegressor,
     build_estimator,
     build_model,
+    feature_matrix,
     interval_scale,
     relative_lags,
     scaled_lags,
@@ -90,14 +92,11 @@ def test_the_scale_column_is_the_one_featurize_writes():
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-@pytest.mark.parametrize(
-    ("target", "first_step", "scale_column"), [("change", "relative_lags", None), ("scaled_change", "scaled_lags", "step_scale")]
-)
-def test_build_model_gives_an_unfitted_persistence_residual_regressor(kind, target, first_step, scale_column):
+@pytest.mark.parametrize(("target", "scale_column"), [("change", None), ("scaled_change", "step_scale")])
+def test_build_model_gives_an_unfitted_persistence_residual_regressor(kind, target, scale_column):
     model = build_estimator(train_params(kind, target=target))
     assert isinstance(model, PersistenceResidualRegressor)
     assert not hasattr(model, "estimator_")
-    assert model.estimator.steps[0][0] == first_step
     assert model.scale_column == scale_column
 
 
@@ -108,7 +107,7 @@ def test_the_project_default_forecasts_the_scaled_change():
 
 def test_predictions_are_lag_1_plus_the_predicted_change_in_step_scale_units(fitted, frame):
     predicted = fitted.predict(frame)
-    change = fitted.estimator_.predict(frame) * frame["step_scale"].to_numpy()
+    change = fitted.estimator_.predict(scaled_lags(frame.to_numpy(), FEATURES)) * frame["step_scale"].to_numpy()
     np.testing.assert_allclose(predicted, frame["lag_1"].to_numpy() + change, rtol=0, atol=1e-12)
     assert np.abs(change).max() > 0  # the model learned some change, so the sum is not trivially lag_1
     assert fitted.shrinkage_ == 1.0  # no folds, no shrinkage
@@ -169,8 +168,10 @@ def test_rows_without_a_seen_change_are_forecast_as_persistence(frame):
 
 def test_step_scale_comes_from_the_column_or_else_from_the_lags():
     features = pd.DataFrame({"lag_1": [10.0, 5.0, 7.0], "lag_2": [12.0, 5.0, 7.0], "lag_3": [11.0, 5.0, 7.0]})
-    np.testing.assert_array_equal(step_scale(features), [1.5, 0.0, 0.0])  # |10-12|, |12-11|; flat lags: no change seen
-    np.testing.assert_array_equal(step_scale(features.assign(step_scale=[2.0, -1.0, np.nan])), [2.0, 0.0, 0.0])
+    # |10-12|, |12-11|; flat lags: no change seen
+    np.testing.assert_array_equal(step_scale(features.to_numpy(), features.columns), [1.5, 0.0, 0.0])
+    scaled = features.assign(step_scale=[2.0, -1.0, np.nan])
+    np.testing.assert_array_equal(step_scale(scaled.to_numpy(), scaled.columns), [2.0, 0.0, 0.0])
 
 
 def test_scaled_lags_are_differences_from_lag_1_in_steps_without_the_sensor_unit_columns():
@@ -179,8 +180,7 @@ def test_scaled_lags_are_differences_from_lag_1_in_steps_without_the_sensor_unit
     )
     original = features.copy()
     expected = pd.DataFrame({"lag_2": [-2.0, 0.0], "lag_3": [-6.0, 0.0], "gap_1_seconds": [5.0, 6.0]})  # scale 0: no steps
-    pd.testing.assert_frame_equal(scaled_lags(features)[expected.columns], expected)
-    assert set(scaled_lags(features).columns) == set(expected.columns)
+    np.testing.assert_array_equal(scaled_lags(features.to_numpy(), features.columns), expected.to_numpy())
     pd.testing.assert_frame_equal(features, original)  # the input is not modified
 
 
@@ -204,9 +204,9 @@ def test_shrinkage_keeps_a_change_that_holds_out_of_fold(frame):
 def test_relative_lags_subtracts_lag_1_from_the_older_lags():
     features = pd.DataFrame({"lag_1": [10.0, 20.0], "lag_2": [9.0, 21.5], "lag_3": [7.0, 20.0], "gap_1_seconds": [5.0, 6.0]})
     original = features.copy()
-    relative = relative_lags(features)
+    relative = relative_lags(features.to_numpy(), features.columns)
     expected = pd.DataFrame({"lag_1": [10.0, 20.0], "lag_2": [-1.0, 1.5], "lag_3": [-3.0, 0.0], "gap_1_seconds": [5.0, 6.0]})
-    pd.testing.assert_frame_equal(relative, expected)
+    np.testing.assert_array_equal(relative, expected.to_numpy())
     pd.testing.assert_frame_equal(features, original)  # the input is not modified
 
 
@@ -234,14 +234,12 @@ def test_skops_round_trip_predicts_the_same(fitted, frame):
 def test_skops_trusted_types_are_only_this_package_and_scikit_learn(fitted):
     trusted = skops_trusted_types(fitted)
     assert "bts.model.forecasters.PersistenceResidualRegressor" in trusted
-    assert "bts.model.forecasters.scaled_lags" in trusted
     assert [name for name in trusted if not name.startswith(("bts.", "sklearn."))] == []
 
 
 def test_skops_round_trip_of_the_unscaled_model_predicts_the_same(frame):
     model = build_estimator(train_params("ridge", target="change", shrinkage_folds=3)).fit(frame, momentum_target(frame))
     loaded = skops.io.loads(skops.io.dumps(model), trusted=skops_trusted_types(model))
-    assert "bts.model.forecasters.relative_lags" in skops_trusted_types(model)
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
 
 
@@ -301,7 +299,21 @@ def test_each_horizon_is_forecast_by_the_estimator_fitted_on_its_own_target(kind
     model = build_model(train_params(kind), [1, 4]).fit(frame, targets)
     for i in range(2):
         alone = build_estimator(train_params(kind)).fit(frame, targets[:, i])
-        np.testing.assert_array_equal(model.forecasts(frame)[:, i], alone.predict(frame))
+        np.testing.assert_array_equal(model.forecasts(feature_matrix(frame, FEATURES))[:, i], alone.predict(frame))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_checked_matrix_is_forecast_as_the_frame_is_whatever_the_frame_column_order(kind):
+    """predict_matrix (what bts serve gives a checked request) and predict (what MLflow gives a frame) agree to the bit;
+    a frame is read by its column names, and scikit-learn sees arrays alone (no warning about feature names)."""
+    model = calibrated([1, 5], kind=kind)
+    rows = wide_frame(30, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forecast = model.predict(rows[FEATURES[::-1]])
+        np.testing.assert_array_equal(model.predict_matrix(rows.to_numpy()), forecast.to_numpy())
+    with pytest.raises(ValueError, match=r"lack the column.*step_scale"):
+        model.predict(rows.drop(columns="step_scale"))
 
 
 @pytest.mark.parametrize("coverage", [0.8, 0.9])
@@ -318,7 +330,7 @@ def test_the_intervals_hold_the_coverage_on_examples_neither_fitted_nor_calibrat
 
 def test_the_interval_scale_is_the_step_scale_plus_the_recent_drift_per_step():
     rows = pd.DataFrame({"lag_1": [10.0, 10.0, 5.0], "lag_2": [9.0, 10.0, 5.0], "lag_3": [7.0, 10.0, 5.0], "step_scale": [1.5, 0.5, 0.0]})
-    np.testing.assert_allclose(interval_scale(rows), [1.5 + 3.0 / 2, 0.5, 0.0])  # 0: a series that did not move
+    np.testing.assert_allclose(interval_scale(rows.to_numpy(), rows.columns), [1.5 + 3.0 / 2, 0.5, 0.0])  # 0: a series that did not move
 
 
 def test_the_interval_width_follows_the_series_scale_and_grows_with_the_horizon():
@@ -328,7 +340,7 @@ def test_the_interval_width_follows_the_series_scale_and_grows_with_the_horizon(
     forecast = model.predict(rows)
     widths = {h: (forecast[f"upper_h{h}"] - forecast[f"lower_h{h}"]).to_numpy() for h in (1, 5, 15)}
     for h, width in widths.items():
-        np.testing.assert_allclose(width / interval_scale(rows), 2 * model.radius_[[1, 5, 15].index(h)])
+        np.testing.assert_allclose(width / interval_scale(rows.to_numpy(), rows.columns), 2 * model.radius_[[1, 5, 15].index(h)])
     assert model.radius_[0] < model.radius_[1] < model.radius_[2]
     assert (widths[1] < widths[5]).all() and (widths[5] < widths[15]).all()
 
@@ -353,7 +365,8 @@ def test_too_few_still_rows_take_the_quantile_of_every_calibration_error():
     calibration_rows.loc[still, [f"lag_{k}" for k in range(2, 7)]] = calibration_rows.loc[still, ["lag_1"] * 5].to_numpy()
     model = build_model(train_params("ridge"), [1]).fit(fit_rows, noisy_targets(fit_rows, [1], 1))
     model.calibrate(calibration_rows, noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2))
-    errors = np.abs(noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2)[:, 0] - model.forecasts(calibration_rows)[:, 0])
+    forecasts = model.forecasts(feature_matrix(calibration_rows, FEATURES))
+    errors = np.abs(noisy_targets(calibration_rows.assign(step_scale=1.0), [1], 2)[:, 0] - forecasts[:, 0])
     rank = int(np.ceil(0.9 * (len(errors) + 1)))  # split conformal's finite-sample quantile
     assert model.quiet_radius_[0] == pytest.approx(np.sort(errors)[rank - 1])
 
@@ -403,14 +416,14 @@ def test_with_calibration_folds_each_calibration_example_is_scored_by_a_model_th
     model = build_model(train_params("ridge", calibration_folds=2), [1, 5]).fit(fit_rows, targets, fit_station)
     folds = [list(fold) for fold, _ in model._out_of_fold]
     assert folds == [[0, 1], [2, 3]]  # stations cut into 2 folds
-    expected = model.forecasts(calibration_rows)
+    expected = model.forecasts(feature_matrix(calibration_rows, FEATURES))
     for fold in ([0, 1], [2, 3]):  # what calibrate must score each calibration row with
         rest = ~np.isin(fit_station, fold)
         alone = build_model(train_params("ridge"), [1, 5]).fit(fit_rows[rest], targets[rest])
         rows = np.isin(calibration_station, fold)
-        expected[rows] = alone.forecasts(calibration_rows[rows])
+        expected[rows] = alone.forecasts(feature_matrix(calibration_rows[rows], FEATURES))
     model.calibrate(calibration_rows, calibration_targets, calibration_station)
-    scale = interval_scale(calibration_rows)
+    scale = interval_scale(calibration_rows.to_numpy(), FEATURES)
     for i in range(2):
         scores = np.sort(np.abs(calibration_targets[:, i] - expected[:, i]) / scale)
         assert model.radius_[i] == pytest.approx(scores[int(np.ceil(0.9 * (len(scores) + 1))) - 1])
@@ -428,5 +441,6 @@ def test_without_stations_or_folds_the_model_itself_scores_the_calibration_examp
     assert one_station._out_of_fold == []  # a single station cannot be left out
     for model in (plain, one_station):
         model.calibrate(calibration_rows, calibration_targets)
-        scores = np.sort(np.abs(calibration_targets[:, 0] - model.forecasts(calibration_rows)[:, 0]) / interval_scale(calibration_rows))
+        matrix = feature_matrix(calibration_rows, FEATURES)
+        scores = np.sort(np.abs(calibration_targets[:, 0] - model.forecasts(matrix)[:, 0]) / interval_scale(matrix, FEATURES))
         assert model.radius_[0] == pytest.approx(scores[int(np.ceil(0.9 * (len(scores) + 1))) - 1])

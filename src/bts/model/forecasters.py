@@ -20,7 +20,9 @@ in one call.
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +31,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import ElasticNet, Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array
 from threadpoolctl import threadpool_limits
 
@@ -44,48 +46,70 @@ PERSISTENCE = "lag_1"
 SCALE_COLUMN = "step_scale"
 
 
-def _lags(features: pd.DataFrame) -> list[str]:
+def lag_columns(columns: Sequence[str]) -> list[str]:
     """lag_1, lag_2, ... in order, newest first."""
-    return sorted((c for c in features.columns if c.startswith("lag_")), key=lambda c: int(c.removeprefix("lag_")))
+    return sorted((c for c in columns if c.startswith("lag_")), key=lambda c: int(c.removeprefix("lag_")))
 
 
-def _older_lags(features: pd.DataFrame) -> list[str]:
-    return [c for c in _lags(features) if c != PERSISTENCE]
+@functools.lru_cache(maxsize=64)
+def _positions(columns: tuple[str, ...], scale_column: str | None) -> tuple[list[int], int | None]:
+    """Where the lags (newest first) and the scale column lie among the feature columns."""
+    index = {name: i for i, name in enumerate(columns)}
+    return [index[c] for c in lag_columns(columns)], index.get(scale_column) if scale_column else None
 
 
-def relative_lags(features: pd.DataFrame) -> pd.DataFrame:
-    """lag_2..lag_N as differences from lag_1 (the latest reading); other columns unchanged."""
-    return features.assign(**{c: features[c] - features[PERSISTENCE] for c in _older_lags(features)})
-
-
-def step_scale(features: pd.DataFrame, scale_column: str = SCALE_COLUMN) -> np.ndarray:
+def step_scale(matrix: np.ndarray, columns: Sequence[str], scale_column: str = SCALE_COLUMN) -> np.ndarray:
     """Each row's unit of change: its scale column, or without one the mean absolute step between its lags;
     0 where that is undefined or not positive (no change seen)."""
-    if scale_column in features.columns:
-        scale = features[scale_column].to_numpy(dtype=float)
+    lags, scale_at = _positions(tuple(columns), scale_column)
+    if scale_at is not None:
+        scale = matrix[:, scale_at]
     else:
-        lags = features[_lags(features)].to_numpy(dtype=float)
-        scale = np.abs(np.diff(lags, axis=1)).mean(axis=1) if lags.shape[1] > 1 else np.zeros(len(features))
+        scale = np.abs(np.diff(matrix[:, lags], axis=1)).mean(axis=1) if len(lags) > 1 else np.zeros(len(matrix))
     return np.where(np.isfinite(scale) & (scale > 0), scale, 0.0)
 
 
-def scaled_lags(features: pd.DataFrame, scale_column: str = SCALE_COLUMN) -> pd.DataFrame:
-    """lag_2..lag_N as differences from lag_1 in units of the row's step scale; lag_1 and the scale column, in the sensor's unit, dropped.
+def relative_lags(matrix: np.ndarray, columns: Sequence[str]) -> np.ndarray:
+    """lag_2..lag_N as differences from lag_1 (the latest reading); other columns unchanged."""
+    lags, _ = _positions(tuple(columns), None)
+    relative = matrix.copy()
+    relative[:, lags[1:]] -= matrix[:, lags[:1]]
+    return relative
+
+
+def scaled_lags(matrix: np.ndarray, columns: Sequence[str], scale_column: str = SCALE_COLUMN) -> np.ndarray:
+    """lag_2..lag_N as differences from lag_1 in units of the row's step scale; lag_1 and the scale column, in the
+    sensor's unit, dropped (the other columns keep their order).
 
     What is left says how the series moved, not where its level lies or how big its steps are; a row whose scale
     is 0 gets differences of 0.
     """
-    scale = step_scale(features, scale_column)
-    safe = np.where(scale > 0, scale, 1.0)
-    latest = features[PERSISTENCE].to_numpy(dtype=float)
-    moved = {c: np.where(scale > 0, (features[c].to_numpy(dtype=float) - latest) / safe, 0.0) for c in _older_lags(features)}
-    in_sensor_unit = [PERSISTENCE, scale_column] if scale_column in features.columns else [PERSISTENCE]
-    return features.drop(columns=in_sensor_unit).assign(**moved)
+    lags, scale_at = _positions(tuple(columns), scale_column)
+    scale = step_scale(matrix, columns, scale_column)
+    moving = scale > 0
+    moved = matrix.copy()
+    moved[:, lags[1:]] = np.where(moving[:, None], (matrix[:, lags[1:]] - matrix[:, lags[:1]]) / np.where(moving, scale, 1.0)[:, None], 0.0)
+    in_sensor_unit = [lags[0]] if scale_at is None else [lags[0], scale_at]
+    return np.delete(moved, in_sensor_unit, axis=1)
+
+
+def feature_matrix(X: pd.DataFrame | np.ndarray, columns: Sequence[str]) -> np.ndarray:
+    """X's feature columns as a float matrix in the order of `columns`, refused (ValueError) where a feature is missing
+    or infinite: boosting would take NaN for a value of its own and forecast from it."""
+    if isinstance(X, pd.DataFrame):
+        missing = [c for c in columns if c not in X.columns]
+        if missing:
+            raise ValueError(f"the features lack the column(s) {', '.join(missing)}")
+        X = X[list(columns)]
+    return check_array(X, dtype=np.float64, ensure_all_finite=True, ensure_min_samples=0, copy=False)
 
 
 class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
     """Fits `estimator` to target - lag_1 and predicts lag_1 + its forecast of that change.
 
+    The estimator sees the lags relative to lag_1 (`relative_lags`), or with a scale column, in units of the row's
+    scale with the columns in the sensor's unit dropped (`scaled_lags`): a float matrix, so a forecast of rows already
+    checked (predict_matrix) costs numpy and the estimator's own predict, nothing else.
     scale_column: the change is divided by this feature column (the series' unit of change; without the column, the
     lags' mean absolute step) before the fit, and the forecast multiplied by it; rows whose scale is 0 are left out
     of the fit and forecast as persistence.
@@ -100,72 +124,71 @@ class PersistenceResidualRegressor(RegressorMixin, BaseEstimator):
         self.scale_column = scale_column
         self.shrinkage_folds = shrinkage_folds
 
-    def _scale(self, X: pd.DataFrame) -> np.ndarray:
-        return np.ones(len(X)) if self.scale_column is None else step_scale(X, self.scale_column)
+    def _scale(self, matrix: np.ndarray) -> np.ndarray:
+        columns = self.feature_names_in_
+        return np.ones(len(matrix)) if self.scale_column is None else step_scale(matrix, columns, self.scale_column)
 
-    def fit(self, X: pd.DataFrame, y: pd.Series) -> PersistenceResidualRegressor:
-        scale = self._scale(X)
+    def _inputs(self, matrix: np.ndarray) -> np.ndarray:
+        """What the estimator sees of these rows."""
+        if self.scale_column is None:
+            return relative_lags(matrix, self.feature_names_in_)
+        return scaled_lags(matrix, self.feature_names_in_, self.scale_column)
+
+    def fit(self, X: pd.DataFrame, y: pd.Series | np.ndarray) -> PersistenceResidualRegressor:
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        matrix = feature_matrix(X, self.feature_names_in_)
+        scale = self._scale(matrix)
         usable = scale > 0
-        change = (np.asarray(y, dtype=float) - X[PERSISTENCE].to_numpy(dtype=float))[usable] / scale[usable]
-        rows = X[usable]
+        latest = matrix[:, lag_columns(self.feature_names_in_).index(PERSISTENCE)]
+        change = (np.asarray(y, dtype=float) - latest)[usable] / scale[usable]
+        inputs = self._inputs(matrix[usable])
         # One OpenMP thread: on a busy shared 2-core machine a second one spins, and a 4 s boosting fit took 35 s.
         # The fitted model is the same either way.
         with threadpool_limits(limits=1, user_api="openmp"):
-            self.estimator_ = clone(self.estimator).fit(rows, change)
-            self.shrinkage_ = self._out_of_fold_shrinkage(rows, change)
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            self.estimator_ = clone(self.estimator).fit(inputs, change)
+            self.shrinkage_ = self._out_of_fold_shrinkage(inputs, change)
         return self
 
-    def _out_of_fold_shrinkage(self, rows: pd.DataFrame, change: np.ndarray) -> float:
+    def _out_of_fold_shrinkage(self, inputs: np.ndarray, change: np.ndarray) -> float:
         """The factor in [0, 1] by which out-of-fold forecasts of the change best fit it (least squares); 1 without folds."""
-        if self.shrinkage_folds < 2 or len(rows) < self.shrinkage_folds:
+        if self.shrinkage_folds < 2 or len(inputs) < self.shrinkage_folds:
             return 1.0
         forecast = np.empty_like(change)
-        for fold in np.array_split(np.arange(len(rows)), self.shrinkage_folds):
-            rest = np.ones(len(rows), dtype=bool)
+        for fold in np.array_split(np.arange(len(inputs)), self.shrinkage_folds):
+            rest = np.ones(len(inputs), dtype=bool)
             rest[fold] = False
-            forecast[fold] = clone(self.estimator).fit(rows[rest], change[rest]).predict(rows.iloc[fold])
+            forecast[fold] = clone(self.estimator).fit(inputs[rest], change[rest]).predict(inputs[fold])
         energy = float(forecast @ forecast)
         return float(np.clip(forecast @ change / energy, 0.0, 1.0)) if energy > 0 else 0.0
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        # Every feature is required: a missing or infinite one is refused (a ValueError naming it, as the linear kinds
-        # give), not forecast from, as boosting would, taking NaN for a value of its own.
-        check_array(X, dtype="numeric", ensure_all_finite=True)
-        return self.checked_predict(X, {})
+        return self.predict_matrix(feature_matrix(X, self.feature_names_in_))
 
-    def checked_predict(self, X: pd.DataFrame, prepared: dict) -> np.ndarray:
-        """predict of rows already checked; `prepared` keeps what other models of the same X may reuse (the rows with a
-        scale, and their features as the pipeline's stateless first steps give them), so several horizons read X once."""
-        latest = X[PERSISTENCE].to_numpy(dtype=float)
-        scale = self._scale(X)
+    def prepare(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """These rows' scales, and what the estimator sees of the rows whose scale is positive."""
+        scale = self._scale(matrix)
         usable = scale > 0
-        change = np.zeros(len(X))
-        if usable.any():
-            key = ("rows", self.scale_column)
-            if key not in prepared:
-                prepared[key] = X if usable.all() else X[usable]
-            rows = prepared[key]
-            steps = self.estimator_.steps if isinstance(self.estimator_, Pipeline) else []
-            if steps and all(isinstance(step, FunctionTransformer) for _, step in steps[:-1]):
-                shape = (key, tuple((step.func, repr(step.kw_args)) for _, step in steps[:-1]))
-                if shape not in prepared:
-                    prepared[shape] = self.estimator_[:-1].transform(rows)
-                forecast = steps[-1][1].predict(prepared[shape])
-            else:
-                forecast = self.estimator_.predict(rows)
-            change[usable] = self.shrinkage_ * scale[usable] * forecast
-        return latest + change
+        return scale, self._inputs(matrix if usable.all() else matrix[usable])
+
+    def predict_matrix(self, matrix: np.ndarray, prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """predict of rows already checked: a finite float matrix of the feature columns in feature_names_in_ order.
+        prepared: what `prepare` gives for this matrix, shared by the models of one kind (the horizons' models)."""
+        scale, inputs = self.prepare(matrix) if prepared is None else prepared
+        usable = scale > 0
+        change = np.zeros(len(matrix))
+        if len(inputs):
+            change[usable] = self.shrinkage_ * scale[usable] * self.estimator_.predict(inputs)
+        return matrix[:, lag_columns(self.feature_names_in_).index(PERSISTENCE)] + change
 
 
-def interval_scale(features: pd.DataFrame) -> np.ndarray:
+def interval_scale(matrix: np.ndarray, columns: Sequence[str]) -> np.ndarray:
     """Each row's unit of uncertainty: its step scale plus its recent drift per step (|lag_1 - lag_N| / (N - 1)); a series
     that trends is harder to forecast steps ahead than one that only jitters by the same steps. 0 where neither is known."""
-    lags = _lags(features)
-    drift = np.zeros(len(features))
+    lags, _ = _positions(tuple(columns), None)
+    drift = np.zeros(len(matrix))
     if len(lags) > 1:
-        drift = np.abs(features[lags[0]].to_numpy(dtype=float) - features[lags[-1]].to_numpy(dtype=float)) / (len(lags) - 1)
-    scale = step_scale(features) + np.where(np.isfinite(drift), drift, 0.0)
+        drift = np.abs(matrix[:, lags[0]] - matrix[:, lags[-1]]) / (len(lags) - 1)
+    scale = step_scale(matrix, columns) + np.where(np.isfinite(drift), drift, 0.0)
     return np.where(np.isfinite(scale) & (scale > 0), scale, 0.0)
 
 
@@ -224,28 +247,29 @@ class MultiHorizonForecaster(BaseEstimator):
             raise ValueError(f"expected targets of shape ({rows}, {len(self.horizons)}) (one column per horizon), got {targets.shape}")
         return targets
 
-    def forecasts(self, X: pd.DataFrame, estimators: list | None = None) -> np.ndarray:
-        """The central forecast of every horizon: rows x horizons. X is checked once and its scaled features built once
-        for all horizons (each horizon's model alone gives the same numbers)."""
-        check_array(X, dtype="numeric", ensure_all_finite=True)
-        prepared: dict = {}
-        return np.column_stack([estimator.checked_predict(X, prepared) for estimator in (estimators or self.estimators_)])
+    def forecasts(self, matrix: np.ndarray, estimators: list | None = None) -> np.ndarray:
+        """The central forecast of every horizon, rows x horizons, of a checked feature matrix (feature_names_in_ order).
+        The horizons' models are of one kind: they share one build of what they see (each alone gives the same numbers)."""
+        estimators = estimators or self.estimators_
+        prepared = estimators[0].prepare(matrix)
+        return np.column_stack([estimator.predict_matrix(matrix, prepared) for estimator in estimators])
 
     def calibrate(
         self, X: pd.DataFrame, Y: pd.DataFrame | np.ndarray, groups: pd.Series | np.ndarray | None = None
     ) -> MultiHorizonForecaster:
         from crepes import ConformalRegressor  # training only: the fitted model keeps the radii it gives
 
-        forecasts = self.forecasts(X)
+        matrix = feature_matrix(X, self.feature_names_in_)
+        forecasts = self.forecasts(matrix)
         if groups is not None:
             groups = np.asarray(groups)
             for fold, estimators in getattr(self, "_out_of_fold", []):
                 unseen = np.isin(groups, fold)
                 if unseen.any():
-                    forecasts[unseen] = self.forecasts(X[unseen], estimators)
+                    forecasts[unseen] = self.forecasts(matrix[unseen], estimators)
         self._out_of_fold = []
         errors = self._targets(Y, len(X)) - forecasts
-        scale = interval_scale(X)
+        scale = interval_scale(matrix, self.feature_names_in_)
         quiet = scale <= 0
         moving = ~quiet
 
@@ -272,22 +296,20 @@ class MultiHorizonForecaster(BaseEstimator):
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        outputs = self.predict_matrix(feature_matrix(X, self.feature_names_in_))
+        return pd.DataFrame(outputs, columns=self.output_columns_, index=X.index if isinstance(X, pd.DataFrame) else None)
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """predict of rows already checked (a finite float matrix of the feature columns in feature_names_in_ order):
+        rows x output_columns_, with numpy and the estimators' own predict alone."""
         if self.radius_ is None:
             raise ValueError("the forecaster has no intervals yet: calibrate it on examples it did not fit")
-        forecasts = self.forecasts(X)
-        scale = interval_scale(X)
+        forecasts = self.forecasts(matrix)
+        scale = interval_scale(matrix, self.feature_names_in_)
         half = np.where((scale > 0)[:, None], scale[:, None] * np.asarray(self.radius_), np.asarray(self.quiet_radius_))
-        output = np.empty((len(X), 3 * len(self.horizons)))
+        output = np.empty((len(matrix), 3 * len(self.horizons)))
         output[:, 0::3], output[:, 1::3], output[:, 2::3] = forecasts, forecasts - half, forecasts + half
-        return pd.DataFrame(output, columns=self.output_columns_, index=X.index if isinstance(X, pd.DataFrame) else None)
-
-
-def _forecaster(train: TrainParams, *steps: tuple[str, BaseEstimator]) -> PersistenceResidualRegressor:
-    if train.target == "scaled_change":
-        prepare = ("scaled_lags", FunctionTransformer(scaled_lags, kw_args={"scale_column": SCALE_COLUMN}))
-        return PersistenceResidualRegressor(Pipeline([prepare, *steps]), SCALE_COLUMN, train.shrinkage_folds)
-    prepare = ("relative_lags", FunctionTransformer(relative_lags, feature_names_out="one-to-one"))
-    return PersistenceResidualRegressor(Pipeline([prepare, *steps]), None, train.shrinkage_folds)
+        return output
 
 
 def build_model(train: TrainParams, horizons: list[int]) -> MultiHorizonForecaster:
@@ -296,32 +318,35 @@ def build_model(train: TrainParams, horizons: list[int]) -> MultiHorizonForecast
 
 
 def build_estimator(train: TrainParams) -> PersistenceResidualRegressor:
-    """An unfitted, seeded pipeline for one horizon. Linear models scale their inputs; the scaler is fitted with them, on train only."""
+    """An unfitted, seeded model for one horizon. Linear models scale their inputs; the scaler is fitted with them, on train only."""
+    scale_column = SCALE_COLUMN if train.target == "scaled_change" else None
+    return PersistenceResidualRegressor(_estimator(train), scale_column, train.shrinkage_folds)
+
+
+def _estimator(train: TrainParams) -> BaseEstimator:
     if train.model == "elasticnet":
         # The tutorial's model: alpha and l1_ratio are the knobs to tune.
-        estimator = ElasticNet(alpha=train.alpha, l1_ratio=train.l1_ratio, max_iter=5000, random_state=train.seed)
-        return _forecaster(train, ("scale", StandardScaler()), ("model", estimator))
+        model = ElasticNet(alpha=train.alpha, l1_ratio=train.l1_ratio, max_iter=5000, random_state=train.seed)
+        return Pipeline([("scale", StandardScaler()), ("model", model)])
     if train.model == "ridge":
-        return _forecaster(train, ("scale", StandardScaler()), ("model", Ridge(alpha=train.ridge.alpha)))
+        return Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=train.ridge.alpha))])
     if train.model == "hist_gradient_boosting":
         options = train.hist_gradient_boosting
-        estimator = HistGradientBoostingRegressor(
+        return HistGradientBoostingRegressor(
             max_iter=options.max_iter,
             learning_rate=options.learning_rate,
             max_leaf_nodes=options.max_leaf_nodes,
             early_stopping=False,
             random_state=train.seed,
         )
-        return _forecaster(train, ("model", estimator))
     options = train.random_forest
-    estimator = RandomForestRegressor(
+    return RandomForestRegressor(
         n_estimators=options.n_estimators,
         max_depth=options.max_depth,
         min_samples_leaf=options.min_samples_leaf,
         n_jobs=1,  # with threads, predict sums the trees in a varying order: forecasts differed in the last bit from run to run
         random_state=train.seed,
     )
-    return _forecaster(train, ("model", estimator))
 
 
 def skops_trusted_types(model: BaseEstimator) -> list[str]:

@@ -16,11 +16,14 @@ a float matrix of the feature columns and gives a float matrix of the output
 columns, one row per row, in the signature's order.
 
 Scoring bypasses MLflow's per-call schema enforcement, whose work the
-payload parser has already done (every feature column there, float64, in
-the signature's order, nothing else): the fitted scikit-learn model's own
-predict gets the same frame MLflow would give it. A startup check on the
-package's input example proves both paths give the same values in every
-output column, and falls back to the pyfunc's predict if they ever do not.
+payload parser has already done (every feature column there, a finite
+float64, in the signature's order, nothing else): the fitted forecaster
+scores that float matrix itself (`predict_matrix`: numpy and the
+estimators' own predict, no frame built or checked again), and another
+scikit-learn model gets the same frame MLflow would give it. A startup
+check on the package's input example proves the lean path and the pyfunc's
+predict give the same values in every output column, and falls back to the
+pyfunc's predict if they ever do not.
 """
 
 from __future__ import annotations
@@ -276,8 +279,14 @@ def scorer(ref: str, pyfunc: object) -> tuple[list[str], list[str], Callable[[np
     if pyfunc.loader_module != "mlflow.sklearn":
         return columns, outputs, through_pyfunc, False
     raw = pyfunc.get_raw_model()
+    # A forecaster that scores a checked float matrix (bts.model.forecasters' predict_matrix) is given one, its columns
+    # in the order it was fitted on; another model gets the frame MLflow would give it.
+    fitted = list(getattr(raw, "feature_names_in_", []))
+    order = [columns.index(name) for name in fitted] if hasattr(raw, "predict_matrix") and sorted(fitted) == sorted(columns) else None
 
     def lean(matrix: np.ndarray) -> np.ndarray:
+        if order is not None:
+            return output_matrix(raw.predict_matrix(matrix[:, order]), outputs, len(matrix))
         return output_matrix(raw.predict(pd.DataFrame(matrix, columns=columns)), outputs, len(matrix))
 
     if checked:

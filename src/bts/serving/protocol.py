@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol, with a deadline for the request head.
+"""uvicorn's httptools protocol (its fastest HTTP/1.1 parser), with a deadline for the request head.
 
 uvicorn times out neither a connection that never sends a byte nor one that sends its request head a byte at a time:
 its keep-alive timeout is lifted at the first byte. Here a connection that has not sent a whole request head within
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class HeadDeadlineProtocol(H11Protocol):
+class HeadDeadlineProtocol(HttpToolsProtocol):
     head_timeout: float  # set by with_head_deadline
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

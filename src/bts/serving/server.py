@@ -103,7 +103,7 @@ def uvicorn_config(app: object, args: argparse.Namespace) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=with_head_deadline(args.read_timeout),
-        loop="asyncio",
+        loop="uvloop",
         lifespan="on",
         log_level="warning",
         access_log=False,
