@@ -3,9 +3,11 @@ plot labels and argument checks."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -18,6 +20,7 @@ from bts.errors import BtsError, ConfigError
 from bts.lifecycle.compare import (
     PROBED_RUNS,
     Comparison,
+    SearchedRuns,
     axis_label,
     check_plot,
     compare,
@@ -285,7 +288,7 @@ OTHER = "0" * 32
 
 def compared(runs: list[dict[str, Any]], comparison: Comparison = QUALITY, workspace_md5: str | None = DATA, why: str = "") -> dict:
     """What `compare` makes of these runs, as fetch_runs would give them."""
-    with mock.patch("bts.lifecycle.compare.fetch_runs", return_value=(runs, "1")):
+    with mock.patch("bts.lifecycle.compare.open_runs", return_value=contextlib.nullcontext(SearchedRuns(runs, "1"))):
         return compare("e", comparison, workspace_md5, why)
 
 
@@ -533,11 +536,9 @@ def test_the_plot_of_the_default_needs_two_horizons() -> None:
 
 
 def test_the_horizons_of_a_database_store_are_read_from_the_newest_finished_runs_of_each_data_version() -> None:
-    runs = [(f"{version}-{index}", None, "FINISHED", index) for version in ["a", "b"] for index in range(PROBED_RUNS + 2)]
-    runs += [("a-running", None, "RUNNING", 999), ("unknown-0", None, "FINISHED", 1)]
-    md5s = {run_id: run_id.split("-")[0] for run_id, *_ in runs if not run_id.startswith("unknown")}
-    md5s["a-running"] = "a"
-    probed = probed_runs(runs, md5s)
+    runs = [(f"{version}-{index}", "FINISHED", index, version) for version in ["a", "b"] for index in range(PROBED_RUNS + 2)]
+    runs += [("a-running", "RUNNING", 999, "a"), ("unknown-0", "FINISHED", 1, None)]
+    probed = probed_runs(runs)
     newest = [str(index) for index in range(PROBED_RUNS + 1, 1, -1)]
     assert probed == [*(f"a-{i}" for i in newest), *(f"b-{i}" for i in newest), "unknown-0"]  # not the running one, newest as it is
 
@@ -553,9 +554,9 @@ def test_runs_of_one_name_get_unique_names() -> None:
 
 
 def test_data_versions_put_the_workspace_first_then_the_most_runs_then_runs_without_one() -> None:
-    runs = on_data({"a": "a" * 32, "none": None, "b": "b" * 32, "b2": "b" * 32, "here": DATA})
-    assert [(md5, len(group)) for md5, group in data_versions(runs, DATA)] == [(DATA, 1), ("b" * 32, 2), ("a" * 32, 1), (None, 1)]
-    assert [md5 for md5, _ in data_versions(runs, None)] == ["b" * 32, "a" * 32, DATA, None]
+    counts = Counter(run["features_md5"] for run in on_data({"a": "a" * 32, "none": None, "b": "b" * 32, "b2": "b" * 32, "here": DATA}))
+    assert data_versions(counts, DATA) == [(DATA, 1), ("b" * 32, 2), ("a" * 32, 1), (None, 1)]
+    assert [md5 for md5, _ in data_versions(counts, None)] == ["b" * 32, "a" * 32, DATA, None]
 
 
 def test_short_param_names_are_the_shortest_ending_that_names_one_param() -> None:

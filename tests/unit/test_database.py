@@ -51,13 +51,36 @@ def test_reads_the_active_runs_of_one_experiment(store: str) -> None:
         experiment = database.experiment_id(read, "bts", store)
         assert sorted(database.active_runs(read, experiment)) == [("b", "run-b", "FINISHED", 1000), ("c", "run-c", "FINISHED", 1000)]
         assert sorted(database.tag_values(read, experiment, "dvc.exp_name")) == [("b", "exp-b"), ("c", "exp-c")]
-        assert sorted(database.params(read, experiment)) == [
-            ("b", "featurize.n_lags", "6"),
-            ("b", "train.model", "model-b"),
-            ("c", "train.model", "model-c"),
-        ]
+        versions = [("b", "FINISHED", 1000, "exp-b"), ("c", "FINISHED", 1000, "exp-c")]
+        assert sorted(database.run_versions(read, experiment, "dvc.exp_name")) == versions
         metrics = dict((run_id, value) for run_id, _, value in database.latest_metrics(read, experiment, ["test.h1.rmse", "test.h1.skill"]))
         assert metrics["b"] == 0.5 and math.isnan(metrics["c"])
+        every = dict((run_id, value) for run_id, _, value in database.metric_values(read, ["test.h1.rmse", "test.h1.skill"]))
+        assert every.keys() == {"a", "b", "c", "d"} and every["b"] == 0.5 and math.isnan(every["c"])  # any run's: callers pick
+        assert database.metric_keys(read, ["b", "c"]) == {"test.h1.rmse"}
+
+
+def test_params_are_compared_in_the_database_over_the_runs_of_a_data_version(store: str) -> None:
+    with database.reading(store) as read:
+        experiment = database.experiment_id(read, "bts", store)
+        both = database.run_set(experiment, "dvc.exp_name", None, every_version=True)
+        assert database.param_spread(read, both) == {"featurize.n_lags": (1, "6", "6"), "train.model": (2, "model-b", "model-c")}
+        assert database.runs_with_params(read, both) == 2
+        only_b = database.run_set(experiment, "dvc.exp_name", "exp-b", every_version=False)
+        assert database.param_spread(read, only_b) == database.param_spread(read, database.listed_runs(["b"]))
+        assert database.param_spread(read, only_b)["train.model"] == (1, "model-b", "model-b")
+        untagged = database.run_set(experiment, "dvc.exp_name", None, every_version=False)  # the runs without the tag: none
+        assert database.param_spread(read, untagged) == {} and database.runs_with_params(read, untagged) == 0
+        without_b = database.run_set(experiment, "dvc.exp_name", None, every_version=True, left_out=["b"])
+        assert database.param_spread(read, without_b) == {"train.model": (1, "model-c", "model-c")}
+        found = database.run_details(read, ["b", "c"], ["dvc.exp_name"], ["train.model"])
+        assert sorted(found["names"]) == [("b", "run-b"), ("c", "run-c")] and sorted(found["with_params"]) == [("b",), ("c",)]
+        assert sorted(found["tags"]) == [("b", "dvc.exp_name", "exp-b"), ("c", "dvc.exp_name", "exp-c")]
+        assert sorted(found["params"]) == [("b", "train.model", "model-b"), ("c", "train.model", "model-c")]
+
+
+def test_params_of_runs(store: str) -> None:
+    with database.reading(store) as read:
         assert database.params_of(read, ["b", "d"], "train.") == [("b", "train.model", "model-b"), ("d", "train.model", "model-d")]
         assert database.params_of(read, [], "train.") == []
 

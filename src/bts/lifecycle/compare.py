@@ -30,6 +30,7 @@ import os
 import shutil
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,9 +150,8 @@ def weighted_scores(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, 
 def rank_runs(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str], weights: Mapping[str, float]) -> list[Run]:
     """Each run with its score, pareto and rank, best first; equal scores are ordered by run_id."""
     scores, front = weighted_scores(runs, directions, weights), pareto_front(runs, directions)
-    ranked = [{**run, "score": score, "pareto": on_front} for run, score, on_front in zip(runs, scores, front, strict=True)]
-    ranked.sort(key=lambda run: (-run["score"], run["run_id"]))
-    return [{**run, "rank": rank} for rank, run in enumerate(ranked, start=1)]
+    order = sorted(range(len(runs)), key=lambda index: (-scores[index], runs[index]["run_id"]))
+    return [{**runs[index], "score": scores[index], "pareto": front[index], "rank": rank} for rank, index in enumerate(order, start=1)]
 
 
 def varying_params(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -166,8 +166,9 @@ def varying_params(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _oriented(runs: Sequence[Mapping[str, Any]], directions: Mapping[str, str]) -> list[tuple[float, ...]]:
-    signs = [(name, 1.0 if direction == "min" else -1.0) for name, direction in directions.items()]
-    return [tuple(float(run[name]) * sign for name, sign in signs) for run in runs]
+    signs = [1.0 if direction == "min" else -1.0 for direction in directions.values()]
+    values = [operator.itemgetter(name) for name in directions]
+    return [tuple(float(value(run)) * sign for value, sign in zip(values, signs, strict=True)) for run in runs]
 
 
 def parse_metrics(text: str) -> dict[str, str]:
@@ -271,60 +272,151 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def fetch_runs_from_database(uri: str, experiment: str, metrics: Sequence[str] | None) -> tuple[list[Run], str]:
-    """The same rows as `fetch_runs`, read with SQL: only the columns compared, not whole runs.
+FEATURES_TAG = ROW_TAGS["features_md5"]
 
-    MLflow's public search loads every metric, param and tag of every run (about 0.7 ms a run); an
-    unfiltered comparison of a database store reads just the latest values of the compared metrics, the ROW_TAGS
-    (dvc experiment name, data version, dirty flag), and the runs' params, whose values are kept only for the params
-    that differ between the runs. For the default metrics (None), the horizons are those of the newest runs of each
-    data version (PROBED_RUNS).
-    """
-    from bts.lifecycle import database
 
-    with database.reading(uri) as read:
-        experiment_id = database.experiment_id(read, experiment, uri)
-        active = database.active_runs(read, experiment_id)
-        found = [(run_id, name) for run_id, name, _, _ in active]
-        tags = {key: dict(database.tag_values(read, experiment_id, tag)) for key, tag in ROW_TAGS.items()}
-        if metrics is None:
-            probed = probed_runs(active, tags["features_md5"])
-            names = {key for _, key, _ in database.run_values(read, probed)["metrics"]} if probed else set()
+class SearchedRuns:
+    """Runs read whole, as `fetch_runs` gives them (MLflow's search): every column of every run is at hand."""
+
+    def __init__(self, runs: list[Run], experiment_id: str) -> None:
+        self.runs, self.experiment_id = runs, experiment_id
+        self.versions = Counter(run["features_md5"] for run in runs)
+
+    def rows(self, version: str | None, every_version: bool) -> list[Run]:
+        return [run for run in self.runs if every_version or run["features_md5"] == version]
+
+    def varying(self, compared: Sequence[Run]) -> tuple[list[str], int]:
+        return varying_params(compared), sum(not run[HAS_PARAMS] for run in compared)
+
+    def describe(self, runs: Sequence[Run], keys: Sequence[str]) -> None:
+        pass
+
+
+class DatabaseRuns:
+    """The runs of an experiment on a database store, read with SQL a few columns at a time: the data version and
+    the ranking's metrics of every run, which params differ as one grouped query, and names, tags and param values only
+    for the runs shown. MLflow's search would load every metric, param and tag of every run (about 0.7 ms a run)."""
+
+    def __init__(
+        self, read: Any, uri: str, experiment: str, metrics: Sequence[str] | None, version: str | None, every_version: bool
+    ) -> None:
+        from bts.lifecycle import database
+
+        self._database, self._read, self._uri = database, read, uri
+        self._experiment = database.experiment_id(read, experiment, uri)
+        self.experiment_id = str(self._experiment)
+        # The params of the runs on the data version that will most likely be compared, read meanwhile on a connection
+        # of their own: the grouped query takes as long as all the rest (1 s over 100,000 runs) and leaves Python free.
+        self._spread = self._in_thread(database.run_set(self._experiment, FEATURES_TAG, version, every_version))
+        self._runs = database.run_versions(read, self._experiment, FEATURES_TAG)
+        self.versions = Counter(md5 for *_, md5 in self._runs)
+        if metrics is None:  # the horizons of the newest runs of each data version
+            names = database.metric_keys(read, probed_runs(self._runs))
             metrics = default_metrics(metric_horizons(names, DEFAULT_SPLIT, DEFAULT_SCORE))
-        metric_rows = database.latest_metrics(read, experiment_id, metrics) if metrics else []
-        # Every param of the runs in one pass (about 12 a run): on SQLite, reading only the params of a few keys costs
-        # an index search per key and run, and finding those keys first a grouped query, together twice the time.
-        logged_params = database.params(read, experiment_id)
-    by_key: dict[str, dict[str, str]] = {}
-    for run_id, key, value in logged_params:
-        by_key.setdefault(key, {})[run_id] = value
-    # A param differs between the runs if some run lacks it or its values differ.
-    keys = sorted(key for key, values in by_key.items() if len(values) < len(found) or len(set(values.values())) > 1)
-    logged = {run_id for run_id, _, _ in logged_params}
-    varying = set(keys)
-    metric_values, param_values = _by_run(metric_rows), _by_run(row for row in logged_params if row[1] in varying)
-    rows = [
-        _run(
-            run_id,
-            run_name,
-            {key: values.get(run_id) for key, values in tags.items()},
-            metric_values.get(run_id, {}),
-            run_id in logged,
-            param_values.get(run_id, {}),
-            metrics,
-            keys,
-        )
-        for run_id, run_name in found
-    ]
-    return rows, str(experiment_id)
+        self.metrics = list(metrics)
+        self._scope: tuple[str | None, bool, list[str]] = (version, every_version, [])
+
+    def _in_thread(self, runs: list) -> tuple[list, Any]:
+        """Start param_spread of these runs in a thread: (the runs, a function that waits for the result)."""
+        import threading
+
+        found: list = []
+
+        def spread() -> None:
+            try:
+                with self._database.reading(self._uri) as read:
+                    found.append(self._database.param_spread(read, runs))
+            except BaseException as exc:  # raised where the result is awaited
+                found.append(exc)
+
+        thread = threading.Thread(target=spread, daemon=True)
+        thread.start()
+
+        def result() -> dict[str, tuple[int, str, str]]:
+            thread.join()
+            if isinstance(found[0], BaseException):
+                raise found[0]
+            return found[0]
+
+        return runs, result
+
+    def rows(self, version: str | None, every_version: bool) -> list[Run]:
+        """run_id, features_md5 and the metrics (NaN where a run lacks one) of the runs of this data version, or of all."""
+        in_scope = [(run_id, md5) for run_id, _, _, md5 in self._runs if every_version or md5 == version]
+        self._scope = (version, every_version, [run_id for run_id, _ in in_scope])
+        columns: dict[str, dict[str, float]] = {name: {} for name in self.metrics}
+        for run_id, key, value in self._database.metric_values(self._read, self.metrics) if self.metrics else []:
+            columns[key][run_id] = value  # of any run of the store: those of the runs in scope are kept
+        values = [(name, columns[name].get) for name in self.metrics]
+        return [
+            {"run_id": run_id, "features_md5": md5, **{name: value(run_id, math.nan) for name, value in values}} for run_id, md5 in in_scope
+        ]
+
+    def varying(self, compared: Sequence[Run], lacking: bool = False) -> tuple[list[str], int]:
+        """The params.<key> that differ between the compared runs (of the last rows read) that logged params, as
+        varying_params says (lacking: or that some compared run lacks, as fetch_runs says), and how many of them
+        logged none."""
+        database, (version, every_version, in_scope) = self._database, self._scope
+        kept = {run["run_id"] for run in compared}
+        left_out = [run_id for run_id in in_scope if run_id not in kept]
+        if len(left_out) <= database.LISTED:
+            runs = database.run_set(self._experiment, FEATURES_TAG, version, every_version, left_out)
+        else:
+            runs = database.listed_runs(sorted(kept))
+        started, result = self._spread
+        spread = result()  # awaited even when unused: its connection closes before the store's
+        if runs != started:
+            spread = database.param_spread(self._read, runs)
+        # A key every run logged says that every run logged params, without counting them.
+        logged = len(kept) if any(count == len(kept) for count, _, _ in spread.values()) else database.runs_with_params(self._read, runs)
+        every = len(kept) if lacking else logged
+        keys = sorted(PARAM_PREFIX + key for key, (count, low, high) in spread.items() if count < every or low != high)
+        return keys, len(kept) - logged
+
+    def describe(self, runs: Sequence[Run], keys: Sequence[str]) -> None:
+        """Add each run's name, ROW_TAGS, has_params and the params of keys (None where it lacks one)."""
+        params = [key.removeprefix(PARAM_PREFIX) for key in keys]
+        found = self._database.run_details(self._read, [run["run_id"] for run in runs], list(ROW_TAGS.values()), params)
+        names, tags, values = dict(found["names"]), _by_run(found["tags"]), _by_run(found["params"])
+        with_params = {run_id for (run_id,) in found["with_params"]}
+        for run in runs:
+            run_id = run["run_id"]
+            run |= {"run_name": names.get(run_id), HAS_PARAMS: run_id in with_params}
+            run |= {key: tags.get(run_id, {}).get(tag) for key, tag in ROW_TAGS.items()}
+            run |= {PARAM_PREFIX + key: values.get(run_id, {}).get(key) for key in params}
 
 
-def probed_runs(runs: Sequence[tuple[str, str | None, str, int | None]], features_md5: Mapping[str, str]) -> list[str]:
-    """The ids of the PROBED_RUNS newest runs of each data version, finished ones first: whose metric names tell the
-    version's horizons (a run still training, or one that failed, may have none yet)."""
+Runs = SearchedRuns | DatabaseRuns
+
+
+@contextmanager
+def open_runs(
+    experiment: str, filter_string: str, metrics: Sequence[str] | None, version: str | None = None, every_version: bool = True
+) -> Iterator[Runs]:
+    """The runs of the experiment that match the filter: read with SQL from a database store when there is no filter
+    (MLflow's filters are MLflow's to apply), else through MLflow's search. Metrics None: the default ranking's
+    metrics (default_metrics) of every horizon the runs forecast. The data version (or every one) is the one most
+    likely compared, whose params a database store starts reading at once."""
+    from bts.lifecycle.database import reading, store_uri
+    from bts.tracking.store import bulk_read_database, check_store
+
+    uri = store_uri()
+    database = bulk_read_database(uri)
+    if filter_string or not database:
+        yield SearchedRuns(*fetch_runs(experiment, filter_string, metrics))
+        return
+    check_store(database)  # the database read, not a server in front of it: one line if it is unreachable
+    with reading(database) as read:
+        yield DatabaseRuns(read, database, experiment, metrics, version, every_version)
+
+
+def probed_runs(runs: Sequence[tuple[str, str, int | None, str | None]]) -> list[str]:
+    """The ids of the PROBED_RUNS newest of these (run_id, status, start time, features md5) runs of each data version,
+    finished ones first: whose metric names tell the version's horizons (a run still training, or one that failed, may
+    have none yet)."""
     by_version: dict[str | None, list[tuple[bool, int, str]]] = {}
-    for run_id, _, status, start_time in runs:
-        by_version.setdefault(features_md5.get(run_id), []).append((status == FINISHED, start_time or 0, run_id))
+    for run_id, status, start_time, md5 in runs:
+        by_version.setdefault(md5, []).append((status == FINISHED, start_time or 0, run_id))
     return [run_id for found in by_version.values() for _, _, run_id in sorted(found, reverse=True)[:PROBED_RUNS]]
 
 
@@ -367,13 +459,20 @@ def fetch_runs(experiment: str, filter_string: str, metrics: Sequence[str] | Non
     it), by key. Metrics None: the default ranking's metrics (default_metrics) of every horizon the runs forecast.
     """
     from bts.lifecycle.database import store_uri
-    from bts.tracking.store import bulk_read_database, check_store, use_uri
+    from bts.tracking.store import bulk_read_database, use_uri
 
     uri = store_uri()
-    database = bulk_read_database(uri)
-    if not filter_string and database:
-        check_store(database)  # the database read, not a server in front of it: one line if it is unreachable
-        return fetch_runs_from_database(database, experiment, metrics)
+    if not filter_string and bulk_read_database(uri):
+        with open_runs(experiment, filter_string, metrics) as source:
+            rows = source.rows(None, True)
+            keys, _ = source.varying(rows, lacking=True)  # type: ignore[call-arg]
+            source.describe(rows, keys)
+        names = [key.removeprefix(PARAM_PREFIX) for key in keys]
+        metrics = source.metrics  # type: ignore[union-attr]
+        return [
+            _run(run["run_id"], run["run_name"], run, run, run[HAS_PARAMS], {key: run[PARAM_PREFIX + key] for key in names}, metrics, names)
+            for run in rows
+        ], source.experiment_id
     from mlflow import MlflowClient  # only here: importing MLflow takes seconds
     from mlflow.exceptions import MlflowException
 
@@ -432,13 +531,10 @@ def workspace_features_md5() -> tuple[str | None, str]:
     return (md5, "") if md5 else (None, f"dvc.lock records no md5 for {features} (the pipeline has not run)")
 
 
-def data_versions(runs: Sequence[Run], workspace_md5: str | None) -> list[tuple[str | None, list[Run]]]:
-    """The runs by the features md5 they trained on: the workspace's version first, then the others by number of runs
-    (most first) and md5, then the runs that recorded none (older runs), each in the order given."""
-    by_md5: dict[str | None, list[Run]] = {}
-    for run in runs:
-        by_md5.setdefault(run["features_md5"], []).append(run)
-    return sorted(by_md5.items(), key=lambda item: (item[0] is None, item[0] != workspace_md5, -len(item[1]), item[0] or ""))
+def data_versions(counts: Mapping[str | None, int], workspace_md5: str | None) -> list[tuple[str | None, int]]:
+    """The data versions (features md5) with their number of runs: the workspace's version first, then the others by
+    number of runs (most first) and md5, then the runs that recorded none (older runs)."""
+    return sorted(counts.items(), key=lambda item: (item[0] is None, item[0] != workspace_md5, -item[1], item[0] or ""))
 
 
 def short_md5(md5: str | None) -> str:
@@ -457,16 +553,27 @@ def dirty_flag(value: str | None) -> bool | None:
     return {"true": True, "false": False}.get(value or "")
 
 
-def compare(experiment: str, comparison: Comparison, workspace_md5: str | None = None, why_no_workspace: str = "") -> dict[str, Any]:
+def compare(
+    experiment: str, comparison: Comparison, workspace_md5: str | None = None, why_no_workspace: str = "", shown: int | None = None
+) -> dict[str, Any]:
     """The runs matched, those left out (on other data, or for want of a metric), and the ranked runs with their front
     membership, in groups by data version: the workspace's alone unless comparison.all_data, or the workspace has no
     data version (why_no_workspace says why), or no run matched trained on it. The default ranking is resolved on the
-    horizons of the runs considered; result["comparison"] is the comparison made."""
-    runs, experiment_id = fetch_runs(experiment, comparison.filter_string, list(comparison.directions) if comparison.resolved else None)
+    horizons of the runs considered; result["comparison"] is the comparison made. The first `shown` ranked runs of each
+    group (all when None) carry names, tags and params; the others, on a database store, only what ranked them."""
+    metrics = list(comparison.directions) if comparison.resolved else None
+    every_version = comparison.all_data or workspace_md5 is None
+    with open_runs(experiment, comparison.filter_string, metrics, workspace_md5, every_version) as source:
+        return _compared(source, experiment, comparison, workspace_md5, why_no_workspace, shown)
+
+
+def _compared(
+    source: Runs, experiment: str, comparison: Comparison, workspace_md5: str | None, why_no_workspace: str, shown: int | None
+) -> dict[str, Any]:
     where = f' with filter "{comparison.filter_string}"' if comparison.filter_string else ""
-    if not runs:
+    versions = data_versions(source.versions, workspace_md5)
+    if not versions:
         raise BtsError(f"no runs matched in experiment '{experiment}'{where}")
-    versions = data_versions(runs, workspace_md5)
     on_workspace = workspace_md5 is not None and versions[0][0] == workspace_md5
     all_data = comparison.all_data or not on_workspace
     data_note = ""
@@ -474,21 +581,25 @@ def compare(experiment: str, comparison: Comparison, workspace_md5: str | None =
         data_note = why_no_workspace or "no workspace data version to compare on"
     elif not comparison.all_data and not on_workspace:
         data_note = f"no run matched trained on the workspace's data (features md5 {short_md5(workspace_md5)})"
-    considered = versions if all_data else versions[:1]
     scope = "" if all_data else f" on the workspace's data (features md5 {short_md5(workspace_md5)})"
+    by_md5: dict[str | None, list[Run]] = {md5: [] for md5, _ in (versions if all_data else versions[:1])}
+    for run in source.rows(versions[0][0], all_data):
+        by_md5[run["features_md5"]].append(run)
+    considered = list(by_md5.items())
     matched = sum(len(group) for _, group in considered)
     if not comparison.resolved:
         matched_runs = f"the {matched} runs matched in experiment '{experiment}'{where}{scope}"
         comparison = default_comparison(comparison, shared_horizons(considered, matched_runs))
     metrics = list(comparison.directions)
-    groups = [(md5, [run for run in group if all(math.isfinite(run[name]) for name in metrics)]) for md5, group in considered]
+    ranked_on = [operator.itemgetter(name) for name in metrics]
+    groups = [(md5, [run for run in group if all(math.isfinite(value(run)) for value in ranked_on)]) for md5, group in considered]
     compared = [run for _, group in groups for run in group]
     if not compared:
         raise BtsError(
             f"none of the {matched} runs matched in experiment '{experiment}'{where}{scope} has all of {', '.join(metrics)}"
             " (NaN and infinite values count as missing)"
         )
-    varying = varying_params(compared)
+    varying, without_params = source.varying(compared)
     same = {key for key in compared[0] if key.startswith(PARAM_PREFIX)} - set(varying)
     if same:  # params that differ only because of runs left out
         groups = [(md5, [{key: value for key, value in run.items() if key not in same} for run in group]) for md5, group in groups]
@@ -501,19 +612,20 @@ def compare(experiment: str, comparison: Comparison, workspace_md5: str | None =
         for md5, group in groups
         if group
     ]
+    source.describe([run for group in ranked_groups for run in group["ranked"][:shown]], varying)
     return {
         "comparison": comparison,
         "experiment": experiment,
-        "experiment_id": experiment_id,
+        "experiment_id": source.experiment_id,
         "filter": comparison.filter_string,
-        "runs_matched": len(runs),
+        "runs_matched": sum(source.versions.values()),
         "workspace_features_md5": workspace_md5,
         "all_data": all_data,
         "data_note": data_note,  # why every data version is ranked though --all-data was not given
-        "runs_on_other_data": [] if all_data else [(md5, len(group)) for md5, group in versions[1:]],
+        "runs_on_other_data": [] if all_data else versions[1:],
         "runs_left_out": matched - len(compared),
         "params": [column.removeprefix(PARAM_PREFIX) for column in varying],
-        "runs_without_params": sum(not run[HAS_PARAMS] for run in compared),
+        "runs_without_params": without_params,
         "groups": ranked_groups,
         "ranked": [run for group in ranked_groups for run in group["ranked"]],
     }
@@ -771,7 +883,8 @@ def run_compare(args: argparse.Namespace) -> int:
     """`bts compare`: print the ranking (or JSON), write the plot if asked."""
     asked = comparison_from_args(args)
     experiment = args.experiment or _default_experiment()
-    result = compare(experiment, asked, *workspace_features_md5())
+    # The table names and shows the params of its top rows alone; the JSON and the plot's names may need any run's.
+    result = compare(experiment, asked, *workspace_features_md5(), shown=None if args.json or args.plot else args.top)
     comparison = result["comparison"]
     if args.plot:
         check_plot(args.plot, comparison)  # the default ranking's metrics are known now
