@@ -39,6 +39,7 @@ from bts.batch.spark_engine import (
     RAW,
     READ_DTYPES,
     clean_group,
+    clean_partition,
     ddl,
     decode,
     encode,
@@ -265,6 +266,15 @@ def test_score_group_scores_the_clean_readings_spark_hands_it() -> None:
     clean = clean_frame(readings=6)
     handed = clean[["station_id", "parameter_id", "reading_time", "id", "value"]].astype({"reading_time": "datetime64[ns]"})
     assert score_group(handed, SPEC, plus_half, OUTPUTS).equals(score_readings(clean, SPEC, plus_half, OUTPUTS))
+
+
+def test_a_partition_is_cleaned_whole_however_spark_batches_it(export, catalogue) -> None:
+    raw = raw_of(export)
+    encoded = encode(raw.assign(file_index=0, position=np.arange(len(raw))), RAW, READ_DTYPES)
+    batches = [encoded.iloc[:5], encoded.iloc[5:11], encoded.iloc[11:]]  # Arrow batches of one partition
+    [cleaned] = clean_partition(iter(batches), catalogue, [export.name])
+    assert cleaned.equals(clean_group(encoded, catalogue, [export.name]))
+    assert list(clean_partition(iter([]), catalogue, [export.name])) == []  # an empty partition
 
 
 def test_a_spark_failure_is_told_by_the_line_that_names_it() -> None:

@@ -2,15 +2,19 @@
 
 1. read and validate: one task per input file (mapInPandas over the file
    list) runs read_input, as the pandas engine does for each file.
-2. clean, in the same pass: rows grouped by a hash of their id
-   (applyInPandas), in arrival order. Every cleaning rule looks at one row at
-   a time except duplicate_id, which looks only at earlier rows of the same
-   id, so clean_readings on each group quarantines exactly the rows it would
-   on the whole batch, and the groups' accountings add up.
-3. score: clean readings grouped by a hash of their series (applyInPandas):
-   every series whole in one group, so lags never cross a partition, scored
-   by score_readings with the model the driver loaded (verified) once and
-   shipped with the function. Spark writes the predictions as Parquet.
+2. clean, in the same pass: rows partitioned by their id (mapInPandas, each
+   partition cleaned whole), in arrival order. Every cleaning rule looks at
+   one row at a time except duplicate_id, which looks only at earlier rows of
+   the same id, so clean_readings on each partition quarantines exactly the
+   rows it would on the whole batch, and the partitions' accountings add up.
+3. score: clean readings partitioned by their series, then grouped by it
+   (applyInPandas): every series whole in one call, so lags never cross
+   partitions, scored by score_readings with the model the driver loaded
+   (verified) once and shipped with the function. Spark writes the
+   predictions as Parquet.
+Both shuffles are repartitions to a set number of partitions, a few per core:
+Spark's adaptive execution leaves those as they are, where it had merged the
+small shuffle of the scoring into a single task, one core's work.
 A UDF returns one table: readings, quarantined rows and its notes (a file's
 record, a group's accounting, an error) told apart by `kind`. Integer keys
 that may be missing cross Spark as int64 plus a missing flag: pandas would
@@ -34,15 +38,15 @@ from bts.batch.output import PREDICTIONS, QUARANTINE, write_frame
 from bts.batch.scoring import SCORED_READING_DTYPES, EngineResult, Predict, merge_accounting, prediction_dtypes, score_readings
 from bts.batch.spark_session import SparkProgress, quiet_python_warnings, spark_step
 from bts.data.catalogue import Sensor
-from bts.data.cleaning import clean_readings
+from bts.data.cleaning import SERIES_KEYS, clean_readings
 from bts.data.features import FeatureSpec
 from bts.data.schemas import clean_schema, raw_schema
 from bts.errors import BtsError
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, SparkSession
+    from pyspark.sql import SparkSession
 
-BUCKETS_PER_CORE = 4  # groups per core: small enough to balance the cores, large enough that per-group overhead stays small
+PARTITIONS_PER_CORE = 4  # small enough partitions to balance the cores, few enough that the per-partition cost stays small
 CHUNK_ROWS = 200_000  # rows per pandas frame a reading task hands to Spark
 
 # What a row of a UDF's table is (a small integer: text costs time at every crossing between Python and the JVM).
@@ -187,8 +191,15 @@ def quarantine_rows(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     return ordered.reset_index(drop=True)
 
 
+def clean_partition(frames: Iterator[pd.DataFrame], catalogue: dict[int, Sensor], labels: list[str]) -> Iterator[pd.DataFrame]:
+    """mapInPandas over a partition of ids: clean_group on its rows, all at once (nothing when it is empty)."""
+    batches = list(frames)
+    if batches:
+        yield clean_group(pd.concat(batches, ignore_index=True), catalogue, labels)
+
+
 def score_group(frame: pd.DataFrame, spec: FeatureSpec, predict: Predict, outputs: list[str]) -> pd.DataFrame:
-    """applyInPandas over a group of whole series: score_readings on its clean readings."""
+    """applyInPandas over one series: score_readings on its clean readings."""
     return score_readings(frame.astype(SCORED_READING_DTYPES), spec, predict, outputs)
 
 
@@ -203,9 +214,9 @@ def _reader(catalogue: dict[int, Sensor]) -> Callable[[Iterator[pd.DataFrame]], 
     return read
 
 
-def _cleaner(catalogue: dict[int, Sensor], labels: list[str]) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    def clean(frame: pd.DataFrame) -> pd.DataFrame:
-        return clean_group(frame, catalogue, labels)
+def _cleaner(catalogue: dict[int, Sensor], labels: list[str]) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    def clean(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        return clean_partition(frames, catalogue, labels)
 
     return clean
 
@@ -215,12 +226,6 @@ def _scorer(spec: FeatureSpec, predict: Predict, outputs: list[str]) -> Callable
         return score_group(frame, spec, predict, outputs)
 
     return score
-
-
-def _bucket(count: int, *columns: str) -> Column:
-    from pyspark.sql import functions as F
-
-    return F.pmod(F.xxhash64(*columns), F.lit(count)).alias("bucket")
 
 
 def _first_error(notes: pd.DataFrame) -> None:
@@ -249,10 +254,10 @@ def score_with_spark(
     quiet_python_warnings()
     context = spark.sparkContext
     if context.getConf().contains("spark.sql.shuffle.partitions"):
-        buckets = int(spark.conf.get("spark.sql.shuffle.partitions"))
+        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     else:
-        buckets = BUCKETS_PER_CORE * context.defaultParallelism
-        spark.conf.set("spark.sql.shuffle.partitions", str(buckets))
+        partitions = PARTITIONS_PER_CORE * context.defaultParallelism
+        spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     kind = F.col("kind")
     seconds: dict[str, float] = {}
     cached = []
@@ -264,7 +269,7 @@ def score_with_spark(
             read = listing.mapInPandas(_reader(catalogue), ddl(READ_DTYPES))
             labels = [file.label for file in files]
             cleaner = _cleaner(catalogue, labels)
-            cleaned = read.groupBy(_bucket(buckets, "id", "id_missing")).applyInPandas(cleaner, ddl(CLEANED_DTYPES))
+            cleaned = read.repartition(partitions, "id", "id_missing").mapInPandas(cleaner, ddl(CLEANED_DTYPES))
             cleaned = cleaned.persist(StorageLevel.MEMORY_AND_DISK)
             cached.append(cleaned)
             with spark_step("reading and cleaning the exports"):  # the notes and the few quarantined rows, in one scan
@@ -282,9 +287,9 @@ def score_with_spark(
             readings = cleaned.where(kind == CLEAN).select(
                 *[F.col("clean_time").alias(name) if name == "reading_time" else name for name in SCORED_READING_DTYPES]
             )
-            scored = readings.groupBy(_bucket(buckets, "station_id", "parameter_id")).applyInPandas(
-                _scorer(spec, predict, outputs), ddl(prediction_dtypes(outputs))
-            )
+            scorer = _scorer(spec, predict, outputs)
+            by_series = readings.repartition(partitions, *SERIES_KEYS).groupBy(*SERIES_KEYS)  # no second shuffle
+            scored = by_series.applyInPandas(scorer, ddl(prediction_dtypes(outputs)))
             scored = scored.select(*scored.columns, *[F.lit(value).cast("string").alias(column) for column, value in lineage.items()])
             with spark_step("scoring"):
                 scored.write.parquet(str(staging / PREDICTIONS))
@@ -301,6 +306,6 @@ def score_with_spark(
         "spark": spark.version,
         "master": context.master,
         "default_parallelism": context.defaultParallelism,
-        "groups": buckets,
+        "partitions": partitions,
     }
     return EngineResult(records, accounting, int(counts["rows"]), int(counts["series"]), seconds, engine)

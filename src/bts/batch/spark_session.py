@@ -197,7 +197,9 @@ class SparkProgress:
         self._thread.join()
 
     def step(self, name: str) -> None:
+        """Name the step the next jobs belong to, here and as their description (the Spark UI's and event log's)."""
         self._step = name
+        self._context.setJobDescription(name)
 
     def _watch(self) -> None:
         tracker, said = self._context.statusTracker(), None
