@@ -7,7 +7,7 @@ import argparse
 from bts.data.catalogue import load_catalogue
 from bts.data.features import INPUT_COLUMNS, FeatureSpec, FeatureTable
 from bts.data.metadata import coverage, dataset_document, iso_time, render_datasheet
-from bts.data.schemas import clean_schema, read_table
+from bts.data.readings import read_clean
 from bts.files import ROW_GROUP_ROWS, BackgroundWrites, write_json, write_text
 from bts.hashing import dvc_md5
 from bts.params import load_params
@@ -27,7 +27,7 @@ def main() -> None:
     catalogue = load_catalogue(args.sensors)
     with BackgroundWrites() as background:
         input_md5 = background.submit(dvc_md5, args.clean)  # hashed while the features are built
-        features = FeatureTable(read_table(args.clean, clean_schema(catalogue), INPUT_COLUMNS), spec)
+        features = FeatureTable(read_clean(args.clean, INPUT_COLUMNS), spec)
         write = background.parquet_parts(args.out)
         filled = 0  # feature cells that hold a value
         for start in range(0, len(features), ROW_GROUP_ROWS):  # one row group is encoded while the next is built

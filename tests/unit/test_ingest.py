@@ -282,6 +282,21 @@ def test_a_row_just_under_the_limit_is_read(write_csv):
     assert raw["reading_time"].str.len().tolist() == [19, len(long_time)]
 
 
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1, 2])
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("end", [b"\n", b"\r", b"\r\n", b""])
+def test_the_quick_line_length_check_agrees_with_the_line_by_line_one(offset, extra, end, tmp_path):
+    """A line at the limit or one byte over it, ending anywhere near a block boundary, with every kind of line end."""
+    from bts.data.ingest import SCAN_BLOCK_BYTES, _lines_fit
+
+    short = b"x" * 50 + end
+    before = short * ((SCAN_BLOCK_BYTES + offset - MAX_LINE_BYTES) // len(short))
+    path = tmp_path / "lines.csv"
+    path.write_bytes(before + b"y" * (MAX_LINE_BYTES + extra) + end + short * 3)
+    longest = max(len(line) for line in path.read_bytes().replace(b"\r", b"\n").split(b"\n"))
+    assert _lines_fit(path) == (longest <= MAX_LINE_BYTES)
+
+
 def test_a_long_header_is_not_echoed(write_csv):
     columns = ",".join(f"column_{i}" for i in range(2000))  # about 22 KB: under the limit, so its columns are checked
     reason = read_error(write_csv("wide.csv", f"{columns}\n1,2\n"))

@@ -84,6 +84,7 @@ def test_in_order_compares_the_next_key_only_on_a_tie():
     [
         pd.Series([5, 3, 5, 1, 3, 3], index=[10, 11, 12, 13, 14, 15]),  # unsorted, repeated twice
         pd.Series([1, 2, 3, 4], dtype="Int64"),  # no repeat
+        pd.Series([9, 2, 7, 4], index=[3, 2, 1, 0]),  # no repeat, unsorted
         pd.Series([4, 4, 4], dtype="int64"),  # all the same: only the first is new
         pd.Series([2, pd.NA, 2, pd.NA], dtype="Int64"),  # missing values: pandas' own rule
         pd.Series([1.5, 1.5, 2.0]),  # not integers
@@ -101,3 +102,19 @@ def test_labels_are_text_with_missing_values_where_the_code_is_minus_one():
     expected = pd.Series(["a", None, "c", "a"], index=[7, 8, 9, 10], dtype="str")
     pd.testing.assert_series_equal(column, expected)
     assert labels(np.zeros(3, dtype=int), ["only"]).tolist() == ["only"] * 3
+
+
+def test_read_clean_gives_the_columns_asked_for_and_names_one_of_another_type_as_read_table_does(tmp_path):
+    from bts.data.readings import read_clean
+    from bts.errors import InputFileError
+
+    frame = pd.DataFrame({"id": [1, 2], "value": [1.0, 2.0], "station_id": [7, 7]})
+    frame.to_parquet(tmp_path / "clean.parquet")
+    pd.testing.assert_frame_equal(read_clean(tmp_path / "clean.parquet", ["value", "id"]), frame[["value", "id"]])
+    frame.assign(value=frame["value"].astype("float32")).to_parquet(tmp_path / "narrow.parquet")
+    with pytest.raises(InputFileError) as raised:
+        read_clean(tmp_path / "narrow.parquet", ["id", "value"])
+    assert str(raised.value) == (
+        f"{tmp_path / 'narrow.parquet'}: types do not match schema bts_clean_readings: "
+        "expected series 'value' to have type float64, got float32"
+    )

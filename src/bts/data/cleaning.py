@@ -136,7 +136,12 @@ class CleaningResult:
 
 
 def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.Series:
-    """The first rule each row breaks (NA for rows that pass every rule).
+    """The first rule each row breaks (NA for rows that pass every rule)."""
+    return labels(first_broken(frame, catalogue), list(RULES), frame.index)
+
+
+def first_broken(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> np.ndarray:
+    """The index in RULES of the first rule each row breaks, -1 for rows that pass every rule.
 
     Each rule judges the rows that no earlier rule quarantined. A rule that judges every row on its own gives
     those rows the same verdict over the whole frame, so it runs once over it (no copy of the frame per rule);
@@ -152,7 +157,7 @@ def quarantine_reasons(frame: pd.DataFrame, catalogue: dict[int, Sensor]) -> pd.
         else:
             broken = pending & rule(frame, catalogue).to_numpy(dtype=bool)
         broken_first[broken] = number
-    return labels(broken_first, list(RULES), frame.index)
+    return broken_first
 
 
 def clean_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], schema: pa.DataFrameSchema) -> CleaningResult:
@@ -178,10 +183,9 @@ def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: lis
     columns) and quarantined rows with reasons. Whoever uses the clean rows checks them (check_clean) first."""
     parsed, time_fixed = normalized_times(raw["reading_time"])
     frame = raw.assign(reading_time=parsed)
-    reason = quarantine_reasons(frame, catalogue)
-    kept = reason.isna()
+    reason = first_broken(frame, catalogue)  # codes, not millions of labels: only the quarantined rows get theirs
     # The keys of the kept rows tell which came late and the clean order; all columns are then taken once, in that order.
-    rows = np.flatnonzero(kept.to_numpy())
+    rows = np.flatnonzero(reason < 0)
     keys = frame[["station_id", "parameter_id", "id"]].take(rows).astype("int64")
     keys = keys.assign(reading_time=parsed.to_numpy()[rows])
     delivered_late = ~arrived_in_order(keys, SERIES_KEYS)
@@ -189,13 +193,16 @@ def split_readings(raw: pd.DataFrame, catalogue: dict[int, Sensor], columns: lis
     taken = {column: keys[column].to_numpy() for column in keys.columns}  # int64 and times: the clean types
     if order is not None:
         rows, taken = rows[order], {column: values[order] for column, values in taken.items()}
-    clean = pd.DataFrame({column: taken[column] if column in taken else _taken(frame[column], rows) for column in columns})
-    quarantine = raw[reason.notna()].assign(quarantine_reason=reason[reason.notna()]).reset_index(drop=True)
+    clean = pd.DataFrame({column: taken[column] if column in taken else _taken(frame[column], rows) for column in columns}, copy=False)
+    quarantined = np.flatnonzero(reason >= 0)
+    quarantine = raw.take(quarantined).reset_index(drop=True)
+    quarantine["quarantine_reason"] = labels(reason[quarantined], list(RULES)).array
+    counts = np.bincount(reason[quarantined], minlength=len(RULES))
     accounting = {
         "rows_in": len(raw),
         "rows_out": len(clean),
         "rows_quarantined": len(quarantine),
-        "quarantined_by_reason": {code: int((reason == code).sum()) for code in RULES},
+        "quarantined_by_reason": {code: int(count) for code, count in zip(RULES, counts, strict=True)},
         "fixed": {"reading_time_normalized": time_fixed, "reordered_late_rows": int(delivered_late.sum())},
     }
     if accounting["rows_in"] != accounting["rows_out"] + accounting["rows_quarantined"]:

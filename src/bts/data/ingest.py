@@ -242,6 +242,26 @@ def _to_float(text: pyarrow.ChunkedArray) -> pd.Series:
 SCAN_BLOCK_BYTES = 1 << 20
 
 
+def _lines_fit(path: Path) -> bool:
+    """No line of the file is longer than MAX_LINE_BYTES, read a block at a time. From each line break it looks back
+    from the farthest place the next one may be, so a file of short lines costs a search per MAX_LINE_BYTES, not a
+    look at every byte."""
+    since = 0  # bytes of the current line read before this block
+    with open(path, "rb") as handle:
+        while block := handle.read(SCAN_BLOCK_BYTES):
+            last = -1 - since  # the last line break seen, as an offset into this block
+            while last + MAX_LINE_BYTES + 1 < len(block):  # the next break is due inside this block
+                start, end = max(last + 1, 0), last + MAX_LINE_BYTES + 2
+                found = max(block.rfind(b"\n", start, end), block.rfind(b"\r", start, end))
+                if found < 0:
+                    return False
+                last = found
+            start = max(last + 1, 0)
+            last = max(last, block.rfind(b"\n", start), block.rfind(b"\r", start))
+            since = len(block) - 1 - last
+    return since <= MAX_LINE_BYTES
+
+
 def _refuse_endless_lines(path: Path) -> None:
     """Read the file block by block and stop at the first line over MAX_LINE_BYTES: a file that is one endless line
     (binary data, a sparse file of gigabytes) is refused after its first blocks, not after being read whole. The
@@ -252,6 +272,8 @@ def _refuse_endless_lines(path: Path) -> None:
             raise InputFileError(path, f"header line longer than {MAX_LINE_BYTES // 1024} KiB: not a CSV export")
         raise InputFileError(path, f"line {line}: row longer than {MAX_LINE_BYTES // 1024} KiB: not a reading")
 
+    if _lines_fit(path):
+        return
     since_break, lines, header_seen = 0, 1, False  # bytes since the last line break; the line the next byte is on
     with open(path, "rb") as handle:
         while block := handle.read(SCAN_BLOCK_BYTES):
@@ -282,11 +304,15 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
     except OSError as exc:
         raise InputFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
     columns, start = _check_header(path, data)
-    starts, ends, lines = _rows(path, data, start)
-    if not len(starts):
+    # The usual export has one row a line: no quotes, no carriage returns, no empty lines. Its rows' lines then follow
+    # from the header's, and the byte offsets of its rows are needed only to explain a parse error.
+    # (_refuse_endless_lines has seen that no line is too long.)
+    plain = data.find(b"\r") < 0 and all(data.find(mark, start - 1) < 0 for mark in (b'"', b"\n\n"))
+    starts, ends, lines = (None, None, None) if plain else _rows(path, data, start)
+    if (start >= len(data)) if plain else not len(starts):
         raise InputFileError(path, "header only, no readings")
-    long = np.flatnonzero(ends - starts > MAX_LINE_BYTES)
-    if long.size:  # also keeps every row within one of pyarrow's blocks (1 MiB), or it fails with "straddling object"
+    long = None if plain else np.flatnonzero(ends - starts > MAX_LINE_BYTES)
+    if long is not None and long.size:  # keeps every row within one of pyarrow's blocks (1 MiB), or it fails with "straddling object"
         raise InputFileError(path, f"line {lines[long[0]]}: row longer than {MAX_LINE_BYTES // 1024} KiB: not a reading")
     try:
         table = pacsv.read_csv(
@@ -295,8 +321,12 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
             convert_options=pacsv.ConvertOptions(column_types={c: pyarrow.string() for c in EXPORT_COLUMNS}, strings_can_be_null=False),
         )
     except (pyarrow.ArrowInvalid, UnicodeDecodeError) as exc:
+        if plain:
+            starts, ends, lines = _rows(path, data, start)
         raise InputFileError(path, _parse_error(data, start, starts, lines, len(columns), exc)) from exc
-    if table.num_rows != len(starts):
+    if plain:
+        lines = np.arange(table.num_rows) + data.count(b"\n", 0, start) + 1
+    elif table.num_rows != len(starts):
         raise InputFileError(path, 'quotes (") inside unquoted fields: cannot tell which line each row starts on')
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bts-columns") as pool:  # Arrow leaves Python's lock: two cores
         converted = {
@@ -308,7 +338,7 @@ def read_export(path: Path, label: str) -> pd.DataFrame:
             "source_file": pool.submit(labels, np.zeros(table.num_rows, dtype=np.int32), [label]),
         }
         columns = {name: column.result() for name, column in converted.items()}
-    return pd.DataFrame({**columns, "source_row": lines.astype("int64")})
+    return pd.DataFrame({**columns, "source_row": lines.astype("int64")}, copy=False)
 
 
 def read_exports(files: list[Path], root: Path) -> pd.DataFrame:

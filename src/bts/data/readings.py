@@ -1,19 +1,45 @@
-"""How readings are keyed, ordered and labelled: the series keys, the clean order, sorting by them, text labels.
+"""How readings are keyed, ordered, typed and labelled: the series keys, the clean order and types, sorting, text labels.
 
-Kept apart from the cleaning rules (and their pandera schemas) so that what only needs the keys and the order,
-such as the features, imports neither.
+Kept apart from the cleaning rules (and their pandera schemas) so that what only needs the keys, the order and the
+types, such as the features, imports neither (pandera takes a few tenths of a second to import, and imports Spark).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow
 
+from bts.errors import InputFileError
+from bts.files import read_parquet
+
 SERIES_KEYS = ["station_id", "parameter_id"]
 CLEAN_ORDER = ["station_id", "parameter_id", "reading_time", "id"]
+CLEAN_NAME = "bts_clean_readings"
+CLEAN_TYPES = {
+    "station_id": "int64",
+    "parameter_id": "int64",
+    "reading_time": "datetime64[us]",
+    "id": "int64",
+    "value": "float64",
+    "source_file": "str",
+    "source_row": "int64",
+}  # the clean schema's columns, in its order
+
+
+def read_clean(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """columns of the clean readings at path, each checked to be of its clean type (as schemas.read_table checks them,
+    with pandera's words, without importing it). A missing or unreadable file or column, or one of another type, is one
+    InputFileError naming it."""
+    frame = read_parquet(path, columns)
+    for column in columns:
+        if str(frame[column].dtype) != CLEAN_TYPES[column]:
+            found = f"expected series '{column}' to have type {CLEAN_TYPES[column]}, got {frame[column].dtype}"
+            raise InputFileError(path, f"types do not match schema {CLEAN_NAME}: {found}")
+    return frame
 
 
 def sort_order(frame: pd.DataFrame, order: list[str]) -> np.ndarray | None:
@@ -95,10 +121,16 @@ def repeated(values: pd.Series, keep: Literal["first", "last", False] = "first")
 
     Integers are compared after numpy's stable sort, which takes nearly sorted input (ids grow as readings are
     delivered) in about one pass where pandas hashes every value; other values, or missing ones, go to pandas.
+    Whether any value repeats at all is told first by numpy's default sort, several times faster than the stable
+    one on ids out of order (clean readings are in series order) and all there is to do when none repeats.
     """
     if values.dtype.kind not in "iu" or values.hasnans:
         return values.duplicated(keep=keep)
     array = values.to_numpy()
+    ascending = np.sort(array)
+    if not (ascending[1:] == ascending[:-1]).any():
+        return pd.Series(np.zeros(len(array), dtype=bool), index=values.index, name=values.name)
+    del ascending
     order = np.argsort(array, kind="stable")  # equal values keep their row order: the first one comes first
     same = array[order[1:]] == array[order[:-1]]  # each row in value order against the one before it
     result = np.zeros(len(array), dtype=bool)

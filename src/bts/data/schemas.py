@@ -23,14 +23,14 @@ from pandera.backends.utils import convert_uniquesettings
 from pandera.errors import SchemaErrorReason
 
 from bts.data.catalogue import Sensor, plausible_ranges
-from bts.data.readings import folded_keys, in_order, repeated
+from bts.data.readings import CLEAN_NAME, CLEAN_TYPES, folded_keys, in_order, repeated
 from bts.errors import InputFileError, first_line
 from bts.files import read_parquet
 
 SENTINEL = 999999.0
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
-TIME_DTYPE = "datetime64[us]"
+TIME_DTYPE = CLEAN_TYPES["reading_time"]
 
 
 def parse_times(text: pd.Series, time_format: str = TIMESTAMP_FORMAT) -> pd.Series:
@@ -180,19 +180,19 @@ def clean_schema(catalogue: dict[int, Sensor]) -> pa.DataFrameSchema:
     """Clean readings: typed, complete, unique, plausible, sorted per series."""
     return pa.DataFrameSchema(
         {
-            "station_id": pa.Column("int64", pa.Check.ge(0)),
-            "parameter_id": pa.Column("int64", pa.Check.isin(sorted(catalogue))),
-            "reading_time": pa.Column(TIME_DTYPE),
-            "id": pa.Column("int64", pa.Check.ge(0), unique=True),
-            "value": pa.Column("float64", [pa.Check.not_sentinel(sentinel=SENTINEL)]),
-            "source_file": pa.Column("str"),
-            "source_row": pa.Column("int64", pa.Check.ge(2)),
+            "station_id": pa.Column(CLEAN_TYPES["station_id"], pa.Check.ge(0)),
+            "parameter_id": pa.Column(CLEAN_TYPES["parameter_id"], pa.Check.isin(sorted(catalogue))),
+            "reading_time": pa.Column(CLEAN_TYPES["reading_time"]),
+            "id": pa.Column(CLEAN_TYPES["id"], pa.Check.ge(0), unique=True),
+            "value": pa.Column(CLEAN_TYPES["value"], [pa.Check.not_sentinel(sentinel=SENTINEL)]),
+            "source_file": pa.Column(CLEAN_TYPES["source_file"]),
+            "source_row": pa.Column(CLEAN_TYPES["source_row"], pa.Check.ge(2)),
         },
         checks=[
             pa.Check.within_sensor_range(ranges=plausible_ranges(catalogue)),
             pa.Check.in_time_order(keys=["station_id", "parameter_id"]),
         ],
-        name="bts_clean_readings",
+        name=CLEAN_NAME,
         description="Readings that passed every cleaning rule, sorted by station, parameter and time.",
         strict=True,
         ordered=True,
